@@ -1,0 +1,118 @@
+// shm::Mutex — a process-shared, robust mutex that lives in a segment.
+//
+// Built on glibc's robust, error-checking, process-shared pthread mutex
+// rather than a hand-written futex lock: only glibc may register robust-list
+// entries with the kernel (one robust list per thread, owned by libc), so a
+// futex lock of our own could not have its owner's death reported by the
+// kernel. glibc's gives exactly that, plus a fast uncontended path.
+//
+// Owner death: if the process (or thread) holding the mutex dies, the next
+// locker acquires it normally and previous_owner_died() returns true until
+// that holder unlocks. The mutex is made consistent at once, so it is never
+// poisoned: the new holder repairs whatever the dead owner left half-done
+// (or knows it has nothing to repair) and unlocks as usual. If the new
+// holder dies too before unlocking, the next one is told again.
+//
+//     shm::Mutex& m = seg.find_or_construct<shm::Mutex>("lock");
+//     std::lock_guard<shm::Mutex> g(m);
+//     if (m.previous_owner_died()) repair();
+//
+// Meets the TimedLockable requirements: std::lock_guard, std::unique_lock
+// and std::scoped_lock work. Misuse (unlock by a thread that does not hold
+// it, relocking a mutex the thread already holds) throws shm::lock_error.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <mutex>  // std::lock_guard, std::unique_lock, std::scoped_lock
+#include <type_traits>
+
+#include "shm/object_kind.hpp"
+
+namespace shm {
+
+class Mutex {
+public:
+    Mutex();
+    ~Mutex();
+    Mutex(const Mutex&) = delete;
+    Mutex& operator=(const Mutex&) = delete;
+
+    void lock();
+    bool try_lock();
+    template <class Rep, class Period>
+    bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+        return try_lock_until(std::chrono::steady_clock::now() + d);
+    }
+    template <class Clock, class Duration>
+    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp);
+    void unlock();
+
+    // True while held by a caller whose acquisition found the previous owner
+    // dead. Only meaningful to the holder.
+    bool previous_owner_died() const noexcept {
+        return recovered_.load(std::memory_order_relaxed) != 0;
+    }
+
+    // Pid of the process holding the mutex, 0 when free. For display
+    // (shmctl stat); it may be stale for a moment around lock and unlock.
+    std::int32_t owner_pid() const noexcept { return owner_pid_.load(std::memory_order_relaxed); }
+
+    // How many times a locker has recovered this mutex from a dead owner.
+    std::uint64_t recoveries() const noexcept { return recoveries_.load(std::memory_order_relaxed); }
+
+    // Whether the calling thread holds the mutex.
+    bool held_by_caller() const noexcept;
+
+private:
+    bool timed_lock(clockid_t clock, const timespec& abs);
+    void after_acquire(int rc, const char* op);
+
+    pthread_mutex_t m_;
+    // Written only by the holder (after acquiring / before releasing).
+    std::atomic<std::int32_t> owner_pid_{0};
+    std::atomic<std::uint32_t> recovered_{0};
+    std::atomic<std::uint64_t> recoveries_{0};
+};
+
+static_assert(std::atomic<std::int32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(sizeof(pthread_mutex_t) <= 48, "pthread_mutex_t larger than expected");
+
+template <>
+struct object_kind_of<Mutex> {
+    static constexpr ObjectKind value = ObjectKind::mutex;
+};
+
+namespace detail {
+inline timespec to_timespec(std::chrono::nanoseconds ns) {
+    if (ns.count() < 0) ns = std::chrono::nanoseconds(0);
+    timespec ts;
+    ts.tv_sec = static_cast<time_t>(ns.count() / 1000000000);
+    ts.tv_nsec = static_cast<long>(ns.count() % 1000000000);
+    return ts;
+}
+}  // namespace detail
+
+template <class Clock, class Duration>
+bool Mutex::try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
+    using namespace std::chrono;
+    if constexpr (std::is_same_v<Clock, system_clock>) {
+        return timed_lock(CLOCK_REALTIME,
+                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
+    } else if constexpr (std::is_same_v<Clock, steady_clock>) {
+        // libstdc++'s steady_clock is CLOCK_MONOTONIC.
+        return timed_lock(CLOCK_MONOTONIC,
+                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
+    } else {
+        auto rel = duration_cast<nanoseconds>(tp - Clock::now());
+        return try_lock_until(steady_clock::now() + rel);
+    }
+}
+
+}  // namespace shm

@@ -1,0 +1,23 @@
+// What kind of object a named entry of a segment holds, recorded in the
+// segment's directory so that tools (shmctl stat) can show live state without
+// knowing the program's types.
+#pragma once
+
+#include <cstdint>
+
+namespace shm {
+
+enum class ObjectKind : std::uint32_t {
+    raw = 0,    // any other trivially placed type
+    mutex = 1,  // shm::Mutex
+};
+
+const char* to_string(ObjectKind k) noexcept;
+
+// Specialise for types with a dedicated kind; everything else is `raw`.
+template <class T>
+struct object_kind_of {
+    static constexpr ObjectKind value = ObjectKind::raw;
+};
+
+}  // namespace shm

@@ -1,0 +1,14 @@
+// libshm: shared-memory IPC that survives killed processes.
+// Include this for everything.
+#pragma once
+
+#include "shm/error.hpp"
+#include "shm/mutex.hpp"
+#include "shm/names.hpp"
+#include "shm/object_kind.hpp"
+#include "shm/segment.hpp"
+
+namespace shm {
+// The library's version, e.g. "0.1.0".
+const char* version() noexcept;
+}  // namespace shm

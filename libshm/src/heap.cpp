@@ -1,0 +1,403 @@
+#include "heap.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "shm/error.hpp"
+#include "testing.hpp"
+
+namespace shm::testing {
+std::atomic<long> crash_countdown{0};
+void crash_now() { std::raise(SIGKILL); }
+}  // namespace shm::testing
+
+namespace shm::heap {
+
+using layout::Header;
+using testing::crash_point;
+
+namespace {
+
+constexpr std::uint64_t kFree = 1;
+constexpr std::uint64_t kShim = 2;  // word before an over-aligned payload
+constexpr std::uint64_t kFlagMask = 15;
+constexpr std::uint64_t kMinBlock = 32;
+constexpr std::uint64_t kShimMagic = 0x6d696873'6d687362ull;
+constexpr int kFirstFitScan = 32;
+
+char* base(Header* h) { return reinterpret_cast<char*>(h); }
+std::atomic<std::uint64_t>& word(Header* h, std::uint64_t off) {
+    return *reinterpret_cast<std::atomic<std::uint64_t>*>(base(h) + off);
+}
+std::uint64_t load(Header* h, std::uint64_t off) {
+    return word(h, off).load(std::memory_order_relaxed);  // under the heap lock
+}
+
+std::uint64_t heap_begin(Header* h) { return h->heap_offset; }
+std::uint64_t heap_end(Header* h) { return h->heap_offset + h->heap_size; }
+
+// Block fields.
+std::uint64_t size_of(Header* h, std::uint64_t b) { return load(h, b) & ~kFlagMask; }
+bool is_free(Header* h, std::uint64_t b) { return (load(h, b) & kFree) != 0; }
+std::uint64_t prev_size(Header* h, std::uint64_t b) { return load(h, b + 8); }
+std::uint64_t next_free(Header* h, std::uint64_t b) { return load(h, b + 16); }
+std::uint64_t prev_free(Header* h, std::uint64_t b) { return load(h, b + 24); }
+
+int bin_of(std::uint64_t size) { return 63 - __builtin_clzll(size); }
+
+std::string where(Header* h) {
+    return std::string("segment '") + h->name + "'";
+}
+
+[[noreturn]] void corrupt(Header* h, const std::string& what) {
+    throw corrupted(where(h) + ": heap is corrupt: " + what);
+}
+
+void list_remove(Txn& t, std::uint64_t b) {
+    Header* h = t.header();
+    std::uint64_t n = next_free(h, b), p = prev_free(h, b);
+    int k = bin_of(size_of(h, b));
+    if (p)
+        t.store(word(h, p + 16), n);
+    else
+        t.store(h->bins[k], n);
+    if (n) t.store(word(h, n + 24), p);
+    if (!p && !n) t.store(h->bin_bitmap, h->bin_bitmap.load(std::memory_order_relaxed) & ~(1ull << k));
+    // Journal the block's own links too: the caller may overwrite them with
+    // payload, and an undo must restore them.
+    t.store(word(h, b + 16), 0);
+    t.store(word(h, b + 24), 0);
+}
+
+void list_push(Txn& t, std::uint64_t b) {
+    Header* h = t.header();
+    int k = bin_of(size_of(h, b));
+    std::uint64_t head = h->bins[k].load(std::memory_order_relaxed);
+    t.store(word(h, b + 16), head);
+    t.store(word(h, b + 24), 0);
+    if (head) t.store(word(h, head + 24), b);
+    t.store(h->bins[k], b);
+    t.store(h->bin_bitmap, h->bin_bitmap.load(std::memory_order_relaxed) | (1ull << k));
+}
+
+// Write block b's header and the next block's prev_size.
+void set_block(Txn& t, std::uint64_t b, std::uint64_t size, bool free) {
+    Header* h = t.header();
+    t.store(word(h, b), size | (free ? kFree : 0));
+    if (b + size < heap_end(h)) t.store(word(h, b + size + 8), size);
+}
+
+std::uint64_t request_size(std::size_t bytes, std::size_t align) {
+    std::uint64_t r = (std::uint64_t(bytes) + 15) & ~std::uint64_t(15);
+    std::uint64_t need = r + 16 + (align > 16 ? align : 0);
+    return need < kMinBlock ? kMinBlock : need;
+}
+
+std::uint64_t find_fit(Header* h, std::uint64_t need) {
+    int k = bin_of(need);
+    int scanned = 0;
+    for (std::uint64_t b = h->bins[k].load(std::memory_order_relaxed); b && scanned < kFirstFitScan;
+         b = next_free(h, b), ++scanned)
+        if (size_of(h, b) >= need) return b;
+    std::uint64_t higher = k + 1 < 64 ? h->bin_bitmap.load(std::memory_order_relaxed) & ~((2ull << k) - 1) : 0;
+    if (!higher) return 0;
+    return h->bins[__builtin_ctzll(higher)].load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+// ---- transactions -------------------------------------------------------
+
+Txn::Txn(Header* h) : h_(h) {
+    Mutex& m = layout::heap_lock(h);
+    m.lock();
+    // Acquire: the count and entries were published by a dead holder's
+    // release stores (Txn::store); the mutex acquisition already orders them.
+    if (m.previous_owner_died() || h->journal.count.load(std::memory_order_acquire) != 0) {
+        try {
+            rollback(h);
+        } catch (...) {
+            m.unlock();
+            throw;
+        }
+        recovered_ = true;
+    }
+}
+
+Txn::~Txn() {
+    if (!committed_) {
+        try {
+            rollback(h_);
+        } catch (...) {
+            // A journal that cannot be replayed stays in place; the next
+            // holder reports it as corruption instead of using the heap.
+        }
+    }
+    layout::heap_lock(h_).unlock();
+}
+
+void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
+    layout::Journal& j = h_->journal;
+    std::uint32_t i = j.count.load(std::memory_order_relaxed);
+    if (i >= layout::kJournalCapacity) {
+        std::fprintf(stderr, "libshm: heap journal overflow (a bug)\n");
+        std::abort();
+    }
+    std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
+    j.entries[i].offset.store(off, std::memory_order_relaxed);
+    j.entries[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    crash_point();
+    // Release: publishes the entry above before the count that covers it;
+    // partner is the acquire load of count in rollback().
+    j.count.store(i + 1, std::memory_order_release);
+    crash_point();
+    // Release: the new value is never in memory before its undo entry.
+    w.store(value, std::memory_order_release);
+    crash_point();
+}
+
+void Txn::commit() {
+    crash_point();
+    // Release: every store of the transaction precedes the commit; partner is
+    // the acquire load of count in the next holder's Txn constructor.
+    h_->journal.count.store(0, std::memory_order_release);
+    committed_ = true;
+}
+
+void rollback(Header* h) {
+    layout::Journal& j = h->journal;
+    std::uint32_t n = j.count.load(std::memory_order_acquire);  // partner: Txn::store's release
+    if (n > layout::kJournalCapacity) corrupt(h, "journal count " + std::to_string(n) + " out of range");
+    for (std::uint32_t i = n; i-- > 0;) {
+        std::uint64_t off = j.entries[i].offset.load(std::memory_order_relaxed);
+        if (off % 8 != 0 || off < offsetof(Header, bin_bitmap) || off + 8 > h->total_size)
+            corrupt(h, "journal entry points outside the heap");
+        crash_point();
+        word(h, off).store(j.entries[i].old_value.load(std::memory_order_relaxed),
+                           std::memory_order_release);
+    }
+    // Release: the restored words precede the cleared count. Replaying again
+    // after a crash right here restores the same values.
+    j.count.store(0, std::memory_order_release);
+}
+
+// ---- heap ---------------------------------------------------------------
+
+void init(Header* h) {
+    // Called before the segment is published: plain stores, no journal.
+    for (auto& b : h->bins) b.store(0, std::memory_order_relaxed);
+    h->bin_bitmap.store(0, std::memory_order_relaxed);
+    h->used_bytes.store(0, std::memory_order_relaxed);
+    h->used_blocks.store(0, std::memory_order_relaxed);
+    h->dir_head.store(0, std::memory_order_relaxed);
+    h->dir_count.store(0, std::memory_order_relaxed);
+    h->journal.count.store(0, std::memory_order_relaxed);
+    std::uint64_t b = heap_begin(h), size = h->heap_size;
+    word(h, b).store(size | kFree, std::memory_order_relaxed);
+    word(h, b + 8).store(0, std::memory_order_relaxed);
+    word(h, b + 16).store(0, std::memory_order_relaxed);
+    word(h, b + 24).store(0, std::memory_order_relaxed);
+    int k = bin_of(size);
+    h->bins[k].store(b, std::memory_order_relaxed);
+    h->bin_bitmap.store(1ull << k, std::memory_order_relaxed);
+}
+
+std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
+    Header* h = t.header();
+    if (bytes > h->heap_size) return 0;
+    std::uint64_t need = request_size(bytes, align);
+    std::uint64_t b = find_fit(h, need);
+    if (!b) return 0;
+    std::uint64_t size = size_of(h, b);
+    list_remove(t, b);
+    if (size - need >= kMinBlock) {
+        std::uint64_t r = b + need;
+        set_block(t, r, size - need, true);
+        t.store(word(h, r + 8), need);
+        list_push(t, r);
+        set_block(t, b, need, false);
+        size = need;
+    } else {
+        set_block(t, b, size, false);
+    }
+    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) + size);
+    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) + 1);
+    std::uint64_t p = b + 16;
+    if (align > 16 && p % align != 0) {
+        p = (b + 32 + align - 1) & ~std::uint64_t(align - 1);
+        t.store(word(h, p - 16), (p - b) | kShim);
+        t.store(word(h, p - 8), kShimMagic);
+    }
+    return p;
+}
+
+void deallocate(Txn& t, std::uint64_t p) {
+    Header* h = t.header();
+    if (p % 16 != 0 || p < heap_begin(h) + 16 || p >= heap_end(h))
+        corrupt(h, "deallocate of an address that is not a heap allocation");
+    std::uint64_t b = p - 16;
+    std::uint64_t w = load(h, b);
+    if (w & kShim) {
+        if (load(h, b + 8) != kShimMagic || (w & ~kFlagMask) > p - heap_begin(h))
+            corrupt(h, "deallocate of an address that is not a heap allocation");
+        b = p - (w & ~kFlagMask);
+    }
+    std::uint64_t size = size_of(h, b);
+    std::uint64_t end = heap_end(h);
+    if (b < heap_begin(h) || (b - heap_begin(h)) % 16 != 0 || is_free(h, b) || size < kMinBlock ||
+        b + size > end || (b + size < end && prev_size(h, b + size) != size))
+        corrupt(h, "deallocate of an address that is not a live allocation (double free?)");
+    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) - size);
+    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) - 1);
+    std::uint64_t n = b + size;
+    if (n < end && is_free(h, n)) {
+        size += size_of(h, n);
+        list_remove(t, n);
+    }
+    if (b != heap_begin(h)) {
+        std::uint64_t pb = b - prev_size(h, b);
+        if (is_free(h, pb)) {
+            size += size_of(h, pb);
+            list_remove(t, pb);
+            b = pb;
+        }
+    }
+    set_block(t, b, size, true);
+    list_push(t, b);
+}
+
+std::uint64_t largest_free(Header* h) {
+    std::uint64_t bm = h->bin_bitmap.load(std::memory_order_relaxed);
+    if (!bm) return 0;
+    int k = 63 - __builtin_clzll(bm);
+    std::uint64_t best = 0;
+    int scanned = 0;
+    for (std::uint64_t b = h->bins[k].load(std::memory_order_relaxed); b && scanned < 1024;
+         b = next_free(h, b), ++scanned)
+        best = std::max(best, size_of(h, b));
+    return best > 16 ? best - 16 : 0;
+}
+
+// ---- directory ----------------------------------------------------------
+
+DirEntry* dir_find(Header* h, const char* name, std::size_t len, DirEntry** prev) {
+    DirEntry* last = nullptr;
+    std::uint64_t limit = h->dir_count.load(std::memory_order_relaxed) + 1;
+    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e && limit--;) {
+        auto* d = reinterpret_cast<DirEntry*>(base(h) + e);
+        if (d->name_len == len && std::memcmp(d->name, name, len) == 0) {
+            if (prev) *prev = last;
+            return d;
+        }
+        last = d;
+        e = d->next.load(std::memory_order_relaxed);
+    }
+    return nullptr;
+}
+
+// ---- verify -------------------------------------------------------------
+
+HeapReport verify(Header* h) {
+    HeapReport r;
+    auto problem = [&](std::string s) {
+        r.ok = false;
+        if (r.problems.size() < 32) r.problems.push_back(std::move(s));
+    };
+    std::uint64_t begin = heap_begin(h), end = heap_end(h);
+    r.heap_bytes = h->heap_size;
+    if (h->journal.count.load(std::memory_order_acquire) != 0)
+        problem("journal holds " + std::to_string(h->journal.count.load()) + " uncommitted entries");
+
+    // 1. Physical walk.
+    std::uint64_t walk_free_blocks = 0, prev = 0;
+    bool prev_was_free = false;
+    std::uint64_t b = begin;
+    while (b < end) {
+        std::uint64_t size = size_of(h, b);
+        if (size < kMinBlock || size % 16 != 0 || b + size > end) {
+            problem("block at " + std::to_string(b) + " has bad size " + std::to_string(size));
+            break;
+        }
+        if (prev_size(h, b) != prev)
+            problem("block at " + std::to_string(b) + " records prev_size " +
+                    std::to_string(prev_size(h, b)) + ", previous block is " + std::to_string(prev));
+        bool f = is_free(h, b);
+        if (f) {
+            if (prev_was_free) problem("adjacent free blocks at " + std::to_string(b));
+            ++walk_free_blocks;
+            r.free_bytes += size;
+            r.largest_free = std::max(r.largest_free, size - 16);
+            int k = bin_of(size);
+            if (!(h->bin_bitmap.load(std::memory_order_relaxed) & (1ull << k)))
+                problem("free block at " + std::to_string(b) + " in bin " + std::to_string(k) +
+                        " whose bitmap bit is clear");
+        } else {
+            ++r.used_blocks;
+            r.used_bytes += size;
+        }
+        prev_was_free = f;
+        prev = size;
+        b += size;
+    }
+    if (r.ok && b != end) problem("heap walk ended at " + std::to_string(b) + ", not at " + std::to_string(end));
+    if (r.used_bytes + r.free_bytes != h->heap_size && r.ok)
+        problem("used + free != heap size");
+    if (r.used_bytes != h->used_bytes.load(std::memory_order_relaxed))
+        problem("used_bytes counter " + std::to_string(h->used_bytes.load()) + " but walk found " +
+                std::to_string(r.used_bytes));
+    if (r.used_blocks != h->used_blocks.load(std::memory_order_relaxed))
+        problem("used_blocks counter " + std::to_string(h->used_blocks.load()) + " but walk found " +
+                std::to_string(r.used_blocks));
+
+    // 2. Free lists.
+    std::uint64_t list_free_blocks = 0;
+    std::uint64_t bm = h->bin_bitmap.load(std::memory_order_relaxed);
+    for (int k = 0; k < 64; ++k) {
+        std::uint64_t head = h->bins[k].load(std::memory_order_relaxed);
+        if (bool(head) != bool(bm & (1ull << k)))
+            problem("bin " + std::to_string(k) + " bitmap bit disagrees with its list");
+        std::uint64_t p = 0, steps = 0;
+        for (std::uint64_t e = head; e; e = next_free(h, e)) {
+            if (e < begin || e >= end || (e - begin) % 16 != 0) {
+                problem("bin " + std::to_string(k) + " links to " + std::to_string(e) + " outside the heap");
+                break;
+            }
+            if (!is_free(h, e)) problem("bin " + std::to_string(k) + " holds a used block at " + std::to_string(e));
+            if (bin_of(size_of(h, e)) != k) problem("block at " + std::to_string(e) + " is in the wrong bin");
+            if (prev_free(h, e) != p) problem("bad back link at " + std::to_string(e));
+            p = e;
+            if (++steps > walk_free_blocks + 1) {
+                problem("bin " + std::to_string(k) + " has a cycle");
+                break;
+            }
+        }
+        list_free_blocks += steps;
+    }
+    if (list_free_blocks != walk_free_blocks)
+        problem("free lists hold " + std::to_string(list_free_blocks) + " blocks, the heap has " +
+                std::to_string(walk_free_blocks));
+    r.free_blocks = walk_free_blocks;
+
+    // 3. Directory.
+    std::uint64_t count = h->dir_count.load(std::memory_order_relaxed), seen = 0;
+    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
+        if (e < begin + 16 || e >= end || ++seen > count + 1) {
+            problem("object directory is broken");
+            break;
+        }
+        auto* d = reinterpret_cast<DirEntry*>(base(h) + e);
+        if (is_free(h, e - 16)) problem("directory entry at " + std::to_string(e) + " is in a free block");
+        if (d->name_len == 0 || d->name_len > 63) problem("directory entry with bad name length");
+        std::uint64_t o = d->object_offset;
+        if (o < begin + 16 || o + d->object_size > end) problem("object outside the heap");
+        e = d->next.load(std::memory_order_relaxed);
+    }
+    if (seen != count) problem("directory count " + std::to_string(count) + " but " + std::to_string(seen) + " entries");
+    r.objects = seen;
+    return r;
+}
+
+}  // namespace shm::heap

@@ -1,0 +1,142 @@
+#include "platform.hpp"
+
+#include <fcntl.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "shm/error.hpp"
+
+namespace shm::platform {
+
+void fail(int err, const std::string& what) {
+    std::string msg = what + ": " + std::strerror(err);
+    switch (err) {
+        case ENOENT: throw not_found(msg);
+        case EEXIST: throw already_exists(msg);
+        case ENOSPC: throw out_of_space(msg);
+        default: throw error(err, msg);
+    }
+}
+
+namespace {
+struct flock one_byte(short type, off_t off) {
+    struct flock fl;
+    std::memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = off;
+    fl.l_len = 1;
+    fl.l_pid = 0;  // required to be 0 for F_OFD_* commands
+    return fl;
+}
+}  // namespace
+
+bool ofd_try_lock(int fd, off_t off) {
+    struct flock fl = one_byte(F_WRLCK, off);
+    if (sys([&] { return ::fcntl(fd, F_OFD_SETLK, &fl); }) == 0) return true;
+    if (errno == EAGAIN || errno == EACCES) return false;
+    fail(errno, "fcntl(F_OFD_SETLK)");
+}
+
+void ofd_lock_wait(int fd, off_t off) {
+    struct flock fl = one_byte(F_WRLCK, off);
+    if (sys([&] { return ::fcntl(fd, F_OFD_SETLKW, &fl); }) != 0) fail(errno, "fcntl(F_OFD_SETLKW)");
+}
+
+void ofd_unlock(int fd, off_t off) {
+    struct flock fl = one_byte(F_UNLCK, off);
+    // Unlocking cannot fail on a valid descriptor; nothing useful to do if it does.
+    (void)sys([&] { return ::fcntl(fd, F_OFD_SETLK, &fl); });
+}
+
+bool ofd_is_locked(int fd, off_t off) {
+    struct flock fl = one_byte(F_WRLCK, off);
+    if (sys([&] { return ::fcntl(fd, F_OFD_GETLK, &fl); }) != 0) fail(errno, "fcntl(F_OFD_GETLK)");
+    return fl.l_type != F_UNLCK;
+}
+
+std::uint64_t process_start_time(pid_t pid) {
+    if (pid <= 0) return 0;
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    int fd = sys([&] { return ::open(path, O_RDONLY | O_CLOEXEC); });
+    if (fd < 0) return 0;
+    char buf[1024];
+    ssize_t n = sys([&] { return ::read(fd, buf, sizeof buf - 1); });
+    ::close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    // The command name (field 2) is in parentheses and may contain spaces
+    // or ')': fields resume after the last ')'.
+    char* p = std::strrchr(buf, ')');
+    if (!p) return 0;
+    ++p;
+    // After ')' comes field 3 (state); start time is field 22.
+    int field = 2;
+    while (*p && field < 22) {
+        while (*p == ' ') ++p;
+        ++field;
+        if (field == 22) break;
+        while (*p && *p != ' ') ++p;
+    }
+    if (field != 22) return 0;
+    return std::strtoull(p, nullptr, 10);
+}
+
+namespace {
+pid_t g_cached_pid = 0;
+std::uint64_t g_cached_start = 0;
+}  // namespace
+
+std::uint64_t self_start_time() {
+    pid_t me = ::getpid();
+    if (me != g_cached_pid) {
+        g_cached_start = process_start_time(me);
+        g_cached_pid = me;
+    }
+    return g_cached_start;
+}
+
+bool process_alive(pid_t pid, std::uint64_t start_time) {
+    if (pid <= 0) return false;
+    std::uint64_t st = process_start_time(pid);
+    return st != 0 && st == start_time;
+}
+
+std::int64_t realtime_ns() {
+    timespec ts;
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+FsSpace fs_space(int fd) {
+    struct statvfs sv;
+    FsSpace s;
+    if (sys([&] { return ::fstatvfs(fd, &sv); }) == 0) {
+        s.free = static_cast<std::uint64_t>(sv.f_bavail) * sv.f_frsize;
+        s.total = static_cast<std::uint64_t>(sv.f_blocks) * sv.f_frsize;
+    }
+    return s;
+}
+
+std::string human_bytes(std::uint64_t n) {
+    static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = static_cast<double>(n);
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        ++u;
+    }
+    char buf[32];
+    if (u == 0)
+        std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+    else
+        std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+}  // namespace shm::platform

@@ -1,0 +1,62 @@
+// The platform layer: every system call libshm makes goes through here.
+//
+// sys() retries EINTR and leaves errno intact; fail() turns an errno into the
+// matching shm::error with a message naming the object. Nothing above this
+// file calls the OS directly.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+namespace shm::platform {
+
+// Call f() until it does not fail with EINTR. Returns f()'s result; on
+// failure errno is the cause.
+template <class F>
+auto sys(F f) -> decltype(f()) {
+    for (;;) {
+        auto r = f();
+        if (r == -1 && errno == EINTR) continue;
+        return r;
+    }
+}
+
+// Throw the shm::error that fits `err` (ENOENT → not_found, EEXIST →
+// already_exists, ENOSPC → out_of_space, otherwise shm::error), with
+// "<what>: <strerror>" as its message.
+[[noreturn]] void fail(int err, const std::string& what);
+
+// --- open-file-description byte-range locks (F_OFD_*) -------------------
+// Each lock covers one byte at `off`. The kernel drops it when the last
+// descriptor of the open file description is closed, i.e. when its holder
+// dies. Locks of the same open file description never conflict with each
+// other, so a process tests other processes' slots through its own fd.
+bool ofd_try_lock(int fd, off_t off);  // false if held by another description
+void ofd_lock_wait(int fd, off_t off); // blocks until acquired
+void ofd_unlock(int fd, off_t off);
+bool ofd_is_locked(int fd, off_t off); // held by another open file description
+
+// --- processes ------------------------------------------------------------
+// Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22),
+// 0 if there is no such process. Together with the pid it names one process
+// for good: a reused pid has another start time.
+std::uint64_t process_start_time(pid_t pid);
+// This process's start time, read once per process (re-read after fork).
+std::uint64_t self_start_time();
+bool process_alive(pid_t pid, std::uint64_t start_time);
+
+std::int64_t realtime_ns();
+
+// Free and total bytes of the filesystem holding `fd`.
+struct FsSpace {
+    std::uint64_t free = 0;
+    std::uint64_t total = 0;
+};
+FsSpace fs_space(int fd);
+
+std::string human_bytes(std::uint64_t n);
+
+}  // namespace shm::platform
