@@ -157,7 +157,7 @@ TEST_CASE("attach table full names its capacity", "[segment]") {
     REQUIRE_NOTHROW(shm::Segment::open("full"));
 }
 
-TEST_CASE("liveness comes from the kernel lock, not the pid", "[segment][liveness]") {
+TEST_CASE("liveness comes from the kernel lock and not the pid", "[segment][liveness]") {
     test::ShmDir dir;
     auto seg = shm::Segment::create("live", kSize);
     auto* h = static_cast<shm::layout::Header*>(seg.base());
@@ -180,7 +180,7 @@ TEST_CASE("liveness comes from the kernel lock, not the pid", "[segment][livenes
     CHECK(seg.attachments().size() == 1);
 }
 
-TEST_CASE("lifetime: last detach unlinks, persistent survives", "[segment][lifetime]") {
+TEST_CASE("lifetime: last detach unlinks and persistent survives", "[segment][lifetime]") {
     test::ShmDir dir;
     SECTION("last detach unlinks") {
         auto a = shm::Segment::create("life", kSize);

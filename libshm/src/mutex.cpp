@@ -13,7 +13,23 @@
 namespace shm {
 
 namespace {
-pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
+// The calling thread's tid without a system call per unlock: cached per
+// thread and invalidated by fork (the child's thread has a new tid).
+std::atomic<unsigned> g_fork_generation{0};
+const int g_atfork_registered = ::pthread_atfork(nullptr, nullptr, [] {
+    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+});
+
+pid_t current_tid() {
+    thread_local pid_t tid = 0;
+    thread_local unsigned generation = ~0u;
+    unsigned g = g_fork_generation.load(std::memory_order_relaxed);
+    if (generation != g) {
+        tid = static_cast<pid_t>(::syscall(SYS_gettid));
+        generation = g;
+    }
+    return tid;
+}
 
 [[noreturn]] void mutex_fail(int rc, const char* op) {
     if (rc == EDEADLK)
