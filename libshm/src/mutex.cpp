@@ -13,24 +13,6 @@
 namespace shm {
 
 namespace {
-// The calling thread's tid without a system call per unlock: cached per
-// thread and invalidated by fork (the child's thread has a new tid).
-std::atomic<unsigned> g_fork_generation{0};
-const int g_atfork_registered = ::pthread_atfork(nullptr, nullptr, [] {
-    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-});
-
-pid_t current_tid() {
-    thread_local pid_t tid = 0;
-    thread_local unsigned generation = ~0u;
-    unsigned g = g_fork_generation.load(std::memory_order_relaxed);
-    if (generation != g) {
-        tid = static_cast<pid_t>(::syscall(SYS_gettid));
-        generation = g;
-    }
-    return tid;
-}
-
 [[noreturn]] void mutex_fail(int rc, const char* op) {
     if (rc == EDEADLK)
         throw lock_error(rc, std::string("shm::Mutex::") + op +
@@ -85,28 +67,7 @@ bool Mutex::try_lock() {
 }
 
 bool Mutex::timed_lock(clockid_t clock, const timespec& abs) {
-#if defined(__SANITIZE_THREAD__)
-    // ThreadSanitizer (GCC 12) intercepts neither pthread_mutex_clocklock nor
-    // an EOWNERDEAD from pthread_mutex_timedlock, and would then report every
-    // later unlock as wrong. Under TSan only, poll trylock (which it models
-    // fully) until the deadline.
-    int rc;
-    long pause_us = 10;
-    for (;;) {
-        rc = pthread_mutex_trylock(&m_);
-        if (rc != EBUSY) break;
-        timespec now;
-        ::clock_gettime(clock, &now);
-        if (now.tv_sec > abs.tv_sec || (now.tv_sec == abs.tv_sec && now.tv_nsec >= abs.tv_nsec)) {
-            rc = ETIMEDOUT;
-            break;
-        }
-        ::usleep(static_cast<useconds_t>(pause_us));
-        pause_us = pause_us < 1000 ? pause_us * 2 : 1000;
-    }
-#else
-    int rc = pthread_mutex_clocklock(&m_, clock, &abs);
-#endif
+    int rc = platform::mutex_clocklock(&m_, clock, abs);
     if (rc == ETIMEDOUT) return false;
     after_acquire(rc, "try_lock_until");
     return true;
@@ -115,7 +76,7 @@ bool Mutex::timed_lock(clockid_t clock, const timespec& abs) {
 bool Mutex::held_by_caller() const noexcept {
     // glibc keeps the holder's tid in __owner (FUTEX_TID_MASK bits for
     // robust mutexes). Read-only use of a stable ABI field.
-    return (m_.__data.__owner & 0x3fffffff) == current_tid();
+    return (m_.__data.__owner & 0x3fffffff) == platform::current_tid();
 }
 
 void Mutex::unlock() {

@@ -76,6 +76,12 @@ const char* to_string(ObjectKind k) noexcept {
     switch (k) {
         case ObjectKind::raw: return "raw";
         case ObjectKind::mutex: return "mutex";
+        case ObjectKind::recursive_mutex: return "recursive_mutex";
+        case ObjectKind::semaphore: return "semaphore";
+        case ObjectKind::bounded_semaphore: return "bounded_semaphore";
+        case ObjectKind::condition: return "condition";
+        case ObjectKind::event: return "event";
+        case ObjectKind::barrier: return "barrier";
     }
     return "unknown";
 }

@@ -1,11 +1,15 @@
 #include "platform.hpp"
 
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <atomic>
+#include <climits>
 #include <cstring>
 
 #include "shm/error.hpp"
@@ -111,6 +115,60 @@ std::int64_t realtime_ns() {
     timespec ts;
     ::clock_gettime(CLOCK_REALTIME, &ts);
     return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+namespace {
+std::atomic<unsigned> g_fork_generation{0};
+const int g_atfork_registered = ::pthread_atfork(nullptr, nullptr, [] {
+    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+});
+}  // namespace
+
+pid_t current_tid() {
+    (void)g_atfork_registered;
+    thread_local pid_t tid = 0;
+    thread_local unsigned generation = ~0u;
+    unsigned g = g_fork_generation.load(std::memory_order_relaxed);
+    if (generation != g) {
+        tid = static_cast<pid_t>(::syscall(SYS_gettid));
+        generation = g;
+    }
+    return tid;
+}
+
+bool futex_wait(const void* word, std::uint32_t expected, const timespec* abs, clockid_t clock) {
+    // FUTEX_WAIT_BITSET takes an absolute time (CLOCK_MONOTONIC unless
+    // FUTEX_CLOCK_REALTIME). Not FUTEX_PRIVATE_FLAG: waiters are in other
+    // processes.
+    int op = FUTEX_WAIT_BITSET;
+    if (abs && clock == CLOCK_REALTIME) op |= FUTEX_CLOCK_REALTIME;
+    long r = ::syscall(SYS_futex, word, op, expected, abs, nullptr, FUTEX_BITSET_MATCH_ANY);
+    return !(r == -1 && errno == ETIMEDOUT);
+}
+
+void futex_wake(const void* word, int n) {
+    ::syscall(SYS_futex, word, FUTEX_WAKE, n, nullptr, nullptr, 0);
+}
+
+int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs) {
+#if defined(__SANITIZE_THREAD__)
+    // ThreadSanitizer (GCC 12) intercepts neither pthread_mutex_clocklock nor
+    // an EOWNERDEAD from pthread_mutex_timedlock, and would then report every
+    // later unlock as wrong. Under TSan only, poll trylock (which it models
+    // fully) until the deadline.
+    long pause_us = 10;
+    for (;;) {
+        int rc = pthread_mutex_trylock(m);
+        if (rc != EBUSY) return rc;
+        timespec now;
+        ::clock_gettime(clock, &now);
+        if (now.tv_sec > abs.tv_sec || (now.tv_sec == abs.tv_sec && now.tv_nsec >= abs.tv_nsec)) return ETIMEDOUT;
+        ::usleep(static_cast<useconds_t>(pause_us));
+        pause_us = pause_us < 1000 ? pause_us * 2 : 1000;
+    }
+#else
+    return pthread_mutex_clocklock(m, clock, &abs);
+#endif
 }
 
 FsSpace fs_space(int fd) {

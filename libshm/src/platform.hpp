@@ -5,7 +5,9 @@
 // file calls the OS directly.
 #pragma once
 
+#include <pthread.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -49,6 +51,25 @@ std::uint64_t self_start_time();
 bool process_alive(pid_t pid, std::uint64_t start_time);
 
 std::int64_t realtime_ns();
+
+// The calling thread's tid, cached per thread (refreshed after fork).
+pid_t current_tid();
+
+// --- futexes (process-shared) and pthread helpers --------------------------
+// Sleep while *word == expected, until woken or the deadline passes.
+// Returns false only on time-out; true when woken, interrupted, or the value
+// had already changed (callers re-check their condition in all cases).
+bool futex_wait(const void* word, std::uint32_t expected, const timespec* abs, clockid_t clock);
+void futex_wake(const void* word, int n);
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+// pthread_mutex_clocklock, or an equivalent that ThreadSanitizer models.
+int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs);
 
 // Free and total bytes of the filesystem holding `fd`.
 struct FsSpace {

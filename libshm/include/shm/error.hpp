@@ -92,6 +92,14 @@ public:
     explicit corrupted(const std::string& what) : error(EUCLEAN, what) {}
 };
 
+// A Barrier was broken: a party died or timed out while others waited, or
+// abort()/reset() was called. Like Python's BrokenBarrierError; reset()
+// makes the barrier usable again.
+class broken_barrier : public error {
+public:
+    explicit broken_barrier(const std::string& what) : error(EPIPE, what) {}
+};
+
 // A bounded wait ran out (for example waiting for a racing creator to finish
 // initialising a segment).
 class timeout : public error {

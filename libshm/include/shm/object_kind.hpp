@@ -9,7 +9,13 @@ namespace shm {
 
 enum class ObjectKind : std::uint32_t {
     raw = 0,    // any other trivially placed type
-    mutex = 1,  // shm::Mutex
+    mutex = 1,             // shm::Mutex
+    recursive_mutex = 2,   // shm::RecursiveMutex
+    semaphore = 3,         // shm::Semaphore
+    bounded_semaphore = 4, // shm::BoundedSemaphore
+    condition = 5,         // shm::Condition
+    event = 6,             // shm::Event
+    barrier = 7,           // shm::Barrier
 };
 
 const char* to_string(ObjectKind k) noexcept;

@@ -7,6 +7,7 @@
 #include "shm/names.hpp"
 #include "shm/object_kind.hpp"
 #include "shm/segment.hpp"
+#include "shm/sync.hpp"
 
 namespace shm {
 // The library's version, e.g. "0.1.0".
