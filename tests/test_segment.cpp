@@ -57,6 +57,9 @@ TEST_CASE("create writes a self-describing header", "[segment]") {
     CHECK(field_at<std::uint64_t>(b, 40) == 4096);  // attach table
     CHECK(field_at<std::uint32_t>(b, 48) == 128);   // default max_attach
     CHECK(field_at<std::uint64_t>(b, 24) == shm::layout::heap_offset_for(128));
+    CHECK(field_at<std::uint32_t>(b, 904) == 0);  // journal: nothing uncommitted
+    CHECK(field_at<std::uint32_t>(b, 908) == shm::layout::kJournalCapacity);
+    CHECK(field_at<std::uint64_t>(b, 912) == 4096 + 128 * 32);  // journal after the attach table
     CHECK(field_at<std::int32_t>(b, 56) == ::getpid());
     CHECK(field_at<std::uint32_t>(b, 60) == ::getuid());
     CHECK(field_at<std::uint64_t>(b, 64) != 0);  // creator start time

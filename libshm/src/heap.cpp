@@ -116,7 +116,7 @@ Txn::Txn(Header* h) : h_(h) {
     m.lock();
     // Acquire: the count and entries were published by a dead holder's
     // release stores (Txn::store); the mutex acquisition already orders them.
-    if (m.previous_owner_died() || h->journal.count.load(std::memory_order_acquire) != 0) {
+    if (m.previous_owner_died() || h->journal_count.load(std::memory_order_acquire) != 0) {
         try {
             rollback(h);
         } catch (...) {
@@ -140,19 +140,19 @@ Txn::~Txn() {
 }
 
 void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
-    layout::Journal& j = h_->journal;
-    std::uint32_t i = j.count.load(std::memory_order_relaxed);
-    if (i >= layout::kJournalCapacity) {
-        std::fprintf(stderr, "libshm: heap journal overflow (a bug)\n");
-        std::abort();
-    }
+    std::uint32_t i = h_->journal_count.load(std::memory_order_relaxed);
+    if (i >= h_->journal_capacity)
+        // The destructor rolls back what this transaction did so far.
+        throw error(E2BIG, where(h_) + ": operation too large to commit atomically (it changes more than " +
+                               std::to_string(h_->journal_capacity) + " heap words); split it");
+    layout::UndoEntry* j = layout::journal(h_);
     std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
-    j.entries[i].offset.store(off, std::memory_order_relaxed);
-    j.entries[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    j[i].offset.store(off, std::memory_order_relaxed);
+    j[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
     crash_point();
     // Release: publishes the entry above before the count that covers it;
     // partner is the acquire load of count in rollback().
-    j.count.store(i + 1, std::memory_order_release);
+    h_->journal_count.store(i + 1, std::memory_order_release);
     crash_point();
     // Release: the new value is never in memory before its undo entry.
     w.store(value, std::memory_order_release);
@@ -163,25 +163,26 @@ void Txn::commit() {
     crash_point();
     // Release: every store of the transaction precedes the commit; partner is
     // the acquire load of count in the next holder's Txn constructor.
-    h_->journal.count.store(0, std::memory_order_release);
+    h_->journal_count.store(0, std::memory_order_release);
     committed_ = true;
 }
 
 void rollback(Header* h) {
-    layout::Journal& j = h->journal;
-    std::uint32_t n = j.count.load(std::memory_order_acquire);  // partner: Txn::store's release
-    if (n > layout::kJournalCapacity) corrupt(h, "journal count " + std::to_string(n) + " out of range");
+    std::uint32_t n = h->journal_count.load(std::memory_order_acquire);  // partner: Txn::store's release
+    if (n > h->journal_capacity || h->journal_capacity > layout::kJournalCapacity ||
+        h->journal_offset + std::uint64_t(h->journal_capacity) * sizeof(layout::UndoEntry) > h->heap_offset)
+        corrupt(h, "journal count " + std::to_string(n) + " out of range");
+    layout::UndoEntry* j = layout::journal(h);
     for (std::uint32_t i = n; i-- > 0;) {
-        std::uint64_t off = j.entries[i].offset.load(std::memory_order_relaxed);
+        std::uint64_t off = j[i].offset.load(std::memory_order_relaxed);
         if (off % 8 != 0 || off < offsetof(Header, bin_bitmap) || off + 8 > h->total_size)
             corrupt(h, "journal entry points outside the heap");
         crash_point();
-        word(h, off).store(j.entries[i].old_value.load(std::memory_order_relaxed),
-                           std::memory_order_release);
+        word(h, off).store(j[i].old_value.load(std::memory_order_relaxed), std::memory_order_release);
     }
     // Release: the restored words precede the cleared count. Replaying again
     // after a crash right here restores the same values.
-    j.count.store(0, std::memory_order_release);
+    h->journal_count.store(0, std::memory_order_release);
 }
 
 // ---- heap ---------------------------------------------------------------
@@ -194,7 +195,8 @@ void init(Header* h) {
     h->used_blocks.store(0, std::memory_order_relaxed);
     h->dir_head.store(0, std::memory_order_relaxed);
     h->dir_count.store(0, std::memory_order_relaxed);
-    h->journal.count.store(0, std::memory_order_relaxed);
+    h->journal_count.store(0, std::memory_order_relaxed);
+    h->garbage_head.store(0, std::memory_order_relaxed);
     std::uint64_t b = heap_begin(h), size = h->heap_size;
     word(h, b).store(size | kFree, std::memory_order_relaxed);
     word(h, b + 8).store(0, std::memory_order_relaxed);
@@ -308,8 +310,8 @@ HeapReport verify(Header* h) {
     };
     std::uint64_t begin = heap_begin(h), end = heap_end(h);
     r.heap_bytes = h->heap_size;
-    if (h->journal.count.load(std::memory_order_acquire) != 0)
-        problem("journal holds " + std::to_string(h->journal.count.load()) + " uncommitted entries");
+    if (h->journal_count.load(std::memory_order_acquire) != 0)
+        problem("journal holds " + std::to_string(h->journal_count.load()) + " uncommitted entries");
 
     // 1. Physical walk.
     std::uint64_t walk_free_blocks = 0, prev = 0;

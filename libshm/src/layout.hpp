@@ -1,10 +1,11 @@
 // The segment's layout in shared memory, version 1 (shm::kLayoutVersion).
 //
-//   offset 0       Header (one 4 KiB page): identity, sizes, creator, flags,
-//                  the heap lock and its undo journal, the heap's bins and
-//                  the object directory's head
-//   4096           attach table: max_attach × AttachSlot (32 bytes each)
-//   heap_offset    heap (64-byte aligned) up to the end of the file
+//   offset 0        Header (one 4 KiB page): identity, sizes, creator, flags,
+//                   the heap lock, the heap's bins, the object directory's
+//                   head, the journal's count
+//   4096            attach table: max_attach × AttachSlot (32 bytes each)
+//   journal_offset  undo journal: kJournalCapacity × UndoEntry (64 KiB)
+//   heap_offset     heap (64-byte aligned) up to the end of the file
 //
 // Rules (STYLE.md): only fixed-width integers and lock-free atomics; no
 // pointers (offsets from the segment base instead); every shared word that a
@@ -30,7 +31,8 @@ inline constexpr std::uint32_t kVersion = kLayoutVersion;
 inline constexpr std::size_t kHeaderSize = 4096;
 inline constexpr std::size_t kSlotSize = 32;
 inline constexpr std::uint32_t kMaxAttachLimit = 4096;
-inline constexpr std::size_t kJournalCapacity = 96;
+// Words one heap transaction may change (an allocation or free takes ~15).
+inline constexpr std::size_t kJournalCapacity = 4096;
 inline constexpr std::size_t kBins = 64;
 
 // Header::state. The creator writes every field while holding the meta lock
@@ -53,12 +55,6 @@ struct UndoEntry {
     std::atomic<std::uint64_t> old_value;
 };
 
-// Undo journal of the heap transaction in progress (see heap.hpp).
-struct Journal {
-    std::atomic<std::uint32_t> count;  // valid entries; 0 = nothing to undo
-    std::uint32_t reserved;
-    UndoEntry entries[kJournalCapacity];
-};
 
 struct AttachSlot {
     std::atomic<std::int32_t> pid;  // 0 = free
@@ -92,7 +88,11 @@ struct Header {
     std::atomic<std::uint64_t> dir_head;      // 376: first directory entry, 0 = none
     std::atomic<std::uint64_t> dir_count;     // 384
     std::atomic<std::uint64_t> bins[kBins];   // 392: free-list heads
-    Journal journal;                          // 904
+    // Undo journal of the heap transaction in progress (see heap.hpp).
+    std::atomic<std::uint32_t> journal_count;  // 904: valid entries; 0 = nothing to undo
+    std::uint32_t journal_capacity;            // 908
+    std::uint64_t journal_offset;              // 912: UndoEntry[journal_capacity]
+    std::atomic<std::uint64_t> garbage_head;   // 920: containers waiting to be freed
 };
 
 // The meta lock (creation, attach, detach, reap, unlink) is the OFD lock on
@@ -126,7 +126,10 @@ static_assert(offsetof(Header, used_blocks) == 368);
 static_assert(offsetof(Header, dir_head) == 376);
 static_assert(offsetof(Header, dir_count) == 384);
 static_assert(offsetof(Header, bins) == 392);
-static_assert(offsetof(Header, journal) == 904);
+static_assert(offsetof(Header, journal_count) == 904);
+static_assert(offsetof(Header, journal_capacity) == 908);
+static_assert(offsetof(Header, journal_offset) == 912);
+static_assert(offsetof(Header, garbage_head) == 920);
 static_assert(offsetof(AttachSlot, pid) == 0);
 static_assert(offsetof(AttachSlot, uid) == 4);
 static_assert(offsetof(AttachSlot, start_time) == 8);
@@ -145,9 +148,17 @@ inline off_t slot_lock_byte(const Header* h, std::uint32_t i) {
     return static_cast<off_t>(h->attach_offset + i * kSlotSize);
 }
 
-inline std::uint64_t heap_offset_for(std::uint32_t max_attach) {
+inline std::uint64_t journal_offset_for(std::uint32_t max_attach) {
     std::uint64_t end = kHeaderSize + std::uint64_t(max_attach) * kSlotSize;
     return (end + 63) & ~std::uint64_t(63);
+}
+
+inline std::uint64_t heap_offset_for(std::uint32_t max_attach) {
+    return journal_offset_for(max_attach) + kJournalCapacity * sizeof(UndoEntry);
+}
+
+inline UndoEntry* journal(Header* h) {
+    return reinterpret_cast<UndoEntry*>(reinterpret_cast<char*>(h) + h->journal_offset);
 }
 
 }  // namespace shm::layout

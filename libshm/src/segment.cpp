@@ -184,6 +184,8 @@ Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, 
         case layout::kReady:
             if (h->total_size != fsize || h->max_attach == 0 || h->max_attach > layout::kMaxAttachLimit ||
                 h->heap_offset != layout::heap_offset_for(h->max_attach) ||
+                h->journal_offset != layout::journal_offset_for(h->max_attach) ||
+                h->journal_capacity != layout::kJournalCapacity ||
                 h->heap_offset + h->heap_size > h->total_size ||
                 h->total_size - (h->heap_offset + h->heap_size) >= 64)
                 throw corrupted("segment " + q(name) + " (" + path + ") has an inconsistent header");
@@ -422,6 +424,8 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
             h->total_size = size;
             h->max_attach = opt.max_attach;
             h->attach_offset = layout::kHeaderSize;
+            h->journal_offset = layout::journal_offset_for(opt.max_attach);
+            h->journal_capacity = layout::kJournalCapacity;
             h->heap_offset = layout::heap_offset_for(opt.max_attach);
             h->heap_size = (size - h->heap_offset) & ~std::uint64_t(63);
             h->flags.store(opt.persistent ? std::uint32_t(layout::kPersistent) : 0u, std::memory_order_relaxed);
