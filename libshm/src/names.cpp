@@ -82,6 +82,8 @@ const char* to_string(ObjectKind k) noexcept {
         case ObjectKind::condition: return "condition";
         case ObjectKind::event: return "event";
         case ObjectKind::barrier: return "barrier";
+        case ObjectKind::dict: return "dict";
+        case ObjectKind::list: return "list";
     }
     return "unknown";
 }

@@ -16,6 +16,8 @@ enum class ObjectKind : std::uint32_t {
     condition = 5,         // shm::Condition
     event = 6,             // shm::Event
     barrier = 7,           // shm::Barrier
+    dict = 8,              // shm::Dict (its root)
+    list = 9,              // shm::List (its root)
 };
 
 const char* to_string(ObjectKind k) noexcept;

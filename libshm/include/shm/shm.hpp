@@ -2,6 +2,7 @@
 // Include this for everything.
 #pragma once
 
+#include "shm/container.hpp"
 #include "shm/error.hpp"
 #include "shm/mutex.hpp"
 #include "shm/names.hpp"
