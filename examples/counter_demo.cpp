@@ -10,6 +10,10 @@
 // every worker committed, and once the parent detaches, the segment file is
 // gone from the shm directory: nothing is leaked, not even by the dead worker.
 //
+// Each surviving worker then hands its result back in a shared shm::Dict,
+// the way Python programs collect return values with Manager().dict(), and
+// the parent prints them.
+//
 // Run it with `./dev demo`. Set SHM_DIR to use another directory than
 // /dev/shm.
 #include <signal.h>
@@ -17,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -83,12 +88,16 @@ void recover(Shared& s, int id) {
 
 // A worker's life. `m` and `s` are the parent's objects: the mapping is
 // inherited across fork(), and libshm gave this child its own attach slot.
-void work(int id, shm::Mutex& m, Shared& s) {
+void work(int id, shm::Segment& seg, shm::Mutex& m, Shared& s) {
     std::printf("%s: started, %llu increments to do\n", who(id).c_str(),
                 static_cast<unsigned long long>(kIncrements));
+    bool recovered_here = false;
     for (std::uint64_t i = 0; i < kIncrements; ++i) {
         std::lock_guard<shm::Mutex> lock(m);
-        if (m.previous_owner_died()) recover(s, id);
+        if (m.previous_owner_died()) {
+            recover(s, id);
+            recovered_here = true;
+        }
         s.holder_pid = ::getpid();
         ++s.counter;
         ++s.committed[id];
@@ -99,6 +108,11 @@ void work(int id, shm::Mutex& m, Shared& s) {
             for (;;) ::pause();
         }
     }
+    // Hand the result back through the shared dict (no server round trip).
+    shm::Dict results = shm::Dict::open_or_create(seg, "results");
+    results.set("worker-" + std::to_string(id),
+                shm::Value::new_dict({{"pid", ::getpid()}, {"increments", static_cast<std::int64_t>(kIncrements)},
+                                      {"recovered_lock", recovered_here}}));
     std::printf("%s: done\n", who(id).c_str());
 }
 
@@ -113,7 +127,7 @@ pid_t start_worker(int id, shm::Segment& seg, shm::Mutex& m, Shared& s) {
     if (::getppid() != parent) ::_exit(1);  // the parent died before prctl()
     int rc = 0;
     try {
-        work(id, m, s);
+        work(id, seg, m, s);
         seg.detach();  // _exit() skips destructors; the kernel would drop our slot anyway
     } catch (const std::exception& e) {
         std::printf("%s: error: %s\n", who(id).c_str(), e.what());
@@ -230,6 +244,23 @@ int run() {
         std::printf("  OK: no increment lost or counted twice\n");
     } else {
         std::printf("  FAILED: the counter does not match, or the dead owner was never detected\n");
+        ok = false;
+    }
+
+    // The results the workers handed back, read from the shared dict.
+    shm::Dict results = shm::Dict::open_or_create(seg, "results");
+    auto items = results.items();
+    std::sort(items.begin(), items.end(), [](auto& a, auto& b) { return a.first < b.first; });
+    std::printf("\nresults collected in a shared shm::Dict (like Python's Manager().dict()):\n");
+    for (auto& [key, value] : items) {
+        shm::Dict r = value.as_dict();
+        std::printf("  %s: pid %lld, %lld increments%s\n", key.c_str(),
+                    static_cast<long long>(r.get<std::int64_t>("pid")),
+                    static_cast<long long>(r.get<std::int64_t>("increments")),
+                    r.get<bool>("recovered_lock") ? ", recovered the lock from the dead worker" : "");
+    }
+    if (items.size() != kWorkers - 1) {
+        std::printf("  FAILED: expected %d results (every worker but the killed one)\n", kWorkers - 1);
         ok = false;
     }
 
