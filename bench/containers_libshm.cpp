@@ -1,0 +1,100 @@
+// libshm's Dict and List (impl "libshm"): the same cases, working set and
+// harness as the floor (containers_floor.cpp) and Python's Manager
+// (python_manager.py).
+//
+// Each case creates its own segment in the shm directory ($SHM_DIR or
+// /dev/shm), named after the process id, fills the 1000 keys, forks the
+// workers (each gets its own attach slot on fork), checks the outcome with
+// verify() and exact totals, and removes the segment at the end.
+#include <unistd.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <shm/shm.hpp>
+
+#include "harness.hpp"
+
+namespace {
+
+using bench::DictOp;
+
+constexpr std::size_t kMiB = std::size_t(1) << 20;
+
+// A segment that exists for one case only.
+struct CaseSegment {
+    std::string name;
+    shm::Segment seg;
+    CaseSegment(const std::string& tag, std::size_t bytes)
+        : name("bench." + std::to_string(getpid()) + "." + tag),
+          seg((bench::TempFiles::add(shm::segment_path(name).string()), shm::Segment::create(name, bytes))) {}
+    ~CaseSegment() {
+        shm::Segment::unlink(name);  // the detach follows
+        bench::TempFiles::remove(shm::segment_path(name).string());
+    }
+};
+
+void expect_verified(const std::vector<std::string>& problems) {
+    std::string all;
+    for (const auto& p : problems) all += (all.empty() ? "" : "; ") + p;
+    bench::expect(problems.empty(), "verify(): " + all);
+}
+
+bench::CaseResult dict_case(const bench::Options& opt, DictOp which, int procs) {
+    const auto keys = bench::make_keys();
+    CaseSegment cs("dict", 64 * kMiB);
+    shm::Dict d = shm::Dict::open_or_create(cs.seg, "d");
+    for (const auto& k : keys) d.set(k, 0);
+
+    auto r = bench::run_workers(opt, procs, [&](bench::Worker& w) {
+        const std::uint64_t skew = bench::kKeys * static_cast<std::uint64_t>(w.index()) / static_cast<std::uint64_t>(w.procs());
+        std::int64_t sink = 0;
+        auto key = [&](std::uint64_t i) -> std::string_view { return keys[(i + skew) % bench::kKeys]; };
+        switch (which) {
+            case DictOp::set:
+                w.run([&](std::uint64_t i) { d.set(key(i), static_cast<std::int64_t>(i)); });
+                break;
+            case DictOp::get:
+                w.run([&](std::uint64_t i) { sink += d.get(key(i)).as_int(); });
+                break;
+            case DictOp::increment:
+                w.run([&](std::uint64_t i) { sink += d.increment(key(i), 1); });
+                break;
+        }
+        bench::expect(sink >= 0, "values read back");
+        cs.seg.detach();  // this worker's own slot
+    });
+
+    expect_verified(d.verify());
+    bench::expect(d.size() == bench::kKeys, "the dict holds the 1000 keys");
+    if (which == DictOp::increment) {
+        std::uint64_t sum = 0;
+        for (const auto& v : d.values()) sum += static_cast<std::uint64_t>(v.as_int());
+        bench::expect(sum == r.total_ops, "the increments add up to the operations done");
+    }
+    return r;
+}
+
+bench::CaseResult list_append_case(const bench::Options& opt, int procs) {
+    // Items are 16-byte cells in a table that doubles: while it grows, the
+    // old and the new table are both live (3 cells per item at worst).
+    const std::uint64_t cap = bench::kAppendCap;
+    CaseSegment cs("list", cap * procs * 48 + 16 * kMiB);
+    shm::List l = shm::List::open_or_create(cs.seg, "l");
+
+    auto r = bench::run_workers(opt, procs, [&](bench::Worker& w) {
+        w.run([&](std::uint64_t i) { l.append(static_cast<std::int64_t>(i)); }, cap);
+        cs.seg.detach();
+    });
+
+    bench::expect(l.size() == r.total_ops, "the list holds every item appended");
+    expect_verified(l.verify());
+    return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return bench::run_cases("libshm", bench::container_cases(dict_case, list_append_case), argc, argv);
+}
