@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Run libshm's benchmarks side by side with the alternatives (`./dev bench`).
+
+Every benchmark program speaks one small protocol:
+  PROGRAM --list                      prints its case names, one a line
+  PROGRAM --only CASE [--seconds S] [--warmup S]
+                                      runs the cases whose names start with
+                                      CASE and prints one JSON object a line:
+      {"bench": CASE, "impl": IMPL, "value": NUMBER, "unit": UNIT}
+  (progress and errors go to stderr; exit status 0 when every case ran).
+
+This script asks each program in PROGRAMS for its cases, then runs case by
+case every program that has it, so the implementations of one case are
+measured one right after the other on the same machine state. It writes all
+results to build/bench/results.jsonl (one object a line, as above), prints a
+table with each implementation's ratio to libshm, and checks the targets.
+Absolute figures swing between runs on shared virtual CPUs; compare ratios
+within one run.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_IMPL = "libshm"
+
+
+def programs(build_dir):
+    """The benchmark programs: (label, argv). Add new ones here."""
+    b = os.path.join(build_dir, "bench")
+    return [
+        ("libshm Dict/List", [os.path.join(b, "bench_containers_libshm")]),
+        ("floor: Boost map under a robust mutex", [os.path.join(b, "bench_containers_floor")]),
+        ("Python Manager", [sys.executable, os.path.join(ROOT, "bench", "python_manager.py")]),
+    ]
+
+
+# Targets: (title, numerator impl, denominator impl, op, bound, cases);
+# each case meets it when value(numerator) / value(denominator) OP bound.
+def targets(cases):
+    return [
+        ("libshm at least 100x Python's Manager on get and set", "libshm", "python_manager", ">=", 100.0,
+         ["dict.get.1proc", "dict.set.1proc"]),
+        ("libshm within 3x of the floor", "mutex_unordered_map", "libshm", "<=", 3.0,
+         [c for c in cases if c.startswith(("dict.", "list."))]),
+    ]
+
+
+def fmt_value(v):
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:,.3g}"
+
+
+def fmt_ratio(r):
+    """5.26 for a ratio above 1, 1/168 for one below."""
+    if r >= 1:
+        return f"{r:,.3g}" if r < 1000 else f"{r:,.0f}"
+    inv = 1 / r
+    return f"1/{inv:.3g}" if inv < 1000 else f"1/{inv:,.0f}"
+
+
+def run_program(label, argv, extra, timeout):
+    """Run one program in its own process group; returns (results, ok)."""
+    try:
+        p = subprocess.Popen(argv + extra, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as e:
+        print(f"bench: {label}: cannot run {argv[0]}: {e} (build it first: ./dev build)", file=sys.stderr)
+        return [], False
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Its workers (and Python's manager process) are in its group: give
+        # them the chance to remove their files, then make sure.
+        print(f"bench: {label}: no answer after {timeout:.0f} s, stopped", file=sys.stderr)
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+        return [], False
+    results = []
+    for line in out.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            r = json.loads(line)
+            results.append({"bench": str(r["bench"]), "impl": str(r["impl"]),
+                            "value": float(r["value"]), "unit": str(r["unit"])})
+        except (ValueError, KeyError, TypeError):
+            print(f"bench: {label}: unexpected output line: {line}", file=sys.stderr)
+            return results, False
+    return results, p.returncode == 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Run the benchmarks, print a table, write results.jsonl.")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.jsonl"))
+    ap.add_argument("--seconds", type=float, default=1.0, help="measured time per case and implementation")
+    ap.add_argument("--warmup", type=float, default=0.1, help="untimed warm-up before each measurement")
+    ap.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                    help="run only the cases whose names start so (repeatable)")
+    a = ap.parse_args()
+    if not (0 < a.seconds <= 60) or not (0 <= a.warmup <= 10):
+        ap.error("--seconds must be in (0, 60] and --warmup in [0, 10]")
+
+    ok = True
+    progs = []  # (label, argv, cases)
+    order = []  # every case once, in the programs' order
+    for label, argv in programs(a.build_dir):
+        try:
+            p = subprocess.run(argv + ["--list"], stdout=subprocess.PIPE, text=True, timeout=30)
+        except (FileNotFoundError, subprocess.TimeoutExpired) as e:
+            print(f"bench: {label}: cannot run {argv[-1]}: {e}", file=sys.stderr)
+            ok = False
+            continue
+        cases = [c for c in p.stdout.split() if not a.only or any(c.startswith(o) for o in a.only)]
+        progs.append((label, argv, cases))
+        order += [c for c in cases if c not in order]
+
+    results = []
+    for case in order:
+        print(f"bench: {case}", file=sys.stderr, flush=True)
+        for label, argv, cases in progs:
+            if case not in cases:
+                continue
+            extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
+            got, fine = run_program(label, argv, extra, timeout=60 + 3 * (a.seconds + a.warmup))
+            results += [r for r in got if r["bench"] == case]
+            ok = ok and fine
+
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+
+    value = {(r["bench"], r["impl"]): r["value"] for r in results}
+    print()
+    print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {os.cpu_count()} CPUs. "
+          "ratio = value / libshm's value for the same case; compare ratios within one run only.")
+    print()
+    head = f"{'case':<22} {'impl':<22} {'value':>14}  {'unit':<6} {'ratio to libshm':>15}"
+    print(head)
+    print("-" * len(head))
+    for case in order:
+        rows = [r for r in results if r["bench"] == case]
+        rows.sort(key=lambda r: (r["impl"] != BASE_IMPL, r["impl"]))
+        base = value.get((case, BASE_IMPL))
+        first = True
+        for r in rows:
+            ratio = fmt_ratio(r["value"] / base) if base else "n/a"
+            print(f"{case if first else '':<22} {r['impl']:<22} {fmt_value(r['value']):>14}  {r['unit']:<6} {ratio:>15}")
+            first = False
+        if not rows:
+            print(f"{case:<22} {'(no result)':<22}")
+
+    print()
+    print("targets")
+    for title, num, den, op, bound, cases in targets(order):
+        cases = [c for c in cases if c in order]
+        if not cases:
+            continue
+        print(f"  {title}: {num}/{den} {op} {bound:g}")
+        for case in cases:
+            x, y = value.get((case, num)), value.get((case, den))
+            if x is None or not y:
+                verdict, shown = "MISSED", "no result"
+            else:
+                ratio = x / y
+                met = ratio >= bound if op == ">=" else ratio <= bound
+                verdict, shown = ("met" if met else "MISSED"), f"{ratio:,.3g}"
+            print(f"    {verdict:<7}{case:<22} {shown}")
+
+    print()
+    print(f"results: {os.path.relpath(a.out, ROOT) if a.out.startswith(ROOT) else a.out}")
+    if not ok:
+        print("bench: some benchmarks failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
