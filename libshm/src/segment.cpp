@@ -559,7 +559,14 @@ ReapReport Segment::reap_dead(std::string_view name_in) {
         }
         return r;
     }
-    if (k == Kind::dead) return r;
+    if (k == Kind::dead) {
+        // Whoever marked it dead holds the meta lock until it has unlinked
+        // the file; we hold the lock and the file is still linked, so that
+        // process died in between. Finish its job.
+        unlink_if_same(path, fd.fd);
+        r.unlinked = true;
+        return r;
+    }
     Header* h = m.hdr();
     r.live_slots = sweep_slots(fd.fd, h, kNoSlot, &r.dead_slots_cleared);
     if (r.live_slots == 0 && !(h->flags.load(std::memory_order_relaxed) & layout::kPersistent)) {
