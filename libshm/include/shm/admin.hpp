@@ -1,0 +1,348 @@
+// shm::admin — see and reclaim what fills the shm directory.
+//
+// The one administration API: shmctl is built on it, and so is the daemon.
+// It works on shm::shm_directory() ($SHM_DIR, else /dev/shm), the directory
+// libshm itself uses, and needs neither the daemon nor a slot in any segment:
+//
+//   * libshm segments are read without attaching: the header with pread() on
+//     a read-only descriptor, the liveness of each attach slot with
+//     F_OFD_GETLK (the kernel answers for any open file description, across
+//     users and pid namespaces). The object directory is read without the
+//     heap lock, so the walk is bounded and every offset is checked against
+//     the file; a directory that changes while it is read is reported as
+//     busy, never misread. A segment of another layout version is reported
+//     as such, never interpreted.
+//   * Other ("foreign") files — Python multiprocessing's psm_* and sem.mp-*,
+//     PyTorch's torch_*, anything else — are in use when a live process maps
+//     them or holds them open. Who does is read from /proc/*/maps and
+//     /proc/*/fd in one pass over /proc, matching files by device and inode
+//     (so renamed and deleted files are never confused with others of the
+//     same name); processes that vanish during the pass are skipped. Whether
+//     anybody does is also asked of the kernel: a write lease (F_SETLEASE)
+//     is granted only on a file that no other open file description (and so
+//     no mapping) refers to, in any process, pid namespace or user. Where
+//     the lease cannot be taken (another user's file), a process whose /proc
+//     entries we may not read makes every file it could have opened
+//     "unknown", never "leaked".
+//   * Reclaiming: libshm segments through Segment::reap_dead() (which takes
+//     the segment's meta lock, so a process attaching meanwhile is never
+//     cut off); foreign files only when asked, only when older than a grace
+//     period, and only after a re-check just before the unlink: holding the
+//     file's lease (so nobody can start using it unseen) or, without one, a
+//     second look at /proc. Symbolic links and anything that is not a
+//     regular file are never touched.
+//
+// Signals: while a lease is held (microseconds per file), a process opening
+// the file makes the kernel send SIGIO to the holder. The target is dropped
+// right after the lease is taken, and if SIGIO still has its default action
+// (which terminates) the first probe sets it to ignored; a caller with its
+// own SIGIO handler may see a stray signal.
+//
+// Nothing here needs privileges: a user sees and reclaims what the OS lets
+// them; files of other users that cannot be read show as "unknown" with the
+// reason, never as errors.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "shm/object_kind.hpp"
+#include "shm/segment.hpp"
+
+namespace shm::admin {
+
+// ---- kinds and states -------------------------------------------------------
+
+// Who made a file, judged by its name.
+enum class FileKind {
+    libshm,   // libshm.<valid segment name>
+    python,   // Python multiprocessing: psm_* (shared_memory), sem.mp-* (named semaphores)
+    pytorch,  // torch_*
+    other,
+};
+const char* to_string(FileKind k) noexcept;
+FileKind kind_of_name(std::string_view file_name);
+
+enum class State {
+    in_use,      // a live process is attached (libshm) or maps / holds it open
+    leaked,      // nobody live uses it: gc reclaims it (foreign: with --foreign, past the grace period)
+    persistent,  // a libshm segment marked persistent with nobody attached: kept on purpose
+    unknown,     // cannot tell (another user's file or processes, another layout version, ...)
+};
+const char* to_string(State s) noexcept;
+
+// Progress of a long scan: stage ("files", "processes", "segments"), items
+// done and the total (0 if not known).
+using Progress = std::function<void(const char* stage, std::size_t done, std::size_t total)>;
+
+// ---- /proc ----------------------------------------------------------------
+
+// The fields of /proc/<pid>/stat that we use. The command name is the text
+// between the first '(' and the last ')', so names with spaces and
+// parentheses parse.
+struct ProcStat {
+    pid_t pid = 0;
+    std::string comm;
+    char state = '?';
+    pid_t ppid = 0;
+    std::uint64_t flags = 0;       // field 9 (PF_*)
+    std::uint64_t start_time = 0;  // field 22, clock ticks since boot
+};
+bool parse_proc_stat(std::string_view text, ProcStat& out);
+
+// One line of /proc/<pid>/maps.
+struct MapsLine {
+    unsigned dev_major = 0;
+    unsigned dev_minor = 0;
+    std::uint64_t inode = 0;
+    std::string path;      // without the " (deleted)" suffix
+    bool deleted = false;  // the kernel marked the file as unlinked
+};
+bool parse_maps_line(std::string_view line, MapsLine& out);
+
+// How one process uses one file.
+struct FileUse {
+    pid_t pid = 0;
+    bool mapped = false;
+    bool open = false;
+};
+
+// A process whose maps or fd table we were not allowed to read, with what
+// /proc/<pid>/status (readable by anyone) says about what it could open.
+struct HiddenProcess {
+    pid_t pid = 0;
+    std::string comm;
+    std::vector<std::uint32_t> uids;  // real, effective, saved, filesystem
+    std::vector<std::uint32_t> gids;  // the same, then the supplementary groups
+    bool privileged = false;          // may bypass file permissions (CAP_DAC_*, CAP_FOWNER)
+    int error = 0;                    // why we could not look (EACCES, EPERM)
+};
+
+// Who maps or holds open which file of one filesystem, from one pass over
+// /proc. Processes that exit during the pass are skipped; kernel threads and
+// zombies hold no files and are not counted.
+struct ProcessScan {
+    dev_t dev = 0;
+    std::unordered_map<std::uint64_t, std::vector<FileUse>> uses;  // by inode, files on `dev` only
+    struct Process {
+        std::string comm;
+        std::uint64_t start_time = 0;
+    };
+    std::unordered_map<pid_t, Process> processes;  // every process looked at
+    std::vector<HiddenProcess> hidden;
+    std::size_t inspected = 0;  // processes whose maps and fds were read
+
+    // Scan every process for files on `dev`. When `only` is given, record
+    // only those inodes (a re-check before unlinking). `proc` is the procfs
+    // mount to read.
+    static ProcessScan run(dev_t dev, const std::vector<std::uint64_t>* only = nullptr,
+                           const Progress& progress = {}, const std::string& proc = "/proc");
+
+    const std::vector<FileUse>* users(std::uint64_t inode) const;
+    // Processes we could not inspect that could have opened a file with this
+    // owner and mode (by their credentials and capabilities).
+    std::vector<const HiddenProcess*> could_use(std::uint32_t uid, std::uint32_t gid, std::uint32_t mode) const;
+    // The command name of pid if it is the process that started at
+    // start_time (0: any), else "".
+    std::string comm_of(pid_t pid, std::uint64_t start_time = 0) const;
+};
+
+// ---- libshm segments, read without attaching ---------------------------------
+
+enum class SegmentStatus {
+    ok,                // a ready segment of this layout version
+    uninitialised,     // being created, or left half-made by a creator that died
+    dead,              // marked removed by a process that died before unlinking it
+    version_mismatch,  // another layout version: not interpreted
+    not_a_segment,     // named like a segment, but the magic is wrong
+    corrupt,           // the header contradicts itself
+    unreadable,        // we may not open it (another user's file)
+};
+const char* to_string(SegmentStatus s) noexcept;
+
+// The live state of a lock (Mutex, RecursiveMutex, a Barrier's Mutex).
+struct LockState {
+    bool held = false;
+    std::int32_t owner_pid = 0;  // who holds it, or who last held it when owner_died
+    bool owner_alive = false;    // the holder's process exists
+    bool owner_died = false;     // its owner died holding it; the next locker recovers it
+    std::uint64_t recoveries = 0;
+    std::uint32_t depth = 0;     // RecursiveMutex: the holder's recursion depth
+};
+
+// One named object and its live state. Only the fields of its kind are set.
+struct ObjectState {
+    ObjectInfo info;      // name, kind, offset, size
+    std::string problem;  // why its state could not be read (empty when it was)
+    std::optional<LockState> lock;                  // mutex, recursive_mutex
+    std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore
+    std::optional<std::uint32_t> bound;             // bounded_semaphore
+    std::optional<std::uint32_t> waiters;           // semaphores, condition, event (a hint)
+    std::optional<bool> is_set;                     // event
+    std::optional<std::uint32_t> parties;           // barrier
+    std::optional<std::uint32_t> n_waiting;         // barrier
+    std::optional<std::uint32_t> generation;        // barrier
+    std::optional<bool> broken;                     // barrier
+    std::optional<std::uint64_t> length;            // dict, list: number of items
+};
+
+struct SegmentInfo {
+    std::string path;
+    std::string name;  // the segment name (file name without "libshm.")
+    SegmentStatus status = SegmentStatus::unreadable;
+    std::string error;  // for any status but ok: what is wrong, in words
+    int err = 0;        // errno behind `error`, if any
+
+    std::uint32_t layout_version = 0;
+    std::uint64_t total_size = 0;
+    std::uint64_t heap_size = 0;
+    std::uint64_t heap_used = 0;  // allocated blocks, overhead included
+    std::uint32_t max_attach = 0;
+    bool persistent = false;
+    std::int32_t creator_pid = 0;
+    std::uint32_t creator_uid = 0;
+    std::uint64_t creator_start_time = 0;
+    bool creator_alive = false;
+    std::int64_t created_at_ns = 0;
+    bool being_created = false;  // uninitialised and its creator is at work (meta lock held)
+
+    std::vector<AttachInfo> slots;  // occupied slots only
+    std::uint32_t live = 0;
+    std::uint32_t dead = 0;
+
+    // Filled when objects were asked for and the status is ok.
+    bool objects_read = false;
+    bool directory_busy = false;  // the directory changed while read, or an update is unfinished
+    std::string directory_note;
+    std::vector<ObjectState> objects;
+};
+
+// Inspect the segment file at `path` (never follows a symlink). Never
+// throws for what it finds in the file: that goes into status and error.
+SegmentInfo inspect_segment(const std::string& path, bool with_objects);
+
+// ---- the directory ----------------------------------------------------------
+
+struct User {
+    pid_t pid = 0;
+    std::string comm;
+    bool attached = false;  // libshm: holds a live attach slot
+    bool mapped = false;
+    bool open = false;
+};
+
+// One regular file of the shm directory.
+struct Entry {
+    std::string name;  // file name
+    std::string path;
+    FileKind kind = FileKind::other;
+    State state = State::unknown;
+    std::string note;  // why unknown, what kind of leak, ... (empty if nothing to say)
+    std::uint64_t dev = 0, ino = 0;
+    std::uint32_t uid = 0, gid = 0, mode = 0;
+    std::uint64_t size = 0;       // st_size
+    std::uint64_t allocated = 0;  // st_blocks * 512: what removing it frees
+    std::int64_t mtime_ns = 0;
+    std::int64_t age_ns = 0;  // libshm: since creation; others: since last modified (mtime)
+    std::vector<User> users;
+    std::optional<SegmentInfo> segment;  // libshm files (without objects)
+};
+
+struct FsUsage {
+    std::uint64_t size = 0;
+    std::uint64_t used = 0;
+    std::uint64_t free = 0;  // available to unprivileged users
+};
+
+struct Scan {
+    std::string dir;
+    FsUsage fs;
+    std::vector<Entry> entries;  // regular files, sorted by name
+    std::vector<std::string> skipped;  // names of entries that are not regular files
+    ProcessScan processes;        // empty when no foreign file needed it
+    bool processes_scanned = false;
+};
+
+// List the shm directory and classify every regular file. /proc is read
+// once, and only if there are foreign files.
+Scan scan(const Progress& progress = {});
+
+// Look at one file of the shm directory (a file name, or a segment name
+// that names "libshm.<name>"); nullopt if there is no such file.
+std::optional<Entry> lookup(std::string_view name);
+
+FsUsage fs_usage(const std::string& dir);
+
+// ---- reclaiming -------------------------------------------------------------
+
+struct GcOptions {
+    bool dry_run = false;
+    bool foreign = false;  // also remove foreign files that nobody uses
+    std::chrono::nanoseconds min_age = std::chrono::minutes(5);  // for foreign files
+    Progress progress;
+};
+
+struct GcAction {
+    enum Outcome {
+        reclaimed,      // unlinked (or would be, with dry_run)
+        cleared,        // dead attach slots cleared; the segment stays (live users or persistent)
+        kept,           // looked leaked but was in use, changed or gone at the re-check
+        skipped,        // not ours to decide (unreadable, other layout version, ...)
+        failed,         // the OS refused, or something went wrong
+    };
+    Outcome outcome = skipped;
+    std::string name;
+    FileKind kind = FileKind::other;
+    std::uint64_t bytes = 0;         // freed (or that would be)
+    std::uint32_t dead_slots = 0;    // libshm: dead attach slots cleared
+    std::string reason;
+    int err = 0;
+};
+const char* to_string(GcAction::Outcome o) noexcept;
+
+struct GcReport {
+    bool dry_run = false;
+    std::vector<GcAction> actions;
+    std::uint64_t bytes_freed = 0;
+    std::size_t files_reclaimed = 0;
+    std::uint32_t dead_slots_cleared = 0;
+    std::size_t failures = 0;
+    // Foreign files that look leaked and were left alone (no --foreign, or
+    // younger than min_age).
+    std::size_t foreign_left = 0;
+    std::uint64_t foreign_left_bytes = 0;
+};
+
+GcReport gc(const GcOptions& opt);
+
+struct RemoveResult {
+    enum Outcome { removed, not_found, not_libshm, in_use, failed };
+    Outcome outcome = failed;
+    std::string name;  // as given
+    std::string message;
+    std::vector<pid_t> live_pids;  // in_use: who is attached
+    std::uint64_t bytes = 0;       // removed: the file's allocated size
+    int err = 0;
+};
+
+// Remove a libshm segment by segment name or file name. Refuses one with
+// live attachers unless `force` (they keep their mapping; the name goes).
+RemoveResult remove_segment(std::string_view name, bool force);
+
+// ---- helpers ----------------------------------------------------------------
+
+// "30s", "5m", "2h", "1d", "1h30m", "0", "250ms" → duration; false if malformed.
+bool parse_duration(std::string_view text, std::chrono::nanoseconds& out);
+
+// Whether a process with this pid exists (kill(pid, 0) succeeds or says EPERM).
+bool pid_exists(pid_t pid);
+
+}  // namespace shm::admin

@@ -1,0 +1,1010 @@
+// shmctl: the real binary run against a private shm directory. Listings and
+// their JSON schema, gc and rm on live, dead and persistent segments, foreign
+// files in every state, /proc parsing, another user's view, and an end-to-end
+// run in a private 64 MiB tmpfs filled by killed libshm and Python programs.
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <spawn.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+#include <shm/admin.hpp>
+#include <shm/shm.hpp>
+
+#include "layout.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+namespace admin = shm::admin;
+
+namespace {
+
+constexpr std::size_t kSize = 1 << 20;
+
+struct Run {
+    int code = -1;  // exit status; 128 + signal if killed
+    std::string out, err;
+    bool timed_out = false;
+};
+
+// Run argv (argv[0] looked up in PATH) with stdout and stderr captured, at
+// most `limit`. posix_spawn, not fork: a forked child of a process attached
+// to a segment would take an attach slot of its own first (and leave it dead
+// at exec). Safe to call from a forked child (no Catch2 inside).
+Run run(const std::vector<std::string>& argv, std::chrono::milliseconds limit = 60s) {
+    Run r;
+    int out[2], err[2];
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return r;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    std::vector<char*> a;
+    for (const std::string& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    pid_t pid = -1;
+    int rc = ::posix_spawnp(&pid, a[0], &fa, nullptr, a.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        r.code = 127;
+        r.err = std::string("cannot run ") + a[0] + ": " + std::strerror(rc);
+        for (int f : {out[0], out[1], err[0], err[1]}) ::close(f);
+        return r;
+    }
+    ::close(out[1]);
+    ::close(err[1]);
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            ::kill(pid, SIGKILL);
+            r.timed_out = true;
+            break;
+        }
+        if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            char buf[65536];
+            ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+            if (n > 0) {
+                (i == 0 ? r.out : r.err).append(buf, static_cast<std::size_t>(n));
+            } else {
+                ::close(fds[i].fd);
+                fds[i].fd = -1;
+                --open_fds;
+            }
+        }
+    }
+    for (auto& f : fds)
+        if (f.fd >= 0) ::close(f.fd);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return r;
+}
+
+Run shmctl(std::vector<std::string> args) {
+    args.insert(args.begin(), SHMCTL_PATH);
+    return run(args);
+}
+
+Run shmctl_as_nobody(std::vector<std::string> args) {
+    std::vector<std::string> a = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", SHMCTL_PATH};
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a);
+}
+
+std::string describe(const Run& r) {
+    return "exit " + std::to_string(r.code) + (r.timed_out ? " (timed out)" : "") + "\n--- stdout\n" + r.out +
+           "--- stderr\n" + r.err;
+}
+
+json parse(const Run& r) {
+    INFO(describe(r));
+    json j;
+    REQUIRE_NOTHROW(j = json::parse(r.out));
+    return j;
+}
+
+// The ls entry of a file, or null.
+json file_of(const json& ls, const std::string& name) {
+    for (const json& f : ls.at("files"))
+        if (f.at("name") == name) return f;
+    return json(nullptr);
+}
+
+json object_of(const json& stat, const std::string& name) {
+    for (const json& o : stat.at("segment").at("objects"))
+        if (o.at("name") == name) return o;
+    return json(nullptr);
+}
+
+void write_file(const std::string& path, std::size_t bytes) {
+    std::ofstream(path, std::ios::binary) << std::string(bytes, 'x');
+}
+
+void age_file(const std::string& path, std::chrono::seconds by) {
+    timespec t[2];
+    ::clock_gettime(CLOCK_REALTIME, &t[0]);
+    t[0].tv_sec -= by.count();
+    t[1] = t[0];
+    REQUIRE(::utimensat(AT_FDCWD, path.c_str(), t, AT_SYMLINK_NOFOLLOW) == 0);
+}
+
+bool exists(const std::string& path) {
+    struct stat st;
+    return ::lstat(path.c_str(), &st) == 0;
+}
+
+// A child that holds `path` open (mapped = false) or only mapped (the
+// descriptor closed after mmap), until killed. Returns once it holds it.
+pid_t hold(const std::string& path, bool mapped, const char* comm = nullptr) {
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    pid_t c = test::spawn([&]() -> int {
+        if (comm) ::prctl(PR_SET_NAME, comm);
+        int fd = ::open(path.c_str(), O_RDWR);
+        if (fd < 0) return 2;
+        if (mapped) {
+            void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (p == MAP_FAILED) return 3;
+            ::close(fd);
+        }
+        (void)!::write(ready[1], "r", 1);
+        for (;;) ::pause();
+    });
+    ::close(ready[1]);
+    char b;
+    REQUIRE(::read(ready[0], &b, 1) == 1);
+    ::close(ready[0]);
+    return c;
+}
+
+// A libshm segment whose only user was SIGKILLed.
+void make_dead_segment(const std::string& name, bool hold_mutex = false) {
+    pid_t c = test::spawn([&] {
+        auto s = shm::Segment::create(name, kSize);
+        auto& m = s.construct<shm::Mutex>("lock");
+        if (hold_mutex) m.lock();
+        ::raise(SIGKILL);
+        return 0;
+    });
+    REQUIRE(test::wait_for(c).signaled);
+}
+
+void poke_u32(const std::string& path, off_t off, std::uint32_t v) {
+    int fd = ::open(path.c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    REQUIRE(::pwrite(fd, &v, 4, off) == 4);
+    ::close(fd);
+}
+
+bool is_root() { return ::geteuid() == 0; }
+
+}  // namespace
+
+TEST_CASE("shmctl: help, version and usage errors", "[shmctl]") {
+    test::ShmDir dir;
+    Run v = shmctl({"-V"});
+    INFO(describe(v));
+    CHECK(v.code == 0);
+    CHECK(v.out.find(shm::version()) != std::string::npos);
+    CHECK(v.out.find("layout version " + std::to_string(shm::kLayoutVersion)) != std::string::npos);
+    for (const char* sub : {"ls", "stat", "df", "gc", "rm"}) {
+        Run h = shmctl({sub, "--help"});
+        INFO(sub << ": " << describe(h));
+        CHECK(h.code == 0);
+        CHECK(h.out.find(sub) != std::string::npos);
+    }
+    CHECK(shmctl({"--help"}).out.find("Exit status") != std::string::npos);
+    CHECK(shmctl({}).code == 2);
+    CHECK(shmctl({"frobnicate"}).code == 2);
+    CHECK(shmctl({"ls", "--no-such-flag"}).code == 2);
+    CHECK(shmctl({"stat"}).code == 2);
+    CHECK(shmctl({"rm"}).code == 2);
+    Run bad = shmctl({"gc", "--min-age", "soon"});
+    CHECK(bad.code == 2);
+    CHECK(bad.err.find("duration") != std::string::npos);
+}
+
+TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmctl]") {
+    test::ShmDir dir;
+    make_dead_segment("dead", true);
+    pid_t keeper = test::spawn([] {
+        shm::SegmentOptions o;
+        o.persistent = true;
+        auto s = shm::Segment::create("keep", kSize, o);
+        return 0;
+    });
+    test::require_exit_ok(keeper);
+    auto live = shm::Segment::create("live", kSize);
+    auto& lock = live.construct<shm::Mutex>("lock");
+    live.construct<shm::Semaphore>("items", 3u);
+    live.construct<shm::BoundedSemaphore>("slots", 2u);
+    live.construct<shm::Event>("ready").set();
+    live.construct<shm::Barrier>("step", 3u);
+    live.construct<shm::Condition>("cv");
+    auto& rlock = live.construct<shm::RecursiveMutex>("rlock");
+    live.construct<std::uint64_t>("answer", 42u);
+    auto jobs = shm::Dict::open_or_create(live, "jobs");
+    jobs.set("a", shm::Value(std::int64_t(1)));
+    jobs.set("b", shm::Value(std::int64_t(2)));
+    auto log = shm::List::open_or_create(live, "log");
+    for (int i = 0; i < 5; ++i) log.append(shm::Value(std::int64_t(i)));
+    lock.lock();
+    rlock.lock();
+    rlock.lock();
+
+    SECTION("ls --json") {
+        json ls = parse(shmctl({"ls", "--json"}));
+        CHECK(ls.at("schema_version") == 1);
+        CHECK(ls.at("dir") == dir.path());
+        REQUIRE(ls.at("files").size() == 3);
+        for (const json& f : ls.at("files"))
+            for (const char* k : {"name", "path", "kind", "state", "note", "size", "allocated", "uid", "owner",
+                                  "mode", "mtime", "age_seconds", "users", "segment"})
+                CHECK(f.contains(k));
+        json l = file_of(ls, "libshm.live");
+        CHECK(l.at("kind") == "libshm");
+        CHECK(l.at("state") == "in_use");
+        CHECK(l.at("mode") == "0600");
+        CHECK(l.at("allocated").get<std::uint64_t>() >= kSize);
+        REQUIRE(l.at("users").size() == 1);
+        CHECK(l.at("users")[0].at("pid") == ::getpid());
+        CHECK(l.at("users")[0].at("attached") == true);
+        CHECK(l.at("segment").at("status") == "ok");
+        CHECK(l.at("segment").at("live_attachers") == 1);
+        json d = file_of(ls, "libshm.dead");
+        CHECK(d.at("state") == "leaked");
+        CHECK(d.at("users").empty());
+        CHECK(d.at("segment").at("dead_attachers") == 1);
+        json k = file_of(ls, "libshm.keep");
+        CHECK(k.at("state") == "persistent");
+        CHECK(k.at("segment").at("persistent") == true);
+    }
+    SECTION("ls, human") {
+        Run r = shmctl({"ls"});
+        INFO(describe(r));
+        REQUIRE(r.code == 0);
+        CHECK(r.out.rfind("NAME", 0) == 0);
+        CHECK(r.out.find("libshm.live") != std::string::npos);
+        CHECK(r.out.find("in use") != std::string::npos);
+        CHECK(r.out.find("leaked") != std::string::npos);
+        CHECK(r.out.find("persistent") != std::string::npos);
+        CHECK(r.out.find(std::to_string(::getpid())) != std::string::npos);
+        Run nh = shmctl({"ls", "--noheadings", "-b"});
+        CHECK(nh.out.find("NAME") == std::string::npos);
+        CHECK(nh.out.find(std::to_string(kSize)) != std::string::npos);
+    }
+    SECTION("stat of a live segment shows every object's state") {
+        json st = parse(shmctl({"stat", "live", "--json"}));
+        CHECK(st.at("schema_version") == 1);
+        CHECK(st.at("file").at("name") == "libshm.live");
+        json s = st.at("segment");
+        CHECK(s.at("name") == "live");
+        CHECK(s.at("status") == "ok");
+        CHECK(s.at("layout_version") == shm::kLayoutVersion);
+        CHECK(s.at("total_size") == kSize);
+        CHECK(s.at("heap_used").get<std::uint64_t>() > 0);
+        CHECK(s.at("heap_free").get<std::uint64_t>() + s.at("heap_used").get<std::uint64_t>() ==
+              s.at("heap_size").get<std::uint64_t>());
+        CHECK(s.at("max_attach") == 128);
+        CHECK(s.at("persistent") == false);
+        CHECK(s.at("creator").at("pid") == ::getpid());
+        CHECK(s.at("creator").at("alive") == true);
+        CHECK(s.at("created_at").get<std::int64_t>() > 0);
+        REQUIRE(s.at("attachments").size() == 1);
+        CHECK(s.at("attachments")[0].at("pid") == ::getpid());
+        CHECK(s.at("attachments")[0].at("alive") == true);
+        CHECK(s.at("objects_read") == true);
+        CHECK(s.at("directory_busy") == false);
+        REQUIRE(s.at("objects").size() == 10);
+        CHECK(s.at("objects")[0].at("name") == "lock");  // in creation order
+        json m = object_of(st, "lock");
+        CHECK(m.at("kind") == "mutex");
+        CHECK(m.at("state").at("held") == true);
+        CHECK(m.at("state").at("owner_pid") == ::getpid());
+        CHECK(m.at("state").at("owner_alive") == true);
+        CHECK(m.at("state").at("owner_died") == false);
+        json r = object_of(st, "rlock");
+        CHECK(r.at("kind") == "recursive_mutex");
+        CHECK(r.at("state").at("depth") == 2);
+        CHECK(object_of(st, "items").at("state").at("value") == 3);
+        CHECK(object_of(st, "items").at("state").at("waiters") == 0);
+        CHECK(object_of(st, "slots").at("kind") == "bounded_semaphore");
+        CHECK(object_of(st, "slots").at("state").at("bound") == 2);
+        CHECK(object_of(st, "ready").at("state").at("is_set") == true);
+        json b = object_of(st, "step");
+        CHECK(b.at("state").at("parties") == 3);
+        CHECK(b.at("state").at("n_waiting") == 0);
+        CHECK(b.at("state").at("broken") == false);
+        CHECK(object_of(st, "cv").at("state").at("waiters") == 0);
+        CHECK(object_of(st, "answer").at("kind") == "raw");
+        CHECK(object_of(st, "answer").at("size") == 8);
+        CHECK(object_of(st, "jobs").at("kind") == "dict");
+        CHECK(object_of(st, "jobs").at("state").at("length") == 2);
+        CHECK(object_of(st, "log").at("kind") == "list");
+        CHECK(object_of(st, "log").at("state").at("length") == 5);
+
+        Run h = shmctl({"stat", "libshm.live"});
+        INFO(describe(h));
+        CHECK(h.code == 0);
+        CHECK(h.out.find("held by pid " + std::to_string(::getpid())) != std::string::npos);
+        CHECK(h.out.find("value 3") != std::string::npos);
+        CHECK(h.out.find("0 of 3 parties waiting") != std::string::npos);
+        CHECK(h.out.find("1 alive, 0 dead") != std::string::npos);
+        CHECK(h.out.find("2 keys") != std::string::npos);
+        CHECK(h.out.find("5 items") != std::string::npos);
+    }
+    SECTION("stat of a dead segment: its Mutex's owner died holding it") {
+        json st = parse(shmctl({"stat", "dead", "--json"}));
+        json s = st.at("segment");
+        CHECK(s.at("creator").at("alive") == false);
+        REQUIRE(s.at("attachments").size() == 1);
+        CHECK(s.at("attachments")[0].at("alive") == false);
+        json m = object_of(st, "lock");
+        CHECK(m.at("state").at("owner_died") == true);
+        CHECK(m.at("state").at("held") == false);
+        CHECK(m.at("state").at("owner_pid") == s.at("creator").at("pid"));
+        Run h = shmctl({"stat", "dead"});
+        CHECK(h.out.find("died holding it") != std::string::npos);
+        CHECK(h.out.find("0 alive, 1 dead") != std::string::npos);
+    }
+    SECTION("stat of nothing") {
+        Run r = shmctl({"stat", "nope"});
+        CHECK(r.code == 1);
+        CHECK(r.err.find("no segment or file 'nope'") != std::string::npos);
+    }
+    SECTION("df") {
+        json df = parse(shmctl({"df", "--json"}));
+        CHECK(df.at("schema_version") == 1);
+        CHECK(df.at("filesystem").at("size").get<std::uint64_t>() > 0);
+        CHECK(df.at("filesystem").contains("used"));
+        CHECK(df.at("filesystem").contains("free"));
+        CHECK(df.at("libshm").at("in_use").at("files") == 1);
+        CHECK(df.at("libshm").at("leaked").at("files") == 1);
+        CHECK(df.at("libshm").at("persistent").at("files") == 1);
+        CHECK(df.at("libshm").at("unknown").at("files") == 0);
+        CHECK(df.at("libshm").at("leaked").at("bytes").get<std::uint64_t>() >= kSize);
+        for (const char* k : {"in_use", "leaked", "unknown"}) CHECK(df.at("foreign").at(k).at("files") == 0);
+        CHECK(df.contains("unlisted_bytes"));
+        Run h = shmctl({"df"});
+        CHECK(h.code == 0);
+        CHECK(h.out.find("libshm leaked") != std::string::npos);
+        CHECK(h.out.find("`shmctl gc` frees") != std::string::npos);
+    }
+    rlock.unlock();
+    rlock.unlock();
+    lock.unlock();
+}
+
+TEST_CASE("shmctl gc reaps dead attachers and reclaims only dead segments, and --dry-run changes nothing", "[shmctl]") {
+    test::ShmDir dir;
+    auto live = shm::Segment::create("live", kSize);
+    pid_t c = test::spawn([] {
+        auto s = shm::Segment::open("live");
+        ::raise(SIGKILL);
+        return 0;
+    });
+    REQUIRE(test::wait_for(c).signaled);
+    REQUIRE(live.attachments().size() == 3);  // ours, and two dead (see test_segment)
+    make_dead_segment("dead");
+    make_dead_segment("halfdead");
+    // A process killed between marking a segment removed and unlinking it.
+    poke_u32(dir.path() + "/libshm.halfdead", 12, shm::layout::kDead);
+    make_dead_segment("future");
+    poke_u32(dir.path() + "/libshm.future", 8, 99);  // another layout version
+    pid_t keeper = test::spawn([] {
+        shm::SegmentOptions o;
+        o.persistent = true;
+        auto s = shm::Segment::create("keep", kSize, o);
+        return 0;
+    });
+    test::require_exit_ok(keeper);
+
+    SECTION("another layout version is shown as such, never misread") {
+        json ls = parse(shmctl({"ls", "--json"}));
+        json f = file_of(ls, "libshm.future");
+        CHECK(f.at("state") == "unknown");
+        CHECK(f.at("segment").at("status") == "version_mismatch");
+        CHECK(f.at("segment").at("layout_version") == 99);
+        CHECK(f.at("note").get<std::string>().find("layout version 99") != std::string::npos);
+        Run st = shmctl({"stat", "future"});
+        CHECK(st.code == 1);
+        CHECK(st.err.find("layout version 99") != std::string::npos);
+        CHECK(file_of(ls, "libshm.halfdead").at("state") == "leaked");
+    }
+    SECTION("dry run, then the real thing") {
+        auto before = dir.files();
+        auto slots_before = live.attachments().size();
+        Run dry = shmctl({"gc", "--dry-run", "--json"});
+        json j = parse(dry);
+        CHECK(dry.code == 0);
+        CHECK(j.at("schema_version") == 1);
+        CHECK(j.at("dry_run") == true);
+        for (const char* k : {"actions", "files_reclaimed", "bytes_freed", "dead_slots_cleared", "failures",
+                              "foreign_left", "min_age_seconds", "foreign", "dir"})
+            CHECK(j.contains(k));
+        std::map<std::string, std::string> outcome;
+        for (const json& a : j.at("actions")) outcome[a.at("name")] = a.at("outcome");
+        CHECK(outcome["libshm.dead"] == "reclaimed");
+        CHECK(outcome["libshm.halfdead"] == "reclaimed");
+        CHECK(outcome["libshm.live"] == "cleared");
+        CHECK(outcome["libshm.future"] == "skipped");
+        CHECK(outcome.count("libshm.keep") == 0);
+        CHECK(j.at("files_reclaimed") == 2);
+        CHECK(j.at("dead_slots_cleared") == 3);
+        CHECK(j.at("bytes_freed").get<std::uint64_t>() >= 2 * kSize);
+        CHECK(dir.files() == before);
+        CHECK(live.attachments().size() == slots_before);
+        Run dh = shmctl({"gc", "--dry-run"});
+        CHECK(dh.out.find("would reclaim  libshm.dead") != std::string::npos);
+        CHECK(dh.out.find("nothing was changed") != std::string::npos);
+        CHECK(dir.files() == before);
+
+        Run r = shmctl({"gc"});
+        INFO(describe(r));
+        CHECK(r.code == 0);
+        CHECK(r.out.find("reclaimed  libshm.dead") != std::string::npos);
+        CHECK(r.out.find("gc: reclaimed 2 files") != std::string::npos);
+        CHECK(r.out.find("freed") != std::string::npos);
+        CHECK(r.err.find("skipped libshm.future: layout version 99") != std::string::npos);
+        CHECK_FALSE(dir.has("dead"));
+        CHECK_FALSE(dir.has("halfdead"));
+        CHECK(dir.has("live"));
+        CHECK(dir.has("keep"));
+        CHECK(dir.has("future"));
+        CHECK(live.attachments().size() == 1);
+        // A dead name is usable again at once.
+        CHECK_NOTHROW(shm::Segment::create("halfdead", kSize));
+        Run again = shmctl({"gc", "--json"});
+        CHECK(parse(again).at("files_reclaimed") == 0);
+    }
+    poke_u32(dir.path() + "/libshm.future", 8, shm::kLayoutVersion);
+}
+
+TEST_CASE("shmctl rm refuses a live segment and names its users unless --force", "[shmctl]") {
+    test::ShmDir dir;
+    auto busy = shm::Segment::create("busy", kSize);
+    auto& v = busy.construct<int>("v", 7);
+    make_dead_segment("dead");
+    write_file(dir.path() + "/psm_foreign", 4096);
+
+    Run r = shmctl({"rm", "busy"});
+    INFO(describe(r));
+    CHECK(r.code == 1);
+    CHECK(r.err.find("in use") != std::string::npos);
+    CHECK(r.err.find("pid " + std::to_string(::getpid())) != std::string::npos);
+    CHECK(dir.has("busy"));
+
+    Run two = shmctl({"rm", "dead", "nosuch"});
+    CHECK(two.code == 1);
+    CHECK(two.out.find("removed segment 'dead'") != std::string::npos);
+    CHECK(two.err.find("no segment 'nosuch'") != std::string::npos);
+    CHECK_FALSE(dir.has("dead"));
+
+    Run foreign = shmctl({"rm", "psm_foreign"});
+    CHECK(foreign.code == 1);
+    CHECK(exists(dir.path() + "/psm_foreign"));
+
+    Run forced = shmctl({"rm", "--force", "libshm.busy"});
+    INFO(describe(forced));
+    CHECK(forced.code == 0);
+    CHECK_FALSE(dir.has("busy"));
+    CHECK(v == 7);  // still mapped here
+    v = 8;
+    CHECK(*busy.find<int>("v") == 8);
+}
+
+TEST_CASE("shmctl and foreign files: only the unused and old one is removed", "[shmctl][foreign]") {
+    test::ShmDir dir;
+    const std::string d = dir.path();
+    write_file(d + "/psm_open", 8192);
+    write_file(d + "/psm_mapped", 8192);
+    write_file(d + "/sem.mp-old", 4096);
+    write_file(d + "/torch_1_new", 4096);
+    write_file(d + "/other_old", 4096);
+    std::filesystem::create_directory(d + "/sub");
+    write_file(d + "/sub/target", 4096);
+    REQUIRE(::symlink((d + "/sub/target").c_str(), (d + "/psm_link").c_str()) == 0);
+    for (const char* f : {"/psm_open", "/psm_mapped", "/sem.mp-old", "/other_old", "/sub/target", "/psm_link"})
+        age_file(d + f, 1h);
+    pid_t opener = hold(d + "/psm_open", false);
+    pid_t mapper = hold(d + "/psm_mapped", true);
+
+    json ls = parse(shmctl({"ls", "--all", "--json"}));
+    CHECK(ls.at("files").size() == 5);  // regular files only: no symlink, no directory
+    CHECK(file_of(ls, "psm_link").is_null());
+    json o = file_of(ls, "psm_open");
+    CHECK(o.at("kind") == "python");
+    CHECK(o.at("state") == "in_use");
+    REQUIRE(o.at("users").size() == 1);
+    CHECK(o.at("users")[0].at("pid") == opener);
+    CHECK(o.at("users")[0].at("open") == true);
+    CHECK(o.at("users")[0].at("mapped") == false);
+    json m = file_of(ls, "psm_mapped");
+    CHECK(m.at("state") == "in_use");
+    REQUIRE(m.at("users").size() == 1);
+    CHECK(m.at("users")[0].at("pid") == mapper);
+    CHECK(m.at("users")[0].at("mapped") == true);
+    CHECK(m.at("users")[0].at("open") == false);
+    CHECK(file_of(ls, "sem.mp-old").at("kind") == "python");
+    CHECK(file_of(ls, "sem.mp-old").at("state") == "leaked");
+    CHECK(file_of(ls, "sem.mp-old").at("age_seconds").get<long>() >= 3500);
+    CHECK(file_of(ls, "torch_1_new").at("kind") == "pytorch");
+    CHECK(file_of(ls, "torch_1_new").at("state") == "leaked");
+    CHECK(file_of(ls, "other_old").at("kind") == "other");
+    // Without --all: libshm segments and what looks leaked.
+    json def = parse(shmctl({"ls", "--json"}));
+    CHECK(def.at("files").size() == 3);
+    CHECK(def.at("hidden") == 2);
+
+    // Without --foreign nothing foreign is touched, and gc says what it left.
+    Run plain = shmctl({"gc"});
+    CHECK(plain.code == 0);
+    CHECK(plain.out.find("3 foreign files") != std::string::npos);
+    Run dry = shmctl({"gc", "--foreign", "--min-age", "1m", "--dry-run"});
+    CHECK(dry.out.find("would reclaim  other_old") != std::string::npos);
+    CHECK(dry.out.find("would reclaim  sem.mp-old") != std::string::npos);
+    CHECK(dir.files().size() == 7);
+
+    Run r = shmctl({"gc", "--foreign", "--min-age", "1m", "--json"});
+    json j = parse(r);
+    CHECK(r.code == 0);
+    std::set<std::string> reclaimed;
+    for (const json& a : j.at("actions"))
+        if (a.at("outcome") == "reclaimed") reclaimed.insert(a.at("name"));
+    CHECK(reclaimed == std::set<std::string>{"other_old", "sem.mp-old"});
+    CHECK(j.at("bytes_freed").get<std::uint64_t>() >= 2 * 4096);
+    CHECK(j.at("foreign_left").at("files") == 1);  // torch_1_new: too young
+    CHECK_FALSE(exists(d + "/other_old"));
+    CHECK_FALSE(exists(d + "/sem.mp-old"));
+    for (const char* f : {"/psm_open", "/psm_mapped", "/torch_1_new", "/psm_link", "/sub/target"})
+        CHECK(exists(d + f));
+
+    test::kill_and_reap(opener);
+    test::kill_and_reap(mapper);
+    Run after = shmctl({"gc", "--foreign", "--min-age", "0"});
+    INFO(describe(after));
+    CHECK(after.code == 0);
+    CHECK(after.out.find("gc: reclaimed 3 files") != std::string::npos);
+    CHECK(exists(d + "/psm_link"));
+    CHECK(exists(d + "/sub/target"));
+}
+
+TEST_CASE("/proc parsing: names with spaces and parentheses, deleted files", "[shmctl][proc]") {
+    admin::ProcStat st;
+    std::string line = "4242 (a b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+    REQUIRE(admin::parse_proc_stat(line, st));
+    CHECK(st.pid == 4242);
+    CHECK(st.comm == "a b) (c");
+    CHECK(st.state == 'S');
+    CHECK(st.ppid == 1);
+    CHECK(st.flags == 4194560);
+    CHECK(st.start_time == 987654);
+    CHECK_FALSE(admin::parse_proc_stat("4242 (unterminated S 1", st));
+    CHECK_FALSE(admin::parse_proc_stat("4242 (short) S 1 2 3", st));
+
+    admin::MapsLine ml;
+    REQUIRE(admin::parse_maps_line(
+        "7f1c2b0d4000-7f1c2b0d5000 rw-s 00000000 00:1a 123456                     /dev/shm/psm_x (deleted)", ml));
+    CHECK(ml.dev_major == 0);
+    CHECK(ml.dev_minor == 0x1a);
+    CHECK(ml.inode == 123456);
+    CHECK(ml.path == "/dev/shm/psm_x");
+    CHECK(ml.deleted);
+    REQUIRE(admin::parse_maps_line("7ffd-7ffe r-xp 00000000 fd:101 42 /usr/lib/a b.so", ml));
+    CHECK(ml.dev_major == 0xfd);
+    CHECK(ml.dev_minor == 0x101);
+    CHECK(ml.path == "/usr/lib/a b.so");
+    CHECK_FALSE(ml.deleted);
+    REQUIRE(admin::parse_maps_line("7ffd-7ffe rw-p 00000000 00:00 0", ml));
+    CHECK(ml.inode == 0);
+    CHECK(ml.path.empty());
+    CHECK_FALSE(admin::parse_maps_line("garbage", ml));
+
+    SECTION("a live process named with spaces and parentheses") {
+        test::ShmDir dir;
+        write_file(dir.path() + "/psm_named", 4096);
+        pid_t c = hold(dir.path() + "/psm_named", false, "a b) (c");
+        json ls = parse(shmctl({"ls", "--all", "--json"}));
+        json f = file_of(ls, "psm_named");
+        REQUIRE(f.at("users").size() == 1);
+        CHECK(f.at("users")[0].at("pid") == c);
+        CHECK(f.at("users")[0].at("comm") == "a b) (c");
+        Run h = shmctl({"ls", "--all"});
+        CHECK(h.out.find(std::to_string(c) + " a b) (c") != std::string::npos);
+        test::kill_and_reap(c);
+    }
+    SECTION("deleted files are matched by inode, not by name") {
+        test::ShmDir dir;
+        const std::string p = dir.path() + "/psm_reused";
+        write_file(p, 4096);
+        pid_t c = hold(p, true);
+        // The mapped file is unlinked and a new file takes its name: the
+        // new one is unused although /proc/<pid>/maps shows its path.
+        REQUIRE(::unlink(p.c_str()) == 0);
+        write_file(p, 4096);
+        json f = file_of(parse(shmctl({"ls", "--all", "--json"})), "psm_reused");
+        CHECK(f.at("state") == "leaked");
+        CHECK(f.at("users").empty());
+        test::kill_and_reap(c);
+    }
+}
+
+TEST_CASE("/proc scan: processes vanishing during the scan are skipped", "[shmctl][proc]") {
+    test::ShmDir dir;
+    const std::string p = dir.path() + "/psm_held";
+    write_file(p, 4096);
+    struct stat st;
+    REQUIRE(::stat(p.c_str(), &st) == 0);
+    pid_t holder = hold(p, true);
+    // A child that keeps starting processes which map the file and exit.
+    pid_t churn = test::spawn([&] {
+        for (;;) {
+            pid_t g = ::fork();
+            if (g == 0) {
+                int fd = ::open(p.c_str(), O_RDONLY);
+                if (fd >= 0) ::mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, 0);
+                ::_exit(0);
+            }
+            if (g > 0) ::waitpid(g, nullptr, 0);
+        }
+        return 0;
+    });
+    auto deadline = std::chrono::steady_clock::now() + 1500ms;
+    int scans = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        admin::ProcessScan s;
+        REQUIRE_NOTHROW(s = admin::ProcessScan::run(st.st_dev));
+        const auto* users = s.users(st.st_ino);
+        REQUIRE(users);
+        bool found = false;
+        for (const admin::FileUse& u : *users)
+            if (u.pid == holder) found = u.mapped;
+        CHECK(found);
+        ++scans;
+    }
+    CHECK(scans > 0);
+    test::kill_and_reap(churn);
+    test::kill_and_reap(holder);
+}
+
+TEST_CASE("/proc scan: a process we may not inspect makes the files it could open unknown", "[shmctl][proc]") {
+    admin::ProcessScan s;
+    admin::HiddenProcess h;
+    h.pid = 77;
+    h.comm = "other";
+    h.uids = {1000, 1000, 1000, 1000};
+    h.gids = {1000, 1000, 1000, 1000, 27};
+    s.hidden.push_back(h);
+    CHECK(s.could_use(1000, 5, 0600).size() == 1);  // its own file
+    CHECK(s.could_use(2000, 5, 0600).empty());      // another user's private file
+    CHECK(s.could_use(2000, 27, 0640).size() == 1);  // its supplementary group may read
+    CHECK(s.could_use(2000, 5, 0644).size() == 1);   // anyone may read
+    s.hidden[0].privileged = true;
+    CHECK(s.could_use(2000, 5, 0600).size() == 1);  // bypasses permissions
+}
+
+TEST_CASE("shmctl as another user: root's segments can be neither removed nor reclaimed", "[shmctl][permissions]") {
+    if (!is_root()) {
+        WARN("skipped: needs root to run shmctl as another user");
+        return;
+    }
+    test::ShmDir dir;
+    const std::string d = dir.path();
+    REQUIRE(::chmod(d.c_str(), 01777) == 0);  // like /dev/shm
+    auto live = shm::Segment::create("rootlive", kSize);
+    make_dead_segment("rootdead");
+    // Foreign files: nobody's own, unused and old (nobody may reclaim it),
+    // and root's readable one, unused and old (nobody may not).
+    write_file(d + "/psm_nobody", 4096);
+    REQUIRE(::chown((d + "/psm_nobody").c_str(), 65534, 65534) == 0);
+    write_file(d + "/psm_root", 4096);
+    REQUIRE(::chmod((d + "/psm_root").c_str(), 0644) == 0);
+    age_file(d + "/psm_nobody", 1h);
+    age_file(d + "/psm_root", 1h);
+
+    Run probe = shmctl_as_nobody({"-V"});
+    if (probe.code != 0) {
+        WARN("skipped: cannot run shmctl as uid 65534: " << describe(probe));
+        return;
+    }
+    Run ls = shmctl_as_nobody({"ls", "--all", "--json"});
+    INFO(describe(ls));
+    REQUIRE(ls.code == 0);
+    json j = parse(ls);
+    json dead = file_of(j, "libshm.rootdead");
+    CHECK(dead.at("owner") == "root");
+    CHECK(dead.at("state") == "unknown");
+    CHECK(dead.at("segment").at("status") == "unreadable");
+    CHECK(dead.at("note").get<std::string>().find("Permission denied") != std::string::npos);
+    CHECK(file_of(j, "libshm.rootlive").at("state") == "unknown");
+    CHECK(file_of(j, "psm_nobody").at("state") == "leaked");
+    CHECK(file_of(j, "psm_root").at("state") == "unknown");
+    CHECK(shmctl_as_nobody({"ls", "--all"}).code == 0);
+    CHECK(shmctl_as_nobody({"df"}).code == 0);
+
+    Run rm = shmctl_as_nobody({"rm", "rootdead"});
+    INFO(describe(rm));
+    CHECK(rm.code == 1);
+    CHECK(rm.err.find("Permission denied") != std::string::npos);
+    CHECK(rm.err.find("uid 0") != std::string::npos);
+    Run force = shmctl_as_nobody({"rm", "--force", "rootlive"});
+    CHECK(force.code == 1);
+    CHECK(force.err.find("Permission denied") != std::string::npos);
+
+    Run st = shmctl_as_nobody({"stat", "rootdead"});
+    CHECK(st.code == 1);
+    CHECK(st.err.find("Permission denied") != std::string::npos);
+
+    Run gc = shmctl_as_nobody({"gc", "--foreign", "--min-age", "1m"});
+    INFO(describe(gc));
+    CHECK(gc.code == 0);
+    CHECK(gc.err.find("skipped libshm.rootdead") != std::string::npos);
+    CHECK(gc.err.find("Permission denied") != std::string::npos);
+    CHECK(gc.out.find("reclaimed  psm_nobody") != std::string::npos);
+    CHECK(dir.has("rootdead"));
+    CHECK(dir.has("rootlive"));
+    CHECK(exists(d + "/psm_root"));
+    CHECK_FALSE(exists(d + "/psm_nobody"));
+    // Root reclaims its own.
+    CHECK(shmctl({"gc"}).code == 0);
+    CHECK_FALSE(dir.has("rootdead"));
+}
+
+// ---- end to end -----------------------------------------------------------------
+
+namespace {
+
+// A process of the end-to-end test, driven through its stdin and stdout.
+struct Prog {
+    pid_t pid = -1;  // also its process group
+    int in = -1, out = -1;
+    std::string buffered;
+
+    // "ready ..." within the limit, or "".
+    std::string line(std::chrono::milliseconds limit = 20s) {
+        auto deadline = std::chrono::steady_clock::now() + limit;
+        for (;;) {
+            std::size_t nl = buffered.find('\n');
+            if (nl != std::string::npos) {
+                std::string l = buffered.substr(0, nl);
+                buffered.erase(0, nl + 1);
+                return l;
+            }
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return "";
+            pollfd p{out, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+            char buf[512];
+            ssize_t n = ::read(out, buf, sizeof buf);
+            if (n <= 0) return "";
+            buffered.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    std::string ask(const std::string& cmd) {
+        std::string c = cmd + "\n";
+        if (::write(in, c.data(), c.size()) != static_cast<ssize_t>(c.size())) return "";
+        return line();
+    }
+    // SIGKILL the whole process group (Python's resource tracker included).
+    void kill_group() {
+        ::kill(-pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        ::close(in);
+        ::close(out);
+    }
+};
+
+// Start fn (or exec argv, if fn is empty) in a new process group with its
+// stdin and stdout on pipes.
+Prog start(const std::vector<std::string>& argv, const std::function<int(int, int)>& fn = {}) {
+    Prog p;
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return p;
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setpgid(0, 0);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        ::close(in[1]);
+        ::close(out[0]);
+        if (fn) ::_exit(fn(in[0], out[1]));
+        ::dup2(in[0], 0);
+        ::dup2(out[1], 1);
+        std::vector<char*> a;
+        for (const std::string& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+        a.push_back(nullptr);
+        ::execvp(a[0], a.data());
+        ::_exit(127);
+    }
+    ::setpgid(pid, pid);
+    ::close(in[0]);
+    ::close(out[1]);
+    p.pid = pid;
+    p.in = in[1];
+    p.out = out[0];
+    return p;
+}
+
+void say(int fd, const std::string& s) { (void)!::write(fd, s.data(), s.size()); }
+
+// A libshm program: creates `name`, says "ready", answers "check" with "ok"
+// while its data is intact, until stdin closes or it is killed.
+Prog start_libshm(const std::string& name, std::size_t size) {
+    return start({}, [name, size](int in, int out) {
+        try {
+            auto seg = shm::Segment::create(name, size);
+            auto& v = seg.construct<std::uint64_t>("v", 42u);
+            say(out, "ready " + name + "\n");
+            char c;
+            std::string cmd;
+            while (::read(in, &c, 1) == 1) {
+                if (c != '\n') {
+                    cmd += c;
+                    continue;
+                }
+                bool ok = v == 42u && seg.find<std::uint64_t>("v") == &v;
+                // The name still leads to this very segment.
+                auto again = shm::Segment::open(name);
+                ok = ok && *again.find<std::uint64_t>("v") == 42u;
+                say(out, ok ? "ok\n" : "bad\n");
+                cmd.clear();
+            }
+        } catch (const std::exception& e) {
+            say(out, std::string("error ") + e.what() + "\n");
+        }
+        return 0;
+    });
+}
+
+Prog start_python(const std::string& mode, const std::string& name, std::size_t size) {
+    return start({PYTHON3_PATH, SHM_TESTS_DIR "/shmctl_python.py", mode, name, std::to_string(size)});
+}
+
+std::uint64_t free_bytes(const std::string& dir) {
+    struct statvfs sv;
+    if (::statvfs(dir.c_str(), &sv) != 0) return 0;
+    return std::uint64_t(sv.f_bavail) * sv.f_frsize;
+}
+
+}  // namespace
+
+TEST_CASE("end to end: gc frees a full /dev/shm left by killed libshm and Python programs", "[shmctl][e2e]") {
+    if (!is_root()) {
+        WARN("skipped: needs root to mount a 64 MiB tmpfs over /dev/shm in a private mount namespace");
+        return;
+    }
+    if (::access(PYTHON3_PATH, X_OK) != 0) {
+        WARN("skipped: no " PYTHON3_PATH " (./dev deps installs python3)");
+        return;
+    }
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    // Everything happens in a child with its own mount namespace, so nothing
+    // outside the test sees the small /dev/shm; the child's children (libshm
+    // and Python programs, shmctl) see only that one.
+    pid_t lab = test::spawn([&]() -> int {
+        ::close(fds[0]);
+        auto log = [&](const std::string& s) { say(fds[1], s + "\n"); };
+        if (::unshare(CLONE_NEWNS) != 0) {
+            log(std::string("SKIP unshare: ") + std::strerror(errno));
+            return 0;
+        }
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+            ::mount("libshm-e2e", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777") != 0) {
+            log(std::string("SKIP mount: ") + std::strerror(errno));
+            return 0;
+        }
+        ::setenv("SHM_DIR", "/dev/shm", 1);
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+        int rc = 0;
+        auto fail = [&](const std::string& s) {
+            log("FAIL " + s);
+            rc = 1;
+        };
+        constexpr std::size_t MiB = 1 << 20;
+
+        // Programs that keep running: they must be left alone.
+        std::vector<Prog> live = {start_libshm("live", 4 * MiB), start_python("live-shm", "psm_live", 4 * MiB),
+                                  start_python("live-open", "psm_open_only", 2 * MiB),
+                                  start_python("live-mapped", "psm_mapped_only", 2 * MiB)};
+        for (Prog& p : live) {
+            std::string l = p.line();
+            log("live pid " + std::to_string(p.pid) + ": " + l);
+            if (l.rfind("ready", 0) != 0) fail("a live program did not start");
+        }
+
+        // Leak until an 8 MiB segment no longer fits.
+        int leaks = 0;
+        std::string full_error;
+        for (int round = 0; round < 40 && rc == 0; ++round) {
+            try {
+                shm::Segment::create("probe", 8 * MiB);  // detached (and unlinked) at once
+            } catch (const shm::out_of_space& e) {
+                full_error = e.what();
+                break;
+            }
+            std::uint64_t free = free_bytes("/dev/shm");
+            std::size_t size = std::min<std::uint64_t>(6 * MiB, free > 2 * MiB ? free - 2 * MiB : MiB);
+            Prog p = round % 2 ? start_python("leak", "-", size) : start_libshm("leak" + std::to_string(round), size);
+            std::string l = p.line();
+            if (l.rfind("ready", 0) != 0) fail("leaker did not start: " + l);
+            p.kill_group();
+            ++leaks;
+        }
+        if (full_error.empty()) fail("/dev/shm never filled up");
+        log("full after " + std::to_string(leaks) + " killed programs: " + full_error);
+        if (full_error.find("shmctl gc") == std::string::npos) fail("the out-of-space error does not point to shmctl gc");
+        std::uint64_t free_before = free_bytes("/dev/shm");
+        int leaked_files = 0;
+        for (auto& f : std::filesystem::directory_iterator("/dev/shm")) {
+            std::string n = f.path().filename().string();
+            if (n.rfind("libshm.leak", 0) == 0 || n.rfind("sem.mp-", 0) == 0 ||
+                (n.rfind("psm_", 0) == 0 && n != "psm_live" && n != "psm_open_only" && n != "psm_mapped_only"))
+                ++leaked_files;
+        }
+        log("leaked files: " + std::to_string(leaked_files));
+        if (leaked_files < leaks) fail("fewer leaked files than killed programs");
+
+        Run df = run({SHMCTL_PATH, "df"});
+        log("--- shmctl df\n" + df.out + df.err);
+        Run gc = run({SHMCTL_PATH, "gc", "--foreign", "--min-age", "0"});
+        log("--- shmctl gc --foreign --min-age 0\n" + gc.out + gc.err);
+        if (gc.code != 0) fail("gc exit " + std::to_string(gc.code));
+        std::uint64_t free_after = free_bytes("/dev/shm");
+        log("free before " + std::to_string(free_before) + ", after " + std::to_string(free_after));
+        if (free_after < free_before + 8 * MiB) fail("gc freed less than 8 MiB");
+
+        std::set<std::string> left;
+        for (auto& f : std::filesystem::directory_iterator("/dev/shm")) left.insert(f.path().filename().string());
+        std::set<std::string> want = {"libshm.live", "psm_live", "psm_open_only", "psm_mapped_only"};
+        if (left != want) {
+            std::string l;
+            for (auto& n : left) l += n + " ";
+            fail("left after gc: " + l);
+        }
+        for (Prog& p : live) {
+            std::string a = p.ask("check");
+            if (a != "ok") fail("live pid " + std::to_string(p.pid) + " answered '" + a + "' after gc");
+        }
+        try {
+            auto fits = shm::Segment::create("probe", 8 * MiB);
+            log("an 8 MiB segment fits again");
+        } catch (const std::exception& e) {
+            fail(std::string("an 8 MiB segment still does not fit: ") + e.what());
+        }
+        for (Prog& p : live) p.kill_group();
+        while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+        }
+        return rc;
+    });
+    ::close(fds[1]);
+    std::string msg;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<std::size_t>(n));
+    ::close(fds[0]);
+    auto e = test::wait_for(lab, 120s);
+    if (msg.rfind("SKIP", 0) == 0) {
+        WARN("skipped: " << msg);
+        return;
+    }
+    INFO(msg);
+    REQUIRE(e.exited);
+    CHECK(e.code == 0);
+    CHECK(msg.find("FAIL") == std::string::npos);
+}
