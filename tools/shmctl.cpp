@@ -631,14 +631,9 @@ int cmd_gc(bool dry_run, bool foreign, std::chrono::nanoseconds min_age, bool as
             case admin::GcAction::skipped: {
                 // Other users' files we may not even read are theirs to clean;
                 // only count them, unless they are libshm segments.
-                std::optional<admin::Entry> e;
-                bool mine = me == 0;
-                if (!mine && a.kind != admin::FileKind::libshm) {
-                    e = admin::lookup(a.name);
-                    if (e && e->uid != me) {
-                        ++others_skipped;
-                        break;
-                    }
+                if (me != 0 && a.kind != admin::FileKind::libshm && a.uid != me) {
+                    ++others_skipped;
+                    break;
                 }
                 std::fprintf(stderr, "skipped %s: %s\n", printable(a.name).c_str(), a.reason.c_str());
                 break;

@@ -1112,6 +1112,7 @@ GcReport gc(const GcOptions& opt) {
         GcAction a;
         a.name = e.name;
         a.kind = e.kind;
+        a.uid = e.uid;
         if (e.kind == FileKind::libshm) {
             const SegmentInfo& si = *e.segment;
             if (e.state == State::unknown) {
@@ -1183,6 +1184,7 @@ GcReport gc(const GcOptions& opt) {
             a.outcome = GcAction::reclaimed;
             a.name = e->name;
             a.kind = e->kind;
+            a.uid = e->uid;
             a.bytes = e->allocated;
             a.reason = e->note;
             add(std::move(a));
@@ -1204,6 +1206,7 @@ GcReport gc(const GcOptions& opt) {
         GcAction a;
         a.name = e->name;
         a.kind = e->kind;
+        a.uid = e->uid;
         Lease l;
         take_lease(l, dfd.fd, e->name, e->dev, e->ino);
         struct stat st;

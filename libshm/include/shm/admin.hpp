@@ -301,6 +301,7 @@ struct GcAction {
     Outcome outcome = skipped;
     std::string name;
     FileKind kind = FileKind::other;
+    std::uint32_t uid = 0;           // the file's owner
     std::uint64_t bytes = 0;         // freed (or that would be)
     std::uint32_t dead_slots = 0;    // libshm: dead attach slots cleared
     std::string reason;
