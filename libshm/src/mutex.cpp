@@ -54,7 +54,7 @@ void Mutex::after_acquire(int rc, const char* op) {
     } else {
         mutex_fail(rc, op);
     }
-    owner_pid_.store(::getpid(), std::memory_order_relaxed);
+    owner_pid_.store(platform::current_pid(), std::memory_order_relaxed);
 }
 
 void Mutex::lock() { after_acquire(pthread_mutex_lock(&m_), "lock"); }

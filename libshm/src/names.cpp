@@ -84,6 +84,7 @@ const char* to_string(ObjectKind k) noexcept {
         case ObjectKind::barrier: return "barrier";
         case ObjectKind::dict: return "dict";
         case ObjectKind::list: return "list";
+        case ObjectKind::queue: return "queue";
     }
     return "unknown";
 }

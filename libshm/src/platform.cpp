@@ -124,6 +124,19 @@ const int g_atfork_registered = ::pthread_atfork(nullptr, nullptr, [] {
 });
 }  // namespace
 
+pid_t current_pid() {
+    static std::atomic<std::uint64_t> cache{0};  // generation << 32 | pid
+    std::uint64_t c = cache.load(std::memory_order_relaxed);
+    unsigned g = g_fork_generation.load(std::memory_order_relaxed);
+    if (c == 0 || (c >> 32) != g) {
+        c = (std::uint64_t(g) << 32) | static_cast<std::uint32_t>(::getpid());
+        cache.store(c, std::memory_order_relaxed);
+    }
+    return static_cast<pid_t>(c & 0xffffffffu);
+}
+
+unsigned fork_generation() { return g_fork_generation.load(std::memory_order_relaxed); }
+
 pid_t current_tid() {
     (void)g_atfork_registered;
     thread_local pid_t tid = 0;

@@ -54,6 +54,10 @@ std::int64_t realtime_ns();
 
 // The calling thread's tid, cached per thread (refreshed after fork).
 pid_t current_tid();
+// getpid() without a system call: cached, refreshed after fork.
+pid_t current_pid();
+// Bumped in every fork child: a cheap "am I still the same process" check.
+unsigned fork_generation();
 
 // --- futexes (process-shared) and pthread helpers --------------------------
 // Sleep while *word == expected, until woken or the deadline passes.

@@ -86,7 +86,7 @@ void RecursiveMutex::after_acquire(int rc, const char* op) {
     } else {
         rmutex_fail(rc, op);
     }
-    owner_pid_.store(::getpid(), std::memory_order_relaxed);
+    owner_pid_.store(platform::current_pid(), std::memory_order_relaxed);
 }
 
 void RecursiveMutex::lock() { after_acquire(pthread_mutex_lock(&m_), "lock"); }

@@ -100,6 +100,21 @@ public:
     explicit broken_barrier(const std::string& what) : error(EPIPE, what) {}
 };
 
+// Queue outcomes for the non-blocking forms (Python's queue.Full/Empty) and
+// for a closed queue.
+class full : public error {
+public:
+    explicit full(const std::string& what) : error(EAGAIN, what) {}
+};
+class empty : public error {
+public:
+    explicit empty(const std::string& what) : error(EAGAIN, what) {}
+};
+class closed : public error {
+public:
+    explicit closed(const std::string& what) : error(EPIPE, what) {}
+};
+
 // A bounded wait ran out (for example waiting for a racing creator to finish
 // initialising a segment).
 class timeout : public error {

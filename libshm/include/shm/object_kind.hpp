@@ -18,6 +18,7 @@ enum class ObjectKind : std::uint32_t {
     barrier = 7,           // shm::Barrier
     dict = 8,              // shm::Dict (its root)
     list = 9,              // shm::List (its root)
+    queue = 10,            // shm::Queue
 };
 
 const char* to_string(ObjectKind k) noexcept;

@@ -169,6 +169,7 @@ public:
     struct Impl;
 
 private:
+    friend class Queue;  // places its variable-size block through named_op
     explicit Segment(std::unique_ptr<Impl> impl);
 
     using Init = void (*)(void* where, void* ctx);

@@ -1,0 +1,239 @@
+// shm::Queue — a bounded multi-producer/multi-consumer queue across
+// processes (Python's multiprocessing.Queue / JoinableQueue), lock-free and
+// safe against killed processes.
+//
+// Items are byte strings of at most max_item_size bytes. The queue holds at
+// most `capacity` items (a power of two); its memory, capacity × (max item
+// size + 16 bytes, rounded to 64), is reserved in the segment when the queue
+// is created, so the bytes it can hold are bounded by creation too.
+//
+// How it works: a ring of slots, each with one 64-bit word holding a
+// sequence number (which lap of the ring the slot is in, and whether it is
+// free or full) and the id of the process that has claimed it. Producers and
+// consumers claim a slot with one compare-and-swap on that word, copy, and
+// publish with one store: no lock per item. The claimer's id is what makes
+// crashes safe: a process that finds a slot claimed by a process that has
+// died repairs it — a half-written item becomes a tombstone that consumers
+// skip (it was never put), a half-read item is released (it was taken, whole,
+// by the dead consumer). Waiting spins briefly, then sleeps on a futex;
+// sleepers re-check the liveness of whoever blocks them every 50 ms.
+//
+// Guarantees: FIFO per producer; no item is delivered twice; no item is lost
+// while the queue exists, except the one item a killed consumer had taken.
+// qsize(), empty() and full() are snapshots that may be stale at once under
+// concurrency, as in Python.
+//
+// Up to kMaxProcesses processes (distinct pids) may use one queue over its
+// life at a time; the slots of processes that died are recycled.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "shm/deadline.hpp"
+#include "shm/error.hpp"
+#include "shm/object_kind.hpp"
+
+namespace shm {
+
+class Segment;
+
+struct QueueOptions {
+    std::uint32_t capacity = 1024;       // items; rounded up to a power of two (2 .. 2^24)
+    std::uint32_t max_item_size = 256;   // bytes (1 .. 256 MiB)
+};
+
+namespace detail {
+struct QueueControl;
+}
+
+class Queue {
+public:
+    static constexpr std::uint32_t kMaxProcesses = 64;
+
+    // Create the queue named `name` in seg (shm::already_exists if taken).
+    static Queue create(Segment& seg, std::string_view name, const QueueOptions& opt = {});
+    // Open it, creating it with `opt` if absent (an existing queue keeps its options).
+    static Queue open_or_create(Segment& seg, std::string_view name, const QueueOptions& opt = {});
+    // shm::not_found if absent.
+    static Queue open(Segment& seg, std::string_view name);
+
+    // ---- put ---------------------------------------------------------------
+    // Blocks while full. shm::closed after close(); shm::error (EMSGSIZE) for
+    // an item over max_item_size, naming the limit.
+    void put(std::string_view item) { put_until(item, detail::Deadline::never()); }
+    template <class Rep, class Period>
+    bool put_for(std::string_view item, const std::chrono::duration<Rep, Period>& d) {
+        return put_until(item, detail::Deadline::in(d));
+    }
+    bool try_put(std::string_view item);          // false when full
+    void put_nowait(std::string_view item);       // shm::full when full
+    // Puts items in order, blocking while full; returns how many (all).
+    std::size_t put_many(const std::vector<std::string>& items);
+
+    // ---- get ---------------------------------------------------------------
+    // Blocks while empty; shm::closed once closed and drained.
+    std::string get();
+    // nullopt on time-out, or when closed and drained (closed() tells which).
+    template <class Rep, class Period>
+    std::optional<std::string> get_for(const std::chrono::duration<Rep, Period>& d) {
+        std::string out;
+        if (!get_until(out, detail::Deadline::in(d))) return std::nullopt;
+        return out;
+    }
+    std::optional<std::string> try_get();         // nullopt when empty (or closed and drained)
+    std::string get_nowait();                     // shm::empty when empty
+    // Up to n items that are available now; blocks for the first one only
+    // until `d` (empty result on time-out or when closed and drained).
+    template <class Rep, class Period>
+    std::vector<std::string> get_many(std::size_t n, const std::chrono::duration<Rep, Period>& d) {
+        return get_many_until(n, detail::Deadline::in(d));
+    }
+
+    // ---- zero copy -----------------------------------------------------------
+    // Reserve a slot and write the item in place: it is copied once, by you.
+    // commit(len) publishes it; a Reservation dropped without commit publishes
+    // nothing (consumers skip it). Blocks while full; shm::closed after close().
+    class Reservation {
+    public:
+        Reservation(Reservation&&) noexcept;
+        Reservation& operator=(Reservation&&) = delete;
+        ~Reservation();
+        char* data() const noexcept { return data_; }
+        std::size_t capacity() const noexcept { return cap_; }
+        void commit(std::size_t len);
+
+    private:
+        friend class Queue;
+        Reservation(Queue* q, std::uint64_t pos, char* data, std::size_t cap) : q_(q), pos_(pos), data_(data), cap_(cap) {}
+        Queue* q_;
+        std::uint64_t pos_;
+        char* data_;
+        std::size_t cap_;
+    };
+    Reservation reserve();
+    // Read the next item in place: fn(const char*, size_t) runs on the slot's
+    // memory, then the slot is released. Blocks while empty; shm::closed once
+    // closed and drained.
+    template <class Fn>
+    void consume(Fn&& fn) {
+        View v = get_view(detail::Deadline::never(), true);
+        struct Release {
+            Queue* q;
+            std::uint64_t pos;
+            ~Release() { q->release_view(pos); }
+        } r{this, v.pos};
+        fn(static_cast<const char*>(v.data), v.len);
+    }
+
+    // ---- JoinableQueue -------------------------------------------------------
+    // Mark one item taken by this process as processed. shm::error (EINVAL)
+    // when this process has marked as many items as it has taken.
+    void task_done();
+    // Wait until the queue is empty and every item taken by a live process
+    // has been marked done (items taken by processes that died count as done).
+    void join();
+    template <class Rep, class Period>
+    bool join_for(const std::chrono::duration<Rep, Period>& d) {
+        return join_until(detail::Deadline::in(d));
+    }
+
+    // ---- state ---------------------------------------------------------------
+    // Further puts fail with shm::closed; consumers drain what is left, then
+    // get shm::closed (or nullopt); every blocked producer and consumer wakes.
+    void close();
+    bool closed() const noexcept;
+    std::size_t qsize() const noexcept;
+    bool empty() const noexcept { return qsize() == 0; }
+    bool full() const noexcept;
+    std::uint32_t capacity() const noexcept;
+    std::uint32_t max_item_size() const noexcept;
+    // Slots found claimed by dead processes and repaired so far.
+    std::uint64_t repairs() const noexcept;
+
+private:
+    struct View {
+        const void* data;
+        std::size_t len;
+        std::uint64_t pos;
+    };
+    explicit Queue(Segment& seg, detail::QueueControl* c) : seg_(&seg), c_(c) {}
+    static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, bool may_find, bool may_create);
+    bool put_until(std::string_view item, const detail::Deadline& d);
+    bool get_until(std::string& out, const detail::Deadline& d);
+    std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);
+    bool join_until(const detail::Deadline& d);
+    View get_view(const detail::Deadline& d, bool throw_closed);
+    void release_view(std::uint64_t pos);
+
+    Segment* seg_;
+    detail::QueueControl* c_;
+};
+
+// ---- typed layer -------------------------------------------------------------
+// queue_codec<T> turns a T into bytes and back. Provided for trivially
+// copyable types (their bytes) and std::string; specialise it for others:
+//     template <> struct shm::queue_codec<Point> {
+//         static std::string encode(const Point&);
+//         static Point decode(std::string_view);
+//     };
+template <class T, class = void>
+struct queue_codec;
+
+template <class T>
+struct queue_codec<T, std::enable_if_t<std::is_trivially_copyable_v<T>>> {
+    static std::string_view encode(const T& v) { return {reinterpret_cast<const char*>(&v), sizeof(T)}; }
+    static T decode(std::string_view b) {
+        if (b.size() != sizeof(T))
+            throw error(EINVAL, "shm::TypedQueue: item of " + std::to_string(b.size()) + " bytes, expected " +
+                                    std::to_string(sizeof(T)));
+        T v;
+        std::memcpy(static_cast<void*>(&v), b.data(), sizeof(T));
+        return v;
+    }
+};
+
+template <>
+struct queue_codec<std::string> {
+    static std::string_view encode(const std::string& s) { return s; }
+    static std::string decode(std::string_view b) { return std::string(b); }
+};
+
+template <class T>
+class TypedQueue {
+public:
+    explicit TypedQueue(Queue q) : q_(std::move(q)) {}
+    void put(const T& v) { q_.put(queue_codec<T>::encode(v)); }
+    template <class Rep, class Period>
+    bool put_for(const T& v, const std::chrono::duration<Rep, Period>& d) { return q_.put_for(queue_codec<T>::encode(v), d); }
+    bool try_put(const T& v) { return q_.try_put(queue_codec<T>::encode(v)); }
+    T get() { return queue_codec<T>::decode(q_.get()); }
+    template <class Rep, class Period>
+    std::optional<T> get_for(const std::chrono::duration<Rep, Period>& d) {
+        auto b = q_.get_for(d);
+        if (!b) return std::nullopt;
+        return queue_codec<T>::decode(*b);
+    }
+    std::optional<T> try_get() {
+        auto b = q_.try_get();
+        if (!b) return std::nullopt;
+        return queue_codec<T>::decode(*b);
+    }
+    Queue& raw() noexcept { return q_; }
+
+private:
+    Queue q_;
+};
+
+template <>
+struct object_kind_of<detail::QueueControl> {
+    static constexpr ObjectKind value = ObjectKind::queue;
+};
+
+}  // namespace shm
