@@ -210,7 +210,7 @@ private:
         if (shown_ && now - last_ < (tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(1000))) return;
         last_ = now;
         shown_ = true;
-        std::string what = std::string("shmctl: reading ") + stage + " " + std::to_string(done);
+        std::string what = std::string("shmctl: ") + stage + " " + std::to_string(done);
         if (total) what += "/" + std::to_string(total);
         if (tty_)
             std::fprintf(stderr, "\r\033[K%s", what.c_str());

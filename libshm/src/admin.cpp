@@ -303,7 +303,7 @@ ProcessScan ProcessScan::run(dev_t dev, const std::vector<std::uint64_t>* only, 
     std::string text;
     std::size_t done = 0;
     for (const std::string& name : pids) {
-        if (progress) progress("processes", done, pids.size());
+        if (progress) progress("reading /proc", done, pids.size());
         ++done;
         pid_t pid = static_cast<pid_t>(std::strtol(name.c_str(), nullptr, 10));
         // The directory fd pins this process: if it exits (and its pid is
@@ -388,7 +388,7 @@ ProcessScan ProcessScan::run(dev_t dev, const std::vector<std::uint64_t>* only, 
             ++s.inspected;
         }
     }
-    if (progress) progress("processes", pids.size(), pids.size());
+    if (progress) progress("reading /proc", pids.size(), pids.size());
     return s;
 }
 
@@ -1011,14 +1011,19 @@ void classify_all(std::vector<Entry>& entries, int dirfd, dev_t dev, ProcessScan
     std::vector<Entry*> foreign;
     std::size_t done = 0;
     for (Entry& e : entries) {
-        if (progress) progress("segments", done, entries.size());
+        if (progress && e.kind == FileKind::libshm) progress("reading segments", done, entries.size());
         ++done;
         if (e.kind != FileKind::libshm || !classify_libshm(e)) foreign.push_back(&e);
     }
     if (!foreign.empty()) {
         ps = ProcessScan::run(dev, nullptr, progress);
         scanned = true;
-        for (Entry* e : foreign) classify_foreign(*e, ps, dirfd);
+        std::size_t n = 0;
+        for (Entry* e : foreign) {
+            if (progress && (n % 64) == 0) progress("checking files", n, foreign.size());
+            ++n;
+            classify_foreign(*e, ps, dirfd);
+        }
     }
     for (Entry& e : entries) fill_comms(e, scanned ? &ps : nullptr);
 }
@@ -1045,7 +1050,7 @@ Scan scan(const Progress& progress) {
     std::sort(names.begin(), names.end());
     std::size_t done = 0;
     for (const std::string& n : names) {
-        if (progress && (++done % 256) == 0) progress("files", done, names.size());
+        if (progress && (++done % 256) == 0) progress("listing the directory", done, names.size());
         struct stat st;
         if (::fstatat(dfd.fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // removed meanwhile
         if (!S_ISREG(st.st_mode)) {
@@ -1202,7 +1207,10 @@ GcReport gc(const GcOptions& opt) {
     Fd dfd(sys([&] { return ::open(s.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); }));
     if (dfd.fd < 0) platform::fail(errno, "cannot open the shm directory " + s.dir);
     std::optional<ProcessScan> again;
+    std::size_t done = 0;
     for (Entry* e : candidates) {
+        if (opt.progress && (done % 64) == 0) opt.progress("removing files", done, candidates.size());
+        ++done;
         GcAction a;
         a.name = e->name;
         a.kind = e->kind;

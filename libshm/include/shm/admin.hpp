@@ -79,8 +79,9 @@ enum class State {
 };
 const char* to_string(State s) noexcept;
 
-// Progress of a long scan: stage ("files", "processes", "segments"), items
-// done and the total (0 if not known).
+// Progress of a long scan: the stage ("listing the directory", "reading
+// segments", "reading /proc", "checking files", "removing files"), items done
+// and the total (0 if not known).
 using Progress = std::function<void(const char* stage, std::size_t done, std::size_t total)>;
 
 // ---- /proc ----------------------------------------------------------------
