@@ -243,6 +243,12 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
     jobs.set("b", shm::Value(std::int64_t(2)));
     auto log = shm::List::open_or_create(live, "log");
     for (int i = 0; i < 5; ++i) log.append(shm::Value(std::int64_t(i)));
+    shm::QueueOptions qo;
+    qo.capacity = 16;
+    qo.max_item_size = 64;
+    auto q = shm::Queue::create(live, "jobs/queue", qo);
+    for (int i = 0; i < 3; ++i) q.put("job" + std::to_string(i));
+    (void)q.get();
     lock.lock();
     rlock.lock();
     rlock.lock();
@@ -310,7 +316,7 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(s.at("attachments")[0].at("alive") == true);
         CHECK(s.at("objects_read") == true);
         CHECK(s.at("directory_busy") == false);
-        REQUIRE(s.at("objects").size() == 10);
+        REQUIRE(s.at("objects").size() == 11);
         CHECK(s.at("objects")[0].at("name") == "lock");  // in creation order
         json m = object_of(st, "lock");
         CHECK(m.at("kind") == "mutex");
@@ -337,6 +343,13 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(object_of(st, "jobs").at("state").at("length") == 2);
         CHECK(object_of(st, "log").at("kind") == "list");
         CHECK(object_of(st, "log").at("state").at("length") == 5);
+        json qs = object_of(st, "jobs/queue");
+        CHECK(qs.at("kind") == "queue");
+        CHECK(qs.at("state").at("depth") == 2);
+        CHECK(qs.at("state").at("capacity") == 16);
+        CHECK(qs.at("state").at("max_item_size") == 64);
+        CHECK(qs.at("state").at("closed") == false);
+        CHECK(qs.at("state").at("repairs") == 0);
 
         Run h = shmctl({"stat", "libshm.live"});
         INFO(describe(h));
@@ -347,6 +360,7 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(h.out.find("1 alive, 0 dead") != std::string::npos);
         CHECK(h.out.find("2 keys") != std::string::npos);
         CHECK(h.out.find("5 items") != std::string::npos);
+        CHECK(h.out.find("2 of 16 items") != std::string::npos);
     }
     SECTION("stat of a dead segment: its Mutex's owner died holding it") {
         json st = parse(shmctl({"stat", "dead", "--json"}));

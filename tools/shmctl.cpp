@@ -280,6 +280,14 @@ json object_json(const admin::ObjectState& o) {
     if (o.generation) st["generation"] = *o.generation;
     if (o.broken) st["broken"] = *o.broken;
     if (o.length) st["length"] = *o.length;
+    if (o.info.kind == shm::ObjectKind::queue && o.value) {
+        st.erase("value");
+        st["depth"] = *o.value;
+    }
+    if (o.capacity) st["capacity"] = *o.capacity;
+    if (o.max_item_size) st["max_item_size"] = *o.max_item_size;
+    if (o.closed) st["closed"] = *o.closed;
+    if (o.repairs) st["repairs"] = *o.repairs;
     return {{"name", o.info.name},
             {"kind", shm::to_string(o.info.kind)},
             {"offset", o.info.offset},
@@ -373,6 +381,13 @@ std::string object_text(const admin::ObjectState& o) {
     if (o.lock) return lock_text(*o.lock);
     std::string s;
     auto add = [&](const std::string& part) { s += (s.empty() ? "" : ", ") + part; };
+    if (o.info.kind == shm::ObjectKind::queue && o.value && o.capacity) {
+        add(std::to_string(*o.value) + " of " + std::to_string(*o.capacity) + " items");
+        if (o.max_item_size) add("items up to " + human_bytes(*o.max_item_size));
+        if (o.closed && *o.closed) add("closed");
+        if (o.repairs && *o.repairs) add(std::to_string(*o.repairs) + (*o.repairs == 1 ? " repair" : " repairs"));
+        return s;
+    }
     if (o.value) add("value " + std::to_string(*o.value));
     if (o.bound) add("bound " + std::to_string(*o.bound));
     if (o.is_set) add(*o.is_set ? "set" : "clear");

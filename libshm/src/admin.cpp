@@ -511,6 +511,42 @@ void read_container_length(int fd, ObjectState& s) {
     s.length = static_cast<const std::uint64_t*>(b.data())[1];
 }
 
+// A Queue's depth, capacity and state. Its named object starts with the
+// queue's control block (queue.cpp, layout version 1): magic at 0, capacity
+// and max item size at 8 and 12, the tail and head positions at 64 and 128
+// (each on its own cache line), closed at 320, repairs at 336.
+void read_queue_state(int fd, ObjectState& s) {
+    constexpr std::uint64_t kQueueMagic = 0x3165'7565'7571'6d73ull;
+    constexpr std::size_t kControl = 384;
+    Buf b;
+    if (s.info.size < kControl || !read_at(fd, s.info.offset, kControl, b)) {
+        s.problem = "its control block could not be read";
+        return;
+    }
+    const char* c = static_cast<const char*>(b.data());
+    auto u64 = [c](std::size_t off) {
+        std::uint64_t v;
+        std::memcpy(&v, c + off, sizeof v);
+        return v;
+    };
+    auto u32 = [c](std::size_t off) {
+        std::uint32_t v;
+        std::memcpy(&v, c + off, sizeof v);
+        return v;
+    };
+    if (u64(0) != kQueueMagic) {
+        s.problem = "not initialised, or another layout";
+        return;
+    }
+    std::uint32_t cap = u32(8);
+    std::uint64_t tail = u64(64), head = u64(128);
+    s.capacity = cap;
+    s.max_item_size = u32(12);
+    s.value = static_cast<std::uint32_t>(tail > head ? std::min<std::uint64_t>(tail - head, cap) : 0);
+    s.closed = u32(320) != 0;
+    s.repairs = u64(336);
+}
+
 void read_object_state(int fd, ObjectState& s) {
     Buf b;
     switch (s.info.kind) {
@@ -554,6 +590,7 @@ void read_object_state(int fd, ObjectState& s) {
             break;
         case ObjectKind::dict:
         case ObjectKind::list: read_container_length(fd, s); break;
+        case ObjectKind::queue: read_queue_state(fd, s); break;
         case ObjectKind::raw: break;
         default:
             // A kind without a reader here yet shows no state; a kind this

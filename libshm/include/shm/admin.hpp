@@ -184,7 +184,7 @@ struct ObjectState {
     ObjectInfo info;      // name, kind, offset, size
     std::string problem;  // why its state could not be read (empty when it was)
     std::optional<LockState> lock;                  // mutex, recursive_mutex
-    std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore
+    std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore; queue: items in it
     std::optional<std::uint32_t> bound;             // bounded_semaphore
     std::optional<std::uint32_t> waiters;           // semaphores, condition, event (a hint)
     std::optional<bool> is_set;                     // event
@@ -193,6 +193,10 @@ struct ObjectState {
     std::optional<std::uint32_t> generation;        // barrier
     std::optional<bool> broken;                     // barrier
     std::optional<std::uint64_t> length;            // dict, list: number of items
+    std::optional<std::uint32_t> capacity;          // queue
+    std::optional<std::uint32_t> max_item_size;     // queue
+    std::optional<bool> closed;                     // queue
+    std::optional<std::uint64_t> repairs;           // queue: slots of dead processes repaired
 };
 
 struct SegmentInfo {
