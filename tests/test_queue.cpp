@@ -1,6 +1,7 @@
 // shm::Queue across processes: order and exactly-once delivery, blocking and
 // time-outs, close, task_done/join, batches, zero copy, typed queues, and
 // producers and consumers SIGKILLed at random points.
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -222,6 +223,31 @@ TEST_CASE("task_done and join: join returns when every item is processed", "[que
     CHECK(processed.load() == 200);
     q.close();
     for (pid_t w : workers) test::require_exit_ok(w);
+}
+
+TEST_CASE("join counts a killed consumer's item as done even before the parent reaps it", "[queue][join]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("zombie", kSize);
+    shm::Queue q = shm::Queue::create(seg, "q");
+    auto& got = seg.construct<std::atomic<int>>("got", 0);
+    q.put("job");
+    pid_t c = test::spawn([&] {
+        q.get();
+        got = 1;
+        for (;;) ::pause();  // never calls task_done
+        return 0;
+    });
+    REQUIRE(test::eventually([&] { return got.load() == 1; }));
+    ::kill(c, SIGKILL);
+    // Not reaped yet: a zombie has exited and must count as dead.
+    REQUIRE(test::eventually([&] {
+        std::ifstream st("/proc/" + std::to_string(c) + "/stat");
+        std::string all((std::istreambuf_iterator<char>(st)), std::istreambuf_iterator<char>());
+        return all.find(") Z") != std::string::npos;
+    }));
+    CHECK(q.join_for(10s));
+    int status;
+    ::waitpid(c, &status, 0);
 }
 
 TEST_CASE("batches zero copy and typed queues", "[queue]") {

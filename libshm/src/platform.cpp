@@ -79,6 +79,10 @@ std::uint64_t process_start_time(pid_t pid) {
     char* p = std::strrchr(buf, ')');
     if (!p) return 0;
     ++p;
+    // Field 3, the state: a zombie (or a dying task) has exited, it only
+    // waits to be reaped, and counts as dead.
+    while (*p == ' ') ++p;
+    if (*p == 'Z' || *p == 'X' || *p == 'x') return 0;
     // After ')' comes field 3 (state); start time is field 22.
     int field = 2;
     while (*p && field < 22) {

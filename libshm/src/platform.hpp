@@ -43,7 +43,7 @@ bool ofd_is_locked(int fd, off_t off); // held by another open file description
 
 // --- processes ------------------------------------------------------------
 // Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22),
-// 0 if there is no such process. Together with the pid it names one process
+// 0 if there is no such process or it has exited (a zombie not yet reaped). Together with the pid it names one process
 // for good: a reused pid has another start time.
 std::uint64_t process_start_time(pid_t pid);
 // This process's start time, read once per process (re-read after fork).
