@@ -284,6 +284,36 @@ TEST_CASE("a SIGKILLed attacher is reaped and the name reused", "[segment][lifet
     }
 }
 
+TEST_CASE("a segment left marked dead but still linked does not block its name", "[segment][crash]") {
+    test::ShmDir dir;
+    {
+        auto s = shm::Segment::create("limbo", kSize);
+        s.set_persistent(true);
+    }
+    // A remover killed between marking the segment dead and unlinking it.
+    {
+        int fd = ::open((dir.path() + "/libshm.limbo").c_str(), O_RDWR);
+        REQUIRE(fd >= 0);
+        std::uint32_t dead = shm::layout::kDead;
+        REQUIRE(::pwrite(fd, &dead, 4, 12) == 4);
+        ::close(fd);
+    }
+    shm::SegmentOptions quick;
+    quick.timeout = 2s;
+    REQUIRE_THROWS_AS(shm::Segment::open("limbo", quick), shm::not_found);
+    CHECK_FALSE(dir.has("limbo"));
+    {
+        auto s = shm::Segment::create("limbo", kSize);
+        s.set_persistent(true);
+    }
+    int fd = ::open((dir.path() + "/libshm.limbo").c_str(), O_RDWR);
+    std::uint32_t dead = shm::layout::kDead;
+    REQUIRE(::pwrite(fd, &dead, 4, 12) == 4);
+    ::close(fd);
+    auto s = shm::Segment::open_or_create("limbo", kSize, quick);
+    CHECK(s.created());
+}
+
 TEST_CASE("fork: the child takes its own slot and never releases the parent's", "[segment][fork]") {
     test::ShmDir dir;
     auto seg = shm::Segment::create("forked", kSize);

@@ -375,7 +375,13 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
         Kind kind = classify(impl->map, fsize, fd.fd, name, path);
         if (kind == Kind::foreign)
             throw not_a_segment(path + " is not a libshm segment (bad magic); refusing to touch it");
-        if (kind == Kind::dead) continue;
+        if (kind == Kind::dead) {
+            // Whoever marked it dead unlinks it before dropping the meta
+            // lock; we hold the lock and it is still linked, so that process
+            // died in between. Finish its job, then start over.
+            unlink_if_same(path, fd.fd);
+            continue;
+        }
 
         if (kind == Kind::uninitialised) {
             if (mode == Mode::open) {
