@@ -38,9 +38,11 @@
 #include <thread>
 #include <type_traits>
 
+#include "container_layout.hpp"
 #include "heap.hpp"
 #include "layout.hpp"
 #include "platform.hpp"
+#include "queue_layout.hpp"
 #include "shm/names.hpp"
 #include "shm/shm.hpp"
 
@@ -488,10 +490,9 @@ const T* object_copy(int fd, const ObjectInfo& o, Buf& b, std::string& problem) 
 
 // The length of a Dict or List. Its named object is a root holding the
 // offset of the container's header (0 until first opened); the header starts
-// with a magic word and the element count (container.cpp, layout version 1).
+// with a magic word and the element count (container_layout.hpp).
 void read_container_length(int fd, ObjectState& s) {
-    constexpr std::uint64_t kDictMagic = 0x7463'6964'6d68'7301ull;
-    constexpr std::uint64_t kListMagic = 0x7473'696c'6d68'7302ull;
+    using namespace container_layout;
     const std::uint64_t magic = s.info.kind == ObjectKind::dict ? kDictMagic : kListMagic;
     Buf b;
     if (s.info.size != sizeof(std::uint64_t) || !read_at(fd, s.info.offset, sizeof(std::uint64_t), b)) {
@@ -503,21 +504,19 @@ void read_container_length(int fd, ObjectState& s) {
         s.length = 0;
         return;
     }
-    if (hdr % 8 != 0 || !read_at(fd, hdr, 2 * sizeof(std::uint64_t), b) ||
-        static_cast<const std::uint64_t*>(b.data())[0] != magic) {
+    if (hdr % 8 != 0 || !read_at(fd, hdr, sizeof(CHdr), b) ||
+        static_cast<const std::uint64_t*>(b.data())[offsetof(CHdr, magic) / 8] != magic) {
         s.problem = "its header could not be read (changing, or another layout)";
         return;
     }
-    s.length = static_cast<const std::uint64_t*>(b.data())[1];
+    s.length = static_cast<const std::uint64_t*>(b.data())[offsetof(CHdr, count) / 8];
 }
 
-// A Queue's depth, capacity and state. Its named object starts with the
-// queue's control block (queue.cpp, layout version 1): magic at 0, capacity
-// and max item size at 8 and 12, the tail and head positions at 64 and 128
-// (each on its own cache line), closed at 320, repairs at 336.
+// A Queue's depth, capacity and state, read from its control block
+// (queue_layout.hpp).
 void read_queue_state(int fd, ObjectState& s) {
-    constexpr std::uint64_t kQueueMagic = 0x3165'7565'7571'6d73ull;
-    constexpr std::size_t kControl = 384;
+    using detail::QueueControl;
+    constexpr std::size_t kControl = offsetof(QueueControl, repairs) + sizeof(std::uint64_t);
     Buf b;
     if (s.info.size < kControl || !read_at(fd, s.info.offset, kControl, b)) {
         s.problem = "its control block could not be read";
@@ -534,17 +533,17 @@ void read_queue_state(int fd, ObjectState& s) {
         std::memcpy(&v, c + off, sizeof v);
         return v;
     };
-    if (u64(0) != kQueueMagic) {
+    if (u64(offsetof(QueueControl, magic)) != kQueueMagic) {
         s.problem = "not initialised, or another layout";
         return;
     }
-    std::uint32_t cap = u32(8);
-    std::uint64_t tail = u64(64), head = u64(128);
+    std::uint32_t cap = u32(offsetof(QueueControl, capacity));
+    std::uint64_t tail = u64(offsetof(QueueControl, tail)), head = u64(offsetof(QueueControl, head));
     s.capacity = cap;
-    s.max_item_size = u32(12);
+    s.max_item_size = u32(offsetof(QueueControl, max_item));
     s.value = static_cast<std::uint32_t>(tail > head ? std::min<std::uint64_t>(tail - head, cap) : 0);
-    s.closed = u32(320) != 0;
-    s.repairs = u64(336);
+    s.closed = u32(offsetof(QueueControl, closed)) != 0;
+    s.repairs = u64(offsetof(QueueControl, repairs));
 }
 
 void read_object_state(int fd, ObjectState& s) {

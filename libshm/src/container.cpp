@@ -32,6 +32,7 @@
 #include <set>
 #include <sstream>
 
+#include "container_layout.hpp"
 #include "heap.hpp"
 #include "layout.hpp"
 #include "platform.hpp"
@@ -44,36 +45,8 @@ using layout::Header;
 
 namespace {
 
-constexpr std::uint64_t kDictMagic = 0x7463'6964'6d68'7301ull;
-constexpr std::uint64_t kListMagic = 0x7473'696c'6d68'7302ull;
-constexpr std::uint64_t kEmpty = 0, kTomb = 1;
 constexpr int kGcBudget = 8;
-
-using Word = std::atomic<std::uint64_t>;
-
-struct Cell {
-    Word meta;
-    Word data;
-};
-struct CHdr {
-    Word magic;
-    Word count;
-    Word capacity;
-    Word table;
-    Word used;
-    Word next_garbage;
-    Word cursor;
-    Word reserved;
-};
-struct DEntry {
-    Word hash;
-    Word key;
-    Word key_len;
-    Cell v;
-};
-static_assert(sizeof(Cell) == 16);
-static_assert(sizeof(CHdr) == 64);
-static_assert(sizeof(DEntry) == 40);
+using namespace container_layout;
 
 std::uint64_t rd(const Word& w) { return w.load(std::memory_order_relaxed); }  // under the heap lock
 void raw(Word& w, std::uint64_t v) { w.store(v, std::memory_order_relaxed); }  // fresh blocks only

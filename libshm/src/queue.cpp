@@ -40,47 +40,12 @@
 #include <mutex>
 
 #include "layout.hpp"
+#include "queue_layout.hpp"
 #include "platform.hpp"
 #include "shm/segment.hpp"
 
 namespace shm {
 
-namespace detail {
-
-struct alignas(64) QueueSlot {
-    std::atomic<std::uint64_t> word;
-    std::uint32_t len;
-    std::uint32_t flags;  // kTombstone
-};
-
-struct QueueActor {
-    std::atomic<std::uint64_t> who;    // pid << 32 | low 32 bits of its start time; 0 = free
-    std::atomic<std::uint64_t> taken;  // items this process got
-    std::atomic<std::uint64_t> done;   // task_done() calls
-    std::uint64_t reserved;
-};
-
-struct QueueControl {
-    std::uint64_t magic;
-    std::uint32_t capacity;  // power of two
-    std::uint32_t max_item;
-    std::uint32_t stride;    // bytes per slot, header included
-    std::uint32_t reserved0;
-    alignas(64) std::atomic<std::uint64_t> tail;  // next position to put
-    alignas(64) std::atomic<std::uint64_t> head;  // next position to get
-    alignas(64) std::atomic<std::uint32_t> put_epoch;  // consumers sleep on it
-    std::atomic<std::uint64_t> consumers_waiting;      // bit per actor
-    alignas(64) std::atomic<std::uint32_t> get_epoch;  // producers sleep on it
-    std::atomic<std::uint64_t> producers_waiting;
-    alignas(64) std::atomic<std::uint32_t> closed;
-    std::atomic<std::uint32_t> join_epoch;
-    std::atomic<std::uint64_t> joiners_waiting;
-    std::atomic<std::uint64_t> repairs;
-    QueueActor actors[Queue::kMaxProcesses];
-    // slots follow, 64-byte aligned
-};
-
-}  // namespace detail
 
 using detail::QueueActor;
 using detail::QueueControl;
@@ -88,13 +53,10 @@ using detail::QueueSlot;
 
 namespace {
 
-constexpr std::uint64_t kQueueMagic = 0x3165'7565'7571'6d73ull;
-constexpr std::uint32_t kTombstone = 1;
+constexpr std::uint32_t kTombstone = kQueueTombstone;
 constexpr int kSpin = 4000;  // ~ a few µs: cross-CPU wake-ups cost tens of µs here
 constexpr long kPollMs = 50;
 
-static_assert(sizeof(QueueSlot) == 64);
-static_assert(sizeof(QueueControl) % 64 == 0);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 inline std::uint64_t mk(std::uint64_t seq, std::uint32_t owner) { return (seq << 16) | owner; }

@@ -1,0 +1,45 @@
+// The shared-memory layout of shm::Dict and shm::List (container.cpp),
+// version 1 with the segment layout. Private; admin.cpp reads it to show a
+// container's length.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace shm::container_layout {
+
+inline constexpr std::uint64_t kDictMagic = 0x7463'6964'6d68'7301ull;
+inline constexpr std::uint64_t kListMagic = 0x7473'696c'6d68'7302ull;
+inline constexpr std::uint64_t kEmpty = 0, kTomb = 1;
+
+using Word = std::atomic<std::uint64_t>;
+
+struct Cell {
+    Word meta;
+    Word data;
+};
+struct CHdr {
+    Word magic;
+    Word count;
+    Word capacity;
+    Word table;
+    Word used;
+    Word next_garbage;
+    Word cursor;
+    Word reserved;
+};
+struct DEntry {
+    Word hash;
+    Word key;
+    Word key_len;
+    Cell v;
+};
+static_assert(sizeof(Cell) == 16);
+static_assert(sizeof(CHdr) == 64);
+static_assert(sizeof(DEntry) == 40);
+
+static_assert(offsetof(CHdr, magic) == 0);
+static_assert(offsetof(CHdr, count) == 8);
+
+}  // namespace shm::container_layout
