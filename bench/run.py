@@ -8,6 +8,12 @@ Every benchmark program speaks one small protocol:
                                       CASE and prints one JSON object a line:
       {"bench": CASE, "impl": IMPL, "value": NUMBER, "unit": UNIT}
   (progress and errors go to stderr; exit status 0 when every case ran).
+A line may also carry "note" (how the implementation was used, shown in the
+table), and a program may answer a case with
+      {"bench": CASE, "impl": IMPL, "skipped": "why there is no figure"}
+which the table shows in place of a value. A case may report several
+figures under names that extend its own (queue.pingpong.64B gives
+queue.pingpong.64B.p50 and .p99).
 
 This script asks each program in PROGRAMS for its cases, then runs case by
 case every program that has it, so the implementations of one case are
@@ -36,6 +42,13 @@ def programs(build_dir):
         ("libshm Dict/List", [os.path.join(b, "bench_containers_libshm")]),
         ("floor: Boost map under a robust mutex", [os.path.join(b, "bench_containers_floor")]),
         ("Python Manager", [sys.executable, os.path.join(ROOT, "bench", "python_manager.py")]),
+        ("libshm Queue", [os.path.join(b, "bench_queue_libshm")]),
+        ("Boost message_queue", [os.path.join(b, "bench_queue_boost")]),
+        ("Unix socket", [os.path.join(b, "bench_queue_unix_socket")]),
+        ("pipe", [os.path.join(b, "bench_queue_pipe")]),
+        ("POSIX message queue", [os.path.join(b, "bench_queue_posix_mq")]),
+        ("Python multiprocessing.Queue", [sys.executable, os.path.join(ROOT, "bench", "python_mp_queue.py")]),
+        ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
     ]
 
 
@@ -47,6 +60,16 @@ def targets(cases):
          ["dict.get.1proc", "dict.set.1proc"]),
         ("libshm within 3x of the floor", "mutex_unordered_map", "libshm", "<=", 3.0,
          [c for c in cases if c.startswith(("dict.", "list."))]),
+        ("libshm at least 3x Boost's message_queue", "libshm", "boost_message_queue", ">=", 3.0,
+         ["queue.1to1.64B"]),
+        ("libshm at least 100x Python's multiprocessing.Queue", "libshm", "python_mp_queue", ">=", 100.0,
+         ["queue.1to1.64B"]),
+        ("libshm at least 1/3 of the SPSC ring floor", "libshm", "spsc_floor", ">=", 1 / 3,
+         ["queue.1to1.64B"]),
+        ("libshm's median round trip within 1.5x of the bare futex ping-pong", "libshm", "futex_floor", "<=", 1.5,
+         ["queue.pingpong.64B.p50"]),
+        ("libshm 1 MiB items within 2x of one memcpy's bandwidth", "memcpy", "libshm", "<=", 2.0,
+         ["queue.1to1.1MiB"]),
     ]
 
 
@@ -54,6 +77,18 @@ def fmt_value(v):
     if v >= 100:
         return f"{v:,.0f}"
     return f"{v:,.3g}"
+
+
+def fmt_bound(b):
+    """1/3 for a third, 1.5 for one and a half."""
+    if b < 1 and abs(1 / b - round(1 / b)) < 1e-9:
+        return f"1/{round(1 / b)}"
+    return f"{b:g}"
+
+
+def belongs(bench, case):
+    """Whether a result line named `bench` answers the case `case`."""
+    return bench == case or bench.startswith(case + ".")
 
 
 def fmt_ratio(r):
@@ -91,8 +126,11 @@ def run_program(label, argv, extra, timeout):
             continue
         try:
             r = json.loads(line)
+            if "skipped" in r:
+                results.append({"bench": str(r["bench"]), "impl": str(r["impl"]), "skipped": str(r["skipped"])})
+                continue
             results.append({"bench": str(r["bench"]), "impl": str(r["impl"]),
-                            "value": float(r["value"]), "unit": str(r["unit"])})
+                            "value": float(r["value"]), "unit": str(r["unit"]), "note": str(r.get("note", ""))})
         except (ValueError, KeyError, TypeError):
             print(f"bench: {label}: unexpected output line: {line}", file=sys.stderr)
             return results, False
@@ -121,7 +159,7 @@ def main():
             print(f"bench: {label}: cannot run {argv[-1]}: {e}", file=sys.stderr)
             ok = False
             continue
-        cases = [c for c in p.stdout.split() if not a.only or any(c.startswith(o) for o in a.only)]
+        cases = [c for c in p.stdout.split() if not a.only or any(c.startswith(o) or belongs(o, c) for o in a.only)]
         progs.append((label, argv, cases))
         order += [c for c in cases if c not in order]
 
@@ -133,41 +171,54 @@ def main():
                 continue
             extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
             got, fine = run_program(label, argv, extra, timeout=60 + 3 * (a.seconds + a.warmup))
-            results += [r for r in got if r["bench"] == case]
+            results += [r for r in got if belongs(r["bench"], case)]
             ok = ok and fine
 
+    # results.jsonl holds the figures only, each with exactly the four keys.
+    skipped = [r for r in results if "skipped" in r]
+    results = [r for r in results if "skipped" not in r]
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         for r in results:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps({k: r[k] for k in ("bench", "impl", "value", "unit")}) + "\n")
 
+    # The table's rows: every figure's name, in the order the cases ran.
+    rows_order = []
+    for case in order:
+        named = [r["bench"] for r in results + skipped if belongs(r["bench"], case)]
+        rows_order += [b for b in dict.fromkeys(named) if b not in rows_order] or [case]
     value = {(r["bench"], r["impl"]): r["value"] for r in results}
     print()
     print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {os.cpu_count()} CPUs. "
           "ratio = value / libshm's value for the same case; compare ratios within one run only.")
+    print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds): lower is better.")
     print()
-    head = f"{'case':<22} {'impl':<22} {'value':>14}  {'unit':<6} {'ratio to libshm':>15}"
+    head = f"{'case':<24} {'impl':<20} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
     print(head)
-    print("-" * len(head))
-    for case in order:
-        rows = [r for r in results if r["bench"] == case]
-        rows.sort(key=lambda r: (r["impl"] != BASE_IMPL, r["impl"]))
-        base = value.get((case, BASE_IMPL))
+    print("-" * (len(head) + 40))
+    for bench in rows_order:
+        rows = [r for r in results + skipped if r["bench"] == bench]
+        rows.sort(key=lambda r: (r["impl"] != BASE_IMPL, "skipped" in r, r["impl"]))
+        base = value.get((bench, BASE_IMPL))
         first = True
         for r in rows:
-            ratio = fmt_ratio(r["value"] / base) if base else "n/a"
-            print(f"{case if first else '':<22} {r['impl']:<22} {fmt_value(r['value']):>14}  {r['unit']:<6} {ratio:>15}")
+            name = bench if first else ""
             first = False
+            if "skipped" in r:
+                print(f"{name:<24} {r['impl']:<20} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
+                continue
+            ratio = fmt_ratio(r["value"] / base) if base else "n/a"
+            print(f"{name:<24} {r['impl']:<20} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
         if not rows:
-            print(f"{case:<22} {'(no result)':<22}")
+            print(f"{bench:<24} {'(no result)':<20}")
 
     print()
     print("targets")
     for title, num, den, op, bound, cases in targets(order):
-        cases = [c for c in cases if c in order]
+        cases = [c for c in cases if any(belongs(c, o) for o in order)]
         if not cases:
             continue
-        print(f"  {title}: {num}/{den} {op} {bound:g}")
+        print(f"  {title}: {num}/{den} {op} {fmt_bound(bound)}")
         for case in cases:
             x, y = value.get((case, num)), value.get((case, den))
             if x is None or not y:
@@ -175,7 +226,9 @@ def main():
             else:
                 ratio = x / y
                 met = ratio >= bound if op == ">=" else ratio <= bound
-                verdict, shown = ("met" if met else "MISSED"), f"{ratio:,.3g}"
+                unit = next((r["unit"] for r in results if r["bench"] == case and r["impl"] == num), "")
+                verdict, shown = ("met" if met else "MISSED"), (
+                    f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})")
             print(f"    {verdict:<7}{case:<22} {shown}")
 
     print()
