@@ -543,3 +543,40 @@ TEST_CASE("killed at every crash point of container operations: before or after,
     WARN("container operations killed at " << killed << " crash points");
     CHECK(killed > 200);
 }
+
+TEST_CASE("multi-item operations are all or nothing at every crash point", "[container][crash]") {
+    test::ShmDir dir;
+    int killed = 0;
+    for (int which = 0; which < 2; ++which) {
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 1000);
+            auto seg = shm::Segment::create("multi", 1 << 20);
+            Dict d = Dict::open_or_create(seg, "d");
+            List l = List::open_or_create(seg, "l");
+            d.update({{"a", 1}, {"b", 2}, {"c", 3}});
+            l.extend({1, 2});
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                if (which == 0)
+                    d.update({{"a", 10}, {"b", 20}, {"c", 30}});  // each alone would be one store
+                else
+                    l.extend({3, 4, 5});
+                return 7;
+            });
+            auto e = test::wait_for(c);
+            REQUIRE((e.signaled || e.exited));
+            INFO("operation " << which << " crash point " << n);
+            REQUIRE(clean(d.verify()));
+            REQUIRE(clean(l.verify()));
+            if (which == 0) {
+                std::int64_t a = d.get<std::int64_t>("a"), b = d.get<std::int64_t>("b"), cc = d.get<std::int64_t>("c");
+                CHECK(((a == 1 && b == 2 && cc == 3) || (a == 10 && b == 20 && cc == 30)));
+            } else {
+                CHECK((l.size() == 2 || l.size() == 5));
+            }
+            if (e.exited) break;
+            ++killed;
+        }
+    }
+    CHECK(killed > 10);
+}

@@ -69,6 +69,16 @@ struct Op {
     Header* h;
     char* base;
     heap::Txn t;
+    // Several changes in one transaction (update(items), extend()): no change
+    // may commit by itself with an unjournaled store.
+    bool batch = false;
+
+    void last(std::atomic<std::uint64_t>& w, std::uint64_t v) {
+        if (batch)
+            t.store(w, v);
+        else
+            t.store_last(w, v);
+    }
 
     explicit Op(Segment& s)
         : seg(s), h(static_cast<Header*>(s.base())), base(static_cast<char*>(s.base())), t(h) {}
@@ -143,14 +153,18 @@ struct Op {
                     throw value_type_error(
                         "shm: store a nested container as Value::new_list()/new_dict() (or a snapshot); an existing "
                         "container handle cannot be stored in a second place");
+                const bool was_batch = batch;
+                batch = true;  // the caller's own store comes after these
+                std::uint64_t c;
                 if (v.type() == VT::list) {
-                    std::uint64_t c = new_container(kListMagic);
+                    c = new_container(kListMagic);
                     for (const Value& item : p->list) list_append(c, item);
-                    return {std::uint64_t(VT::list), c};
+                } else {
+                    c = new_container(kDictMagic);
+                    for (const auto& kv : p->dict) dict_set(c, kv.first, kv.second);
                 }
-                std::uint64_t c = new_container(kDictMagic);
-                for (const auto& kv : p->dict) dict_set(c, kv.first, kv.second);
-                return {std::uint64_t(VT::dict), c};
+                batch = was_batch;
+                return {std::uint64_t(v.type()), c};
             }
         }
         throw value_type_error("shm::Value: unknown type");
@@ -339,6 +353,11 @@ struct Op {
         if (i >= 0) {
             DEntry& e = at<DEntry>(rd(c->table))[i];
             std::uint64_t om = rd(e.v.meta), od = rd(e.v.data);
+            VT ot = static_cast<VT>(om & 0xff);
+            if (om == mv.first && ot != VT::string && ot != VT::bytes && ot != VT::list && ot != VT::dict) {
+                last(e.v.data, mv.second);  // same scalar type: one store
+                return false;
+            }
             write_cell(e.v, mv);
             release_cell(om, od);
             return false;
@@ -404,8 +423,12 @@ struct Op {
         auto mv = encode(v);
         std::uint64_t n = rd(c->count);
         if (n == rd(c->capacity)) list_rebuild(c, n ? n * 2 : 8, -1, -1);
-        write_cell(cells(c)[n], mv);
-        t.store(c->count, n + 1);
+        // The cell past the count is not live: plain writes, and the count
+        // store publishes it (one store, if nothing else was changed).
+        Cell& cell = cells(c)[n];
+        raw(cell.meta, mv.first);
+        raw(cell.data, mv.second);
+        last(c->count, n + 1);
     }
 
     void commit() {
@@ -439,6 +462,20 @@ auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
                 op.t.commit();
             }
         }
+    }
+}
+
+// A read: one transaction that changes nothing (no garbage collection).
+template <class F>
+auto read(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
+    Op op(seg);
+    if constexpr (std::is_void_v<decltype(f(op))>) {
+        f(op);
+        op.t.commit();
+    } else {
+        auto r = f(op);
+        op.t.commit();
+        return r;
     }
 }
 
@@ -704,7 +741,7 @@ Dict Dict::open(Segment& seg, std::string_view name) {
 }
 
 std::optional<Value> Dict::find(std::string_view key) const {
-    return run(*ref_.seg, [&](Op& op) -> std::optional<Value> {
+    return read(*ref_.seg, [&](Op& op) -> std::optional<Value> {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         if (i < 0) return std::nullopt;
@@ -715,7 +752,7 @@ std::optional<Value> Dict::find(std::string_view key) const {
 Value Dict::get(std::string_view key) const {
     auto v = find(key);
     if (!v) throw key_error("shm::Dict: no key '" + std::string(key) + "' in this dict of segment '" + ref_.seg->name() + "'");
-    return *v;
+    return std::move(*v);
 }
 
 Value Dict::get(std::string_view key, const Value& dflt) const {
@@ -762,7 +799,7 @@ Value Dict::pop(std::string_view key, const Value& dflt) {
 bool Dict::contains(std::string_view key) const { return find(key).has_value(); }
 
 std::size_t Dict::size() const {
-    return run(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kDictMagic)->count)); });
+    return read(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kDictMagic)->count)); });
 }
 
 void Dict::clear() {
@@ -770,7 +807,7 @@ void Dict::clear() {
 }
 
 std::vector<std::pair<std::string, Value>> Dict::items() const {
-    return run(*ref_.seg, [&](Op& op) {
+    return read(*ref_.seg, [&](Op& op) {
         std::vector<std::pair<std::string, Value>> out;
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::uint64_t cap = rd(c->capacity);
@@ -802,6 +839,7 @@ void Dict::update(const std::vector<std::pair<std::string, Value>>& items) {
     prepared.reserve(items.size());
     for (auto& kv : items) prepared.emplace_back(kv.first, prepare(kv.second));
     run(*ref_.seg, [&](Op& op) {
+        op.batch = true;
         for (auto& kv : prepared) op.dict_set(ref_.offset, kv.first, kv.second);
     });
 }
@@ -854,7 +892,7 @@ std::int64_t Dict::increment_int(std::string_view key, std::int64_t n) {
         std::int64_t r;
         if (__builtin_add_overflow(v, n, &r))
             throw error(EOVERFLOW, "shm::Dict::increment: '" + std::string(key) + "' would overflow int64");
-        op.t.store(cell.data, static_cast<std::uint64_t>(r));  // one store commits the increment
+        op.t.store_last(cell.data, static_cast<std::uint64_t>(r));  // one store commits the increment
         return r;
     });
 }
@@ -891,6 +929,7 @@ void List::extend(const std::vector<Value>& vs) {
     prepared.reserve(vs.size());
     for (auto& v : vs) prepared.push_back(prepare(v));
     run(*ref_.seg, [&](Op& op) {
+        op.batch = true;
         for (auto& v : prepared) op.list_append(ref_.offset, v);
     });
 }
@@ -914,7 +953,7 @@ void List::insert(std::int64_t index, const Value& v) {
 }
 
 Value List::get(std::int64_t index) const {
-    return run(*ref_.seg, [&](Op& op) {
+    return read(*ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         return op.decode(op.cells(c)[normalize(index, rd(c->count), "get")]);
     });
@@ -973,7 +1012,7 @@ void List::remove(const Value& v) {
 }
 
 std::size_t List::index(const Value& v) const {
-    std::int64_t i = run(*ref_.seg, [&](Op& op) { return list_index(op, op.hdr(ref_.offset, kListMagic), v); });
+    std::int64_t i = read(*ref_.seg, [&](Op& op) { return list_index(op, op.hdr(ref_.offset, kListMagic), v); });
     if (i < 0) throw error(ENOENT, "shm::List::index: " + v.repr() + " is not in the list");
     return static_cast<std::size_t>(i);
 }
@@ -986,7 +1025,7 @@ std::size_t List::count(const Value& v) const {
 }
 
 std::size_t List::size() const {
-    return run(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kListMagic)->count)); });
+    return read(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kListMagic)->count)); });
 }
 
 void List::clear() {
@@ -996,7 +1035,7 @@ void List::clear() {
 std::vector<Value> List::snapshot() const { return slice(0, INT64_MAX); }
 
 std::vector<Value> List::slice(std::int64_t start, std::int64_t stop) const {
-    return run(*ref_.seg, [&](Op& op) {
+    return read(*ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t n = static_cast<std::int64_t>(rd(c->count));
         auto clamp = [n](std::int64_t i) {

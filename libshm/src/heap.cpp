@@ -159,11 +159,22 @@ void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
     crash_point();
 }
 
+void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
+    if (h_->journal_count.load(std::memory_order_relaxed) != 0) return store(w, value);
+    crash_point();
+    // Release: the fresh memory this store makes reachable (filled with plain
+    // writes) is complete first; partner: the next lock holder's reads.
+    w.store(value, std::memory_order_release);
+    crash_point();
+}
+
 void Txn::commit() {
     crash_point();
     // Release: every store of the transaction precedes the commit; partner is
-    // the acquire load of count in the next holder's Txn constructor.
-    h_->journal_count.store(0, std::memory_order_release);
+    // the acquire load of count in the next holder's Txn constructor. A
+    // transaction that changed nothing (a read) writes nothing.
+    if (h_->journal_count.load(std::memory_order_relaxed) != 0)
+        h_->journal_count.store(0, std::memory_order_release);
     committed_ = true;
 }
 

@@ -39,6 +39,12 @@ public:
     Txn& operator=(const Txn&) = delete;
 
     void store(std::atomic<std::uint64_t>& word, std::uint64_t value);
+    // The last change of a transaction. If it is also the only change to
+    // memory that existed before (nothing is journaled yet), this one store
+    // commits the operation by itself and needs no undo entry; otherwise it
+    // is journaled like store(). Nothing may be changed after it except by
+    // independent work (garbage collection) that has its own undo entries.
+    void store_last(std::atomic<std::uint64_t>& word, std::uint64_t value);
     void commit();
     bool recovered() const noexcept { return recovered_; }
     layout::Header* header() const noexcept { return h_; }
