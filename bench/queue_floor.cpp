@@ -7,9 +7,10 @@
 //    marks it empty and wakes. Two of them make the bare futex ping-pong, the
 //    floor for a round trip with a blocking get on both sides.
 //  - spsc_floor (queue.1to1.*): a bare single-producer/single-consumer ring
-//    in shared memory, busy polling on both sides (with a sched_yield() every
-//    256 polls, so that it still moves when both processes share a CPU), no
-//    crash safety, no waking. The producer copies each item into its slot, the consumer reads
+//    in shared memory whose slots carry their own sequence words, busy
+//    polling on both sides (with a sched_yield() every 256 polls, so that it
+//    still moves when both processes share a CPU), no crash safety, no
+//    waking. The producer copies each item into its slot, the consumer reads
 //    it in place. It cannot be shared by two producers or two consumers, so
 //    it has no queue.2to2 figure.
 //  - memcpy (queue.1to1.1MiB): one process copying 1 MiB items into a ring
@@ -101,32 +102,33 @@ private:
 
 class SpscRing {
 public:
+    // Each slot is a 64-byte line holding its sequence word, then the item.
+    // Slot pos % capacity is free for position pos when its word is pos, and
+    // full when it is pos + 1. Producer and consumer keep their positions to
+    // themselves, so they share no index, only the slots.
     explicit SpscRing(const ChannelConfig& cfg)
-        : cap_(cfg.capacity), item_(cfg.item), stride_((cfg.item + 63) / 64 * 64), m_(128 + cap_ * stride_) {
-        new (m_.data()) std::atomic<std::uint64_t>(0);       // tail: next to put
-        new (m_.data() + 64) std::atomic<std::uint64_t>(0);  // head: next to get
+        : cap_(cfg.capacity), item_(cfg.item), stride_(64 + (cfg.item + 63) / 64 * 64), m_(cap_ * stride_) {
+        for (std::uint64_t i = 0; i < cap_; ++i) new (m_.data() + i * stride_) std::atomic<std::uint64_t>(i);
     }
     void put(const char* item, std::size_t n) {
-        const std::uint64_t t = tail().load(std::memory_order_relaxed);
-        for (unsigned polls = 1; t - head_seen_ >= cap_; ++polls) {
-            head_seen_ = head().load(std::memory_order_acquire);
-            if (t - head_seen_ >= cap_) pause(polls);
-        }
-        std::memcpy(slot(t), item, n);
-        tail().store(t + 1, std::memory_order_release);
+        auto& w = word(tail_);
+        for (unsigned polls = 1; w.load(std::memory_order_acquire) != tail_; ++polls) pause(polls);
+        std::memcpy(m_.data() + (tail_ % cap_) * stride_ + 64, item, n);
+        w.store(tail_ + 1, std::memory_order_release);
+        ++tail_;
     }
     template <class Use>
     void get(Use&& use) {
-        const std::uint64_t h = head().load(std::memory_order_relaxed);
-        for (unsigned polls = 1; h >= tail_seen_; ++polls) {
-            tail_seen_ = tail().load(std::memory_order_acquire);
-            if (h >= tail_seen_) pause(polls);
-        }
-        use(slot(h), item_);
-        head().store(h + 1, std::memory_order_release);
+        auto& w = word(head_);
+        for (unsigned polls = 1; w.load(std::memory_order_acquire) != head_ + 1; ++polls) pause(polls);
+        use(m_.data() + (head_ % cap_) * stride_ + 64, item_);
+        w.store(head_ + cap_, std::memory_order_release);
+        ++head_;
     }
     void leave() {}
-    std::string note() const { return "busy-polled ring (sched_yield() every 256 polls), copied in by the producer, read in place"; }
+    std::string note() const {
+        return "busy-polled ring (sched_yield() every 256 polls), copied in by the producer, read in place";
+    }
 
 private:
     // Busy polling never sleeps; a yield now and then only lets the other
@@ -137,13 +139,13 @@ private:
         else
             cpu_relax();
     }
-    std::atomic<std::uint64_t>& tail() { return *reinterpret_cast<std::atomic<std::uint64_t>*>(m_.data()); }
-    std::atomic<std::uint64_t>& head() { return *reinterpret_cast<std::atomic<std::uint64_t>*>(m_.data() + 64); }
-    char* slot(std::uint64_t pos) { return m_.data() + 128 + (pos % cap_) * stride_; }
-    std::size_t cap_, item_, stride_;
+    std::atomic<std::uint64_t>& word(std::uint64_t pos) {
+        return *reinterpret_cast<std::atomic<std::uint64_t>*>(m_.data() + (pos % cap_) * stride_);
+    }
+    std::uint64_t cap_, item_, stride_;
     Mapping m_;
-    std::uint64_t head_seen_ = 0;  // producer's last view of head
-    std::uint64_t tail_seen_ = 0;  // consumer's last view of tail
+    std::uint64_t tail_ = 0;  // the producer's next position
+    std::uint64_t head_ = 0;  // the consumer's next position
 };
 
 // ---- memcpy ---------------------------------------------------------------------
