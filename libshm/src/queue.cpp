@@ -32,6 +32,7 @@
 // dead blocker, and wakers that wake nobody clear the bits of dead processes.
 #include "shm/queue.hpp"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,7 +55,26 @@ using detail::QueueSlot;
 namespace {
 
 constexpr std::uint32_t kTombstone = kQueueTombstone;
-constexpr int kSpin = 4000;  // ~ a few µs: cross-CPU wake-ups cost tens of µs here
+// Before sleeping: kSpin pauses (a PAUSE is 10-50 ns, so a few µs: a
+// cross-CPU wake-up costs tens of µs here), then kYield sched_yield()s so
+// that a peer waiting for this CPU gets it, then the futex.
+constexpr int kSpin = 100;
+constexpr int kYield = 8;
+
+// One step of waiting before sleeping; false once it is time to sleep.
+inline bool backoff(int& spins) {
+    if (spins < kSpin) {
+        ++spins;
+        platform::cpu_relax();
+        return true;
+    }
+    if (spins < kSpin + kYield) {
+        ++spins;
+        ::sched_yield();
+        return true;
+    }
+    return false;
+}
 constexpr long kPollMs = 50;
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -103,8 +123,13 @@ void wake(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask, i
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (mask.load(std::memory_order_relaxed) == 0) return;
 #endif
+    // Take every sleeper's bit and wake them all: one wake per sleep, not
+    // one per operation while a sleeper has yet to run. A sleeper sets its
+    // bit again before it sleeps again.
+    if (mask.exchange(0, std::memory_order_seq_cst) == 0) return;
     epoch.fetch_add(1, std::memory_order_seq_cst);
-    platform::futex_wake(&epoch, n);
+    platform::futex_wake(&epoch, INT_MAX);
+    (void)n;
 }
 
 // Sleep until the epoch moves, the deadline, or the poll interval.
@@ -311,12 +336,8 @@ std::optional<std::uint64_t> claim_put(QueueControl* c, std::uint32_t id, const 
         }
         // Full here: the slot still holds (or is handing out) the previous lap.
         if (!wait) return std::nullopt;
-        if (owner_of(w) != 0 && spins >= kSpin && repair_slot(c, s, w, id)) continue;
-        if (spins < kSpin) {
-            ++spins;
-            platform::cpu_relax();
-            continue;
-        }
+        if (owner_of(w) != 0 && spins >= kSpin + kYield && repair_slot(c, s, w, id)) continue;
+        if (backoff(spins)) continue;
         if (!sleep_on(c->get_epoch, c->producers_waiting, id,
                       [&] { return s->word.load(std::memory_order_acquire) != w || c->closed.load(); }, d))
             return std::nullopt;
@@ -440,12 +461,8 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
             return std::nullopt;
         }
         if (!wait) return std::nullopt;
-        if (owner_of(w) != 0 && spins >= kSpin && repair_slot(c, s, w, id)) continue;
-        if (spins < kSpin) {
-            ++spins;
-            platform::cpu_relax();
-            continue;
-        }
+        if (owner_of(w) != 0 && spins >= kSpin + kYield && repair_slot(c, s, w, id)) continue;
+        if (backoff(spins)) continue;
         if (!sleep_on(c->put_epoch, c->consumers_waiting, id,
                       [&] { return s->word.load(std::memory_order_acquire) != w || c->closed.load(); }, d))
             return std::nullopt;

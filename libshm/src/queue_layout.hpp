@@ -21,11 +21,12 @@ struct alignas(64) QueueSlot {
     std::uint32_t flags;  // kTombstone
 };
 
-struct QueueActor {
+// One cache line each: a consumer's counters do not share a line with another's.
+struct alignas(64) QueueActor {
     std::atomic<std::uint64_t> who;    // pid << 32 | low 32 bits of its start time; 0 = free
     std::atomic<std::uint64_t> taken;  // items this process got
     std::atomic<std::uint64_t> done;   // task_done() calls
-    std::uint64_t reserved;
+    std::uint64_t reserved[5];
 };
 
 struct QueueControl {
@@ -51,6 +52,7 @@ struct QueueControl {
 }  // namespace detail
 
 static_assert(sizeof(detail::QueueSlot) == 64);
+static_assert(sizeof(detail::QueueActor) == 64);
 static_assert(sizeof(detail::QueueControl) % 64 == 0);
 static_assert(offsetof(detail::QueueControl, magic) == 0);
 static_assert(offsetof(detail::QueueControl, capacity) == 8);
