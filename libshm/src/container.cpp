@@ -519,7 +519,12 @@ bool has_handles(const Value& v) {
 }
 
 // Copy handles out before taking the lock (a handle may be of this segment).
-Value prepare(const Value& v) { return has_handles(v) ? storable(v) : v; }
+// Returns v itself when it holds none (no copy on the common path).
+const Value& prepare(const Value& v, Value& scratch) {
+    if (!has_handles(v)) return v;
+    scratch = storable(v);
+    return scratch;
+}
 
 template <class Root>
 std::uint64_t open_root(Segment& seg, std::string_view name, bool create, std::uint64_t magic) {
@@ -761,7 +766,8 @@ Value Dict::get(std::string_view key, const Value& dflt) const {
 }
 
 void Dict::set(std::string_view key, const Value& v) {
-    Value pv = prepare(v);
+    Value scratch;
+    const Value& pv = prepare(v, scratch);
     run(*ref_.seg, [&](Op& op) { op.dict_set(ref_.offset, key, pv); });
 }
 
@@ -837,7 +843,10 @@ std::vector<Value> Dict::values() const {
 void Dict::update(const std::vector<std::pair<std::string, Value>>& items) {
     std::vector<std::pair<std::string, Value>> prepared;
     prepared.reserve(items.size());
-    for (auto& kv : items) prepared.emplace_back(kv.first, prepare(kv.second));
+    for (auto& kv : items) {
+        Value scratch;
+        prepared.emplace_back(kv.first, prepare(kv.second, scratch));
+    }
     run(*ref_.seg, [&](Op& op) {
         op.batch = true;
         for (auto& kv : prepared) op.dict_set(ref_.offset, kv.first, kv.second);
@@ -851,7 +860,8 @@ void Dict::update(const Dict& other) {
 }
 
 Value Dict::setdefault(std::string_view key, const Value& dflt) {
-    Value pv = prepare(dflt);
+    Value scratch;
+    const Value& pv = prepare(dflt, scratch);
     return run(*ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
@@ -920,14 +930,18 @@ List List::open(Segment& seg, std::string_view name) {
 }
 
 void List::append(const Value& v) {
-    Value pv = prepare(v);
+    Value scratch;
+    const Value& pv = prepare(v, scratch);
     run(*ref_.seg, [&](Op& op) { op.list_append(ref_.offset, pv); });
 }
 
 void List::extend(const std::vector<Value>& vs) {
     std::vector<Value> prepared;
     prepared.reserve(vs.size());
-    for (auto& v : vs) prepared.push_back(prepare(v));
+    for (auto& v : vs) {
+        Value scratch;
+        prepared.push_back(prepare(v, scratch));
+    }
     run(*ref_.seg, [&](Op& op) {
         op.batch = true;
         for (auto& v : prepared) op.list_append(ref_.offset, v);
@@ -935,7 +949,8 @@ void List::extend(const std::vector<Value>& vs) {
 }
 
 void List::insert(std::int64_t index, const Value& v) {
-    Value pv = prepare(v);
+    Value scratch;
+    const Value& pv = prepare(v, scratch);
     run(*ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t n = static_cast<std::int64_t>(rd(c->count));
@@ -960,7 +975,8 @@ Value List::get(std::int64_t index) const {
 }
 
 void List::set(std::int64_t index, const Value& v) {
-    Value pv = prepare(v);
+    Value scratch;
+    const Value& pv = prepare(v, scratch);
     run(*ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t i = normalize(index, rd(c->count), "set");
