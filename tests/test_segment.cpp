@@ -224,6 +224,24 @@ TEST_CASE("lifetime: last detach unlinks and persistent survives", "[segment][li
     }
 }
 
+TEST_CASE("unlink_if_unused refuses a segment with live users under its lock", "[segment][lifetime]") {
+    test::ShmDir dir;
+    shm::SegmentOptions o;
+    o.persistent = true;
+    { auto s = shm::Segment::create("maybe", kSize, o); }
+    auto user = shm::Segment::open("maybe");
+    std::vector<std::int32_t> live;
+    CHECK(shm::Segment::unlink_if_unused("maybe", &live));
+    CHECK(live == std::vector<std::int32_t>{::getpid()});
+    CHECK(dir.has("maybe"));
+    user.detach();  // persistent: still there, unused now
+    REQUIRE(dir.has("maybe"));
+    CHECK(shm::Segment::unlink_if_unused("maybe", &live));
+    CHECK(live.empty());
+    CHECK_FALSE(dir.has("maybe"));
+    CHECK_FALSE(shm::Segment::unlink_if_unused("maybe", &live));
+}
+
 TEST_CASE("a SIGKILLed attacher is reaped and the name reused", "[segment][lifetime][crash]") {
     test::ShmDir dir;
     SECTION("reap_dead after the only user died") {

@@ -1371,7 +1371,18 @@ RemoveResult remove_segment(std::string_view given, bool force) {
         return r;
     }
     try {
-        if (Segment::unlink(seg)) {
+        std::vector<std::int32_t> live;
+        if (Segment::unlink_if_unused(seg, force ? nullptr : &live)) {
+            if (!live.empty()) {
+                // Someone attached after the first look: refuse, as above.
+                r.live_pids.assign(live.begin(), live.end());
+                r.outcome = RemoveResult::in_use;
+                std::string pids;
+                for (pid_t p : r.live_pids) pids += (pids.empty() ? "" : ", ") + std::to_string(p);
+                r.message = "segment '" + seg + "' is in use (pid " + pids +
+                            "); not removed (--force removes it anyway; they keep their mapping)";
+                return r;
+            }
             r.outcome = RemoveResult::removed;
             r.message = "removed segment '" + seg + "'";
         } else {

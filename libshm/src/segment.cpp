@@ -518,7 +518,9 @@ int open_admin(const std::string& path, const std::string& what) {
 }
 }  // namespace
 
-bool Segment::unlink(std::string_view name_in) {
+bool Segment::unlink(std::string_view name_in) { return unlink_if_unused(name_in, nullptr); }
+
+bool Segment::unlink_if_unused(std::string_view name_in, std::vector<std::int32_t>* live_pids) {
     std::string name(name_in);
     std::string path = segment_path(name).string();
     Fd fd(open_admin(path, "segment " + q(name)));
@@ -532,6 +534,18 @@ bool Segment::unlink(std::string_view name_in) {
     if (static_cast<std::size_t>(st.st_size) >= layout::kHeaderSize) map_file(m, fd.fd, st.st_size, path);
     Kind k = classify(m, st.st_size, fd.fd, name, path);
     if (k == Kind::foreign) throw not_a_segment(path + " is not a libshm segment (bad magic); refusing to remove it");
+    if (live_pids && k == Kind::ready) {
+        // Attaching takes the meta lock we hold: nobody can attach between
+        // this check and the unlink.
+        Header* h = m.hdr();
+        layout::AttachSlot* sl = layout::slots(h);
+        live_pids->clear();
+        for (std::uint32_t i = 0; i < h->max_attach; ++i) {
+            std::int32_t pid = sl[i].pid.load(std::memory_order_acquire);
+            if (pid != 0 && slot_alive(fd.fd, h, i)) live_pids->push_back(pid);
+        }
+        if (!live_pids->empty()) return true;
+    }
     if (m.p) m.hdr()->state.store(layout::kDead, std::memory_order_release);
     unlink_if_same(path, fd.fd);
     return true;

@@ -110,6 +110,11 @@ public:
     // is freed when the last of them detaches. Returns false if there was no
     // such segment.
     static bool unlink(std::string_view name);
+    // As unlink(), but only if no live process is attached, decided under the
+    // segment's lock (so a process attaching meanwhile is never cut off).
+    // Returns false if there was no such segment; if live processes are
+    // attached it leaves the segment and puts their pids in *live_pids.
+    static bool unlink_if_unused(std::string_view name, std::vector<std::int32_t>* live_pids);
     // Clear the attach slots of dead processes and unlink the segment if no
     // live process is attached and it is not persistent. Does not attach.
     static ReapReport reap_dead(std::string_view name);
