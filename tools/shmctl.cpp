@@ -345,8 +345,11 @@ int cmd_ls(bool all, bool as_json, bool noheadings) {
         t.add({printable(e->name), human_bytes(e->allocated), user_name(e->uid), human_age(e->age_ns),
                admin::to_string(e->kind), state_text(e->state), users});
     }
-    if (!shown.empty() || !noheadings) t.print(stdout, !noheadings);
+    if (!shown.empty()) t.print(stdout, !noheadings);
     if (!noheadings) {
+        if (shown.empty())
+            std::fprintf(stderr, "(%s in %s)\n",
+                         all ? "no files" : "no libshm segments and nothing leaked", s.dir.c_str());
         if (hidden)
             std::fprintf(stderr, "(%zu more %s in use or unknown not shown; --all shows every file)\n", hidden,
                          hidden == 1 ? "file" : "files");
