@@ -153,11 +153,13 @@ bool sleep_on(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mas
 }
 
 // The calling process's actor id for a queue, cached per thread and
-// refreshed after fork.
+// refreshed after fork, or when the record no longer names this process (a
+// queue at the same address in a new mapping).
 struct ActorCache {
     QueueControl* c = nullptr;
     unsigned gen = ~0u;
     std::uint32_t id = 0;
+    std::uint64_t who = 0;
 };
 thread_local ActorCache t_actor;
 std::mutex g_register_mutex;
@@ -286,9 +288,11 @@ std::uint32_t register_actor(QueueControl* c) {
 
 inline std::uint32_t actor_id(QueueControl* c) {
     unsigned gen = platform::fork_generation();
-    if (t_actor.c == c && t_actor.gen == gen) return t_actor.id;
+    if (t_actor.c == c && t_actor.gen == gen &&
+        c->actors[t_actor.id - 1].who.load(std::memory_order_relaxed) == t_actor.who)
+        return t_actor.id;
     std::uint32_t id = register_actor(c);
-    t_actor = ActorCache{c, gen, id};
+    t_actor = ActorCache{c, gen, id, c->actors[id - 1].who.load(std::memory_order_relaxed)};
     return id;
 }
 
