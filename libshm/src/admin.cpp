@@ -538,10 +538,12 @@ void read_queue_state(int fd, ObjectState& s) {
         return;
     }
     std::uint32_t cap = u32(offsetof(QueueControl, capacity));
-    std::uint64_t tail = u64(offsetof(QueueControl, tail)), head = u64(offsetof(QueueControl, head));
+    // tail packs the next ticket with a byte position; head is a ticket.
+    const std::int64_t depth = detail::ticket_diff(detail::cursor_ticket(u64(offsetof(QueueControl, tail))),
+                                                   u64(offsetof(QueueControl, head)));
     s.capacity = cap;
     s.max_item_size = u32(offsetof(QueueControl, max_item));
-    s.value = static_cast<std::uint32_t>(tail > head ? std::min<std::uint64_t>(tail - head, cap) : 0);
+    s.value = static_cast<std::uint32_t>(depth > 0 ? std::min<std::int64_t>(depth, cap) : 0);
     s.closed = u32(offsetof(QueueControl, closed)) != 0;
     s.repairs = u64(offsetof(QueueControl, repairs));
 }

@@ -1,5 +1,12 @@
 // The shared-memory layout of shm::Queue (queue.cpp), version 1 with the
 // segment layout. Private; admin.cpp reads it to show a queue's state.
+//
+// A queue is one block in its segment:
+//     QueueControl | capacity × QueueSlot (16 B) | byte ring
+// The byte ring holds the items' payloads: ring_units units of
+// 2^unit_shift bytes (the byte budget), followed by an overhang of
+// units(largest item) so that an item starting near the end stays
+// contiguous instead of wrapping.
 #pragma once
 
 #include <atomic>
@@ -10,33 +17,60 @@
 
 namespace shm {
 
-inline constexpr std::uint64_t kQueueMagic = 0x3165'7565'7571'6d73ull;  // "smqueue1"
-inline constexpr std::uint32_t kQueueTombstone = 1;
+inline constexpr std::uint64_t kQueueMagic = 0x3265'7565'7571'6d73ull;  // "smqueue2"
 
 namespace detail {
 
-struct alignas(64) QueueSlot {
+// Tickets (one per item put, in order) are counted modulo 2^39. A byte
+// position counts ring units modulo 2 × ring_units (so that a full ring and
+// an empty one differ); the unit it names is position mod ring_units. The
+// tail and free cursors pack both into one word: ticket << 25 | position.
+inline constexpr unsigned kTicketBits = 39;
+inline constexpr std::uint64_t kTicketMask = (std::uint64_t(1) << kTicketBits) - 1;
+inline constexpr unsigned kPosBits = 25;
+inline constexpr std::uint32_t kMaxRingUnits = std::uint32_t(1) << (kPosBits - 1);
+inline constexpr std::uint64_t kPosMask = (std::uint64_t(1) << kPosBits) - 1;
+inline constexpr std::uint64_t cursor_pack(std::uint64_t ticket, std::uint64_t pos) {
+    return ((ticket & kTicketMask) << kPosBits) | (pos & kPosMask);
+}
+inline constexpr std::uint64_t cursor_ticket(std::uint64_t c) { return c >> kPosBits; }
+inline constexpr std::uint32_t cursor_pos(std::uint64_t c) { return static_cast<std::uint32_t>(c & kPosMask); }
+// Signed distance a - b between two tickets.
+inline constexpr std::int64_t ticket_diff(std::uint64_t a, std::uint64_t b) {
+    return static_cast<std::int64_t>(((a - b) & kTicketMask) << (64 - kTicketBits)) >> (64 - kTicketBits);
+}
+
+inline constexpr std::uint32_t kQueueTombstone = 0xffffffffu;  // QueueSlot::len of an item that was never put
+
+// One per ticket modulo capacity. word = ticket << 16 | claimer (see
+// queue.cpp for the states). start and len describe the item of the slot's
+// current ticket and do not change until the free cursor has passed it.
+struct QueueSlot {
     std::atomic<std::uint64_t> word;
-    std::uint32_t len;
-    std::uint32_t flags;  // kTombstone
+    std::atomic<std::uint32_t> start;  // byte position where the payload begins
+    std::atomic<std::uint32_t> len;    // bytes, or kQueueTombstone
 };
 
 // One cache line each: a consumer's counters do not share a line with another's.
 struct alignas(64) QueueActor {
-    std::atomic<std::uint64_t> who;    // pid << 32 | low 32 bits of its start time; 0 = free
-    std::atomic<std::uint64_t> taken;  // items this process got
-    std::atomic<std::uint64_t> done;   // task_done() calls
+    std::atomic<std::uint64_t> who;     // pid << 32 | low 32 bits of its start time; 0 = free
+    std::atomic<std::uint64_t> taken;   // items this process got
+    std::atomic<std::uint64_t> done;    // task_done() calls
     std::uint64_t reserved[5];
 };
 
 struct QueueControl {
     std::uint64_t magic;
-    std::uint32_t capacity;  // power of two
-    std::uint32_t max_item;
-    std::uint32_t stride;    // bytes per slot, header included
-    std::uint32_t reserved0;
-    alignas(64) std::atomic<std::uint64_t> tail;  // next position to put
-    alignas(64) std::atomic<std::uint64_t> head;  // next position to get
+    std::uint32_t capacity;    // items, a power of two
+    std::uint32_t max_item;    // bytes
+    std::uint64_t max_bytes;   // the byte budget as set (ring_units << unit_shift rounds it up)
+    std::uint32_t ring_units;  // units in the ring, at most kMaxRingUnits
+    std::uint32_t unit_shift;  // log2 of the unit: 3 (8 bytes) for rings up to 128 MiB
+    std::uint64_t ring_offset; // bytes from this block's start to the ring
+    std::uint64_t reserved0[3];
+    alignas(64) std::atomic<std::uint64_t> tail;  // cursor: next ticket to put, where its bytes start
+    alignas(64) std::atomic<std::uint64_t> head;  // next ticket to get (a hint)
+    alignas(64) std::atomic<std::uint64_t> free;  // cursor: first ticket whose bytes are not yet free
     alignas(64) std::atomic<std::uint32_t> put_epoch;  // consumers sleep on it
     std::atomic<std::uint64_t> consumers_waiting;      // bit per actor
     alignas(64) std::atomic<std::uint32_t> get_epoch;  // producers sleep on it
@@ -46,20 +80,23 @@ struct QueueControl {
     std::atomic<std::uint64_t> joiners_waiting;
     std::atomic<std::uint64_t> repairs;
     QueueActor actors[Queue::kMaxProcesses];
-    // slots follow, 64-byte aligned
+    // slots follow, then the ring at ring_offset
 };
 
 }  // namespace detail
 
-static_assert(sizeof(detail::QueueSlot) == 64);
+static_assert(sizeof(detail::QueueSlot) == 16);
 static_assert(sizeof(detail::QueueActor) == 64);
 static_assert(sizeof(detail::QueueControl) % 64 == 0);
 static_assert(offsetof(detail::QueueControl, magic) == 0);
 static_assert(offsetof(detail::QueueControl, capacity) == 8);
 static_assert(offsetof(detail::QueueControl, max_item) == 12);
+static_assert(offsetof(detail::QueueControl, max_bytes) == 16);
+static_assert(offsetof(detail::QueueControl, ring_units) == 24);
 static_assert(offsetof(detail::QueueControl, tail) == 64);
 static_assert(offsetof(detail::QueueControl, head) == 128);
-static_assert(offsetof(detail::QueueControl, closed) == 320);
-static_assert(offsetof(detail::QueueControl, repairs) == 336);
+static_assert(offsetof(detail::QueueControl, free) == 192);
+static_assert(offsetof(detail::QueueControl, closed) == 384);
+static_assert(offsetof(detail::QueueControl, repairs) == 400);
 
 }  // namespace shm

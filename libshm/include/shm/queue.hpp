@@ -2,26 +2,30 @@
 // processes (Python's multiprocessing.Queue / JoinableQueue), lock-free and
 // safe against killed processes.
 //
-// Items are byte strings of at most max_item_size bytes. The queue holds at
-// most `capacity` items (a power of two); its memory, capacity × (max item
-// size + 16 bytes, rounded to 64), is reserved in the segment when the queue
-// is created, so the bytes it can hold are bounded by creation too.
+// Items are byte strings of at most max_item_size bytes. A queue is bounded
+// twice, both set when it is created: it holds at most `capacity` items (a
+// power of two) and at most `max_bytes` bytes of item payloads. Its memory
+// is reserved in the segment at creation: a 16-byte descriptor per item of
+// capacity, plus max_bytes for payloads (plus one largest item, so that no
+// item is ever split at the end of the ring). A queue of 100,000 items of up
+// to 1 MiB with max_bytes = 64 MiB takes about 67 MiB, not 100 GB.
 //
-// How it works: a ring of slots, each with one 64-bit word holding a
-// sequence number (which lap of the ring the slot is in, and whether it is
-// free or full) and the id of the process that has claimed it. Producers and
-// consumers claim a slot with one compare-and-swap on that word, copy, and
-// publish with one store: no lock per item. The claimer's id is what makes
-// crashes safe: a process that finds a slot claimed by a process that has
-// died repairs it — a half-written item becomes a tombstone that consumers
-// skip (it was never put), a half-read item is released (it was taken, whole,
-// by the dead consumer). Waiting spins briefly, then sleeps on a futex;
-// sleepers re-check the liveness of whoever blocks them every 50 ms.
+// How it works: every put takes a ticket (its place in the order) and the
+// next bytes of a byte ring, in one compare-and-swap on a word that packs
+// both; the ticket's slot holds one 64-bit word with the ticket and the id
+// of the process that claimed it. Producers and consumers claim with a CAS,
+// copy, and publish with one store: no lock per item. The claimer's id is
+// what makes crashes safe: a process that finds a slot claimed by a process
+// that has died repairs it — a half-written item becomes a tombstone that
+// consumers skip (it was never put, and its bytes are freed with it), a
+// half-read item is released (it was taken, whole, by the dead consumer).
+// Waiting spins briefly, then sleeps on a futex; sleepers re-check the
+// liveness of whoever blocks them every 50 ms.
 //
 // Guarantees: FIFO per producer; no item is delivered twice; no item is lost
 // while the queue exists, except the one item a killed consumer had taken.
-// qsize(), empty() and full() are snapshots that may be stale at once under
-// concurrency, as in Python.
+// qsize(), empty(), full() and bytes_used() are snapshots that may be stale
+// at once under concurrency, as in Python.
 //
 // Up to kMaxProcesses processes (distinct pids) may use one queue over its
 // life at a time; the slots of processes that died are recycled.
@@ -47,6 +51,11 @@ class Segment;
 struct QueueOptions {
     std::uint32_t capacity = 1024;       // items; rounded up to a power of two (2 .. 2^24)
     std::uint32_t max_item_size = 256;   // bytes (1 .. 256 MiB)
+    // Bytes of item payloads the queue holds at most (up to 1 TiB); 0 means
+    // capacity × max_item_size. Each item counts its length rounded up to
+    // the ring's unit: 8 bytes while max_bytes is at most 128 MiB, else the
+    // power of two that keeps the ring within 2^24 units.
+    std::uint64_t max_bytes = 0;
 };
 
 namespace detail {
@@ -65,15 +74,16 @@ public:
     static Queue open(Segment& seg, std::string_view name);
 
     // ---- put ---------------------------------------------------------------
-    // Blocks while full. shm::closed after close(); shm::error (EMSGSIZE) for
-    // an item over max_item_size, naming the limit.
+    // Blocks while full: `capacity` items queued, or no room for this item
+    // in max_bytes. shm::closed after close(); shm::error (EMSGSIZE) for an
+    // item over max_item_size or max_bytes, naming the limit.
     void put(std::string_view item) { put_until(item, detail::Deadline::never()); }
     template <class Rep, class Period>
     bool put_for(std::string_view item, const std::chrono::duration<Rep, Period>& d) {
         return put_until(item, detail::Deadline::in(d));
     }
-    bool try_put(std::string_view item);          // false when full
-    void put_nowait(std::string_view item);       // shm::full when full
+    bool try_put(std::string_view item);          // false when full (of items or of bytes)
+    void put_nowait(std::string_view item);       // shm::full when full (of items or of bytes)
     // Puts items in order, blocking while full; returns how many (all).
     std::size_t put_many(const std::vector<std::string>& items);
 
@@ -97,9 +107,12 @@ public:
     }
 
     // ---- zero copy -----------------------------------------------------------
-    // Reserve a slot and write the item in place: it is copied once, by you.
-    // commit(len) publishes it; a Reservation dropped without commit publishes
-    // nothing (consumers skip it). Blocks while full; shm::closed after close().
+    // Reserve room for an item of up to n bytes and write it in place: it is
+    // copied once, by you. commit(len), len <= n, publishes it (the n bytes
+    // stay counted until it is got); a Reservation dropped without commit
+    // publishes nothing (consumers skip it). Blocks while full; shm::closed
+    // after close(); EMSGSIZE if n is over max_item_size or max_bytes.
+    // reserve() reserves the largest item the queue takes.
     class Reservation {
     public:
         Reservation(Reservation&&) noexcept;
@@ -117,9 +130,10 @@ public:
         char* data_;
         std::size_t cap_;
     };
+    Reservation reserve(std::size_t n);
     Reservation reserve();
-    // Read the next item in place: fn(const char*, size_t) runs on the slot's
-    // memory, then the slot is released. Blocks while empty; shm::closed once
+    // Read the next item in place: fn(const char*, size_t) runs on the
+    // queue's memory, then the item's room is released. Blocks while empty; shm::closed once
     // closed and drained.
     template <class Fn>
     void consume(Fn&& fn) {
@@ -127,8 +141,9 @@ public:
         struct Release {
             Queue* q;
             std::uint64_t pos;
-            ~Release() { q->release_view(pos); }
-        } r{this, v.pos};
+            std::uint32_t id;
+            ~Release() { q->release_view(pos, id); }
+        } r{this, v.pos, v.id};
         fn(static_cast<const char*>(v.data), v.len);
     }
 
@@ -154,6 +169,10 @@ public:
     bool full() const noexcept;
     std::uint32_t capacity() const noexcept;
     std::uint32_t max_item_size() const noexcept;
+    std::uint64_t max_bytes() const noexcept;
+    // Payload bytes held by queued items and items being put or got, in
+    // ring units (see QueueOptions::max_bytes).
+    std::uint64_t bytes_used() const noexcept;
     // Slots found claimed by dead processes and repaired so far.
     std::uint64_t repairs() const noexcept;
 
@@ -162,6 +181,7 @@ private:
         const void* data;
         std::size_t len;
         std::uint64_t pos;
+        std::uint32_t id;  // this process's actor id
     };
     explicit Queue(Segment& seg, detail::QueueControl* c) : seg_(&seg), c_(c) {}
     static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, bool may_find, bool may_create);
@@ -170,7 +190,7 @@ private:
     std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);
     bool join_until(const detail::Deadline& d);
     View get_view(const detail::Deadline& d, bool throw_closed);
-    void release_view(std::uint64_t pos);
+    void release_view(std::uint64_t pos, std::uint32_t id);
 
     Segment* seg_;
     detail::QueueControl* c_;
