@@ -1,6 +1,7 @@
 // shm::Queue across processes: order and exactly-once delivery, blocking and
-// time-outs, close, task_done/join, batches, zero copy, typed queues, and
-// producers and consumers SIGKILLed at random points.
+// time-outs, close, task_done/join, batches, zero copy, typed queues, the
+// byte budget, and producers and consumers SIGKILLed at random points and
+// at every step of put, get and repair.
 #include <fstream>
 #include <map>
 #include <set>
@@ -8,6 +9,7 @@
 #include <shm/shm.hpp>
 
 #include "support.hpp"
+#include "testing.hpp"
 
 using namespace std::chrono_literals;
 constexpr std::size_t kSize = 16 << 20;
@@ -296,54 +298,338 @@ TEST_CASE("batches zero copy and typed queues", "[queue]") {
     CHECK_FALSE(ts.try_get().has_value());
 }
 
+// ---- byte budget -----------------------------------------------------------------
+
+namespace {
+// Item k of producer p, `len` bytes (at least 12): a header (p, k, len), then
+// bytes that depend on all three, so a torn or misplaced item is caught.
+std::string sized_item(std::uint32_t p, std::uint32_t k, std::uint32_t len) {
+    std::string s(len, '\0');
+    std::uint64_t x = (std::uint64_t(p) << 40) ^ (std::uint64_t(k) << 8) ^ len ^ 0x9e3779b97f4a7c15ull;
+    for (std::uint32_t i = 12; i < len; ++i) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s[i] = static_cast<char>(x);
+    }
+    std::memcpy(&s[0], &p, 4);
+    std::memcpy(&s[4], &k, 4);
+    std::memcpy(&s[8], &len, 4);
+    return s;
+}
+// (p, k) of an item made by sized_item, or nullopt if it is not one, whole.
+std::optional<std::pair<std::uint32_t, std::uint32_t>> check_sized(std::string_view s) {
+    if (s.size() < 12) return std::nullopt;
+    std::uint32_t p, k, len;
+    std::memcpy(&p, s.data(), 4);
+    std::memcpy(&k, s.data() + 4, 4);
+    std::memcpy(&len, s.data() + 8, 4);
+    if (len != s.size() || sized_item(p, k, len) != s) return std::nullopt;
+    return std::make_pair(p, k);
+}
+// A size from 12 to max bytes for item k of producer p.
+std::uint32_t size_for(std::uint32_t p, std::uint32_t k, std::uint32_t max) {
+    std::uint64_t h = (std::uint64_t(p) * 0x9e3779b97f4a7c15ull) ^ (std::uint64_t(k) * 0xbf58476d1ce4e5b9ull);
+    h ^= h >> 31;
+    return 12 + static_cast<std::uint32_t>(h % (max - 11));
+}
+}  // namespace
+
+TEST_CASE("byte budget: puts block when bytes run out while slots remain, and oversized items are refused",
+          "[queue][bytes]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("bytes", kSize);
+    shm::QueueOptions o;
+    o.capacity = 64;
+    o.max_item_size = 1024;
+    o.max_bytes = 4096;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    CHECK(q.capacity() == 64);
+    CHECK(q.max_bytes() == 4096);
+    CHECK(q.bytes_used() == 0);
+    for (int i = 0; i < 4; ++i) q.put(std::string(1024, static_cast<char>('a' + i)));
+    // 4 items of 64, but every byte is taken.
+    CHECK(q.qsize() == 4);
+    CHECK(q.bytes_used() == 4096);
+    CHECK(q.full());
+    CHECK_FALSE(q.try_put("x"));
+    REQUIRE_THROWS_AS(q.put_nowait("x"), shm::full);
+    CHECK_FALSE(q.put_for("x", 10ms));
+    CHECK(q.try_put(""));  // an empty item takes no bytes
+    CHECK(q.qsize() == 5);
+
+    // A producer blocked for bytes wakes when a consumer frees them.
+    pid_t p = test::spawn([&] {
+        q.put(std::string(1000, 'e'));
+        return 0;
+    });
+    std::this_thread::sleep_for(30ms);
+    CHECK(q.qsize() == 5);
+    CHECK(q.get() == std::string(1024, 'a'));
+    test::require_exit_ok(p);
+    CHECK(q.bytes_used() == 3 * 1024 + 1000);
+    CHECK(q.try_put(std::string(24, 'f')));  // exactly the last 24 bytes
+    CHECK_FALSE(q.try_put("g"));
+    for (int i = 1; i < 4; ++i) CHECK(q.get() == std::string(1024, static_cast<char>('a' + i)));
+    CHECK(q.get().empty());
+    CHECK(q.get() == std::string(1000, 'e'));
+    CHECK(q.get() == std::string(24, 'f'));
+    CHECK(q.empty());
+    CHECK(q.bytes_used() == 0);
+    CHECK_FALSE(q.full());
+
+    // Items are counted in 8-byte units; slots run out first here.
+    for (int i = 0; i < 64; ++i) REQUIRE(q.try_put("1234567"));
+    CHECK(q.bytes_used() == 64 * 8);
+    CHECK_FALSE(q.try_put("1"));
+    for (int i = 0; i < 64; ++i) REQUIRE(q.get() == "1234567");
+    CHECK(q.bytes_used() == 0);
+
+    // Over the budget: refused with the limit named, even below max_item_size.
+    shm::QueueOptions b;
+    b.capacity = 8;
+    b.max_item_size = 8192;
+    b.max_bytes = 4096;
+    shm::Queue big = shm::Queue::create(seg, "big", b);
+    try {
+        big.put(std::string(4097, 'x'));
+        FAIL("item over max_bytes accepted");
+    } catch (const shm::error& e) {
+        CHECK(e.code().value() == EMSGSIZE);
+        CHECK(std::string(e.what()).find("max_bytes of 4096") != std::string::npos);
+    }
+    REQUIRE_THROWS_AS(big.try_put(std::string(5000, 'x')), shm::error);
+    REQUIRE_THROWS_AS(big.reserve(4097), shm::error);
+    try {
+        big.put(std::string(8193, 'x'));
+        FAIL("item over max_item_size accepted");
+    } catch (const shm::error& e) {
+        CHECK(std::string(e.what()).find("max_item_size of 8192") != std::string::npos);
+    }
+    // An item of the whole budget fits an empty queue, wherever the ring is.
+    big.put(std::string(1000, 'p'));
+    CHECK(big.get().size() == 1000);
+    {
+        auto r = big.reserve();
+        CHECK(r.capacity() == 4096);
+        std::memset(r.data(), 'w', 4096);
+        r.commit(4096);
+    }
+    CHECK_FALSE(big.try_put("x"));
+    CHECK(big.get() == std::string(4096, 'w'));
+    big.put(std::string(4096, 'v'));
+    CHECK(big.get() == std::string(4096, 'v'));
+
+    shm::QueueOptions bad;
+    bad.max_bytes = (std::uint64_t(1) << 40) + 1;
+    REQUIRE_THROWS_AS(shm::Queue::create(seg, "bad", bad), shm::error);
+}
+
+TEST_CASE("byte budget: 100,000 items of up to 1 MiB in 64 MiB take about 64 MiB", "[queue][bytes]") {
+    test::ShmDir dir;
+    // Slots without a byte budget would need 100,000 × 1 MiB.
+    auto seg = shm::Segment::create("huge", 72 << 20);
+    shm::QueueOptions o;
+    o.capacity = 100000;
+    o.max_item_size = 1 << 20;
+    o.max_bytes = 64 << 20;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    CHECK(q.capacity() == 131072);
+    for (int i = 0; i < 64; ++i) {
+        auto r = q.reserve(1 << 20);
+        std::memset(r.data(), 'a' + i % 26, 1 << 20);
+        r.commit(1 << 20);
+    }
+    CHECK(q.qsize() == 64);
+    CHECK_FALSE(q.try_put("x"));
+    for (int i = 0; i < 64; ++i) {
+        bool ok = false;
+        q.consume([&](const char* p, std::size_t n) {
+            ok = n == (1u << 20) && p[0] == 'a' + i % 26 && p[n - 1] == 'a' + i % 26;
+        });
+        REQUIRE(ok);
+    }
+    // Now small items: as many as there are slots.
+    for (int i = 0; i < 131072; ++i) REQUIRE(q.try_put("small"));
+    CHECK_FALSE(q.try_put("small"));
+    CHECK(q.get() == "small");
+}
+
+TEST_CASE("byte budget: mixed sizes wrap around the byte ring many times, whole and in order", "[queue][bytes]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("wrap", kSize);
+    shm::QueueOptions o;
+    o.capacity = 32;
+    o.max_item_size = 3000;
+    o.max_bytes = 10000;  // about 6 items of average size
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    constexpr std::uint32_t kProducers = 2, kItems = 20000;
+    struct Results {
+        std::atomic<std::uint8_t> seen[kProducers][kItems];
+        std::atomic<int> bad{0}, out_of_order{0};
+        std::atomic<std::uint64_t> bytes{0};
+    };
+    auto& R = seg.construct<Results>("results");
+    for (auto& row : R.seen)
+        for (auto& c : row) c = 0;
+    std::vector<pid_t> producers, consumers;
+    for (std::uint32_t c = 0; c < 2; ++c)
+        consumers.push_back(test::spawn([&, c] {
+            std::uint32_t next[kProducers] = {};
+            auto record = [&](std::string_view s) {
+                auto pk = check_sized(s);
+                if (!pk || pk->first >= kProducers || pk->second >= kItems) {
+                    ++R.bad;
+                    return;
+                }
+                if (pk->second < next[pk->first]) ++R.out_of_order;
+                next[pk->first] = pk->second + 1;
+                R.seen[pk->first][pk->second].fetch_add(1);
+                R.bytes.fetch_add(s.size());
+            };
+            for (;;) {
+                try {
+                    if (c == 0)
+                        record(q.get());  // a copy
+                    else
+                        q.consume([&](const char* p, std::size_t n) { record({p, n}); });  // in place
+                } catch (const shm::closed&) {
+                    return 0;
+                }
+            }
+        }));
+    for (std::uint32_t p = 0; p < kProducers; ++p)
+        producers.push_back(test::spawn([&, p] {
+            for (std::uint32_t k = 0; k < kItems; ++k) {
+                std::string s = sized_item(p, k, size_for(p, k, 3000));
+                if (p == 0 || k % 3 == 0) {
+                    q.put(s);
+                } else {
+                    // Zero copy, reserving more than it commits.
+                    auto r = q.reserve(std::min<std::size_t>(3000, s.size() + 100));
+                    std::memcpy(r.data(), s.data(), s.size());
+                    r.commit(s.size());
+                }
+            }
+            return 0;
+        }));
+    for (pid_t k : producers) test::require_exit_ok(k, 300s);
+    q.close();
+    for (pid_t k : consumers) test::require_exit_ok(k, 300s);
+    int missing = 0, twice = 0;
+    std::uint64_t bytes = 0;
+    for (std::uint32_t p = 0; p < kProducers; ++p)
+        for (std::uint32_t k = 0; k < kItems; ++k) {
+            if (R.seen[p][k] == 0) ++missing;
+            if (R.seen[p][k] > 1) ++twice;
+            bytes += size_for(p, k, 3000);
+        }
+    WARN(bytes << " bytes through a ring of 10000: " << bytes / 10000 << " laps");
+    CHECK(bytes / 10000 > 1000);
+    CHECK(missing == 0);
+    CHECK(twice == 0);
+    CHECK(R.bad == 0);
+    CHECK(R.out_of_order == 0);
+    CHECK(R.bytes == bytes);
+    CHECK(q.bytes_used() == 0);
+}
+
+TEST_CASE("a producer killed while it waits for bytes does not stop the next one being woken", "[queue][bytes]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("waiter", kSize);
+    shm::QueueOptions o;
+    o.capacity = 16;
+    o.max_item_size = 1000;
+    o.max_bytes = 1000;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    q.put(std::string(1000, 'a'));
+    pid_t dead = test::spawn([&] {
+        q.put(std::string(1000, 'b'));
+        return 1;
+    });
+    std::this_thread::sleep_for(30ms);
+    test::kill_and_reap(dead);
+    pid_t live = test::spawn([&] {
+        q.put(std::string(1000, 'c'));
+        return 0;
+    });
+    std::this_thread::sleep_for(30ms);
+    CHECK(q.get() == std::string(1000, 'a'));
+    test::require_exit_ok(live, 10s);
+    CHECK(q.get() == std::string(1000, 'c'));
+    CHECK(q.empty());
+}
+
+// ---- killed processes ----------------------------------------------------------------
+
 namespace {
 struct Ledger {
+    static constexpr int kPerProducer = 2000;
     static constexpr int kMaxIds = 1 << 20;
     std::atomic<std::uint8_t> delivered[kMaxIds];  // times each id was recorded as got
     std::atomic<std::uint32_t> acked[512];         // per producer incarnation: puts that returned
-    std::atomic<int> started{0};
+    std::atomic<int> torn{0};
     Ledger() {
         for (auto& d : delivered) d = 0;
         for (auto& a : acked) a = 0;
     }
 };
-}  // namespace
 
-TEST_CASE("200 SIGKILLs of producers and consumers: nothing lost or duplicated beyond a killed consumer's item",
-          "[queue][crash]") {
+// Kill a producer or a consumer `rounds` times at random points, then check
+// that everything acknowledged came out whole and once, beyond the one item
+// each killed consumer may have taken, and that the queue still takes an
+// item of its whole byte budget. Items are 12 .. max_item bytes if `mixed`,
+// else exactly max_item bytes; mixed producers also use reserve/commit.
+void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
     test::ShmDir dir;
     auto seg = shm::Segment::create("crashq", 32 << 20);
-    shm::QueueOptions o;
-    o.capacity = 64;
-    o.max_item_size = 64;
     shm::Queue q = shm::Queue::create(seg, "q", o);
     auto& L = seg.construct<Ledger>("ledger");
     int producer_kills = 0, consumer_kills = 0;
     std::uint32_t incarnation = 0;
+    auto size_of = [&](std::uint32_t inc, std::uint32_t k) {
+        return mixed ? size_for(inc, k, o.max_item_size) : o.max_item_size;
+    };
     auto start_producer = [&](std::uint32_t inc) {
         return test::spawn([&, inc] {
-            L.started.fetch_add(1);
-            for (std::uint32_t k = 0; k < 2000; ++k) {
-                q.put(item(inc, k));
+            for (std::uint32_t k = 0; k < Ledger::kPerProducer; ++k) {
+                std::string s = sized_item(inc, k, size_of(inc, k));
+                if (mixed && k % 2) {
+                    auto r = q.reserve(s.size());
+                    std::memcpy(r.data(), s.data(), s.size());
+                    r.commit(s.size());
+                } else {
+                    q.put(s);
+                }
                 L.acked[inc].store(k + 1);
             }
             return 0;
         });
     };
+    auto record = [&](std::string_view s) {
+        auto pk = check_sized(s);
+        if (!pk || pk->first >= 512 || pk->second >= Ledger::kPerProducer) {
+            ++L.torn;
+            return;
+        }
+        L.delivered[pk->first * Ledger::kPerProducer + pk->second].fetch_add(1);
+    };
     auto start_consumer = [&] {
         return test::spawn([&] {
-            L.started.fetch_add(1);
-            for (;;) {
-                auto s = q.get_for(10s);
-                if (!s) return 0;
-                auto [inc, k] = parse(*s);
-                L.delivered[inc * 2000 + k].fetch_add(1);
+            for (std::uint64_t n = 0;; ++n) {
+                if (n % 2) {
+                    auto s = q.get_for(10s);
+                    if (!s) return 0;
+                    record(*s);
+                } else {
+                    q.consume([&](const char* p, std::size_t len) { record({p, len}); });
+                }
             }
         });
     };
     pid_t producer = start_producer(incarnation);
     pid_t consumer = start_consumer();
-    for (int round = 0; round < 200; ++round) {
+    for (int round = 0; round < rounds; ++round) {
         std::this_thread::sleep_for(std::chrono::microseconds(200 + test::rng()() % 1500));
         if (test::rng()() % 2) {
             test::kill_and_reap(producer);
@@ -365,17 +651,15 @@ TEST_CASE("200 SIGKILLs of producers and consumers: nothing lost or duplicated b
     for (;;) {
         auto s = q.get_for(200ms);
         if (!s) break;
-        auto [inc, k] = parse(*s);
-        REQUIRE(inc <= incarnation);
-        L.delivered[inc * 2000 + k].fetch_add(1);
+        record(*s);
         ++drained;
     }
     std::uint64_t acked = 0, delivered = 0, twice = 0, lost_acked = 0, beyond_ack = 0;
     for (std::uint32_t inc = 0; inc <= incarnation; ++inc) {
         std::uint32_t a = L.acked[inc].load();
         acked += a;
-        for (std::uint32_t k = 0; k < 2000; ++k) {
-            std::uint8_t d = L.delivered[inc * 2000 + k].load();
+        for (std::uint32_t k = 0; k < Ledger::kPerProducer; ++k) {
+            std::uint8_t d = L.delivered[inc * Ledger::kPerProducer + k].load();
             delivered += d;
             if (d > 1) ++twice;
             if (k < a && d == 0) ++lost_acked;
@@ -385,13 +669,148 @@ TEST_CASE("200 SIGKILLs of producers and consumers: nothing lost or duplicated b
     WARN("killed " << producer_kills << " producers and " << consumer_kills << " consumers; " << acked
                    << " puts acknowledged, " << delivered << " delivered (" << drained << " drained at the end), "
                    << lost_acked << " acknowledged items missing, " << q.repairs() << " slots repaired");
+    CHECK(L.torn == 0);
     CHECK(twice == 0);
     CHECK(beyond_ack == 0);
     // Each killed consumer may have taken one item whole without recording it.
     CHECK(lost_acked <= static_cast<std::uint64_t>(consumer_kills));
     CHECK(acked > 1000);
-    // The queue still works and is empty.
+    // The queue still works, is empty, and every byte comes back: an item
+    // of the whole budget (which repairs what dead consumers left) fits.
     CHECK(q.qsize() == 0);
+    const std::size_t whole = std::min<std::uint64_t>(q.max_bytes(), q.max_item_size());
+    REQUIRE(q.put_for(std::string(whole, 'w'), 10s));
+    CHECK(q.get() == std::string(whole, 'w'));
+    CHECK(q.bytes_used() == 0);
     q.put("alive");
     CHECK(q.get() == "alive");
+}
+}  // namespace
+
+TEST_CASE("200 SIGKILLs of producers and consumers: nothing lost or duplicated beyond a killed consumer's item",
+          "[queue][crash]") {
+    shm::QueueOptions o;
+    o.capacity = 64;
+    o.max_item_size = 64;
+    kill_test(o, false, 200);
+}
+
+TEST_CASE("200 SIGKILLs with a byte budget smaller than capacity x max_item_size and mixed sizes",
+          "[queue][crash][bytes]") {
+    shm::QueueOptions o;
+    o.capacity = 64;
+    o.max_item_size = 1024;
+    o.max_bytes = 6000;  // a few items: bytes, not slots, run out
+    kill_test(o, true, 200);
+}
+
+namespace {
+// After a process was killed in the middle of something: the queue yields
+// only whole items made by sized_item (at most `expect` of them), then takes
+// an item of its whole byte budget, twice, and every byte comes back. (A
+// claim a dead process left behind is repaired when a producer needs the
+// room it holds back, so the second such item is the proof.)
+void check_whole(shm::Queue& q, int expect_at_most) {
+    int got = 0;
+    for (;;) {
+        auto s = q.get_for(50ms);
+        if (!s) break;
+        REQUIRE(check_sized(*s));
+        ++got;
+    }
+    CHECK(got <= expect_at_most);
+    CHECK(q.qsize() == 0);
+    const std::string whole(q.max_bytes(), 'w');
+    for (int i = 0; i < 2; ++i) {
+        REQUIRE(q.put_for(whole, 10s));
+        CHECK(q.get() == whole);
+    }
+    CHECK(q.bytes_used() == 0);
+}
+}  // namespace
+
+TEST_CASE("a process killed at every step of put, get and repair leaves whole items and all bytes", "[queue][crash]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("steps", kSize);
+    shm::QueueOptions o;
+    o.capacity = 8;
+    o.max_item_size = 1024;
+    o.max_bytes = 1024;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    const std::uint64_t repairs0 = q.repairs();
+
+    SECTION("producers") {
+        int killed = 0;
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 50);
+            q.put(sized_item(0, 0, 300));  // bytes in use before, so the ring position moves
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                q.put(sized_item(1, static_cast<std::uint32_t>(n), 500));
+                return 0;
+            });
+            test::Exit e = test::wait_for(c, 10s);
+            REQUIRE((e.exited || e.signaled));
+            if (e.signaled) ++killed;
+            check_whole(q, 2);
+            if (e.exited) {
+                REQUIRE(e.code == 0);
+                break;
+            }
+        }
+        CHECK(killed >= 4);
+        CHECK(q.repairs() > repairs0);
+    }
+    SECTION("consumers") {
+        int killed = 0;
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 50);
+            q.put(sized_item(2, static_cast<std::uint32_t>(n), 700));
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                auto s = q.get();
+                return check_sized(s) ? 0 : 1;
+            });
+            test::Exit e = test::wait_for(c, 10s);
+            REQUIRE((e.exited || e.signaled));
+            if (e.signaled) ++killed;
+            check_whole(q, 1);
+            if (e.exited) {
+                REQUIRE(e.code == 0);
+                break;
+            }
+        }
+        CHECK(killed >= 3);
+    }
+    SECTION("repairers") {
+        // A producer dies holding a slot (before and after it claimed its
+        // bytes); a consumer repairing it is killed at every step.
+        for (long producer_step : {1, 2, 3}) {
+            int killed = 0;
+            for (long n = 1;; ++n) {
+                INFO("producer killed at step " << producer_step << ", repairer at step " << n);
+                REQUIRE(n < 50);
+                pid_t p = test::spawn([&] {
+                    shm::testing::kill_at_crash_point(producer_step);
+                    q.put(sized_item(3, static_cast<std::uint32_t>(n), 600));
+                    return 0;
+                });
+                test::Exit pe = test::wait_for(p, 10s);
+                REQUIRE(pe.signaled);
+                pid_t r = test::spawn([&] {
+                    shm::testing::kill_at_crash_point(n);
+                    return q.get_for(100ms) ? 1 : 0;  // nothing was put
+                });
+                test::Exit e = test::wait_for(r, 10s);
+                REQUIRE((e.exited || e.signaled));
+                if (e.signaled) ++killed;
+                check_whole(q, 0);
+                if (e.exited) {
+                    REQUIRE(e.code == 0);
+                    break;
+                }
+            }
+            CHECK(killed >= 3);
+        }
+    }
 }
