@@ -669,12 +669,13 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
 
 void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
     crash_point();
-    QueueSlot* s = slot_at(c_, pos);
+    // Counted as taken before the slot is released, so that join() sees the
+    // item either being got (READING) or taken.
+    c_->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
     // Release: our copy-out is complete before the slot is released; the
     // producer that next writes these bytes acquires free, which was moved
     // past this slot by someone who acquired this word.
-    s->word.store(mk(pos + c_->capacity, 0), std::memory_order_release);
-    c_->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
+    slot_at(c_, pos)->word.store(mk(pos + c_->capacity, 0), std::memory_order_release);
     wake(c_->get_epoch, c_->producers_waiting);
 }
 
@@ -760,6 +761,17 @@ bool Queue::join_until(const detail::Deadline& d) {
     for (;;) {
         auto finished = [&] {
             if (qsize() != 0) return false;
+            // No item is being got by a live process: a consumer counts an
+            // item as taken before it releases its slot, so an item is seen
+            // here (READING) or in `taken` below.
+            const std::uint64_t T = c_->tail.load(std::memory_order_acquire);
+            const std::uint64_t F = c_->free.load(std::memory_order_acquire);
+            const std::int64_t n = ticket_diff(cursor_ticket(T), cursor_ticket(F));
+            for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c_->capacity); ++i) {
+                const std::uint64_t k = tnext(cursor_ticket(F), static_cast<std::uint64_t>(i));
+                const std::uint64_t w = slot_at(c_, k)->word.load(std::memory_order_acquire);
+                if (diff(w, tnext(k)) == 0 && owner_of(w) != 0 && actor_alive(c_, owner_of(w))) return false;
+            }
             for (std::uint32_t i = 0; i < kMaxProcesses; ++i) {
                 QueueActor& a = c_->actors[i];
                 std::uint64_t who = a.who.load(std::memory_order_acquire);
