@@ -2,11 +2,12 @@
 //
 // Each channel is a shm::Queue in a segment of its own in the shm directory
 // ($SHM_DIR or /dev/shm), named after the process id and removed at the end.
-// Items up to 4 KiB go through put() and get(), the calls an application
-// makes (get() returns a std::string: one copy in, one copy out). 1 MiB
-// items use the zero-copy path: the producer reserve()s a slot, copies the
-// item into it and commit()s; the consumer reads it in place with consume().
-// Each item is then copied once, by the producer.
+// Items up to 4 KiB go through put() and get(std::string&), the calls an
+// application makes, one item at a time: one copy in, one copy out into the
+// consumer's buffer, reused from item to item (as Boost's receive() fills
+// the caller's buffer). 1 MiB items use the zero-copy path: the producer
+// reserve()s room, copies the item into it and commit()s; the consumer reads
+// it in place with consume(). Each item is then copied once, by the producer.
 #include <unistd.h>
 
 #include <cstdint>
@@ -29,7 +30,7 @@ public:
           zero_copy_(cfg.item > qbench::k4KiB),
           seg_((bench::TempFiles::add(shm::segment_path(name_).string()),
                 shm::Segment::create(name_, segment_bytes(cfg)))),
-          q_(shm::Queue::create(seg_, "q", shm::QueueOptions{cfg.capacity, static_cast<std::uint32_t>(cfg.item)})) {}
+          q_(shm::Queue::create(seg_, "q", shm::QueueOptions{cfg.capacity, static_cast<std::uint32_t>(cfg.item), 0})) {}
 
     ~LibshmChannel() {
         shm::Segment::unlink(name_);  // the detach follows
@@ -40,7 +41,7 @@ public:
 
     void put(const char* item, std::size_t n) {
         if (zero_copy_) {
-            auto r = q_.reserve();
+            auto r = q_.reserve(n);
             std::memcpy(r.data(), item, n);
             r.commit(n);
         } else {
@@ -53,27 +54,30 @@ public:
         if (zero_copy_) {
             q_.consume(use);
         } else {
-            const std::string s = q_.get();
-            use(s.data(), s.size());
+            q_.get(buf_);
+            use(buf_.data(), buf_.size());
         }
     }
 
     void leave() { seg_.detach(); }
 
     std::string note() const {
-        return zero_copy_ ? "reserve()+commit() / consume(): copied once, read in place" : "put() / get()";
+        return zero_copy_ ? "reserve()+commit() / consume(): copied once, read in place"
+                          : "put() / get() into a reused buffer";
     }
 
 private:
     static std::size_t segment_bytes(const ChannelConfig& cfg) {
-        const std::size_t stride = (64 + cfg.item + 63) / 64 * 64;  // slot header + item, as Queue lays it out
-        return std::size_t(cfg.capacity) * stride + (std::size_t(2) << 20);
+        // A 16-byte slot and the item's bytes per item of capacity, one
+        // more item after the byte ring, the control block and room to spare.
+        return std::size_t(cfg.capacity) * (16 + cfg.item) + cfg.item + (std::size_t(2) << 20);
     }
 
     std::string name_;
     bool zero_copy_;
     shm::Segment seg_;
     shm::Queue q_;
+    std::string buf_;  // the consumer's buffer
 };
 
 }  // namespace

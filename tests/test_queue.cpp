@@ -283,6 +283,10 @@ TEST_CASE("batches zero copy and typed queues", "[queue]") {
     CHECK(m.put_many({"1", "2", "3"}) == 3);
     CHECK(m.get_many(2, 1s) == std::vector<std::string>{"1", "2"});
     CHECK(m.get_many(5, 1s) == std::vector<std::string>{"3"});
+    std::string buf(100, 'x');
+    m.put("reused");
+    m.get(buf);
+    CHECK(buf == "reused");
 
     struct Point {
         double x, y;

@@ -172,10 +172,20 @@ bool actor_alive(QueueControl* c, std::uint32_t owner) {
     return who_alive(c->actors[id - 1].who.load(std::memory_order_acquire));
 }
 
+// Wake every sleeper in mask, if any.
+void wake_sleepers(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
+    // Take every sleeper's bit and wake them all: one wake per sleep, not
+    // one per operation while a sleeper has yet to run. A sleeper sets its
+    // bit again before it sleeps again.
+    if (mask.exchange(0, std::memory_order_seq_cst) == 0) return;
+    epoch.fetch_add(1, std::memory_order_seq_cst);
+    platform::futex_wake(&epoch, INT_MAX);
+}
+
+// After a change a sleeper may wait for: wake the sleepers of mask.
 void wake(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
-    // Full fence: orders our publication before the mask load; the sleeper
-    // sets its bit (seq_cst) before re-checking the slot. One of us sees the
-    // other.
+    // Full fence: orders our change before the mask load; the sleeper sets
+    // its bit (seq_cst) before re-checking. One of us sees the other.
 #if defined(__SANITIZE_THREAD__)
     // TSan does not model fences; a seq_cst read-modify-write of the mask
     // orders the same way (it reads the latest value of the mask).
@@ -184,12 +194,25 @@ void wake(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (mask.load(std::memory_order_relaxed) == 0) return;
 #endif
-    // Take every sleeper's bit and wake them all: one wake per sleep, not
-    // one per operation while a sleeper has yet to run. A sleeper sets its
-    // bit again before it sleeps again.
-    if (mask.exchange(0, std::memory_order_seq_cst) == 0) return;
-    epoch.fetch_add(1, std::memory_order_seq_cst);
-    platform::futex_wake(&epoch, INT_MAX);
+    wake_sleepers(epoch, mask);
+}
+
+// Store a slot word a sleeper may wait for, then wake the sleepers of mask.
+// The store and the mask load are both seq_cst (an XCHG and a plain load on
+// x86, cheaper than a store, MFENCE and load); a sleeper sets its bit with a
+// seq_cst RMW, then re-reads the word with a seq_cst load: in the single
+// order of seq_cst operations one of us sees the other. Release, too: the
+// store publishes what was written before it.
+void store_and_wake(std::atomic<std::uint64_t>& word, std::uint64_t value, std::atomic<std::uint32_t>& epoch,
+                    std::atomic<std::uint64_t>& mask) {
+#if defined(__SANITIZE_THREAD__)
+    word.store(value, std::memory_order_release);
+    if (mask.fetch_or(0, std::memory_order_seq_cst) == 0) return;
+#else
+    word.store(value, std::memory_order_seq_cst);
+    if (mask.load(std::memory_order_seq_cst) == 0) return;
+#endif
+    wake_sleepers(epoch, mask);
 }
 
 // Sleep until the epoch moves, the deadline, or the poll interval.
@@ -523,8 +546,8 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
         if (backoff(spins)) continue;
         if (!sleep_on(c->get_epoch, c->producers_waiting, id,
                       [&] {
-                          return b->word.load(std::memory_order_acquire) != bw ||
-                                 c->free.load(std::memory_order_acquire) != F || c->closed.load();
+                          // seq_cst: see store_and_wake.
+                          return b->word.load() != bw || c->free.load() != F || c->closed.load();
                       },
                       d))
             return std::nullopt;
@@ -537,8 +560,7 @@ void publish(QueueControl* c, std::uint64_t t, std::size_t len) {
     s->len.store(static_cast<std::uint32_t>(len), std::memory_order_relaxed);
     // Release: the payload and len before FULL; partner: the consumer's
     // acquire CAS of the word.
-    s->word.store(mk(tnext(t), 0), std::memory_order_release);
-    wake(c->put_epoch, c->consumers_waiting);
+    store_and_wake(s->word, mk(tnext(t), 0), c->put_epoch, c->consumers_waiting);
 }
 
 [[noreturn]] void too_big(const QueueControl* c, const char* what, std::size_t len) {
@@ -661,7 +683,7 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
         if (owner_of(w) != 0 && spins >= kSpin + kYield && repair_slot(c, pos, w, id)) continue;
         if (backoff(spins)) continue;
         if (!sleep_on(c->put_epoch, c->consumers_waiting, id,
-                      [&] { return s->word.load(std::memory_order_acquire) != w || c->closed.load(); }, d))
+                      [&] { return s->word.load() != w || c->closed.load(); }, d))  // seq_cst: see store_and_wake
             return std::nullopt;
     }
 }
@@ -675,8 +697,7 @@ void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
     // Release: our copy-out is complete before the slot is released; the
     // producer that next writes these bytes acquires free, which was moved
     // past this slot by someone who acquired this word.
-    slot_at(c_, pos)->word.store(mk(pos + c_->capacity, 0), std::memory_order_release);
-    wake(c_->get_epoch, c_->producers_waiting);
+    store_and_wake(slot_at(c_, pos)->word, mk(pos + c_->capacity, 0), c_->get_epoch, c_->producers_waiting);
 }
 
 Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
@@ -705,6 +726,12 @@ std::string Queue::get() {
     std::string out(static_cast<const char*>(v.data), v.len);
     release_view(v.pos, v.id);
     return out;
+}
+
+void Queue::get(std::string& out) {
+    View v = get_view(detail::Deadline::never(), true);
+    out.assign(static_cast<const char*>(v.data), v.len);
+    release_view(v.pos, v.id);
 }
 
 std::optional<std::string> Queue::try_get() {

@@ -90,6 +90,9 @@ public:
     // ---- get ---------------------------------------------------------------
     // Blocks while empty; shm::closed once closed and drained.
     std::string get();
+    // The same into `out`, reusing its memory: no allocation per item once
+    // out has grown to the items' size.
+    void get(std::string& out);
     // nullopt on time-out, or when closed and drained (closed() tells which).
     template <class Rep, class Period>
     std::optional<std::string> get_for(const std::chrono::duration<Rep, Period>& d) {
