@@ -33,6 +33,7 @@
 #include <mutex>
 #include <thread>
 
+#include "daemon_client.hpp"
 #include "heap.hpp"
 #include "layout.hpp"
 #include "shm/shm.hpp"
@@ -302,6 +303,7 @@ struct Segment::Impl {
         map.reset();
         ::close(fd);
         fd = -1;
+        daemon_client::detached(name);
     }
 };
 
@@ -330,6 +332,9 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
                                     std::to_string(opt.max_attach) + " attach slots the minimum is " +
                                     std::to_string(min) + " bytes");
     }
+    // Quotas are the daemon's (when there is one), asked before any file is made.
+    if (mode == Mode::create || (mode == Mode::open_or_create && ::access(path.c_str(), F_OK) != 0))
+        daemon_client::before_create(name, size);
     auto deadline = std::chrono::steady_clock::now() + opt.timeout;
     bool waited_uninit = false;
     for (;;) {
@@ -495,14 +500,22 @@ Segment& Segment::operator=(Segment&& o) noexcept {
 }
 Segment::~Segment() { detach(); }
 
+// Each public constructor tells the daemon (if any) once the slot is ours;
+// if that throws (SHM_DAEMON=required and no daemon), the handle detaches.
 Segment Segment::create(std::string_view name, std::size_t size, const SegmentOptions& opt) {
-    return Segment(attach(name, Mode::create, size, opt));
+    Segment s(attach(name, Mode::create, size, opt));
+    daemon_client::attached(s.impl_->name);
+    return s;
 }
 Segment Segment::open(std::string_view name, const SegmentOptions& opt) {
-    return Segment(attach(name, Mode::open, 0, opt));
+    Segment s(attach(name, Mode::open, 0, opt));
+    daemon_client::attached(s.impl_->name);
+    return s;
 }
 Segment Segment::open_or_create(std::string_view name, std::size_t size, const SegmentOptions& opt) {
-    return Segment(attach(name, Mode::open_or_create, size, opt));
+    Segment s(attach(name, Mode::open_or_create, size, opt));
+    daemon_client::attached(s.impl_->name);
+    return s;
 }
 
 namespace {
@@ -552,12 +565,22 @@ bool Segment::unlink_if_unused(std::string_view name_in, std::vector<std::int32_
 }
 
 ReapReport Segment::reap_dead(std::string_view name_in) {
+    return reap_dead(name_in, std::chrono::milliseconds::max());
+}
+
+ReapReport Segment::reap_dead(std::string_view name_in, std::chrono::milliseconds lock_timeout) {
     std::string name(name_in);
     std::string path = segment_path(name).string();
     ReapReport r;
     Fd fd(open_admin(path, "segment " + q(name)));
     if (fd.fd < 0) return r;
-    platform::ofd_lock_wait(fd.fd, layout::kMetaLockByte);
+    r.exists = true;
+    if (lock_timeout == std::chrono::milliseconds::max()) {
+        platform::ofd_lock_wait(fd.fd, layout::kMetaLockByte);
+    } else if (!meta_lock_until(fd.fd, std::chrono::steady_clock::now() + lock_timeout)) {
+        r.busy = true;
+        return r;
+    }
     MetaLock ml(fd.fd);
     struct stat st;
     if (::fstat(fd.fd, &st) != 0) platform::fail(errno, "cannot stat " + path);

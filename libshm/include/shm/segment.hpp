@@ -90,6 +90,8 @@ struct ReapReport {
     std::uint32_t live_slots = 0;
     bool unlinked = false;
     std::uint64_t bytes = 0;  // file size (what unlinking frees)
+    bool exists = false;      // there was such a file
+    bool busy = false;        // its lock stayed held past the time-out: nothing was done
 };
 
 class Segment {
@@ -118,6 +120,9 @@ public:
     // Clear the attach slots of dead processes and unlink the segment if no
     // live process is attached and it is not persistent. Does not attach.
     static ReapReport reap_dead(std::string_view name);
+    // As above, but give up (report.busy) if the segment's lock stays held
+    // by others for longer than `lock_timeout` (for a daemon that must not hang).
+    static ReapReport reap_dead(std::string_view name, std::chrono::milliseconds lock_timeout);
 
     Segment(Segment&&) noexcept;
     Segment& operator=(Segment&&) noexcept;
