@@ -567,3 +567,38 @@ TEST_CASE("shmd: SHM_DAEMON=required fails without a daemon, off never connects"
     }
     ::unsetenv("SHM_DAEMON_SOCKET");
 }
+
+TEST_CASE("shmd: keeps serving while clients send thousands of bad requests", "[shmd][fuzz]") {
+    test::ShmDir dir;
+    Daemon d(dir.path());
+    auto seg = shm::Segment::create("keep", kSize);
+    const std::vector<std::string> seeds = {
+        hello(), R"({"v":1,"op":"attach","segment":"keep"})", R"({"v":1,"op":"reserve","segment":"a","bytes":1})",
+        R"({"v":1,"op":"remove","segment":"keep"})", R"({"v":1,"op":"list","after":"k"})"};
+    std::mt19937_64 r(test::rng()());
+    int sent = 0;
+    for (int conn = 0; conn < 100; ++conn) {
+        Raw raw(d.socket());
+        for (int i = 0; i < 30; ++i) {
+            std::string m = seeds[r() % seeds.size()];
+            for (int k = static_cast<int>(r() % 4); k > 0 && !m.empty(); --k) m[r() % m.size()] = static_cast<char>(r());
+            if (r() % 10 == 0) m.assign(r() % 64, static_cast<char>(r()));
+            if (m.empty()) m = " ";
+            if (::send(raw.fd, m.data(), m.size(), MSG_NOSIGNAL) < 0) break;  // closed on us: fine
+            ++sent;
+            if (raw.next().is_null()) break;
+        }
+    }
+    INFO(sent << " messages sent");
+    json st = d.status();
+    CHECK(st["ok"] == true);
+    CHECK(dir.has("keep"));  // a mutated remove never removes a segment in use
+    CHECK(d.tracked().count("keep") == 1);
+    // A well-behaved client is still served.
+    pid_t child = test::spawn([] {
+        auto s = shm::Segment::create("after", kSize);
+        return shm::daemon_client::connected() ? 0 : 3;
+    });
+    test::require_exit_ok(child);
+    CHECK(test::eventually([&] { return !dir.has("after"); }, 10s));
+}
