@@ -343,6 +343,75 @@ struct RemoveResult {
 // live attachers unless `force` (they keep their mapping; the name goes).
 RemoveResult remove_segment(std::string_view name, bool force);
 
+// ---- the daemon (shmd) -------------------------------------------------------
+
+// Where shmd listens: $SHM_DAEMON_SOCKET, else $XDG_RUNTIME_DIR/shmd.sock for
+// a user who is not root when that socket exists, else /run/shmd/shmd.sock.
+// The library registers with the daemon at this same path.
+std::string daemon_socket();
+
+// Whether an error from the functions below means that no daemon listens at
+// the socket (ENOENT, ECONNREFUSED, ...), as opposed to one that failed to
+// answer (ETIMEDOUT, EACCES, EPROTO, ...).
+bool daemon_absent(int err) noexcept;
+
+// The daemon's counters and settings. Nothing here throws for a daemon that
+// is missing or misbehaves: `running` is false and `error` says why.
+struct DaemonStatus {
+    std::string socket;    // asked at
+    bool running = false;  // a daemon answered
+    std::string error;     // when not running: why, in words
+    int err = 0;           // errno behind `error` (see daemon_absent)
+
+    // When running, the reply's fields (README, "shmctl status" and "shmd").
+    std::string version;
+    pid_t pid = 0;
+    std::string shm_dir;       // the directory it serves (canonical path)
+    double uptime_s = 0;
+    std::uint64_t connections = 0;  // open connections
+    std::uint64_t clients = 0;      // processes connected to it
+    std::uint64_t processes = 0;    // processes it watches (connected or found attached to a segment)
+    std::uint64_t segments = 0;     // segments it tracks
+    std::uint64_t bytes = 0;        // their total size
+    std::uint64_t reclaims = 0;     // segments (and, with --reclaim-foreign, files) reclaimed so far
+    std::uint64_t reclaimed_bytes = 0;
+    std::uint64_t sweeps = 0;
+    double last_sweep_s_ago = 0;
+    double sweep_interval_s = 0;    // 0: no periodic sweep
+    std::uint64_t requests = 0;
+    std::uint64_t refused = 0;
+    std::uint64_t user_quota = 0;   // bytes per user; 0: none
+    std::string reserve;            // kept free: "10%", a byte count, or "0"
+    bool reclaim_foreign = false;
+    // The whole reply as JSON text (without "v", "ok" and "id"), for
+    // fields added after this API.
+    std::string reply_json;
+};
+
+// Ask the daemon at `socket` (empty: daemon_socket()) for its status, one
+// request on a fresh connection. With no daemon this costs one failed
+// connect.
+DaemonStatus daemon_status(const std::string& socket = {},
+                           std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
+struct TrackedSegment {
+    std::string name;  // segment name (the file is "libshm." + name)
+    std::uint64_t bytes = 0;
+    bool registered = false;  // a client registered it (else found in the directory)
+    std::vector<pid_t> pids;  // the live processes it watches using it
+};
+
+struct DaemonTracked {
+    DaemonStatus status;  // status.running false: no answer (nothing else is set)
+    std::vector<TrackedSegment> segments;  // sorted by name
+};
+
+// The segments the daemon tracks, every page of them: its status first (for
+// the directory it serves), then the list. With no daemon this costs one
+// failed connect.
+DaemonTracked daemon_tracked(const std::string& socket = {},
+                             std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
 // ---- helpers ----------------------------------------------------------------
 
 // "30s", "5m", "2h", "1d", "1h30m", "0", "250ms" → duration; false if malformed.
