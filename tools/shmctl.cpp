@@ -5,11 +5,13 @@
 //   shmctl df                         how the shm filesystem is used
 //   shmctl gc [--dry-run] [--foreign] [--min-age DURATION]
 //   shmctl rm NAME... [--force]
+//   shmctl status                     what the daemon (shmd) tracks and has reclaimed
 //
 // Built on the public admin API (shm/admin.hpp) only; works without the
 // daemon, because the truth about every segment is in the segment itself and
-// the truth about other files is in /proc. Exit codes: 0 done, 1 something
-// was refused or failed, 2 usage.
+// the truth about other files is in /proc. When a daemon answers, ls also
+// marks the segments it tracks. Exit codes: 0 done, 1 something was refused
+// or failed, 2 usage, 3 (status) no daemon is running.
 #include <pwd.h>
 #include <unistd.h>
 
@@ -18,8 +20,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -317,36 +321,97 @@ bool shown_by_default(const admin::Entry& e) {
     return e.kind == admin::FileKind::libshm || e.state == admin::State::leaked;
 }
 
+// ---- the daemon ---------------------------------------------------------------
+
+std::string g_socket;  // --socket; empty: admin::daemon_socket()
+
+bool same_dir(const std::string& a, const std::string& b) {
+    std::error_code ec1, ec2;
+    auto ca = std::filesystem::weakly_canonical(a, ec1), cb = std::filesystem::weakly_canonical(b, ec2);
+    return (ec1 ? std::filesystem::path(a) : ca) == (ec2 ? std::filesystem::path(b) : cb);
+}
+
+// What the daemon tracks in `dir`, for ls: nullopt when no daemon answered
+// or it serves another directory (then `note` says so). SHM_DAEMON=off
+// means: do not ask. With no daemon this costs one failed connect.
+struct Tracking {
+    bool asked = false;
+    admin::DaemonTracked daemon;
+    std::set<std::string> names;  // segment names
+    std::string note;
+};
+
+Tracking daemon_tracking(const std::string& dir) {
+    Tracking t;
+    const char* mode = std::getenv("SHM_DAEMON");
+    if (mode && std::string(mode) == "off" && g_socket.empty()) return t;
+    t.daemon = admin::daemon_tracked(g_socket, std::chrono::seconds(1));
+    if (!t.daemon.status.running) {
+        // A daemon that is there but does not answer is worth a word; a
+        // missing one is the normal case without shmd and says nothing.
+        if (!admin::daemon_absent(t.daemon.status.err)) t.note = "shmd: " + t.daemon.status.error;
+        return t;
+    }
+    if (!same_dir(t.daemon.status.shm_dir, dir)) {
+        t.note = "the shmd at " + t.daemon.status.socket + " serves " + t.daemon.status.shm_dir + ", not " + dir +
+                 ": no SHMD column";
+        return t;
+    }
+    t.asked = true;
+    for (const admin::TrackedSegment& ts : t.daemon.segments) t.names.insert(ts.name);
+    return t;
+}
+
+bool is_tracked(const Tracking& t, const admin::Entry& e) {
+    return e.kind == admin::FileKind::libshm && e.segment && t.names.count(e.segment->name) > 0;
+}
+
 int cmd_ls(bool all, bool as_json, bool noheadings) {
     ProgressLine progress;
     admin::Scan s = admin::scan(progress.callback());
     progress.finish();
+    Tracking tracking = daemon_tracking(s.dir);
     std::vector<const admin::Entry*> shown;
     for (const admin::Entry& e : s.entries)
         if (all || shown_by_default(e)) shown.push_back(&e);
     std::size_t hidden = s.entries.size() - shown.size();
     if (as_json) {
         json files = json::array();
-        for (auto* e : shown) files.push_back(entry_json(*e));
+        for (auto* e : shown) {
+            json f = entry_json(*e);
+            f["tracked"] = tracking.asked ? json(is_tracked(tracking, *e)) : json(nullptr);
+            files.push_back(std::move(f));
+        }
+        json daemon = nullptr;
+        if (tracking.daemon.status.running)
+            daemon = {{"socket", tracking.daemon.status.socket},
+                      {"shm_dir", tracking.daemon.status.shm_dir},
+                      {"segments", tracking.daemon.segments.size()}};
         print_json({{"schema_version", kSchemaVersion},
                     {"dir", s.dir},
                     {"all", all},
                     {"files", files},
                     {"hidden", hidden},
-                    {"uninspected_processes", s.processes.hidden.size()}});
+                    {"uninspected_processes", s.processes.hidden.size()},
+                    {"daemon", daemon}});
         return 0;
     }
-    Table t({"NAME", "SIZE", "OWNER", "AGE", "KIND", "STATE", "USERS"});
+    std::vector<std::string> header = {"NAME", "SIZE", "OWNER", "AGE", "KIND", "STATE", "USERS"};
+    if (tracking.asked) header.insert(header.end() - 1, "SHMD");
+    Table t(header);
     t.right_align(1);
     for (auto* e : shown) {
         std::string users = users_text(*e);
         if (users.empty()) users = e->state == admin::State::in_use ? "-" : "- (" + e->note + ")";
         if (e->state == admin::State::unknown && !e->users.empty()) users += " (" + e->note + ")";
-        t.add({printable(e->name), human_bytes(e->allocated), user_name(e->uid), human_age(e->age_ns),
-               admin::to_string(e->kind), state_text(e->state), users});
+        std::vector<std::string> row = {printable(e->name), human_bytes(e->allocated), user_name(e->uid),
+                                        human_age(e->age_ns), admin::to_string(e->kind), state_text(e->state), users};
+        if (tracking.asked) row.insert(row.end() - 1, is_tracked(tracking, *e) ? "tracked" : "-");
+        t.add(std::move(row));
     }
     if (!shown.empty()) t.print(stdout, !noheadings);
     if (!noheadings) {
+        if (!tracking.note.empty()) std::fprintf(stderr, "(%s)\n", tracking.note.c_str());
         if (shown.empty())
             std::fprintf(stderr, "(%s in %s)\n",
                          all ? "no files" : "no libshm segments and nothing leaked", s.dir.c_str());
@@ -700,6 +765,72 @@ int cmd_rm(const std::vector<std::string>& names, bool force) {
     return rc;
 }
 
+// ---- status -------------------------------------------------------------------
+
+constexpr int kExitNoDaemon = 3;
+
+std::string seconds_text(double s) {
+    if (!(s >= 0)) return "?";
+    if (s < 10) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.1fs", s);
+        return buf;
+    }
+    return human_age(static_cast<std::int64_t>(s * 1e9));
+}
+
+int cmd_status(bool as_json) {
+    admin::DaemonStatus st = admin::daemon_status(g_socket);
+    bool absent = !st.running && admin::daemon_absent(st.err);
+    if (as_json) {
+        json j;
+        if (st.running) {
+            j = json::parse(st.reply_json, nullptr, false);
+            if (!j.is_object()) j = json::object();
+        }
+        j["schema_version"] = kSchemaVersion;
+        j["running"] = st.running;
+        j["socket"] = st.socket;
+        if (!st.running) j["error"] = st.error;
+        print_json(j);
+        return st.running ? 0 : absent ? kExitNoDaemon : 1;
+    }
+    if (!st.running) {
+        if (absent)
+            std::fprintf(stderr, "shmd is not running: %s\n", st.error.c_str());
+        else
+            std::fprintf(stderr, "shmctl status: %s\n", st.error.c_str());
+        return absent ? kExitNoDaemon : 1;
+    }
+    std::printf("shmd %s, pid %d, listening on %s\n", st.version.c_str(), static_cast<int>(st.pid),
+                st.socket.c_str());
+    std::printf("serves:     %s\n", st.shm_dir.c_str());
+    std::printf("uptime:     %s\n", seconds_text(st.uptime_s).c_str());
+    std::printf("clients:    %" PRIu64 " %s, %" PRIu64 " %s open (this one included)\n", st.clients,
+                st.clients == 1 ? "process" : "processes", st.connections,
+                st.connections == 1 ? "connection" : "connections");
+    std::printf("tracked:    %" PRIu64 " %s, %s, used by %" PRIu64 " live %s\n", st.segments,
+                st.segments == 1 ? "segment" : "segments", human_bytes(st.bytes).c_str(), st.processes,
+                st.processes == 1 ? "process" : "processes");
+    std::printf("reclaimed:  %" PRIu64 " %s, %s so far\n", st.reclaims, st.reclaims == 1 ? "file" : "files",
+                human_bytes(st.reclaimed_bytes).c_str());
+    std::string every = st.sweep_interval_s > 0 ? "every " + seconds_text(st.sweep_interval_s) : "no periodic sweep";
+    if (st.sweeps)
+        std::printf("sweeps:     %" PRIu64 ", the last %s ago (%s)\n", st.sweeps,
+                    seconds_text(st.last_sweep_s_ago).c_str(), every.c_str());
+    else
+        std::printf("sweeps:     none yet (%s)\n", every.c_str());
+    std::string reserve = st.reserve.empty() || st.reserve == "0"
+                              ? "none"
+                              : (st.reserve.back() == '%' ? st.reserve : human_bytes(std::strtoull(st.reserve.c_str(), nullptr, 10)));
+    std::printf("quotas:     per user %s; kept free %s\n",
+                st.user_quota ? human_bytes(st.user_quota).c_str() : "none", reserve.c_str());
+    std::printf("foreign:    %s\n", st.reclaim_foreign ? "reclaimed by the sweep (--reclaim-foreign)"
+                                                         : "left alone (no --reclaim-foreign)");
+    std::printf("requests:   %" PRIu64 " (%" PRIu64 " refused)\n", st.requests, st.refused);
+    return 0;
+}
+
 std::string version_text() {
     return std::string("shmctl ") + shm::version() + " (libshm " + shm::version() + ", segment layout version " +
            std::to_string(shm::kLayoutVersion) + ")";
@@ -709,7 +840,8 @@ std::string version_text() {
 
 int main(int argc, char** argv) {
     CLI::App app{"shmctl: see and reclaim what fills the shm directory (/dev/shm).\n"
-                 "Exit status: 0 done, 1 something was refused or failed, 2 usage error.",
+                 "Exit status: 0 done, 1 something was refused or failed, 2 usage error,\n"
+                 "3 (status) shmd is not running.",
                  "shmctl"};
     app.set_version_flag("-V,--version", version_text());
     app.require_subcommand(1);
@@ -717,6 +849,9 @@ int main(int argc, char** argv) {
     std::string dir;
     app.add_option("--dir", dir, "the shm directory (default: $SHM_DIR, else /dev/shm)");
     app.add_flag("-b,--bytes", g_bytes, "sizes in bytes instead of human units");
+    app.add_option("--socket", g_socket,
+                   "the daemon's socket, for status and ls (default: $SHM_DAEMON_SOCKET, else "
+                   "$XDG_RUNTIME_DIR/shmd.sock when it exists and you are not root, else /run/shmd/shmd.sock)");
 
     bool as_json = false;
     auto json_flag = [&](CLI::App* c) {
@@ -724,7 +859,8 @@ int main(int argc, char** argv) {
     };
 
     bool all = false, noheadings = false;
-    CLI::App* ls = app.add_subcommand("ls", "list libshm segments and leaked files (--all: every file)");
+    CLI::App* ls = app.add_subcommand(
+        "ls", "list libshm segments and leaked files (--all: every file); marks those the daemon tracks");
     ls->add_flag("-a,--all", all, "show every file, not only libshm segments and leaked files");
     ls->add_flag("--noheadings", noheadings, "no header line (for scripts)");
     json_flag(ls);
@@ -759,6 +895,10 @@ int main(int argc, char** argv) {
     rm->add_option("NAME", rm_names, "segment names")->required();
     rm->add_flag("-f,--force", force, "remove even when live processes are attached (they keep their mapping)");
 
+    CLI::App* status = app.add_subcommand(
+        "status", "what the daemon (shmd) tracks and has reclaimed; exit status 3 if it is not running");
+    json_flag(status);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -774,6 +914,7 @@ int main(int argc, char** argv) {
         if (df->parsed()) return cmd_df(as_json);
         if (gc->parsed()) return cmd_gc(dry_run, foreign, min_age, as_json);
         if (rm->parsed()) return cmd_rm(rm_names, force);
+        if (status->parsed()) return cmd_status(as_json);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "shmctl: %s\n", e.what());
         return 1;
