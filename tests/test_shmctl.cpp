@@ -1,7 +1,8 @@
 // shmctl: the real binary run against a private shm directory. Listings and
 // their JSON schema, gc and rm on live, dead and persistent segments, foreign
-// files in every state, /proc parsing, another user's view, and an end-to-end
-// run in a private 64 MiB tmpfs filled by killed libshm and Python programs.
+// files in every state, /proc parsing, another user's view, status and the
+// ls marker with and without a daemon (shmd), and an end-to-end run in a
+// private 64 MiB tmpfs filled by killed libshm and Python programs.
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -9,11 +10,15 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <spawn.h>
 
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <shm/admin.hpp>
@@ -202,7 +207,7 @@ TEST_CASE("shmctl: help, version and usage errors", "[shmctl]") {
     CHECK(v.code == 0);
     CHECK(v.out.find(shm::version()) != std::string::npos);
     CHECK(v.out.find("layout version " + std::to_string(shm::kLayoutVersion)) != std::string::npos);
-    for (const char* sub : {"ls", "stat", "df", "gc", "rm"}) {
+    for (const char* sub : {"ls", "stat", "df", "gc", "rm", "status"}) {
         Run h = shmctl({sub, "--help"});
         INFO(sub << ": " << describe(h));
         CHECK(h.code == 0);
@@ -1022,3 +1027,269 @@ TEST_CASE("end to end: gc frees a full /dev/shm left by killed libshm and Python
     CHECK(e.code == 0);
     CHECK(msg.find("FAIL") == std::string::npos);
 }
+
+// ---- the daemon: shmctl status, and what ls marks -----------------------------
+
+namespace {
+
+// Sets an environment variable for one scope, restoring what was there.
+class EnvVar {
+public:
+    EnvVar(const char* name, const std::string& value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value.c_str(), 1);
+    }
+    ~EnvVar() {
+        if (old_)
+            ::setenv(name_, old_->c_str(), 1);
+        else
+            ::unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+#ifdef SHMD_PATH
+// A shmd child process on a private socket serving `dir` (as in test_shmd).
+class Daemon {
+public:
+    explicit Daemon(std::string dir, std::vector<std::string> extra = {})
+        : dir_(std::move(dir)), extra_(std::move(extra)) {
+        char tmpl[] = "/tmp/shmctl-test.XXXXXX";
+        REQUIRE(::mkdtemp(tmpl));
+        run_dir_ = tmpl;
+        socket_ = run_dir_ + "/shmd.sock";
+        std::vector<std::string> args = {SHMD_PATH, "--socket", socket_, "--shm-dir", dir_,
+                                         "--config", "/dev/null", "--log-level", "debug", "--no-notify"};
+        for (auto& e : extra_) args.push_back(e);
+        std::string log = socket_ + ".log";
+        std::fflush(nullptr);
+        pid_ = ::fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (fd >= 0) ::dup2(fd, 2);
+            std::vector<char*> argv;
+            for (auto& a : args) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            ::execv(argv[0], argv.data());
+            ::_exit(127);
+        }
+        bool up = test::eventually([&] { return admin::daemon_status(socket_).running; }, 20s);
+        INFO(log_text());
+        REQUIRE(up);
+    }
+    ~Daemon() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGTERM);
+            test::wait_for(pid_, 20s);
+        }
+        std::error_code ec;
+        std::filesystem::remove_all(run_dir_, ec);
+    }
+    std::string log_text() const {
+        std::ifstream f(socket_ + ".log");
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    }
+    const std::string& socket() const { return socket_; }
+    pid_t pid() const { return pid_; }
+
+private:
+    std::string dir_, run_dir_, socket_;
+    std::vector<std::string> extra_;
+    pid_t pid_ = -1;
+};
+#endif
+
+// The SHMD column of `name`'s row in `shmctl ls` text output ("" if there is
+// no such row or column).
+std::string shmd_column(const std::string& out, const std::string& name) {
+    std::istringstream in(out);
+    std::string header, line;
+    std::getline(in, header);
+    std::size_t col = header.find("SHMD");
+    std::size_t end = header.find("USERS");
+    if (col == std::string::npos || end == std::string::npos) return "";
+    while (std::getline(in, line))
+        if (line.compare(0, name.size() + 1, name + " ") == 0 && line.size() > col) {
+            std::string v = line.substr(col, end - col);
+            while (!v.empty() && v.back() == ' ') v.pop_back();
+            return v;
+        }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("shmctl status and ls with no daemon: exit 3, and ls unchanged", "[shmctl][shmd]") {
+    test::ShmDir dir;
+    std::string missing = dir.path() + ".no-daemon.sock";
+    EnvVar socket("SHM_DAEMON_SOCKET", missing);
+    EnvVar mode("SHM_DAEMON", "auto");
+    auto live = shm::Segment::create("live", kSize);
+
+    Run st = shmctl({"status"});
+    INFO(describe(st));
+    CHECK(st.code == 3);
+    CHECK(st.out.empty());
+    CHECK(st.err.find("shmd is not running: no daemon listens at " + missing) != std::string::npos);
+
+    json j = parse(shmctl({"status", "--json"}));
+    CHECK(j.at("running") == false);
+    CHECK(j.at("socket") == missing);
+    CHECK(j.at("error").get<std::string>().find(missing) != std::string::npos);
+    CHECK(shmctl({"status", "--json"}).code == 3);
+
+    // --socket wins over the variable; a socket file nobody listens on (left
+    // by a daemon that died) is no daemon either.
+    std::string stale = dir.path() + ".stale.sock";
+    {
+        int fd = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strcpy(a.sun_path, stale.c_str());
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        ::close(fd);
+    }
+    Run st2 = shmctl({"status", "--json", "--socket", stale});
+    ::unlink(stale.c_str());
+    INFO(describe(st2));
+    CHECK(st2.code == 3);
+    CHECK(parse(st2).at("socket") == stale);
+
+    // ls: no column, tracked is null, and nothing else changes.
+    Run ls = shmctl({"ls"});
+    INFO(describe(ls));
+    CHECK(ls.code == 0);
+    CHECK(ls.out.find("SHMD") == std::string::npos);
+    CHECK(ls.err.find("shmd") == std::string::npos);
+    Run ls_off = [] {
+        EnvVar off("SHM_DAEMON", "off");
+        return shmctl({"ls", "--noheadings"});
+    }();
+    Run ls_quiet = shmctl({"ls", "--noheadings"});
+    CHECK(ls_quiet.out == ls_off.out);
+    json lj = parse(shmctl({"ls", "--json"}));
+    CHECK(lj.at("daemon").is_null());
+    REQUIRE(file_of(lj, "libshm.live").is_object());
+    CHECK(file_of(lj, "libshm.live").at("tracked").is_null());
+}
+
+#ifdef SHMD_PATH
+TEST_CASE("shmctl status and ls against a running shmd", "[shmctl][shmd]") {
+    test::ShmDir dir;
+    // Before the daemon starts: a dead segment (its first sweep reclaims it),
+    // a live one, and more than one page of the daemon's list (it adopts
+    // live segments from their headers).
+    make_dead_segment("dead");
+    auto live = shm::Segment::create("live", kSize);
+    constexpr std::size_t kSmall = 128 * 1024;
+    constexpr int kMany = 300;  // over the 256 of one list page
+    std::vector<shm::Segment> many;
+    for (int i = 0; i < kMany; ++i) {
+        char n[16];
+        std::snprintf(n, sizeof n, "p%03d", i);
+        many.push_back(shm::Segment::create(n, kSmall));
+    }
+    write_file(dir.path() + "/psm_leaked", 4096);
+
+    Daemon d(dir.path(), {"--sweep-interval", "0"});
+    INFO(d.log_text());
+    EnvVar socket("SHM_DAEMON_SOCKET", d.socket());
+    // Made after the daemon's sweep by a process not connected to it: not
+    // tracked until the next sweep.
+    auto later = shm::Segment::create("later", kSize);
+    REQUIRE_FALSE(dir.has("dead"));
+
+    SECTION("status --json: the daemon's fields") {
+        Run r = shmctl({"status", "--json"});
+        INFO(describe(r));
+        CHECK(r.code == 0);
+        json j = parse(r);
+        CHECK(j.at("schema_version") == 1);
+        CHECK(j.at("running") == true);
+        CHECK(j.at("socket") == d.socket());
+        CHECK(j.at("pid") == d.pid());
+        CHECK(j.at("shm_dir") == std::filesystem::weakly_canonical(dir.path()).string());
+        CHECK(j.at("uptime_s").get<double>() >= 0);
+        CHECK(j.at("connections").get<int>() >= 1);
+        CHECK(j.at("clients").is_number());
+        CHECK(j.at("processes") == 1);  // this test process
+        CHECK(j.at("segments") == kMany + 1);
+        CHECK(j.at("bytes") == kSize + kMany * kSmall);
+        CHECK(j.at("reclaims") == 1);
+        CHECK(j.at("reclaimed_bytes").get<std::uint64_t>() >= kSize);
+        CHECK(j.at("sweeps") == 1);
+        CHECK(j.at("last_sweep_s_ago").get<double>() >= 0);
+        CHECK(j.at("sweep_interval_s") == 0);
+        CHECK(j.at("user_quota") == 0);
+        CHECK(j.contains("reserve"));
+        CHECK(j.at("reclaim_foreign") == false);
+        CHECK_FALSE(j.contains("ok"));
+        CHECK_FALSE(j.contains("v"));
+    }
+
+    SECTION("status: words") {
+        Run r = shmctl({"status"});
+        INFO(describe(r));
+        CHECK(r.code == 0);
+        for (std::string w : {"listening on " + d.socket(), std::string("uptime:"),
+                              std::to_string(kMany + 1) + " segments", std::string("reclaimed:  1 file"),
+                              std::string("sweeps:     1"), std::string("quotas:")})
+            CHECK(r.out.find(w) != std::string::npos);
+        // --socket instead of the variable
+        EnvVar elsewhere("SHM_DAEMON_SOCKET", dir.path() + ".nowhere");
+        CHECK(shmctl({"status"}).code == 3);
+        CHECK(shmctl({"status", "--socket", d.socket()}).code == 0);
+        CHECK(shmctl({"--socket", d.socket(), "status"}).code == 0);
+    }
+
+    SECTION("ls marks what the daemon tracks, every page of it") {
+        json lj = parse(shmctl({"ls", "--json"}));
+        REQUIRE(lj.at("daemon").is_object());
+        CHECK(lj.at("daemon").at("socket") == d.socket());
+        CHECK(lj.at("daemon").at("segments") == kMany + 1);
+        std::size_t tracked = 0;
+        for (const json& f : lj.at("files")) {
+            INFO(f.dump());
+            REQUIRE(f.at("tracked").is_boolean());
+            if (f.at("tracked") == true) ++tracked;
+        }
+        CHECK(tracked == kMany + 1);
+        CHECK(file_of(lj, "libshm.live").at("tracked") == true);
+        CHECK(file_of(lj, "libshm.p299").at("tracked") == true);
+        CHECK(file_of(lj, "libshm.later").at("tracked") == false);
+        CHECK(file_of(lj, "psm_leaked").at("tracked") == false);
+
+        Run ls = shmctl({"ls"});
+        INFO(describe(ls));
+        CHECK(ls.code == 0);
+        CHECK(shmd_column(ls.out, "libshm.live") == "tracked");
+        CHECK(shmd_column(ls.out, "libshm.p000") == "tracked");
+        CHECK(shmd_column(ls.out, "libshm.later") == "-");
+        CHECK(shmd_column(ls.out, "psm_leaked") == "-");
+
+        // A sweep (SIGHUP) adopts the one made meanwhile.
+        ::kill(d.pid(), SIGHUP);
+        CHECK(test::eventually([&] {
+            return file_of(parse(shmctl({"ls", "--json"})), "libshm.later").at("tracked") == true;
+        }, 20s));
+    }
+
+    SECTION("a daemon serving another directory marks nothing here") {
+        char tmpl[] = "/dev/shm/libshm-test-other.XXXXXX";
+        REQUIRE(::mkdtemp(tmpl));
+        std::string other = tmpl;
+        Run r = shmctl({"--dir", other, "ls", "--all", "--json"});
+        Run t = shmctl({"--dir", other, "ls", "--all"});
+        std::filesystem::remove_all(other);
+        json lj = parse(r);
+        REQUIRE(lj.at("daemon").is_object());
+        CHECK(lj.at("daemon").at("shm_dir") == std::filesystem::weakly_canonical(dir.path()).string());
+        INFO(describe(t));
+        CHECK(t.err.find("serves " + std::filesystem::weakly_canonical(dir.path()).string()) != std::string::npos);
+    }
+}
+#endif
