@@ -47,8 +47,11 @@ public:
         std::filesystem::remove_all(run_dir_, ec);
     }
     void start() {
-        std::vector<std::string> args = {SHMD_PATH, "--socket", socket_, "--shm-dir", dir_,
-                                         "--config", "/dev/null", "--log-level", "debug"};
+        std::vector<std::string> args = {SHMD_PATH, "--socket", socket_, "--shm-dir", dir_, "--log-level", "debug"};
+        if (std::find(extra_.begin(), extra_.end(), "--config") == extra_.end()) {
+            args.push_back("--config");
+            args.push_back("/dev/null");
+        }
         if (notify_.empty()) args.push_back("--no-notify");
         for (auto& e : extra_) args.push_back(e);
         std::string log = socket_ + ".log";
@@ -516,12 +519,22 @@ TEST_CASE("shmd: READY=1 at start and STOPPING=1 on SIGTERM, through NOTIFY_SOCK
         return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
     };
     {
+        // WATCHDOG_USEC as systemd sets it for WatchdogSec=: pings every half of it.
+        ::setenv("WATCHDOG_USEC", "200000", 1);
         Daemon d(dir.path(), {}, path);
+        ::unsetenv("WATCHDOG_USEC");
         std::string ready = next();
         CHECK_THAT(ready, Catch::Contains("READY=1"));
         CHECK_THAT(ready, Catch::Contains("MAINPID=" + std::to_string(d.pid())));
+        CHECK(next() == "WATCHDOG=1");
+        CHECK(next() == "WATCHDOG=1");
         CHECK(d.stop(SIGTERM) == 0);
-        CHECK_THAT(next(), Catch::Contains("STOPPING=1"));
+        std::string last;
+        for (std::string m = next(); !m.empty(); m = next()) {
+            last = m;
+            if (m.find("STOPPING=1") != std::string::npos) break;
+        }
+        CHECK_THAT(last, Catch::Contains("STOPPING=1"));
     }
     ::close(fd);
     ::unlink(path.c_str());
@@ -601,4 +614,87 @@ TEST_CASE("shmd: keeps serving while clients send thousands of bad requests", "[
     });
     test::require_exit_ok(child);
     CHECK(test::eventually([&] { return !dir.has("after"); }, 10s));
+}
+
+TEST_CASE("shmd: the periodic sweep reclaims what nobody reported, foreign files only when asked", "[shmd]") {
+    test::ShmDir dir;
+    auto leak = [&](const std::string& name) {
+        // A process that opted out of the daemon dies with a segment.
+        Ready ready;
+        pid_t child = test::spawn([&] {
+            ::setenv("SHM_DAEMON", "off", 1);
+            auto s = shm::Segment::create(name, kSize);
+            ready.signal();
+            ::pause();
+            return 0;
+        });
+        REQUIRE(ready.wait());
+        test::kill_and_reap(child);
+    };
+    auto foreign = [&](const std::string& name) {
+        std::string path = dir.path() + "/" + name;
+        { std::ofstream f(path); f << "left by someone else"; }
+        REQUIRE(std::filesystem::exists(path));
+    };
+    SECTION("libshm segments") {
+        Daemon d(dir.path(), {"--sweep-interval", "300ms"});
+        leak("unreported");
+        foreign("psm_kept");
+        CHECK(test::eventually([&] { return !dir.has("unreported"); }, 10s));
+        std::this_thread::sleep_for(700ms);  // two more sweeps
+        CHECK(std::filesystem::exists(dir.path() + "/psm_kept"));
+        CHECK(d.status()["sweeps"].get<int>() >= 3);
+    }
+    SECTION("foreign files with --reclaim-foreign") {
+        Daemon d(dir.path(), {"--sweep-interval", "300ms", "--reclaim-foreign", "--foreign-min-age", "0"});
+        foreign("psm_leaked");
+        CHECK(test::eventually([&] { return !std::filesystem::exists(dir.path() + "/psm_leaked"); }, 10s));
+        // (the line is written right after the unlink)
+        CHECK(test::eventually([&] { return d.log_text().find("sweep reclaimed file 'psm_leaked'") != std::string::npos; },
+                               10s));
+    }
+}
+
+TEST_CASE("shmd: options from a config file, and clear errors for bad ones", "[shmd]") {
+    test::ShmDir dir;
+    std::string conf = dir.path() + "-shmd.conf";
+    {
+        std::ofstream f(conf);
+        f << "# shmd settings\nreserve = \"5%\"\nuser-quota = \"64M\"\nsweep-interval = \"10s\"\n";
+    }
+    {
+        Daemon d(dir.path(), {"--config", conf});
+        json st = d.status();
+        CHECK(st["reserve"] == "5%");
+        CHECK(st["user_quota"] == 64u << 20);
+        CHECK(st["sweep_interval_s"] == 10.0);
+    }
+    std::filesystem::remove(conf);
+    auto run = [&](std::vector<std::string> args, std::string socket = "/tmp/shmd-test-bad.sock") {
+        std::string cmd = std::string(SHMD_PATH) + " --no-notify --socket " + socket;
+        if (std::find(args.begin(), args.end(), "--config") == args.end()) cmd += " --config /dev/null";
+        for (auto& a : args) cmd += " '" + a + "'";
+        cmd += " 2>&1";
+        std::string out;
+        FILE* p = ::popen(cmd.c_str(), "r");
+        char buf[512];
+        while (std::fgets(buf, sizeof buf, p)) out += buf;
+        int st = ::pclose(p);
+        return std::make_pair(WEXITSTATUS(st), out);
+    };
+    auto [c1, o1] = run({"--reserve", "lots"});
+    CHECK(c1 == 2);
+    CHECK_THAT(o1, Catch::Contains("--reserve: 'lots' is neither a percentage"));
+    auto [c2, o2] = run({"--sweep-interval", "soon"});
+    CHECK(c2 == 2);
+    CHECK_THAT(o2, Catch::Contains("is not a duration"));
+    auto [c3, o3] = run({"--user-quota", "12X"});
+    CHECK(c3 == 2);
+    auto [c4, o4] = run({"--config", "/nonexistent/shmd.conf"});
+    CHECK(c4 != 0);
+    // A second daemon on a socket in use refuses to start and says why.
+    Daemon d(dir.path());
+    auto [c5, o5] = run({"--shm-dir", dir.path()}, d.socket());
+    CHECK(c5 == 1);
+    CHECK_THAT(o5, Catch::Contains("another shmd is already listening"));
 }
