@@ -771,7 +771,13 @@ void Server::handle(Conn& c, const std::string& msg, bool& close_after) {
             if (ec) dir = r.shm_dir;
             if (dir != shm_dir_real_)
                 return fail(proto::code::wrong_dir, "this daemon serves " + shm_dir_real_ + ", not " + dir);
-            Proc* p = adopt(c.pid, r.start_time);
+            // The kernel's pidfd for the peer (Linux 6.5+) names exactly the
+            // process that connected; else open one by pid, which adopt()
+            // checks against the start time the client claims.
+            int pidfd = -1;
+            socklen_t len = sizeof pidfd;
+            if (::getsockopt(c.fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) pidfd = -1;
+            Proc* p = adopt(c.pid, r.start_time, pidfd);
             if (!p) {
                 warn_once(c, "said hello with a start time that is not its own");
                 return fail(proto::code::unauthorised,
