@@ -38,6 +38,9 @@ BASE_IMPL = "libshm"
 def programs(build_dir):
     """The benchmark programs: (label, argv). Add new ones here."""
     b = os.path.join(build_dir, "bench")
+    # Built only when the daemon is (see bench/CMakeLists.txt).
+    shmd = os.path.join(b, "bench_shmd_reclaim")
+    shmd_progs = [("shmd: SIGKILL to unlink (and shmctl gc)", [shmd])] if os.path.exists(shmd) else []
     return [
         ("libshm Dict/List", [os.path.join(b, "bench_containers_libshm")]),
         ("floor: Boost map under a robust mutex", [os.path.join(b, "bench_containers_floor")]),
@@ -49,7 +52,13 @@ def programs(build_dir):
         ("POSIX message queue", [os.path.join(b, "bench_queue_posix_mq")]),
         ("Python multiprocessing.Queue", [sys.executable, os.path.join(ROOT, "bench", "python_mp_queue.py")]),
         ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
-    ]
+    ] + shmd_progs
+
+
+def base_impl(bench):
+    """The implementation a case's ratios are taken to: libshm, or shmd for
+    the daemon's cases."""
+    return "shmd" if bench.startswith("shmd.") else BASE_IMPL
 
 
 # Targets: (title, numerator impl, denominator impl, op, bound, cases);
@@ -70,6 +79,14 @@ def targets(cases):
          ["queue.pingpong.64B.p50"]),
         ("libshm 1 MiB items within 2x of one memcpy's bandwidth", "memcpy", "libshm", "<=", 2.0,
          ["queue.1to1.1MiB"]),
+    ]
+
+
+# Targets on one figure: (title, impl, op, bound, unit, cases).
+def absolute_targets():
+    return [
+        ("shmd's median delay from SIGKILL to unlink under 10 ms", "shmd", "<", 10.0, "ms",
+         ["shmd.reclaim_delay.p50"]),
     ]
 
 
@@ -190,16 +207,17 @@ def main():
     value = {(r["bench"], r["impl"]): r["value"] for r in results}
     print()
     print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {os.cpu_count()} CPUs. "
-          "ratio = value / libshm's value for the same case; compare ratios within one run only.")
-    print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds): lower is better.")
+          "ratio = value / libshm's value for the same case (shmd's for shmd.*); compare ratios within one run only.")
+    print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds) "
+          "and delays (ms): lower is better.")
     print()
     head = f"{'case':<24} {'impl':<20} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
     print(head)
     print("-" * (len(head) + 40))
     for bench in rows_order:
         rows = [r for r in results + skipped if r["bench"] == bench]
-        rows.sort(key=lambda r: (r["impl"] != BASE_IMPL, "skipped" in r, r["impl"]))
-        base = value.get((bench, BASE_IMPL))
+        rows.sort(key=lambda r: (r["impl"] != base_impl(bench), "skipped" in r, r["impl"]))
+        base = value.get((bench, base_impl(bench)))
         first = True
         for r in rows:
             name = bench if first else ""
@@ -229,6 +247,19 @@ def main():
                 unit = next((r["unit"] for r in results if r["bench"] == case and r["impl"] == num), "")
                 verdict, shown = ("met" if met else "MISSED"), (
                     f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})")
+            print(f"    {verdict:<7}{case:<22} {shown}")
+    for title, impl, op, bound, unit, cases in absolute_targets():
+        cases = [c for c in cases if any(belongs(c, o) for o in order)]
+        if not cases:
+            continue
+        print(f"  {title}: {impl} {op} {fmt_bound(bound)} {unit}")
+        for case in cases:
+            x = value.get((case, impl))
+            if x is None:
+                verdict, shown = "MISSED", "no result"
+            else:
+                met = x < bound if op == "<" else x > bound
+                verdict, shown = ("met" if met else "MISSED"), f"{fmt_value(x)} {unit}"
             print(f"    {verdict:<7}{case:<22} {shown}")
 
     print()
