@@ -254,6 +254,8 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
     auto q = shm::Queue::create(live, "jobs/queue", qo);
     for (int i = 0; i < 3; ++i) q.put("job" + std::to_string(i));
     (void)q.get();
+    const std::uint64_t queue_bytes = q.bytes_used();  // (also frees what the get released)
+    REQUIRE(queue_bytes == 16);                         // two 4-byte items, 8 bytes each
     lock.lock();
     rlock.lock();
     rlock.lock();
@@ -353,6 +355,8 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(qs.at("state").at("depth") == 2);
         CHECK(qs.at("state").at("capacity") == 16);
         CHECK(qs.at("state").at("max_item_size") == 64);
+        CHECK(qs.at("state").at("max_bytes") == 16 * 64);
+        CHECK(qs.at("state").at("bytes_used") == queue_bytes);
         CHECK(qs.at("state").at("closed") == false);
         CHECK(qs.at("state").at("repairs") == 0);
 

@@ -290,6 +290,8 @@ json object_json(const admin::ObjectState& o) {
     }
     if (o.capacity) st["capacity"] = *o.capacity;
     if (o.max_item_size) st["max_item_size"] = *o.max_item_size;
+    if (o.max_bytes) st["max_bytes"] = *o.max_bytes;
+    if (o.bytes_used) st["bytes_used"] = *o.bytes_used;
     if (o.closed) st["closed"] = *o.closed;
     if (o.repairs) st["repairs"] = *o.repairs;
     return {{"name", o.info.name},
@@ -452,6 +454,7 @@ std::string object_text(const admin::ObjectState& o) {
     if (o.info.kind == shm::ObjectKind::queue && o.value && o.capacity) {
         add(std::to_string(*o.value) + " of " + std::to_string(*o.capacity) + " items");
         if (o.max_item_size) add("items up to " + human_bytes(*o.max_item_size));
+        if (o.max_bytes) add(human_bytes(o.bytes_used.value_or(0)) + " of " + human_bytes(*o.max_bytes) + " in use");
         if (o.closed && *o.closed) add("closed");
         if (o.repairs && *o.repairs) add(std::to_string(*o.repairs) + (*o.repairs == 1 ? " repair" : " repairs"));
         return s;

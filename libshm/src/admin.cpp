@@ -520,7 +520,8 @@ void read_container_length(int fd, ObjectState& s) {
 // (queue_layout.hpp).
 void read_queue_state(int fd, ObjectState& s) {
     using detail::QueueControl;
-    constexpr std::size_t kControl = offsetof(QueueControl, repairs) + sizeof(std::uint64_t);
+    constexpr std::size_t kControl =
+        std::max(offsetof(QueueControl, repairs), offsetof(QueueControl, free)) + sizeof(std::uint64_t);
     Buf b;
     if (s.info.size < kControl || !read_at(fd, s.info.offset, kControl, b)) {
         s.problem = "its control block could not be read";
@@ -550,6 +551,17 @@ void read_queue_state(int fd, ObjectState& s) {
     s.value = static_cast<std::uint32_t>(depth > 0 ? std::min<std::int64_t>(depth, cap) : 0);
     s.closed = u32(offsetof(QueueControl, closed)) != 0;
     s.repairs = u64(offsetof(QueueControl, repairs));
+    s.max_bytes = u64(offsetof(QueueControl, max_bytes));
+    // Units between the free cursor and the tail (positions count modulo
+    // twice the ring), as Queue::bytes_used() computes them.
+    const std::uint64_t tail = u64(offsetof(QueueControl, tail)), freed = u64(offsetof(QueueControl, free));
+    const std::uint32_t units = u32(offsetof(QueueControl, ring_units)), shift = u32(offsetof(QueueControl, unit_shift));
+    std::uint64_t used = 0;
+    if (detail::ticket_diff(detail::cursor_ticket(tail), detail::cursor_ticket(freed)) > 0 && shift < 40) {
+        std::uint32_t t = detail::cursor_pos(tail), f = detail::cursor_pos(freed);
+        used = std::uint64_t(t >= f ? t - f : t + 2ull * units - f) << shift;
+    }
+    s.bytes_used = used;
 }
 
 void read_object_state(int fd, ObjectState& s) {

@@ -195,6 +195,8 @@ struct ObjectState {
     std::optional<std::uint64_t> length;            // dict, list: number of items
     std::optional<std::uint32_t> capacity;          // queue
     std::optional<std::uint32_t> max_item_size;     // queue
+    std::optional<std::uint64_t> max_bytes;         // queue: the byte budget
+    std::optional<std::uint64_t> bytes_used;        // queue: payload bytes held (queued, being put or got)
     std::optional<bool> closed;                     // queue
     std::optional<std::uint64_t> repairs;           // queue: slots of dead processes repaired
 };
