@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
     app.add_flag("--no-notify", no_notify, "do not talk to systemd even if NOTIFY_SOCKET is set");
+    app.footer(
+        "Signals: SIGTERM or SIGINT stops it (READY=1, STOPPING=1 and WATCHDOG=1 go to systemd's NOTIFY_SOCKET),\n"
+        "SIGHUP sweeps at once. Libraries find it through SHM_DAEMON_SOCKET or the default socket;\n"
+        "SHM_DAEMON=auto|required|off in a program's environment decides whether it must use one.\n"
+        "Exit status: 0 stopped by a signal, 1 could not start (e.g. another shmd listens), 2 bad options.");
     CLI11_PARSE(app, argc, argv);
 
     auto log = spdlog::stderr_logger_mt("shmd");
