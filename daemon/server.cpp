@@ -49,6 +49,7 @@ constexpr std::size_t kMaxProcs = 65536;
 constexpr std::size_t kMaxSegmentsPerConn = 65536;
 constexpr auto kLockTimeout = std::chrono::milliseconds(20);
 constexpr auto kPendingLife = std::chrono::seconds(10);
+constexpr std::size_t kMaxPendingPerUser = 1024;
 constexpr int kMessagesPerWakeup = 64;
 
 std::string errtext(int e) { return std::strerror(e); }
@@ -804,6 +805,13 @@ void Server::handle(Conn& c, const std::string& msg, bool& close_after) {
                 pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
                                               [&](const Pending& p) { return p.expires < now || p.name == r.segment; }),
                                pending_.end());
+                // Creates not yet seen are bounded per user, so that nobody can
+                // grow the daemon's memory by asking and never creating.
+                std::size_t mine = 0;
+                for (const Pending& p : pending_) mine += p.uid == c.uid;
+                if (mine >= kMaxPendingPerUser)
+                    return fail(proto::code::limit, "uid " + std::to_string(c.uid) + " has " + std::to_string(mine) +
+                                                        " creates asked for and not yet made; try again in a few seconds");
                 pending_.push_back({c.uid, r.segment, r.bytes, now + kPendingLife});
                 // If the creator dies before it registers the segment, its
                 // exit makes us look at the name.

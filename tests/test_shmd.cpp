@@ -496,6 +496,19 @@ TEST_CASE("shmd: bad requests get an error, the connection closes, others are se
         json e = r.ask(R"({"v":2,"op":"status"})");
         CHECK(e["error"] == "unsupported_version");
     }
+    {
+        // Asking to create without ever creating is bounded per user.
+        Raw r(d.socket());
+        REQUIRE(r.ask(hello())["ok"] == true);
+        json last;
+        int asked = 0;
+        for (; asked < 2000; ++asked) {
+            last = r.ask(json{{"v", 1}, {"op", "reserve"}, {"segment", "n" + std::to_string(asked)}, {"bytes", 4096}}.dump());
+            if (last["ok"] != true) break;
+        }
+        CHECK(last["error"] == "limit");
+        CHECK(asked == 1024);
+    }
     json st = good.ask(R"({"v":1,"op":"status","id":1})");
     CHECK(st["ok"] == true);
     CHECK(st["id"] == 1);
