@@ -543,9 +543,9 @@ void read_queue_state(int fd, ObjectState& s) {
         return;
     }
     std::uint32_t cap = u32(offsetof(QueueControl, capacity));
-    // tail packs the next ticket with a byte position; head is a ticket.
+    // tail, head and free pack a ticket with a byte position and an owner.
     const std::int64_t depth = detail::ticket_diff(detail::cursor_ticket(u64(offsetof(QueueControl, tail))),
-                                                   u64(offsetof(QueueControl, head)));
+                                                   detail::cursor_ticket(u64(offsetof(QueueControl, head))));
     s.capacity = cap;
     s.max_item_size = u32(offsetof(QueueControl, max_item));
     s.value = static_cast<std::uint32_t>(depth > 0 ? std::min<std::int64_t>(depth, cap) : 0);

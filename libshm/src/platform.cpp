@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -165,6 +166,14 @@ bool futex_wait(const void* word, std::uint32_t expected, const timespec* abs, c
 
 void futex_wake(const void* word, int n) {
     ::syscall(SYS_futex, word, FUTEX_WAKE, n, nullptr, nullptr, 0);
+}
+
+bool membarrier_register() {
+    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
+int membarrier_all() {
+    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : errno;
 }
 
 int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs) {

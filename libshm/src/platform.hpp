@@ -65,6 +65,17 @@ unsigned fork_generation();
 // had already changed (callers re-check their condition in all cases).
 bool futex_wait(const void* word, std::uint32_t expected, const timespec* abs, clockid_t clock);
 void futex_wake(const void* word, int n);
+
+// --- asymmetric fences across processes (membarrier(2)) ----------------------
+// A process registered with membarrier_register() may order a store before
+// a later load with a compiler barrier alone, as long as whoever depends on
+// that order calls membarrier_all() between its own store and load: the
+// kernel then runs a full fence on every CPU that runs a registered
+// process. Registration is per process; register again after fork.
+// membarrier_register() returns false where the kernel (or a seccomp
+// filter) refuses it; membarrier_all() returns 0, or the errno of failure.
+bool membarrier_register();
+int membarrier_all();
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

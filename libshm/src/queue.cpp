@@ -1,69 +1,86 @@
-// shm::Queue: a ring of slots and a ring of bytes, claimed with a few CAS
-// steps per item and no lock (see queue.hpp).
+// shm::Queue: a ring of slots and a ring of bytes. A put or a get claims its
+// ticket with one compare-and-swap on a cursor and no lock (see queue.hpp).
 //
 // Design note
 // -----------
-// Every item put gets a ticket (0, 1, 2, ... modulo 2^39). Ticket t lives in
+// Every item put gets a ticket (0, 1, 2, ... modulo 2^32). Ticket t lives in
 // slot t mod capacity: a 16-byte descriptor (word, start, len). Its payload
 // lives in the byte ring, at a byte position handed out in ticket order.
+// Slot words and cursors pack (ticket, byte position, owner); see
+// queue_layout.hpp.
 //
-// Slot word = ticket << 16 | claimer. For ticket t the slot's states are
-//     FREE      ticket t,     claimer 0    not yet claimed
-//     WRITING   ticket t,     claimer x    producer x has claimed t (or a
-//                                          repairer is making it a tombstone)
-//     FULL      ticket t + 1, claimer 0    a consumer may claim it
-//     READING   ticket t + 1, claimer c    consumer c is copying it out
-//     released  ticket t + capacity, 0     FREE for the next lap
-// Each transition is one CAS or one store on the word, so a process killed
-// at any instruction leaves each slot in exactly one of these states.
+// Cursors. tail = (next ticket to put, where its bytes start, who claimed
+// the ticket before it). head = (next ticket to get, who claimed the ticket
+// before it). free = (first ticket whose bytes are not free yet, where they
+// start). A producer claims ticket t and n units of bytes with one CAS of
+// tail from (t, p, x) to (t + 1, p + n, me); a consumer claims ticket h with
+// one CAS of head from (h, y) to (h + 1, me). With one producer and one
+// consumer each cursor stays in its owner's cache: the only shared lines an
+// item touches are its slot and its payload, written with plain stores.
 //
-// Two cursors pack a ticket and a byte position into one 64-bit word:
-//     tail = (next ticket to put, where its bytes start)
-//     free = (first ticket whose bytes are not free yet, where they start)
-// The bytes in use are tail.pos - free.pos; positions count modulo twice
-// the ring so that a full ring differs from an empty one. To put an item
-// needing n units, a producer reads tail (t, p) and free (f, q), checks
-// t - f < capacity and used + n <= ring, claims slot t (FREE -> WRITING,
-// one CAS), writes start = p, then moves tail to (t + 1, p + n) with one
-// CAS. Only the holder of slot t moves tail off ticket t, so that CAS
-// cannot lose to another producer; a producer that finds slot t already
-// WRITING waits for its holder to move tail (a few instructions) or repairs
-// it if the holder died. It then copies the payload and publishes FULL.
-// An item that would run past the end of the ring is not split: the ring
-// has an overhang of one largest item after its end, so every item is
-// contiguous (in the budget it still counts only its own units).
+// Slot states for ticket t (the slot's word):
+//     unpublished  (t, ·, 0)         free; or claimed (tail is past t) and
+//                                    being written, its claimer named by tail
+//                  (t, e, x)         claimed by x, being written, its bytes
+//                                    end at e (x may be a repairer's mark)
+//     published    (t + 1, e, 0)     an item (or a tombstone, len says), its
+//                                    bytes ending at e; queued while head is
+//                                    at t, being got once head is past t, its
+//                                    getter named by head
+//                  (t + 1, e, y)     being got by y
+//     released     (t + cap, e, 0)   got; the slot is unpublished for the
+//                                    next lap, and e still tells free where
+//                                    ticket t's bytes ended
+// A claim names its claimer in the cursor. Before a process moves a cursor
+// on again, from (t + 1, x) to (t + 2, me), it hands ticket t's claim over to
+// the slot, if t is still unpublished (unpublished (t, ·, 0) -> (t, e, x)) or
+// still being got (published (t + 1, e, 0) -> (t + 1, e, x)), with one CAS.
+// So every claim in flight is named either by its cursor (the latest claim)
+// or by its slot, and a process killed at any instruction leaves each slot
+// in exactly one of these states. A thread skips the hand-over when it knows
+// it has itself finished ticket t: the single producer and single consumer
+// of a pipeline never hand over at all.
 //
-// Consumers claim FULL slots in ticket order (head is a hint, as before)
-// and release them; they do not touch free. Whoever is short of slots or
-// bytes (a producer, or full()) moves free past the released slots in one
-// CAS: to (k, start of k) for the first ticket k not released. A slot's
-// start and len do not change until free has passed it, because no
-// producer may claim ticket t + capacity before free has passed t.
+// Bytes. A producer may claim ticket t only while t - free < capacity and
+// the bytes in use (tail.pos - free.pos, positions counting modulo twice the
+// ring) leave room for it. Whoever is short of either (a producer, or
+// bytes_used()) moves free past the released slots in one CAS, to (k, end of
+// k - 1) for the first ticket k not released. An item that would run past
+// the end of the ring is not split: the ring has an overhang of one largest
+// item after its end, so every item is contiguous (in the budget it still
+// counts only its own units).
 //
-// Why ABA cannot bite: a stale CAS on a slot word or a cursor could only
-// succeed 2^39 tickets later with every other field equal.
+// ABA. A CAS that read its expected value 2^32 tickets earlier and finds it
+// again succeeds. For the two claims this is made harmless: after its CAS a
+// producer re-checks the room against free, and a consumer re-checks that
+// its ticket is published, and each waits if not (the claim is theirs). A
+// hand-over or repair CAS would also need the same position and owner.
 //
-// Crash repair: a slot WRITING or READING for a claimer whose process is
-// dead (the claimer's record holds pid and start time) is taken over with a
-// CAS. WRITING becomes a tombstone that consumers skip (the put never
-// happened): if the dead producer had not yet moved tail, the repairer moves
-// it with no bytes; if it had, its bytes stay claimed until free passes
-// the tombstone. READING becomes released (the dead consumer took the item
-// whole). A repairer marks the slot with its own id and a repair flag, so a
-// repairer that dies mid-repair is taken over the same way, and a process
-// that inherits a dead process's id repairs what it left without racing
-// another repairer on an unchanged word.
+// Crash repair: a claim whose claimer (named by the slot or by the cursor;
+// an id names a pid and its start time) is dead is taken over with a CAS. A
+// claim to put becomes a tombstone that consumers skip (the put never
+// happened; its bytes are freed with it). A claim to get becomes released
+// (the dead consumer took the item whole). A repairer marks the slot with
+// its own id and a repair flag, so a repairer that dies mid-repair is taken
+// over the same way, and a process that inherits a dead process's id
+// repairs what it left before it uses the id.
 //
 // Waiting: spin, then sleep on an epoch futex after setting the process's
-// bit in a waiters mask; wakers check the mask after a full fence, so no
-// wake-up is lost. Sleeps last at most 50 ms so that a sleeper notices a
-// dead blocker, and wakers that wake nobody clear the bits of dead processes.
+// bit in a waiters mask. A waker stores, then loads the mask; a sleeper sets
+// its bit, then re-checks. Where the kernel allows, every process using a
+// queue registers for membarrier(2), wakers order store and load with a
+// compiler barrier only, and the sleeper runs membarrier_all(), which fences
+// every CPU running a registered process: one of the two sees the other,
+// and the hot path carries no fence. Elsewhere wakers use a seq_cst store
+// and load. Sleeps last at most 50 ms so that a sleeper notices a dead
+// blocker, and wakers that wake nobody clear the bits of dead processes.
 #include "shm/queue.hpp"
 
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <functional>
 #include <mutex>
@@ -79,7 +96,7 @@ namespace shm {
 using detail::QueueActor;
 using detail::QueueControl;
 using detail::QueueSlot;
-using detail::cursor_pack;
+using detail::cursor_owner;
 using detail::cursor_pos;
 using detail::cursor_ticket;
 using detail::kTicketMask;
@@ -89,9 +106,10 @@ using testing::crash_point;
 namespace {
 
 constexpr std::uint32_t kTombstone = detail::kQueueTombstone;
-// A repairer's mark in the claimer field, next to its id.
-constexpr std::uint32_t kRepairFlag = 0x8000;
+// A repairer's mark in the owner field, next to its id.
+constexpr std::uint32_t kRepairFlag = detail::kQueueRepairFlag;
 constexpr std::uint32_t kIdMask = 0x7f;
+static_assert(Queue::kMaxProcesses <= kIdMask);
 // Before sleeping: kSpin pauses (a PAUSE is 10-50 ns, so a few µs: a
 // cross-CPU wake-up costs tens of µs here), then kYield sched_yield()s so
 // that a peer waiting for this CPU gets it, then the futex.
@@ -112,25 +130,23 @@ inline bool backoff(int& spins) {
     }
     return false;
 }
+inline bool spun_out(int spins) { return spins >= kSpin + kYield; }
 constexpr long kPollMs = 50;
-// A producer waiting for another to move tail off a ticket it has claimed
-// (a few instructions, unless that process is descheduled) naps this long.
+// What a sleeper polls at when it could not fence the wakers (see sleep_on).
+constexpr long kUnfencedPollMs = 2;
+// A claimant waiting after an ABA claim (see the design note) naps this long.
 constexpr long kNapMs = 1;
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
-inline std::uint64_t mk(std::uint64_t ticket, std::uint32_t claimer) { return ((ticket & kTicketMask) << 16) | claimer; }
-inline std::uint32_t owner_of(std::uint64_t w) { return static_cast<std::uint32_t>(w & 0xffff); }
-// Signed distance between the slot's ticket and a ticket.
-inline std::int64_t diff(std::uint64_t w, std::uint64_t t) { return ticket_diff(w >> 16, t); }
-inline std::uint64_t tnext(std::uint64_t t, std::uint64_t k = 1) { return (t + k) & kTicketMask; }
-
-// Move the head hint from pos to pos + 1 if nobody has yet. Takes pos by
-// value: a failed compare_exchange writes the current value into its
-// `expected` argument, which must not clobber the caller's position.
-inline void advance_head(QueueControl* c, std::uint64_t pos) {
-    c->head.compare_exchange_strong(pos, tnext(pos), std::memory_order_release, std::memory_order_relaxed);
+inline std::uint64_t mk(std::uint64_t ticket, std::uint32_t pos, std::uint32_t owner) {
+    return detail::qword(ticket, pos, owner);
 }
+inline std::uint64_t tk(std::uint64_t w) { return cursor_ticket(w); }
+inline std::uint32_t owner_of(std::uint64_t w) { return cursor_owner(w); }
+inline std::uint32_t pos_of(std::uint64_t w) { return cursor_pos(w); }
+inline std::uint64_t tnext(std::uint64_t t, std::uint64_t k = 1) { return (t + k) & kTicketMask; }
+inline std::uint64_t tprev(std::uint64_t t) { return (t - 1) & kTicketMask; }
 
 // The slot of ticket t. Four slots share a cache line; consecutive tickets
 // go to different lines (a line holds tickets capacity/4 apart), so that a
@@ -172,6 +188,39 @@ bool actor_alive(QueueControl* c, std::uint32_t owner) {
     return who_alive(c->actors[id - 1].who.load(std::memory_order_acquire));
 }
 
+// The calling process's actor id for a queue, cached per thread and
+// refreshed after fork, or when the record no longer names this process (a
+// queue at the same address in a new mapping). last_put and last_get are
+// the tickets this thread last finished putting and getting in that queue
+// (what lets it skip a hand-over), asym whether this process is registered
+// for membarrier.
+struct ActorCache {
+    QueueControl* c = nullptr;
+    unsigned gen = ~0u;
+    std::uint32_t id = 0;
+    std::uint64_t who = 0;
+    std::uint64_t last_put = ~0ull;  // no ticket: tickets are below 2^32
+    std::uint64_t last_get = ~0ull;
+    bool asym = false;
+};
+thread_local ActorCache t_actor;
+std::mutex g_register_mutex;
+// Fork generation + 1 of the last successful membarrier registration.
+std::atomic<unsigned> g_membarrier_gen{0};
+
+// Register this process for membarrier once per fork generation.
+bool membarrier_ready() {
+#if defined(__SANITIZE_THREAD__)
+    return false;  // TSan does not model membarrier; use seq_cst (see store_and_wake)
+#else
+    const unsigned want = platform::fork_generation() + 1;
+    if (g_membarrier_gen.load(std::memory_order_acquire) == want) return true;
+    if (!platform::membarrier_register()) return false;
+    g_membarrier_gen.store(want, std::memory_order_release);
+    return true;
+#endif
+}
+
 // Wake every sleeper in mask, if any.
 void wake_sleepers(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
     // Take every sleeper's bit and wake them all: one wake per sleep, not
@@ -197,20 +246,26 @@ void wake(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
     wake_sleepers(epoch, mask);
 }
 
-// Store a slot word a sleeper may wait for, then wake the sleepers of mask.
-// The store and the mask load are both seq_cst (an XCHG and a plain load on
-// x86, cheaper than a store, MFENCE and load); a sleeper sets its bit with a
-// seq_cst RMW, then re-reads the word with a seq_cst load: in the single
-// order of seq_cst operations one of us sees the other. Release, too: the
-// store publishes what was written before it.
+// Store a slot word a sleeper may wait for (release: it publishes what was
+// written before it), then wake the sleepers of mask. The store must come
+// before the mask load in every observer's eyes. In a process registered
+// for membarrier a compiler barrier suffices, because a sleeper runs
+// membarrier_all() between setting its bit and re-reading the word. Else
+// the store and the load are seq_cst (an XCHG and a plain load on x86).
 void store_and_wake(std::atomic<std::uint64_t>& word, std::uint64_t value, std::atomic<std::uint32_t>& epoch,
                     std::atomic<std::uint64_t>& mask) {
 #if defined(__SANITIZE_THREAD__)
     word.store(value, std::memory_order_release);
     if (mask.fetch_or(0, std::memory_order_seq_cst) == 0) return;
 #else
-    word.store(value, std::memory_order_seq_cst);
-    if (mask.load(std::memory_order_seq_cst) == 0) return;
+    if (t_actor.asym) {
+        word.store(value, std::memory_order_release);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        if (mask.load(std::memory_order_relaxed) == 0) return;
+    } else {
+        word.store(value, std::memory_order_seq_cst);
+        if (mask.load(std::memory_order_seq_cst) == 0) return;
+    }
 #endif
     wake_sleepers(epoch, mask);
 }
@@ -222,30 +277,25 @@ bool sleep_on(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mas
     if (d.passed()) return false;
     const std::uint64_t bit = 1ull << (id - 1);
     mask.fetch_or(bit, std::memory_order_seq_cst);
-    std::uint32_t e = epoch.load(std::memory_order_seq_cst);
+#if !defined(__SANITIZE_THREAD__)
+    // Fence the wakers that skip theirs (see store_and_wake). Where the
+    // kernel has no membarrier nobody registered, so nobody skips; where it
+    // refuses us alone (a seccomp filter), poll often instead.
+    const int e = platform::membarrier_all();
+    if (e != 0 && e != ENOSYS && e != EINVAL) poll_ms = std::min(poll_ms, kUnfencedPollMs);
+#endif
+    std::uint32_t ep = epoch.load(std::memory_order_seq_cst);
     if (!ready()) {
         detail::Deadline p = detail::Deadline::in(std::chrono::milliseconds(poll_ms));
         if (!d.infinite && d.clock == CLOCK_MONOTONIC &&
             (d.abs.tv_sec < p.abs.tv_sec || (d.abs.tv_sec == p.abs.tv_sec && d.abs.tv_nsec < p.abs.tv_nsec)))
             p = d;
-        platform::futex_wait(&epoch, e, &p.abs, p.clock);
+        platform::futex_wait(&epoch, ep, &p.abs, p.clock);
     }
     mask.fetch_and(~bit, std::memory_order_seq_cst);
     // Another thread of this process may share the bit: make it re-check.
     return !d.passed();
 }
-
-// The calling process's actor id for a queue, cached per thread and
-// refreshed after fork, or when the record no longer names this process (a
-// queue at the same address in a new mapping).
-struct ActorCache {
-    QueueControl* c = nullptr;
-    unsigned gen = ~0u;
-    std::uint32_t id = 0;
-    std::uint64_t who = 0;
-};
-thread_local ActorCache t_actor;
-std::mutex g_register_mutex;
 
 // The ring's unit and size for a queue's options: the smallest unit (from
 // 8 bytes up) that keeps the ring within kMaxRingUnits.
@@ -325,9 +375,8 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
         c->ring_offset = a->ring_offset;
         for (std::uint32_t i = 0; i < c->capacity; ++i) {
             QueueSlot* s = slot_at(c, i);
-            s->word.store(mk(i, 0), std::memory_order_relaxed);
-            s->start.store(0, std::memory_order_relaxed);
-            s->len.store(0, std::memory_order_relaxed);
+            s->word.store(mk(i, 0, 0), std::memory_order_relaxed);
+            s->item.store(0, std::memory_order_relaxed);
         }
         c->magic = kQueueMagic;
     };
@@ -352,55 +401,56 @@ Queue Queue::open(Segment& seg, std::string_view name) { return attach(seg, name
 
 namespace {
 
-// Take over slot of ticket k, seen as w, from a claimer that is dead.
-// `me` marks the slot while the repair runs. Returns true if it repaired.
-bool take_over(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me) {
+// Make the unpublished claim of ticket k, seen as w, a tombstone; its bytes
+// end at `end`. The claimer is dead; `me` marks the slot while the repair
+// runs, distinctly (flag toggled if the word already names us) so that no
+// other repairer's CAS on the old word can succeed as well. Returns true if
+// it repaired.
+bool tombstone_dead(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t end, std::uint32_t me) {
     QueueSlot* s = slot_at(c, k);
-    if (diff(w, k) == 0) {
-        // WRITING: the put never happened; make it a tombstone. A distinct
-        // mark (flag toggled if the word already names us) so that no other
-        // repairer's CAS on the old word can succeed as well.
-        std::uint32_t mark = (owner_of(w) & kIdMask) == me ? owner_of(w) ^ kRepairFlag : (me | kRepairFlag);
-        if (!s->word.compare_exchange_strong(w, mk(k, mark), std::memory_order_acq_rel, std::memory_order_relaxed))
-            return false;
-        crash_point();
-        for (;;) {
-            std::uint64_t T = c->tail.load(std::memory_order_acquire);
-            // Moved on: the dead producer had its bytes (and wrote start
-            // before moving tail); they are freed with the tombstone.
-            if (cursor_ticket(T) != k) break;
-            // Still at k: nobody but the slot's holder moves tail off k.
-            s->start.store(cursor_pos(T), std::memory_order_relaxed);
-            if (c->tail.compare_exchange_strong(T, cursor_pack(tnext(k), cursor_pos(T)), std::memory_order_release,
-                                                std::memory_order_relaxed))
-                break;
-        }
-        crash_point();
-        s->len.store(kTombstone, std::memory_order_relaxed);
-        crash_point();
-        s->word.store(mk(tnext(k), 0), std::memory_order_release);  // partner: consumers' acquire loads
-        c->repairs.fetch_add(1, std::memory_order_relaxed);
-        wake(c->put_epoch, c->consumers_waiting);
-        wake(c->get_epoch, c->producers_waiting);
-        return true;
-    }
-    if (diff(w, tnext(k)) == 0) {
-        // READING: the dead consumer took the item whole; release the slot.
-        if (!s->word.compare_exchange_strong(w, mk(k + c->capacity, 0), std::memory_order_acq_rel,
-                                             std::memory_order_relaxed))
-            return false;
-        c->repairs.fetch_add(1, std::memory_order_relaxed);
-        wake(c->get_epoch, c->producers_waiting);
-        return true;
-    }
-    return false;
+    const std::uint32_t mark = (owner_of(w) & kIdMask) == me ? owner_of(w) ^ kRepairFlag : (me | kRepairFlag);
+    if (!s->word.compare_exchange_strong(w, mk(k, end, mark), std::memory_order_acq_rel, std::memory_order_relaxed))
+        return false;
+    crash_point();
+    s->item.store(detail::slot_item(end, kTombstone), std::memory_order_relaxed);
+    crash_point();
+    s->word.store(mk(tnext(k), end, 0), std::memory_order_release);  // partner: consumers' acquire loads
+    crash_point();
+    c->repairs.fetch_add(1, std::memory_order_relaxed);
+    wake(c->put_epoch, c->consumers_waiting);
+    wake(c->get_epoch, c->producers_waiting);
+    return true;
 }
 
-// Repair the slot of ticket k, seen as w, if its claimer is dead.
+// Release the published slot of ticket k, seen as w, that a dead consumer
+// was getting: it took the item whole.
+bool release_dead(QueueControl* c, std::uint64_t k, std::uint64_t w) {
+    if (!slot_at(c, k)->word.compare_exchange_strong(w, mk(k + c->capacity, pos_of(w), 0), std::memory_order_acq_rel,
+                                                     std::memory_order_relaxed))
+        return false;
+    c->repairs.fetch_add(1, std::memory_order_relaxed);
+    wake(c->get_epoch, c->producers_waiting);
+    return true;
+}
+
+// Repair the slot of ticket k, seen as w, if a dead process holds it: a
+// claim to put (unpublished, with tail past k) or a claim to get (published,
+// with head past k). Returns true if it repaired.
 bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me) {
-    const std::uint32_t owner = owner_of(w);
-    if (owner == 0 || (owner & kIdMask) == me || actor_alive(c, owner)) return false;
-    return take_over(c, k, w, me);
+    const bool put_claim = tk(w) == k;
+    if (!put_claim && tk(w) != tnext(k)) return false;
+    std::uint32_t owner = owner_of(w), end = pos_of(w);
+    if (owner == 0) {
+        // Named by its cursor if it is the latest claim (else the hand-over
+        // is under way, or k is not claimed at all).
+        const std::uint64_t cur = (put_claim ? c->tail : c->head).load(std::memory_order_acquire);
+        if (tk(cur) != tnext(k)) return false;
+        owner = owner_of(cur);
+        if (put_claim) end = pos_of(cur);
+        if (owner == 0) return false;
+    }
+    if ((owner & kIdMask) == me || actor_alive(c, owner)) return false;
+    return put_claim ? tombstone_dead(c, k, w, end, me) : release_dead(c, k, w);
 }
 
 std::uint32_t register_actor(QueueControl* c) {
@@ -418,13 +468,30 @@ std::uint32_t register_actor(QueueControl* c) {
         if (w != 0) {
             // The previous holder of this id died: repair what it left
             // claimed before the id means us, and drop its waiter bits.
+            // First the claims its cursors still name (a hand-over may move
+            // one into its slot meanwhile: the scan below finds it there).
+            const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+            if (owner_of(T) == id) {
+                const std::uint64_t k = tprev(tk(T));
+                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+                if (tk(sw) == k && owner_of(sw) == 0) tombstone_dead(c, k, sw, pos_of(T), id);
+            }
+            const std::uint64_t H = c->head.load(std::memory_order_acquire);
+            if (owner_of(H) == id) {
+                const std::uint64_t k = tprev(tk(H));
+                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+                if (tk(sw) == tnext(k) && owner_of(sw) == 0) release_dead(c, k, sw);
+            }
             for (std::uint32_t k = 0; k < c->capacity; ++k) {
-                std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
                 if (owner_of(sw) == 0 || (owner_of(sw) & kIdMask) != id) continue;
-                const std::uint64_t t = sw >> 16;
-                // WRITING holds its own ticket (t ≡ k), READING the next one.
-                const std::uint64_t ticket = ((t - k) & (c->capacity - 1)) == 0 ? t : ((t - 1) & kTicketMask);
-                take_over(c, ticket, sw, id);
+                // A claim to put holds its own ticket (≡ k), a claim to get
+                // the next one.
+                const std::uint64_t t = tk(sw);
+                if (((t - k) & (c->capacity - 1)) == 0)
+                    tombstone_dead(c, t, sw, pos_of(sw), id);
+                else
+                    release_dead(c, tprev(t), sw);
             }
             const std::uint64_t bit = ~(1ull << i);
             c->consumers_waiting.fetch_and(bit);
@@ -442,9 +509,25 @@ inline std::uint32_t actor_id(QueueControl* c) {
     if (t_actor.c == c && t_actor.gen == gen &&
         c->actors[t_actor.id - 1].who.load(std::memory_order_relaxed) == t_actor.who)
         return t_actor.id;
+    // Registered before the id is used, so that our stores that skip their
+    // fence are fenced by sleepers (see store_and_wake).
+    const bool asym = membarrier_ready();
     std::uint32_t id = register_actor(c);
-    t_actor = ActorCache{c, gen, id, c->actors[id - 1].who.load(std::memory_order_relaxed)};
+    ActorCache a;
+    a.c = c;
+    a.gen = gen;
+    a.id = id;
+    a.who = c->actors[id - 1].who.load(std::memory_order_relaxed);
+    a.asym = asym;
+    t_actor = a;
     return id;
+}
+// After finishing a put or a get of ticket t in c: this thread need not hand it over.
+inline void finished_put(QueueControl* c, std::uint64_t t) {
+    if (t_actor.c == c) t_actor.last_put = t;
+}
+inline void finished_get(QueueControl* c, std::uint64_t t) {
+    if (t_actor.c == c) t_actor.last_get = t;
 }
 
 // Move free past the slots consumers have released, from F (as read) on.
@@ -452,27 +535,41 @@ inline std::uint32_t actor_id(QueueControl* c) {
 // first ticket not released: what a producer short of room waits for.
 bool advance_free(QueueControl* c, std::uint64_t F, std::uint64_t* blocker) {
     const std::uint64_t T = c->tail.load(std::memory_order_acquire);
-    const std::uint64_t t = cursor_ticket(T), f = cursor_ticket(F);
+    const std::uint64_t t = tk(T), f = tk(F);
     const std::int64_t n = ticket_diff(t, f);
     *blocker = f;
     if (n <= 0 || n > static_cast<std::int64_t>(c->capacity)) return c->free.load(std::memory_order_acquire) != F;
     std::uint64_t k = f;
     std::int64_t i = 0;
+    std::uint32_t end = 0;
     // Acquire: a consumer's copy-out is complete before it released the
     // slot; our release CAS of free passes that on to the producer that
-    // next writes those bytes.
-    while (i < n && slot_at(c, k)->word.load(std::memory_order_acquire) == mk(k + c->capacity, 0)) {
-        k = tnext(k);
-        ++i;
+    // next writes those bytes. A released slot keeps its word until free
+    // has passed it (nobody may claim ticket k + capacity before).
+    for (; i < n; ++i, k = tnext(k)) {
+        const std::uint64_t w = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (tk(w) != tnext(k, c->capacity) || owner_of(w) != 0) break;
+        end = pos_of(w);
     }
     *blocker = k;
     if (i == 0) return c->free.load(std::memory_order_acquire) != F;
-    // Where ticket k's bytes start: tail's position if nothing is claimed
-    // after the released ones, else k's start (written before tail moved
-    // past k, which our acquire load of tail saw).
-    const std::uint32_t p = i == n ? cursor_pos(T) : slot_at(c, k)->start.load(std::memory_order_relaxed);
-    c->free.compare_exchange_strong(F, cursor_pack(k, p), std::memory_order_acq_rel, std::memory_order_acquire);
+    c->free.compare_exchange_strong(F, mk(k, end, 0), std::memory_order_acq_rel, std::memory_order_acquire);
     return true;
+}
+
+// Hand the latest claim a cursor names (cur) over to its slot, if that
+// claim is still in flight: to put (unpublished) or to get (published).
+void hand_over(QueueControl* c, std::uint64_t cur, bool put) {
+    const std::uint32_t x = owner_of(cur);
+    if (x == 0) return;
+    const std::uint64_t k = tprev(tk(cur));
+    QueueSlot* s = slot_at(c, k);
+    std::uint64_t w = s->word.load(std::memory_order_acquire);
+    if (owner_of(w) != 0 || tk(w) != (put ? k : tnext(k))) return;  // finished, or handed over
+    // A claim to put hands over where its bytes end (where tail says the
+    // next ticket's begin); a claim to get keeps the end its slot has.
+    s->word.compare_exchange_strong(w, mk(tk(w), put ? pos_of(cur) : pos_of(w), x), std::memory_order_acq_rel,
+                                    std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -483,8 +580,41 @@ namespace {
 
 struct Claim {
     std::uint64_t ticket;
-    std::uint32_t pos;
+    std::uint32_t pos, end;  // where its bytes begin and end
 };
+
+// After a claim of ticket t whose bytes end at `end`: wait until t is
+// within capacity of free and its bytes are free. True at once, except after
+// a tail CAS that succeeded on a value 2^32 tickets old (see the design
+// note); then the ticket is ours and we wait for its room.
+void settle_put(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint32_t id) {
+    int spins = 0;
+    for (;;) {
+        const std::uint64_t F = c->free.load(std::memory_order_acquire);
+        if (ticket_diff(t, tk(F)) < static_cast<std::int64_t>(c->capacity) &&
+            pos_used(c, end, pos_of(F)) <= c->ring_units)
+            return;
+        std::uint64_t blocker;
+        if (advance_free(c, F, &blocker)) continue;
+        QueueSlot* b = slot_at(c, blocker);
+        const std::uint64_t bw = b->word.load(std::memory_order_acquire);
+        if (spun_out(spins) && repair_slot(c, blocker, bw, id)) continue;
+        if (backoff(spins)) continue;
+        sleep_on(c->get_epoch, c->producers_waiting, id,
+                 [&] { return b->word.load() != bw || c->free.load() != F; }, detail::Deadline::never(), kNapMs);
+    }
+}
+
+void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
+    crash_point();
+    QueueSlot* s = slot_at(c, cl.ticket);
+    s->item.store(detail::slot_item(cl.pos, len), std::memory_order_relaxed);
+    crash_point();
+    finished_put(c, cl.ticket);
+    // Release: the payload, start and len before the word; partner: the
+    // consumer's acquire load of the word.
+    store_and_wake(s->word, mk(tnext(cl.ticket), cl.end, 0), c->put_epoch, c->consumers_waiting);
+}
 
 // Claim the next ticket and `need` units of bytes. Returns nullopt if the
 // queue stays full (of items or of bytes) until d, or at once if !wait.
@@ -495,46 +625,30 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
     const auto cap = static_cast<std::int64_t>(c->capacity);
     for (;;) {
         if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
-        const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+        std::uint64_t T = c->tail.load(std::memory_order_acquire);
         const std::uint64_t F = c->free.load(std::memory_order_acquire);
-        const std::uint64_t t = cursor_ticket(T);
-        const std::int64_t n = ticket_diff(t, cursor_ticket(F));
+        const std::uint64_t t = tk(T);
+        const std::int64_t n = ticket_diff(t, tk(F));
         if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
-        if (n < cap && pos_used(c, cursor_pos(T), cursor_pos(F)) + need <= c->ring_units) {
-            QueueSlot* s = slot_at(c, t);
-            std::uint64_t w = s->word.load(std::memory_order_acquire);
-            if (w == mk(t, 0)) {
-                // acq_rel: a repairer that takes this claim over (its CAS
-                // reads ours) then sees tail at t or later.
-                if (!s->word.compare_exchange_weak(w, mk(t, id), std::memory_order_acq_rel, std::memory_order_relaxed))
-                    continue;
-                crash_point();
-                s->start.store(cursor_pos(T), std::memory_order_relaxed);
-                crash_point();
-                std::uint64_t expect = T;
-                // Release: start before tail leaves t (advance_free reads it).
-                if (!c->tail.compare_exchange_strong(expect, cursor_pack(tnext(t), pos_add(c, cursor_pos(T), need)),
-                                                     std::memory_order_release, std::memory_order_relaxed))
-                    continue;  // a repairer took the slot over (it thought us dead): it is a tombstone now
-                crash_point();
-                if (c->closed.load(std::memory_order_acquire)) {
-                    // Closed while we claimed: publish nothing.
-                    s->len.store(kTombstone, std::memory_order_relaxed);
-                    s->word.store(mk(tnext(t), 0), std::memory_order_release);
-                    wake(c->put_epoch, c->consumers_waiting);
-                    throw closed("shm::Queue: put on a closed queue");
-                }
-                return Claim{t, cursor_pos(T)};
+        if (n < cap && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
+            if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
+            const Claim cl{t, pos_of(T), pos_add(c, pos_of(T), need)};
+            if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+                continue;
+            crash_point();
+            settle_put(c, t, cl.end, id);
+            crash_point();
+            if (c->closed.load(std::memory_order_acquire)) {
+                // Closed while we claimed: publish nothing.
+                QueueSlot* s = slot_at(c, t);
+                s->item.store(detail::slot_item(cl.pos, kTombstone), std::memory_order_relaxed);
+                finished_put(c, t);
+                s->word.store(mk(tnext(t), cl.end, 0), std::memory_order_release);
+                wake(c->put_epoch, c->consumers_waiting);
+                throw closed("shm::Queue: put on a closed queue");
             }
-            if (diff(w, t) == 0 && owner_of(w) != 0) {
-                // Another producer holds ticket t and is about to move tail.
-                if (spins >= kSpin + kYield && repair_slot(c, t, w, id)) continue;
-                if (backoff(spins)) continue;
-                if (!sleep_on(c->get_epoch, c->producers_waiting, id,
-                              [&] { return c->tail.load(std::memory_order_acquire) != T; }, d, kNapMs))
-                    return std::nullopt;
-            }
-            continue;  // tail moved on since we read it
+            return cl;
         }
         // Short of slots or bytes: free what consumers have released.
         std::uint64_t blocker;
@@ -542,7 +656,7 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
         if (!wait) return std::nullopt;
         QueueSlot* b = slot_at(c, blocker);
         const std::uint64_t bw = b->word.load(std::memory_order_acquire);
-        if (owner_of(bw) != 0 && spins >= kSpin + kYield && repair_slot(c, blocker, bw, id)) continue;
+        if (spun_out(spins) && repair_slot(c, blocker, bw, id)) continue;
         if (backoff(spins)) continue;
         if (!sleep_on(c->get_epoch, c->producers_waiting, id,
                       [&] {
@@ -552,15 +666,6 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
                       d))
             return std::nullopt;
     }
-}
-
-void publish(QueueControl* c, std::uint64_t t, std::size_t len) {
-    crash_point();
-    QueueSlot* s = slot_at(c, t);
-    s->len.store(static_cast<std::uint32_t>(len), std::memory_order_relaxed);
-    // Release: the payload and len before FULL; partner: the consumer's
-    // acquire CAS of the word.
-    store_and_wake(s->word, mk(tnext(t), 0), c->put_epoch, c->consumers_waiting);
 }
 
 [[noreturn]] void too_big(const QueueControl* c, const char* what, std::size_t len) {
@@ -580,7 +685,7 @@ bool Queue::put_until(std::string_view item, const detail::Deadline& d) {
     auto cl = claim_put(c_, id, units_of(c_->unit_shift, item.size()), d, true);
     if (!cl) return false;
     if (!item.empty()) std::memcpy(payload_at(c_, cl->pos), item.data(), item.size());
-    publish(c_, cl->ticket, item.size());
+    publish(c_, *cl, static_cast<std::uint32_t>(item.size()));
     return true;
 }
 
@@ -590,7 +695,7 @@ bool Queue::try_put(std::string_view item) {
     auto cl = claim_put(c_, id, units_of(c_->unit_shift, item.size()), detail::Deadline::never(), false);
     if (!cl) return false;
     if (!item.empty()) std::memcpy(payload_at(c_, cl->pos), item.data(), item.size());
-    publish(c_, cl->ticket, item.size());
+    publish(c_, *cl, static_cast<std::uint32_t>(item.size()));
     return true;
 }
 
@@ -605,82 +710,108 @@ std::size_t Queue::put_many(const std::vector<std::string>& items) {
     return items.size();
 }
 
+namespace {
+// A Reservation keeps its ticket and where its bytes begin in one word.
+inline std::uint64_t reservation_word(const Claim& cl) { return cl.ticket | (std::uint64_t(cl.pos) << 32); }
+Claim reserved_claim(QueueControl* c, std::uint64_t word, std::size_t reserved) {
+    const auto pos = static_cast<std::uint32_t>(word >> 32);
+    return Claim{word & kTicketMask, pos, pos_add(c, pos, units_of(c->unit_shift, reserved))};
+}
+}  // namespace
+
 Queue::Reservation Queue::reserve() { return reserve(std::min<std::uint64_t>(c_->max_item, c_->max_bytes)); }
 
 Queue::Reservation Queue::reserve(std::size_t n) {
     if (!fits(c_, n)) too_big(c_, "shm::Queue::reserve", n);
     std::uint32_t id = actor_id(c_);
     auto cl = claim_put(c_, id, units_of(c_->unit_shift, n), detail::Deadline::never(), true);
-    return Reservation(this, cl->ticket, payload_at(c_, cl->pos), n);
+    return Reservation(this, reservation_word(*cl), payload_at(c_, cl->pos), n);
 }
 
 Queue::Reservation::Reservation(Reservation&& o) noexcept : q_(o.q_), pos_(o.pos_), data_(o.data_), cap_(o.cap_) {
     o.q_ = nullptr;
 }
 
+
 void Queue::Reservation::commit(std::size_t len) {
     if (!q_) throw error(EINVAL, "shm::Queue::Reservation: already committed");
     if (len > cap_)
         throw error(EMSGSIZE, "shm::Queue::Reservation::commit: " + std::to_string(len) +
                                   " bytes is over the " + std::to_string(cap_) + " bytes reserved");
-    publish(q_->c_, pos_, len);
+    publish(q_->c_, reserved_claim(q_->c_, pos_, cap_), static_cast<std::uint32_t>(len));
     q_ = nullptr;
 }
 
 Queue::Reservation::~Reservation() {
     if (!q_) return;
-    QueueSlot* s = slot_at(q_->c_, pos_);
-    s->len.store(kTombstone, std::memory_order_relaxed);
-    s->word.store(mk(tnext(pos_), 0), std::memory_order_release);
-    wake(q_->c_->put_epoch, q_->c_->consumers_waiting);
+    publish(q_->c_, reserved_claim(q_->c_, pos_, cap_), kTombstone);
 }
 
 // ---- get ------------------------------------------------------------------------------
 
 namespace {
-// Claim the next FULL slot. Returns its ticket, or nullopt when empty
+// After a claim of ticket h: wait until it is published. True at once,
+// except after a head CAS that succeeded on a value 2^32 tickets old (see
+// the design note); then the ticket is ours and we wait for its item.
+void settle_get(QueueControl* c, std::uint64_t h, std::uint32_t id) {
+    QueueSlot* s = slot_at(c, h);
+    int spins = 0;
+    for (;;) {
+        const std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) == tnext(h)) return;
+        if (spun_out(spins) && repair_slot(c, h, w, id)) continue;
+        if (backoff(spins)) continue;
+        sleep_on(c->put_epoch, c->consumers_waiting, id, [&] { return s->word.load() != w; },
+                 detail::Deadline::never(), kNapMs);
+    }
+}
+
+// Release the slot of ticket h, got (or skipped) by this process.
+void release_slot(QueueControl* c, std::uint64_t h) {
+    QueueSlot* s = slot_at(c, h);
+    const std::uint32_t end = pos_of(s->word.load(std::memory_order_relaxed));
+    finished_get(c, h);
+    // Release: our copy-out is complete before the slot is released; the
+    // producer that next writes these bytes acquires free, which was moved
+    // past this slot by someone who acquired this word.
+    store_and_wake(s->word, mk(tnext(h, c->capacity), end, 0), c->get_epoch, c->producers_waiting);
+}
+
+// Claim the next published item. Returns its ticket, or nullopt when empty
 // (after waiting until d) or closed and drained (*is_closed set).
 std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait,
                                        bool* is_closed) {
     int spins = 0;
     *is_closed = false;
     for (;;) {
-        std::uint64_t pos = c->head.load(std::memory_order_acquire);
-        QueueSlot* s = slot_at(c, pos);
-        std::uint64_t w = s->word.load(std::memory_order_acquire);
-        std::int64_t dif = diff(w, tnext(pos));
-        if (dif == 0) {
-            if (owner_of(w) == 0) {
-                // Acquire: pairs with publish()'s release; the payload is ours.
-                if (s->word.compare_exchange_weak(w, mk(tnext(pos), id), std::memory_order_acquire,
-                                                  std::memory_order_relaxed)) {
-                    crash_point();
-                    advance_head(c, pos);
-                    crash_point();
-                    if (s->len.load(std::memory_order_relaxed) == kTombstone) {
-                        s->word.store(mk(pos + c->capacity, 0), std::memory_order_release);
-                        wake(c->get_epoch, c->producers_waiting);
-                        continue;
-                    }
-                    return pos;
-                }
-            } else {
-                advance_head(c, pos);
+        std::uint64_t H = c->head.load(std::memory_order_acquire);
+        const std::uint64_t h = tk(H);
+        QueueSlot* s = slot_at(c, h);
+        // Acquire: pairs with publish()'s release; the payload is ours.
+        const std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) == tnext(h)) {
+            // Published, and head is at h: nobody has claimed it yet.
+            if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+            if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+                continue;
+            crash_point();
+            settle_get(c, h, id);
+            if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
+                release_slot(c, h);
+                continue;
             }
-            continue;
+            return h;
         }
-        if (dif > 0) {
-            // Ticket pos was taken by someone who did not move head on.
-            advance_head(c, pos);
-            continue;
-        }
-        // Empty here (FREE, or WRITING by a producer).
-        if (c->closed.load(std::memory_order_acquire) && cursor_ticket(c->tail.load(std::memory_order_acquire)) == pos) {
+        if (ticket_diff(tk(w), h) > 0) continue;  // released: head moved on since we read it
+        // Unpublished (empty here, or being written), or still holding the
+        // item of ticket h - capacity, being got.
+        if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
             *is_closed = true;
             return std::nullopt;
         }
         if (!wait) return std::nullopt;
-        if (owner_of(w) != 0 && spins >= kSpin + kYield && repair_slot(c, pos, w, id)) continue;
+        if (spun_out(spins) && repair_slot(c, h, w, id)) continue;
         if (backoff(spins)) continue;
         if (!sleep_on(c->put_epoch, c->consumers_waiting, id,
                       [&] { return s->word.load() != w || c->closed.load(); }, d))  // seq_cst: see store_and_wake
@@ -692,12 +823,10 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
 void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
     crash_point();
     // Counted as taken before the slot is released, so that join() sees the
-    // item either being got (READING) or taken.
+    // item either being got or taken.
     c_->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
-    // Release: our copy-out is complete before the slot is released; the
-    // producer that next writes these bytes acquires free, which was moved
-    // past this slot by someone who acquired this word.
-    store_and_wake(slot_at(c_, pos)->word, mk(pos + c_->capacity, 0), c_->get_epoch, c_->producers_waiting);
+    crash_point();
+    release_slot(c_, pos);
 }
 
 Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
@@ -708,9 +837,8 @@ Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
         if (is_closed && throw_closed) throw shm::closed("shm::Queue::get: the queue is closed and drained");
         return View{nullptr, 0, ~0ull, id};
     }
-    QueueSlot* s = slot_at(c_, *pos);
-    return View{payload_at(c_, s->start.load(std::memory_order_relaxed)), s->len.load(std::memory_order_relaxed), *pos,
-                id};
+    const std::uint64_t item = slot_at(c_, *pos)->item.load(std::memory_order_relaxed);
+    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), *pos, id};
 }
 
 bool Queue::get_until(std::string& out, const detail::Deadline& d) {
@@ -739,8 +867,8 @@ std::optional<std::string> Queue::try_get() {
     bool is_closed = false;
     auto pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
     if (!pos) return std::nullopt;
-    QueueSlot* s = slot_at(c_, *pos);
-    std::string out(payload_at(c_, s->start.load(std::memory_order_relaxed)), s->len.load(std::memory_order_relaxed));
+    const std::uint64_t item = slot_at(c_, *pos)->item.load(std::memory_order_relaxed);
+    std::string out(payload_at(c_, detail::item_start(item)), detail::item_len(item));
     release_view(*pos, id);
     return out;
 }
@@ -790,14 +918,19 @@ bool Queue::join_until(const detail::Deadline& d) {
             if (qsize() != 0) return false;
             // No item is being got by a live process: a consumer counts an
             // item as taken before it releases its slot, so an item is seen
-            // here (READING) or in `taken` below.
+            // here (published, with head past it) or in `taken` below.
+            const std::uint64_t H = c_->head.load(std::memory_order_acquire);
             const std::uint64_t T = c_->tail.load(std::memory_order_acquire);
             const std::uint64_t F = c_->free.load(std::memory_order_acquire);
-            const std::int64_t n = ticket_diff(cursor_ticket(T), cursor_ticket(F));
+            const std::int64_t n = ticket_diff(tk(T), tk(F));
             for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c_->capacity); ++i) {
-                const std::uint64_t k = tnext(cursor_ticket(F), static_cast<std::uint64_t>(i));
+                const std::uint64_t k = tnext(tk(F), static_cast<std::uint64_t>(i));
                 const std::uint64_t w = slot_at(c_, k)->word.load(std::memory_order_acquire);
-                if (diff(w, tnext(k)) == 0 && owner_of(w) != 0 && actor_alive(c_, owner_of(w))) return false;
+                if (tk(w) != tnext(k)) continue;             // not published, or released
+                if (ticket_diff(k, tk(H)) >= 0) return false;  // queued
+                std::uint32_t owner = owner_of(w);
+                if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H);
+                if (owner == 0 || actor_alive(c_, owner)) return false;  // being got (a hand-over may be under way)
             }
             for (std::uint32_t i = 0; i < kMaxProcesses; ++i) {
                 QueueActor& a = c_->actors[i];
@@ -826,8 +959,8 @@ void Queue::close() {
 bool Queue::closed() const noexcept { return c_->closed.load(std::memory_order_acquire) != 0; }
 
 std::size_t Queue::qsize() const noexcept {
-    const std::int64_t n = ticket_diff(cursor_ticket(c_->tail.load(std::memory_order_acquire)),
-                                       c_->head.load(std::memory_order_acquire));
+    const std::int64_t n =
+        ticket_diff(tk(c_->tail.load(std::memory_order_acquire)), tk(c_->head.load(std::memory_order_acquire)));
     if (n <= 0) return 0;
     return static_cast<std::size_t>(std::min<std::int64_t>(n, c_->capacity));
 }
@@ -841,8 +974,8 @@ std::uint64_t Queue::bytes_used() const noexcept {
     }
     const std::uint64_t F = c_->free.load(std::memory_order_acquire);
     const std::uint64_t T = c_->tail.load(std::memory_order_acquire);
-    if (ticket_diff(cursor_ticket(T), cursor_ticket(F)) <= 0) return 0;
-    return std::uint64_t(pos_used(c_, cursor_pos(T), cursor_pos(F))) << c_->unit_shift;
+    if (ticket_diff(tk(T), tk(F)) <= 0) return 0;
+    return std::uint64_t(pos_used(c_, pos_of(T), pos_of(F))) << c_->unit_shift;
 }
 
 bool Queue::full() const noexcept {

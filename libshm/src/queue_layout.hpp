@@ -17,39 +17,54 @@
 
 namespace shm {
 
-inline constexpr std::uint64_t kQueueMagic = 0x3265'7565'7571'6d73ull;  // "smqueue2"
+inline constexpr std::uint64_t kQueueMagic = 0x3365'7565'7571'6d73ull;  // "smqueue3"
 
 namespace detail {
 
-// Tickets (one per item put, in order) are counted modulo 2^39. A byte
-// position counts ring units modulo 2 × ring_units (so that a full ring and
-// an empty one differ); the unit it names is position mod ring_units. The
-// tail and free cursors pack both into one word: ticket << 25 | position.
-inline constexpr unsigned kTicketBits = 39;
+// Tickets (one per item put, in order) count modulo 2^32. A byte position
+// counts ring units modulo 2 × ring_units (so that a full ring and an empty
+// one differ); the unit it names is position mod ring_units.
+//
+// Slot words and the three cursors share one packing:
+//     ticket << 32 | position << 8 | owner
+// owner is an actor id (1 .. 64, 0 for none), plus kQueueRepairFlag in a
+// slot word that a repairer has marked. tail = (next ticket to put, where
+// its bytes start, who claimed the ticket before it); head = (next ticket
+// to get, 0, who claimed the ticket before it); free = (first ticket whose
+// bytes are not free yet, where they start, 0).
+inline constexpr unsigned kTicketBits = 32;
 inline constexpr std::uint64_t kTicketMask = (std::uint64_t(1) << kTicketBits) - 1;
-inline constexpr unsigned kPosBits = 25;
+inline constexpr unsigned kPosBits = 24;
 inline constexpr std::uint32_t kMaxRingUnits = std::uint32_t(1) << (kPosBits - 1);
 inline constexpr std::uint64_t kPosMask = (std::uint64_t(1) << kPosBits) - 1;
-inline constexpr std::uint64_t cursor_pack(std::uint64_t ticket, std::uint64_t pos) {
-    return ((ticket & kTicketMask) << kPosBits) | (pos & kPosMask);
+inline constexpr std::uint32_t kQueueRepairFlag = 0x80;
+inline constexpr std::uint64_t qword(std::uint64_t ticket, std::uint64_t pos, std::uint32_t owner) {
+    return ((ticket & kTicketMask) << 32) | ((pos & kPosMask) << 8) | (owner & 0xffu);
 }
-inline constexpr std::uint64_t cursor_ticket(std::uint64_t c) { return c >> kPosBits; }
-inline constexpr std::uint32_t cursor_pos(std::uint64_t c) { return static_cast<std::uint32_t>(c & kPosMask); }
+inline constexpr std::uint64_t cursor_ticket(std::uint64_t w) { return w >> 32; }
+inline constexpr std::uint32_t cursor_pos(std::uint64_t w) { return static_cast<std::uint32_t>((w >> 8) & kPosMask); }
+inline constexpr std::uint32_t cursor_owner(std::uint64_t w) { return static_cast<std::uint32_t>(w & 0xffu); }
 // Signed distance a - b between two tickets.
 inline constexpr std::int64_t ticket_diff(std::uint64_t a, std::uint64_t b) {
-    return static_cast<std::int64_t>(((a - b) & kTicketMask) << (64 - kTicketBits)) >> (64 - kTicketBits);
+    return static_cast<std::int32_t>(static_cast<std::uint32_t>(a - b));
 }
 
 inline constexpr std::uint32_t kQueueTombstone = 0xffffffffu;  // QueueSlot::len of an item that was never put
 
-// One per ticket modulo capacity. word = ticket << 16 | claimer (see
-// queue.cpp for the states). start and len describe the item of the slot's
-// current ticket and do not change until the free cursor has passed it.
+// One per ticket modulo capacity; see queue.cpp for the states of word.
+// item describes the item of the slot's current ticket, in one word so that
+// its producer writes it with one store just before it publishes (consumers
+// read it after): start | len << 32, where start is the byte position where
+// the payload begins and len its bytes, or kQueueTombstone.
 struct QueueSlot {
     std::atomic<std::uint64_t> word;
-    std::atomic<std::uint32_t> start;  // byte position where the payload begins
-    std::atomic<std::uint32_t> len;    // bytes, or kQueueTombstone
+    std::atomic<std::uint64_t> item;
 };
+inline constexpr std::uint64_t slot_item(std::uint32_t start, std::uint32_t len) {
+    return std::uint64_t(start) | (std::uint64_t(len) << 32);
+}
+inline constexpr std::uint32_t item_start(std::uint64_t item) { return static_cast<std::uint32_t>(item); }
+inline constexpr std::uint32_t item_len(std::uint64_t item) { return static_cast<std::uint32_t>(item >> 32); }
 
 // One cache line each: a consumer's counters do not share a line with another's.
 struct alignas(64) QueueActor {
@@ -65,11 +80,11 @@ struct QueueControl {
     std::uint32_t max_item;    // bytes
     std::uint64_t max_bytes;   // the byte budget as set (ring_units << unit_shift rounds it up)
     std::uint32_t ring_units;  // units in the ring, at most kMaxRingUnits
-    std::uint32_t unit_shift;  // log2 of the unit: 3 (8 bytes) for rings up to 128 MiB
+    std::uint32_t unit_shift;  // log2 of the unit: 3 (8 bytes) for rings up to 64 MiB
     std::uint64_t ring_offset; // bytes from this block's start to the ring
     std::uint64_t reserved0[3];
-    alignas(64) std::atomic<std::uint64_t> tail;  // cursor: next ticket to put, where its bytes start
-    alignas(64) std::atomic<std::uint64_t> head;  // next ticket to get (a hint)
+    alignas(64) std::atomic<std::uint64_t> tail;  // cursor: next ticket to put
+    alignas(64) std::atomic<std::uint64_t> head;  // cursor: next ticket to get
     alignas(64) std::atomic<std::uint64_t> free;  // cursor: first ticket whose bytes are not yet free
     alignas(64) std::atomic<std::uint32_t> put_epoch;  // consumers sleep on it
     std::atomic<std::uint64_t> consumers_waiting;      // bit per actor

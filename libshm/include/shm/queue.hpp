@@ -11,16 +11,19 @@
 // to 1 MiB with max_bytes = 64 MiB takes about 67 MiB, not 100 GB.
 //
 // How it works: every put takes a ticket (its place in the order) and the
-// next bytes of a byte ring, in one compare-and-swap on a word that packs
-// both; the ticket's slot holds one 64-bit word with the ticket and the id
-// of the process that claimed it. Producers and consumers claim with a CAS,
-// copy, and publish with one store: no lock per item. The claimer's id is
-// what makes crashes safe: a process that finds a slot claimed by a process
-// that has died repairs it — a half-written item becomes a tombstone that
-// consumers skip (it was never put, and its bytes are freed with it), a
-// half-read item is released (it was taken, whole, by the dead consumer).
-// Waiting spins briefly, then sleeps on a futex; sleepers re-check the
-// liveness of whoever blocks them every 50 ms.
+// next bytes of a byte ring, in one compare-and-swap on a cursor word that
+// packs both with the id of the process that claimed them; every get takes
+// the next ticket with one compare-and-swap on another cursor. The item's
+// slot, a 64-bit word and its item's position and length, is then written
+// and read with plain stores and loads: no lock per item, and one producer
+// and one consumer share no line but the item's own. Each claim in flight
+// is named by its cursor, or, once the cursor has moved on, by its slot: a
+// process that finds a claim held by a process that has died repairs it —
+// a half-written item becomes a tombstone that consumers skip (it was never
+// put, and its bytes are freed with it), a half-read item is released (it
+// was taken, whole, by the dead consumer). Waiting spins briefly, then
+// sleeps on a futex; sleepers re-check the liveness of whoever blocks them
+// every 50 ms.
 //
 // Guarantees: FIFO per producer; no item is delivered twice; no item is lost
 // while the queue exists, except the one item a killed consumer had taken.
@@ -53,8 +56,8 @@ struct QueueOptions {
     std::uint32_t max_item_size = 256;   // bytes (1 .. 256 MiB)
     // Bytes of item payloads the queue holds at most (up to 1 TiB); 0 means
     // capacity × max_item_size. Each item counts its length rounded up to
-    // the ring's unit: 8 bytes while max_bytes is at most 128 MiB, else the
-    // power of two that keeps the ring within 2^24 units.
+    // the ring's unit: 8 bytes while max_bytes is at most 64 MiB, else the
+    // power of two that keeps the ring within 2^23 units.
     std::uint64_t max_bytes = 0;
 };
 
