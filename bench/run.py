@@ -17,11 +17,15 @@ queue.pingpong.64B.p50 and .p99).
 
 This script asks each program in PROGRAMS for its cases, then runs case by
 case every program that has it, so the implementations of one case are
-measured one right after the other on the same machine state. It writes all
-results to build/bench/results.jsonl (one object a line, as above), prints a
-table with each implementation's ratio to libshm, and checks the targets.
-Absolute figures swing between runs on shared virtual CPUs; compare ratios
-within one run.
+measured one right after the other on the same machine state. It does so
+--rounds times (3 by default), taking the implementations in turn. On shared
+virtual CPUs the speed of the machine itself changes from second to second
+(how the host places them), so a figure is the median of its rounds and a
+ratio is the median of the ratios within each round, figures measured
+seconds apart. It writes the medians to build/bench/results.jsonl (one
+object a line, as above), prints a table with each implementation's ratio
+to libshm, and checks the targets. Absolute figures swing between runs;
+compare ratios within one run.
 """
 
 import argparse
@@ -116,6 +120,48 @@ def fmt_ratio(r):
     return f"1/{inv:.3g}" if inv < 1000 else f"1/{inv:,.0f}"
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+class Rounds:
+    """The figures of every round: a figure is the median of its rounds, a
+    ratio the median of the ratios within each round (see the module
+    docstring)."""
+
+    def __init__(self):
+        self.by_round = {}  # (bench, impl) -> {round: value}
+        self.first = {}     # (bench, impl) -> the first result line (unit, note), or its "skipped"
+        self.order = []
+
+    def add(self, rnd, r):
+        key = (r["bench"], r["impl"])
+        if key not in self.first:
+            self.first[key] = r
+            self.order.append(key)
+        if "skipped" not in r:
+            self.by_round.setdefault(key, {})[rnd] = r["value"]
+
+    def results(self):
+        """One line per (bench, impl), its value the median of its rounds."""
+        out = []
+        for key in self.order:
+            r = dict(self.first[key])
+            if key in self.by_round:
+                r.pop("skipped", None)
+                r["value"] = median(list(self.by_round[key].values()))
+            out.append(r)
+        return out
+
+    def ratio(self, bench, num, den):
+        """Median over rounds of value(num) / value(den), None without a common round."""
+        a, b = self.by_round.get((bench, num), {}), self.by_round.get((bench, den), {})
+        rs = [a[k] / b[k] for k in a if k in b and b[k]]
+        return median(rs) if rs else None
+
+
 def run_program(label, argv, extra, timeout):
     """Run one program in its own process group; returns (results, ok)."""
     try:
@@ -162,9 +208,13 @@ def main():
     ap.add_argument("--warmup", type=float, default=0.1, help="untimed warm-up before each measurement")
     ap.add_argument("--only", action="append", default=[], metavar="PREFIX",
                     help="run only the cases whose names start so (repeatable)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of every implementation of a case, taken in turn (figures and ratios are medians)")
     a = ap.parse_args()
     if not (0 < a.seconds <= 60) or not (0 <= a.warmup <= 10):
         ap.error("--seconds must be in (0, 60] and --warmup in [0, 10]")
+    if not 1 <= a.rounds <= 20:
+        ap.error("--rounds must be 1 .. 20")
 
     ok = True
     progs = []  # (label, argv, cases)
@@ -180,16 +230,21 @@ def main():
         progs.append((label, argv, cases))
         order += [c for c in cases if c not in order]
 
-    results = []
+    rounds = Rounds()
     for case in order:
-        print(f"bench: {case}", file=sys.stderr, flush=True)
-        for label, argv, cases in progs:
-            if case not in cases:
-                continue
-            extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
-            got, fine = run_program(label, argv, extra, timeout=60 + 3 * (a.seconds + a.warmup))
-            results += [r for r in got if belongs(r["bench"], case)]
-            ok = ok and fine
+        for rnd in range(a.rounds):
+            print(f"bench: {case}" + (f" (round {rnd + 1} of {a.rounds})" if a.rounds > 1 else ""),
+                  file=sys.stderr, flush=True)
+            for label, argv, cases in progs:
+                if case not in cases:
+                    continue
+                extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
+                got, fine = run_program(label, argv, extra, timeout=60 + 3 * (a.seconds + a.warmup))
+                for r in got:
+                    if belongs(r["bench"], case):
+                        rounds.add(rnd, r)
+                ok = ok and fine
+    results = rounds.results()
 
     # results.jsonl holds the figures only, each with exactly the four keys.
     skipped = [r for r in results if "skipped" in r]
@@ -206,8 +261,9 @@ def main():
         rows_order += [b for b in dict.fromkeys(named) if b not in rows_order] or [case]
     value = {(r["bench"], r["impl"]): r["value"] for r in results}
     print()
-    print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {os.cpu_count()} CPUs. "
-          "ratio = value / libshm's value for the same case (shmd's for shmd.*); compare ratios within one run only.")
+    print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {a.rounds} round{'s' if a.rounds > 1 else ''} "
+          f"taken in turn, {os.cpu_count()} CPUs. value = median of the rounds; ratio = median of "
+          "value / libshm's value (shmd's for shmd.*) within each round; compare ratios within one run only.")
     print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds) "
           "and delays (ms): lower is better.")
     print()
@@ -225,7 +281,8 @@ def main():
             if "skipped" in r:
                 print(f"{name:<24} {r['impl']:<20} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
                 continue
-            ratio = fmt_ratio(r["value"] / base) if base else "n/a"
+            q = rounds.ratio(bench, r["impl"], base_impl(bench)) if base else None
+            ratio = fmt_ratio(q) if q else "n/a"
             print(f"{name:<24} {r['impl']:<20} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
         if not rows:
             print(f"{bench:<24} {'(no result)':<20}")
@@ -239,10 +296,10 @@ def main():
         print(f"  {title}: {num}/{den} {op} {fmt_bound(bound)}")
         for case in cases:
             x, y = value.get((case, num)), value.get((case, den))
-            if x is None or not y:
+            ratio = rounds.ratio(case, num, den)
+            if x is None or not y or ratio is None:
                 verdict, shown = "MISSED", "no result"
             else:
-                ratio = x / y
                 met = ratio >= bound if op == ">=" else ratio <= bound
                 unit = next((r["unit"] for r in results if r["bench"] == case and r["impl"] == num), "")
                 verdict, shown = ("met" if met else "MISSED"), (

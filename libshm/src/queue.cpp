@@ -82,7 +82,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <functional>
 #include <mutex>
 
 #include "layout.hpp"
@@ -272,8 +271,9 @@ void store_and_wake(std::atomic<std::uint64_t>& word, std::uint64_t value, std::
 
 // Sleep until the epoch moves, the deadline, or the poll interval.
 // Returns false if the deadline has passed.
-bool sleep_on(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask, std::uint32_t id,
-              const std::function<bool()>& ready, const detail::Deadline& d, long poll_ms = kPollMs) {
+template <class Ready>
+bool sleep_on(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask, std::uint32_t id, Ready&& ready,
+              const detail::Deadline& d, long poll_ms = kPollMs) {
     if (d.passed()) return false;
     const std::uint64_t bit = 1ull << (id - 1);
     mask.fetch_or(bit, std::memory_order_seq_cst);
@@ -583,17 +583,18 @@ struct Claim {
     std::uint32_t pos, end;  // where its bytes begin and end
 };
 
-// After a claim of ticket t whose bytes end at `end`: wait until t is
-// within capacity of free and its bytes are free. True at once, except after
-// a tail CAS that succeeded on a value 2^32 tickets old (see the design
-// note); then the ticket is ours and we wait for its room.
-void settle_put(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint32_t id) {
+// Whether ticket t, whose bytes end at `end`, is within capacity of free (F)
+// and its bytes are free. True right after a claim, except after a tail CAS
+// that succeeded on a value 2^32 tickets old (see the design note); then the
+// ticket is ours and wait_room() waits for its room.
+inline bool has_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint64_t F) {
+    return ticket_diff(t, tk(F)) < static_cast<std::int64_t>(c->capacity) && pos_used(c, end, pos_of(F)) <= c->ring_units;
+}
+[[gnu::noinline, gnu::cold]] void wait_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint32_t id) {
     int spins = 0;
     for (;;) {
         const std::uint64_t F = c->free.load(std::memory_order_acquire);
-        if (ticket_diff(t, tk(F)) < static_cast<std::int64_t>(c->capacity) &&
-            pos_used(c, end, pos_of(F)) <= c->ring_units)
-            return;
+        if (has_room(c, t, end, F)) return;
         std::uint64_t blocker;
         if (advance_free(c, F, &blocker)) continue;
         QueueSlot* b = slot_at(c, blocker);
@@ -616,11 +617,11 @@ void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
     store_and_wake(s->word, mk(tnext(cl.ticket), cl.end, 0), c->put_epoch, c->consumers_waiting);
 }
 
-// Claim the next ticket and `need` units of bytes. Returns nullopt if the
-// queue stays full (of items or of bytes) until d, or at once if !wait.
+// Claim the next ticket and `need` units of bytes into cl. Returns false if
+// the queue stays full (of items or of bytes) until d, or at once if !wait.
 // Throws closed.
-std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, const detail::Deadline& d,
-                               bool wait) {
+bool claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, const detail::Deadline& d, bool wait,
+               Claim& cl) {
     int spins = 0;
     const auto cap = static_cast<std::int64_t>(c->capacity);
     for (;;) {
@@ -632,12 +633,12 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
         if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
         if (n < cap && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
             if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
-            const Claim cl{t, pos_of(T), pos_add(c, pos_of(T), need)};
+            cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
             if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
                                                std::memory_order_relaxed))
                 continue;
             crash_point();
-            settle_put(c, t, cl.end, id);
+            if (!has_room(c, t, cl.end, c->free.load(std::memory_order_acquire))) wait_room(c, t, cl.end, id);
             crash_point();
             if (c->closed.load(std::memory_order_acquire)) {
                 // Closed while we claimed: publish nothing.
@@ -648,12 +649,12 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
                 wake(c->put_epoch, c->consumers_waiting);
                 throw closed("shm::Queue: put on a closed queue");
             }
-            return cl;
+            return true;
         }
         // Short of slots or bytes: free what consumers have released.
         std::uint64_t blocker;
         if (advance_free(c, F, &blocker)) continue;
-        if (!wait) return std::nullopt;
+        if (!wait) return false;
         QueueSlot* b = slot_at(c, blocker);
         const std::uint64_t bw = b->word.load(std::memory_order_acquire);
         if (spun_out(spins) && repair_slot(c, blocker, bw, id)) continue;
@@ -664,7 +665,7 @@ std::optional<Claim> claim_put(QueueControl* c, std::uint32_t id, std::uint32_t 
                           return b->word.load() != bw || c->free.load() != F || c->closed.load();
                       },
                       d))
-            return std::nullopt;
+            return false;
     }
 }
 
@@ -682,20 +683,20 @@ inline bool fits(const QueueControl* c, std::size_t len) { return len <= c->max_
 bool Queue::put_until(std::string_view item, const detail::Deadline& d) {
     if (!fits(c_, item.size())) too_big(c_, "shm::Queue::put", item.size());
     std::uint32_t id = actor_id(c_);
-    auto cl = claim_put(c_, id, units_of(c_->unit_shift, item.size()), d, true);
-    if (!cl) return false;
-    if (!item.empty()) std::memcpy(payload_at(c_, cl->pos), item.data(), item.size());
-    publish(c_, *cl, static_cast<std::uint32_t>(item.size()));
+    Claim cl;
+    if (!claim_put(c_, id, units_of(c_->unit_shift, item.size()), d, true, cl)) return false;
+    if (!item.empty()) std::memcpy(payload_at(c_, cl.pos), item.data(), item.size());
+    publish(c_, cl, static_cast<std::uint32_t>(item.size()));
     return true;
 }
 
 bool Queue::try_put(std::string_view item) {
     if (!fits(c_, item.size())) too_big(c_, "shm::Queue::put", item.size());
     std::uint32_t id = actor_id(c_);
-    auto cl = claim_put(c_, id, units_of(c_->unit_shift, item.size()), detail::Deadline::never(), false);
-    if (!cl) return false;
-    if (!item.empty()) std::memcpy(payload_at(c_, cl->pos), item.data(), item.size());
-    publish(c_, *cl, static_cast<std::uint32_t>(item.size()));
+    Claim cl;
+    if (!claim_put(c_, id, units_of(c_->unit_shift, item.size()), detail::Deadline::never(), false, cl)) return false;
+    if (!item.empty()) std::memcpy(payload_at(c_, cl.pos), item.data(), item.size());
+    publish(c_, cl, static_cast<std::uint32_t>(item.size()));
     return true;
 }
 
@@ -724,8 +725,9 @@ Queue::Reservation Queue::reserve() { return reserve(std::min<std::uint64_t>(c_-
 Queue::Reservation Queue::reserve(std::size_t n) {
     if (!fits(c_, n)) too_big(c_, "shm::Queue::reserve", n);
     std::uint32_t id = actor_id(c_);
-    auto cl = claim_put(c_, id, units_of(c_->unit_shift, n), detail::Deadline::never(), true);
-    return Reservation(this, reservation_word(*cl), payload_at(c_, cl->pos), n);
+    Claim cl;
+    claim_put(c_, id, units_of(c_->unit_shift, n), detail::Deadline::never(), true, cl);
+    return Reservation(this, reservation_word(cl), payload_at(c_, cl.pos), n);
 }
 
 Queue::Reservation::Reservation(Reservation&& o) noexcept : q_(o.q_), pos_(o.pos_), data_(o.data_), cap_(o.cap_) {
@@ -750,10 +752,10 @@ Queue::Reservation::~Reservation() {
 // ---- get ------------------------------------------------------------------------------
 
 namespace {
-// After a claim of ticket h: wait until it is published. True at once,
-// except after a head CAS that succeeded on a value 2^32 tickets old (see
-// the design note); then the ticket is ours and we wait for its item.
-void settle_get(QueueControl* c, std::uint64_t h, std::uint32_t id) {
+// Wait until ticket h, claimed, is published. Only needed after a head CAS
+// that succeeded on a value 2^32 tickets old (see the design note); then
+// the ticket is ours and we wait for its item.
+[[gnu::noinline, gnu::cold]] void wait_published(QueueControl* c, std::uint64_t h, std::uint32_t id) {
     QueueSlot* s = slot_at(c, h);
     int spins = 0;
     for (;;) {
@@ -777,10 +779,10 @@ void release_slot(QueueControl* c, std::uint64_t h) {
     store_and_wake(s->word, mk(tnext(h, c->capacity), end, 0), c->get_epoch, c->producers_waiting);
 }
 
-// Claim the next published item. Returns its ticket, or nullopt when empty
-// (after waiting until d) or closed and drained (*is_closed set).
-std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait,
-                                       bool* is_closed) {
+// Claim the next published item. Returns its ticket, or kNoTicket when
+// empty (after waiting until d) or closed and drained (*is_closed set).
+constexpr std::uint64_t kNoTicket = ~0ull;
+std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
     int spins = 0;
     *is_closed = false;
     for (;;) {
@@ -796,7 +798,7 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
                                                std::memory_order_relaxed))
                 continue;
             crash_point();
-            settle_get(c, h, id);
+            if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
             if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
                 release_slot(c, h);
                 continue;
@@ -808,14 +810,14 @@ std::optional<std::uint64_t> claim_get(QueueControl* c, std::uint32_t id, const 
         // item of ticket h - capacity, being got.
         if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
             *is_closed = true;
-            return std::nullopt;
+            return kNoTicket;
         }
-        if (!wait) return std::nullopt;
+        if (!wait) return kNoTicket;
         if (spun_out(spins) && repair_slot(c, h, w, id)) continue;
         if (backoff(spins)) continue;
         if (!sleep_on(c->put_epoch, c->consumers_waiting, id,
                       [&] { return s->word.load() != w || c->closed.load(); }, d))  // seq_cst: see store_and_wake
-            return std::nullopt;
+            return kNoTicket;
     }
 }
 }  // namespace
@@ -832,18 +834,18 @@ void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
 Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
     std::uint32_t id = actor_id(c_);
     bool is_closed = false;
-    auto pos = claim_get(c_, id, d, true, &is_closed);
-    if (!pos) {
+    const std::uint64_t pos = claim_get(c_, id, d, true, &is_closed);
+    if (pos == kNoTicket) {
         if (is_closed && throw_closed) throw shm::closed("shm::Queue::get: the queue is closed and drained");
-        return View{nullptr, 0, ~0ull, id};
+        return View{nullptr, 0, kNoTicket, id};
     }
-    const std::uint64_t item = slot_at(c_, *pos)->item.load(std::memory_order_relaxed);
-    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), *pos, id};
+    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
+    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), pos, id};
 }
 
 bool Queue::get_until(std::string& out, const detail::Deadline& d) {
     View v = get_view(d, false);
-    if (v.pos == ~0ull) return false;
+    if (v.pos == kNoTicket) return false;
     out.assign(static_cast<const char*>(v.data), v.len);
     release_view(v.pos, v.id);
     return true;
@@ -865,11 +867,11 @@ void Queue::get(std::string& out) {
 std::optional<std::string> Queue::try_get() {
     std::uint32_t id = actor_id(c_);
     bool is_closed = false;
-    auto pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
-    if (!pos) return std::nullopt;
-    const std::uint64_t item = slot_at(c_, *pos)->item.load(std::memory_order_relaxed);
+    const std::uint64_t pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
+    if (pos == kNoTicket) return std::nullopt;
+    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
     std::string out(payload_at(c_, detail::item_start(item)), detail::item_len(item));
-    release_view(*pos, id);
+    release_view(pos, id);
     return out;
 }
 
