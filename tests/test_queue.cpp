@@ -2,6 +2,12 @@
 // time-outs, close, task_done/join, batches, zero copy, typed queues, the
 // byte budget, and producers and consumers SIGKILLed at random points and
 // at every step of put, get and repair.
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/syscall.h>
+
+#include <cstddef>
 #include <fstream>
 #include <map>
 #include <set>
@@ -242,6 +248,57 @@ TEST_CASE("blocking get and put wake across processes and time-outs return", "[q
     CHECK_FALSE(q.put_for("z", 5ms));
     CHECK(q.get_many(10, 5ms) == std::vector<std::string>{"x", "y"});
     CHECK(q.get_many(10, 5ms).empty());
+}
+
+namespace {
+// Make membarrier(2) fail with EPERM in this process, as a container's
+// seccomp filter might. False where that cannot be set up.
+bool refuse_membarrier() {
+#if defined(__x86_64__)
+    sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_membarrier, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof f / sizeof f[0]), f};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+    if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return false;
+    return ::syscall(__NR_membarrier, 0, 0, 0) == -1 && errno == EPERM;
+#else
+    return false;
+#endif
+}
+}  // namespace
+
+// Publishing skips its fence in processes registered for membarrier; one
+// refused it must fence its own stores and poll while it sleeps.
+TEST_CASE("a process refused membarrier trades items both ways with one that has it", "[queue]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("nomembarrier", kSize);
+    shm::Queue req = shm::Queue::create(seg, "req"), rep = shm::Queue::create(seg, "rep");
+    auto& refused = seg.construct<std::atomic<int>>("refused", 0);
+    constexpr int kRounds = 2000;
+    pid_t child = test::spawn([&] {
+        refused = refuse_membarrier() ? 1 : 2;
+        for (int i = 0; i < kRounds; ++i) {
+            std::string s = req.get();
+            if (i % 100 == 0) std::this_thread::sleep_for(3ms);  // the parent sleeps in get
+            rep.put(s);
+        }
+        return 0;
+    });
+    REQUIRE(test::eventually([&] { return refused.load() != 0; }));
+    if (refused == 2) WARN("no seccomp filter here: both processes have membarrier");
+    for (int i = 0; i < kRounds; ++i) {
+        if (i % 100 == 50) std::this_thread::sleep_for(3ms);  // the child sleeps in get
+        req.put(std::to_string(i));
+        REQUIRE(rep.get_for(10s) == std::optional<std::string>(std::to_string(i)));
+    }
+    test::require_exit_ok(child, 10s);
 }
 
 TEST_CASE("close: puts fail and consumers drain then see closed and blocked ones wake", "[queue]") {
