@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 
+#include <shm/admin.hpp>
 #include <shm/shm.hpp>
 
 #include "layout.hpp"
@@ -442,6 +443,30 @@ TEST_CASE("a creator killed during initialisation never blocks the name", "[segm
         CHECK_FALSE(dir.has("halfway"));
     }
     CHECK(crashed == 6);
+}
+
+TEST_CASE("a header with its magic but not yet its version is half-initialised, not another layout",
+          "[segment][crash]") {
+    test::ShmDir dir;
+    // What a creator killed (or read) between writing magic and version leaves.
+    {
+        std::ofstream f(shm::segment_path("halfmagic"), std::ios::binary);
+        std::string zeros(kSize, '\0');
+        const std::uint64_t magic = shm::layout::kMagic;
+        std::memcpy(&zeros[0], &magic, sizeof magic);
+        f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+    }
+    auto info = shm::admin::inspect_segment(shm::segment_path("halfmagic").string(), false);
+    CHECK(info.status == shm::admin::SegmentStatus::uninitialised);
+    CHECK(info.being_created);  // a second old at most: perhaps still being made
+    std::this_thread::sleep_for(2100ms);  // "over a second", counted in whole seconds
+    info = shm::admin::inspect_segment(shm::segment_path("halfmagic").string(), false);
+    CHECK(info.status == shm::admin::SegmentStatus::uninitialised);
+    CHECK_FALSE(info.being_created);
+    // Reclaimed like any file a dead creator left half-made.
+    shm::ReapReport r = shm::Segment::reap_dead("halfmagic");
+    CHECK(r.unlinked);
+    CHECK_FALSE(dir.has("halfmagic"));
 }
 
 TEST_CASE("space is reserved up front: too large for the tmpfs is a clear error", "[segment][space]") {

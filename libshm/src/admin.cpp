@@ -779,6 +779,8 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
         return si;
     }
     if (fsize < layout::kHeaderSize) return uninitialised();
+    // Magic is written before version; version 0 is none: half-initialised.
+    if (h->version == 0) return uninitialised();
     si.layout_version = h->version;
     if (h->version != layout::kVersion) {
         si.status = SegmentStatus::version_mismatch;

@@ -176,6 +176,9 @@ Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, 
     Header* h = m.hdr();
     if (h->magic == 0) return Kind::uninitialised;
     if (h->magic != layout::kMagic) return Kind::foreign;
+    // The creator writes magic, then version: no layout has version 0, so
+    // a file that says so was caught (or its creator killed) in between.
+    if (h->version == 0) return Kind::uninitialised;
     if (h->version != layout::kVersion)
         throw version_mismatch("segment " + q(name) + " (" + path + ") has layout version " +
                                    std::to_string(h->version) + "; this libshm " + version() +
