@@ -185,29 +185,7 @@ TEST_CASE("List: the Python list operations", "[container][list]") {
     CHECK(clean(l.verify()));
 }
 
-TEST_CASE("an operation too large to commit at once is refused and changes nothing", "[container][limits]") {
-    test::ShmDir dir;
-    auto seg = shm::Segment::create("limits", kSize);
-    List l = List::open_or_create(seg, "l");
-    l.append("before");
-    std::vector<Value> many;
-    for (int i = 0; i < 2000; ++i) many.push_back("item-" + std::to_string(i));
-    try {
-        l.extend(many);
-        FAIL("extend of 2000 strings committed in one step");
-    } catch (const shm::error& e) {
-        CHECK(e.code().value() == E2BIG);
-        CHECK(std::string(e.what()).find("split it") != std::string::npos);
-    }
-    CHECK(l.size() == 1);
-    CHECK(clean(l.verify()));
-    // In pieces it works.
-    for (std::size_t i = 0; i < many.size(); i += 100)
-        l.extend(std::vector<Value>(many.begin() + static_cast<long>(i), many.begin() + static_cast<long>(i + 100)));
-    CHECK(l.size() == 2001);
-    CHECK(l.get<std::string>(-1) == "item-1999");
-    CHECK(clean(l.verify()));
-}
+// Refusals and operations as large as the heap: test_refusals.cpp.
 
 TEST_CASE("nested containers are shared and changed from another process", "[container][nested]") {
     test::ShmDir dir;

@@ -6,6 +6,8 @@
 
 #include <shm/shm.hpp>
 
+#include "heap.hpp"
+#include "layout.hpp"
 #include "support.hpp"
 
 constexpr std::size_t kSize = 1 << 20;
@@ -206,4 +208,93 @@ TEST_CASE("a throwing constructor leaves nothing behind", "[heap][objects]") {
     CHECK(r.objects == 0);
     CHECK(r.used_blocks == 0);
     CHECK(seg.find<Bomb>("b") == nullptr);
+}
+
+// ---- transactions: the rules that let one operation be as large as the heap ----
+
+namespace {
+std::uint64_t off(shm::Segment& seg, void* p) { return seg.offset_of(p); }
+char* at(shm::Segment& seg, std::uint64_t o) { return static_cast<char*>(seg.base()) + o; }
+}  // namespace
+
+TEST_CASE("a block freed in a transaction is not handed out again by it, so an undo brings it back", "[heap][txn]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("txn", kSize);
+    auto* h = static_cast<shm::layout::Header*>(seg.base());
+    // Two live blocks with known contents, and nothing else free nearby that
+    // would be picked first.
+    void* a = seg.allocate(4000);
+    void* b = seg.allocate(4000);
+    std::memset(a, 'A', 4000);
+    std::memset(b, 'B', 4000);
+    const std::size_t used = seg.used_memory();
+    const std::uint64_t oa = off(seg, a);
+    {
+        shm::heap::Txn t(h);
+        shm::heap::deallocate(t, oa);
+        CHECK(t.deferred_count() == 1);
+        // Same size again: must not be a's block, whose bytes an undo needs.
+        std::uint64_t p = shm::heap::allocate(t, 4000, 16);
+        REQUIRE(p != 0);
+        CHECK(p != oa);
+        CHECK(t.fresh(p, 4000));
+        CHECK_FALSE(t.fresh(oa, 8));
+        std::memset(at(seg, p), 'X', 4000);  // plain writes to fresh memory
+        // No commit: the destructor rolls back.
+    }
+    CHECK(std::all_of(at(seg, oa), at(seg, oa) + 4000, [](char c) { return c == 'A'; }));
+    CHECK(std::all_of(static_cast<char*>(b), static_cast<char*>(b) + 4000, [](char c) { return c == 'B'; }));
+    CHECK(seg.used_memory() == used);
+    REQUIRE(seg.verify().ok);
+    // Committed, the deferred free happens at commit.
+    {
+        shm::heap::Txn t(h);
+        shm::heap::deallocate(t, oa);
+        CHECK(seg.used_memory() == used);
+        t.commit();
+    }
+    CHECK(seg.used_memory() < used);
+    REQUIRE(seg.verify().ok);
+}
+
+TEST_CASE("one transaction allocates and frees thousands of blocks: journaled once per old word", "[heap][txn]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("big-txn", 16 << 20);
+    auto* h = static_cast<shm::layout::Header*>(seg.base());
+    std::vector<void*> old;
+    for (int i = 0; i < 3000; ++i) old.push_back(seg.allocate(48));
+    const std::size_t used = seg.used_memory();
+    for (bool commit : {false, true}) {
+        INFO("commit " << commit);
+        std::vector<std::uint64_t> got;
+        {
+            shm::heap::Txn t(h);
+            // 20,000 allocations (some freed again at once) and 3,000 frees of
+            // old blocks: far more changes than the journal has entries.
+            for (int i = 0; i < 20000; ++i) {
+                std::uint64_t p = shm::heap::allocate(t, 16 + (i % 7) * 24, 16);
+                REQUIRE(p != 0);
+                std::memset(at(seg, p), 'n', 16);
+                if (i % 3 == 0)
+                    shm::heap::deallocate(t, p);
+                else
+                    got.push_back(p);
+            }
+            for (void* p : old) shm::heap::deallocate(t, off(seg, p));
+            CHECK(h->journal_count.load() < h->journal_capacity);
+            if (commit) t.commit();
+        }
+        auto r = seg.verify();
+        for (auto& p : r.problems) UNSCOPED_INFO(p);
+        REQUIRE(r.ok);
+        if (!commit) {
+            CHECK(seg.used_memory() == used);
+            CHECK(r.used_blocks == old.size());
+        } else {
+            CHECK(r.used_blocks == got.size());
+            for (std::uint64_t p : got) seg.deallocate(at(seg, p));
+            CHECK(seg.used_memory() == 0);
+            CHECK(seg.verify().free_blocks == 1);
+        }
+    }
 }

@@ -26,6 +26,19 @@
 // and the removal of a nested container move it onto the segment's garbage
 // list (one journaled link) and every later operation frees a few of its
 // blocks; an operation that runs out of space first drains the garbage.
+//
+// Size of one operation. The heap journals only words that existed before
+// the transaction, once each (heap.hpp, J1/J2), so an operation is bounded by
+// the free heap, not by the journal, as long as it writes few old words:
+//   - extend() and update(items) size the table for all their items first
+//     (a rebuilt table is fresh memory: its writes need no undo), and a dict
+//     update of more than kInPlace items always rebuilds its table;
+//   - what an operation drops (old string blocks, nested containers) is
+//     released at its end: a few directly, many as one batch put on the
+//     garbage list (kBatchMagic) and freed a few at a time afterwards.
+// A refused operation (out of space, wrong type, missing key, ...) throws
+// before commit, and the journal puts every old word back: it changes
+// nothing.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -45,7 +58,10 @@ using layout::Header;
 
 namespace {
 
-constexpr int kGcBudget = 8;
+constexpr int kGcBudget = 8;        // garbage pieces freed by each operation
+constexpr int kDrainBudget = 64;    // ... per transaction when space runs out
+constexpr std::size_t kDirectRelease = 32;  // more dropped pieces than this go in a batch
+constexpr std::size_t kInPlace = 64;        // larger dict updates rebuild the table
 using namespace container_layout;
 
 std::uint64_t rd(const Word& w) { return w.load(std::memory_order_relaxed); }  // under the heap lock
@@ -72,6 +88,9 @@ struct Op {
     // Several changes in one transaction (update(items), extend()): no change
     // may commit by itself with an unjournaled store.
     bool batch = false;
+    // Nested containers this operation dropped: put on the garbage list at
+    // its end (finish()).
+    std::vector<std::uint64_t> dropped;
 
     void last(std::atomic<std::uint64_t>& w, std::uint64_t v) {
         if (batch)
@@ -158,9 +177,11 @@ struct Op {
                 std::uint64_t c;
                 if (v.type() == VT::list) {
                     c = new_container(kListMagic);
+                    list_reserve(at<CHdr>(c), p->list.size());
                     for (const Value& item : p->list) list_append(c, item);
                 } else {
                     c = new_container(kDictMagic);
+                    if (!p->dict.empty()) dict_reserve(at<CHdr>(c), p->dict.size());
                     for (const auto& kv : p->dict) dict_set(c, kv.first, kv.second);
                 }
                 batch = was_batch;
@@ -173,7 +194,7 @@ struct Op {
     void release_cell(std::uint64_t meta, std::uint64_t data) {
         VT ty = static_cast<VT>(meta & 0xff);
         if ((ty == VT::string || ty == VT::bytes) && data) free_block(data);
-        if (ty == VT::list || ty == VT::dict) to_garbage(data);
+        if (ty == VT::list || ty == VT::dict) dropped.push_back(data);
     }
 
     void write_cell(Cell& c, std::pair<std::uint64_t, std::uint64_t> mv) {
@@ -264,6 +285,18 @@ struct Op {
             CHdr* c = at<CHdr>(g);
             std::uint64_t cur = rd(c->cursor), cap = rd(c->capacity);
             bool dict = rd(c->magic) == kDictMagic;
+            if (rd(c->magic) == kBatchMagic) {
+                if (cur < rd(c->count)) {
+                    std::uint64_t item = rd(at<Word>(rd(c->table))[cur]);
+                    if (item & 1)
+                        to_garbage(item & ~std::uint64_t(1));  // goes in front of c
+                    else
+                        free_block(item);
+                    t.store(c->cursor, cur + 1);
+                    continue;
+                }
+                cap = cur;  // done: free it below
+            }
             if (cur < cap) {
                 if (dict) {
                     DEntry* e = at<DEntry>(rd(c->table)) + cur;
@@ -315,10 +348,12 @@ struct Op {
         return -1;
     }
 
-    void dict_grow(CHdr* c) {
+    // Rebuild the table with room for `target` live entries (dropping the
+    // tombstones); the new table is fresh memory.
+    void dict_grow(CHdr* c, std::uint64_t target) {
         std::uint64_t count = rd(c->count);
         std::uint64_t cap = 8;
-        while (cap * 3 < (count + 1) * 4 * 2) cap *= 2;  // room to double before the next grow
+        while (cap * 3 < (std::max(target, count) + 1) * 4) cap *= 2;
         std::uint64_t tab_off = alloc(cap * sizeof(DEntry), "a dict table");
         DEntry* tab = at<DEntry>(tab_off);
         std::memset(static_cast<void*>(tab), 0, cap * sizeof(DEntry));
@@ -363,7 +398,7 @@ struct Op {
             return false;
         }
         if ((rd(c->used) + 1) * 4 > rd(c->capacity) * 3) {
-            dict_grow(c);
+            dict_grow(c, 2 * rd(c->count) + 1);  // room to double before the next grow
             dict_find(c, key, hsh, &slot);
         }
         DEntry& e = at<DEntry>(rd(c->table))[slot];
@@ -418,6 +453,21 @@ struct Op {
         if (old_off) free_block(old_off);
     }
 
+    // Room for `extra` more items at the end, in one table rebuild.
+    void list_reserve(CHdr* c, std::uint64_t extra) {
+        std::uint64_t n = rd(c->count), cap = rd(c->capacity);
+        if (n + extra <= cap) return;
+        std::uint64_t want = cap ? cap : 8;
+        while (want < n + extra) want *= 2;
+        list_rebuild(c, want, -1, -1);
+    }
+
+    // For more than kInPlace new keys, rebuild the table with room for all of
+    // them, even if it has room: the writes that follow go to fresh memory.
+    void dict_reserve(CHdr* c, std::uint64_t extra) {
+        if (extra > kInPlace) dict_grow(c, rd(c->count) + extra);
+    }
+
     void list_append(std::uint64_t coff, const Value& v) {
         CHdr* c = hdr(coff, kListMagic);
         auto mv = encode(v);
@@ -431,8 +481,31 @@ struct Op {
         last(c->count, n + 1);
     }
 
-    void commit() {
-        collect(kGcBudget);
+    // Put what this operation dropped on its way out, then commit. A few
+    // pieces are released directly; many go on the garbage list as one batch
+    // (one journaled link instead of a few journal entries per piece).
+    void finish(int gc_budget = kGcBudget) {
+        std::vector<std::uint64_t> blocks;
+        if (dropped.size() + t.deferred_count() > kDirectRelease) blocks = t.take_deferred();
+        if (blocks.empty()) {
+            for (std::uint64_t c : dropped) to_garbage(c);
+        } else {
+            for (std::uint64_t c : dropped) blocks.push_back(c | 1);
+            std::uint64_t items = alloc(blocks.size() * sizeof(std::uint64_t), "the list of memory to free");
+            std::memcpy(base + items, blocks.data(), blocks.size() * sizeof(std::uint64_t));
+            std::uint64_t b = new_container(kBatchMagic);
+            CHdr* bh = at<CHdr>(b);
+            raw(bh->count, blocks.size());
+            raw(bh->table, items);
+            to_garbage(b);
+        }
+        dropped.clear();
+        // After the batch: what garbage collection frees here is freed at
+        // commit, never batched again, and the nested containers it meets
+        // go on the garbage list in their turn.
+        collect(gc_budget);
+        for (std::uint64_t c : dropped) to_garbage(c);
+        dropped.clear();
         t.commit();
     }
 };
@@ -446,11 +519,11 @@ auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
             Op op(seg);
             if constexpr (std::is_void_v<decltype(f(op))>) {
                 f(op);
-                op.commit();
+                op.finish();
                 return;
             } else {
                 auto r = f(op);
-                op.commit();
+                op.finish();
                 return r;
             }
         } catch (const out_of_space&) {
@@ -458,8 +531,8 @@ auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
             if (!static_cast<Header*>(seg.base())->garbage_head.load(std::memory_order_relaxed)) throw;
             for (bool left = true; left;) {
                 Op op(seg);
-                left = op.collect(100);
-                op.t.commit();
+                op.finish(kDrainBudget);
+                left = rd(static_cast<Header*>(seg.base())->garbage_head) != 0;
             }
         }
     }
@@ -849,6 +922,7 @@ void Dict::update(const std::vector<std::pair<std::string, Value>>& items) {
     }
     run(*ref_.seg, [&](Op& op) {
         op.batch = true;
+        if (!prepared.empty()) op.dict_reserve(op.hdr(ref_.offset, kDictMagic), prepared.size());
         for (auto& kv : prepared) op.dict_set(ref_.offset, kv.first, kv.second);
     });
 }
@@ -944,6 +1018,7 @@ void List::extend(const std::vector<Value>& vs) {
     }
     run(*ref_.seg, [&](Op& op) {
         op.batch = true;
+        op.list_reserve(op.hdr(ref_.offset, kListMagic), prepared.size());
         for (auto& v : prepared) op.list_append(ref_.offset, v);
     });
 }

@@ -11,6 +11,9 @@ namespace shm::container_layout {
 
 inline constexpr std::uint64_t kDictMagic = 0x7463'6964'6d68'7301ull;
 inline constexpr std::uint64_t kListMagic = 0x7473'696c'6d68'7302ull;
+// A batch of memory to free, only ever on the garbage list: count items in
+// table, each the payload offset of a block, or a container's offset | 1.
+inline constexpr std::uint64_t kBatchMagic = 0x6863'7462'6d68'7303ull;
 inline constexpr std::uint64_t kEmpty = 0, kTomb = 1;
 
 using Word = std::atomic<std::uint64_t>;

@@ -1,5 +1,6 @@
 #include "heap.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -111,6 +112,13 @@ std::uint64_t find_fit(Header* h, std::uint64_t need) {
 
 // ---- transactions -------------------------------------------------------
 
+namespace {
+// Below this many entries the journal itself is searched for J1; above it a
+// process-local index of it is kept.
+constexpr std::uint32_t kLinearScan = 64;
+void free_now(Txn& t, std::uint64_t p);
+}  // namespace
+
 Txn::Txn(Header* h) : h_(h) {
     Mutex& m = layout::heap_lock(h);
     m.lock();
@@ -139,14 +147,63 @@ Txn::~Txn() {
     layout::heap_lock(h_).unlock();
 }
 
+std::size_t Txn::journal_room() const noexcept {
+    std::uint32_t n = h_->journal_count.load(std::memory_order_relaxed);
+    return n < h_->journal_capacity ? h_->journal_capacity - n : 0;
+}
+
+bool Txn::fresh(std::uint64_t off, std::uint64_t len) const noexcept {
+    // The last range starting at or before off. Ranges never overlap
+    // (add_fresh merges them).
+    auto it = std::upper_bound(fresh_.begin(), fresh_.end(), std::make_pair(off, ~std::uint64_t(0)));
+    if (it == fresh_.begin()) return false;
+    --it;
+    return off + len <= it->second;
+}
+
+void Txn::add_fresh(std::uint64_t begin, std::uint64_t end) {
+    auto it = std::lower_bound(fresh_.begin(), fresh_.end(), std::make_pair(begin, std::uint64_t(0)));
+    if (it != fresh_.begin() && std::prev(it)->second >= begin) {
+        --it;
+        begin = it->first;
+    }
+    auto last = it;
+    while (last != fresh_.end() && last->first <= end) {
+        end = std::max(end, last->second);
+        ++last;
+    }
+    it = fresh_.erase(it, last);
+    fresh_.insert(it, {begin, end});
+}
+
+bool Txn::journaled(std::uint64_t off) {
+    std::uint32_t n = h_->journal_count.load(std::memory_order_relaxed);
+    const layout::UndoEntry* j = layout::journal(h_);
+    if (n <= kLinearScan) {
+        for (std::uint32_t i = 0; i < n; ++i)
+            if (j[i].offset.load(std::memory_order_relaxed) == off) return true;
+        return false;
+    }
+    // Entries are unique (J1), so the index holds exactly the first
+    // journaled_.size() of them.
+    for (std::size_t i = journaled_.size(); i < n; ++i) journaled_.insert(j[i].offset.load(std::memory_order_relaxed));
+    return journaled_.count(off) != 0;
+}
+
 void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
+    std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
+    if (fresh(off) || journaled(off)) {
+        // J1/J2: an undo needs nothing more for this word.
+        w.store(value, std::memory_order_relaxed);
+        crash_point();
+        return;
+    }
     std::uint32_t i = h_->journal_count.load(std::memory_order_relaxed);
     if (i >= h_->journal_capacity)
         // The destructor rolls back what this transaction did so far.
         throw error(E2BIG, where(h_) + ": operation too large to commit atomically (it changes more than " +
-                               std::to_string(h_->journal_capacity) + " heap words); split it");
+                               std::to_string(h_->journal_capacity) + " words that existed before it); split it");
     layout::UndoEntry* j = layout::journal(h_);
-    std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
     j[i].offset.store(off, std::memory_order_relaxed);
     j[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
     crash_point();
@@ -160,7 +217,8 @@ void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
 }
 
 void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
-    if (h_->journal_count.load(std::memory_order_relaxed) != 0) return store(w, value);
+    if (h_->journal_count.load(std::memory_order_relaxed) != 0 || !deferred_.empty() || arena_.end)
+        return store(w, value);
     crash_point();
     // Release: the fresh memory this store makes reachable (filled with plain
     // writes) is complete first; partner: the next lock holder's reads.
@@ -170,6 +228,12 @@ void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
 
 void Txn::commit() {
     crash_point();
+    finish_arena();
+    std::vector<std::uint64_t> d = take_deferred();
+    std::sort(d.begin(), d.end());
+    if (std::adjacent_find(d.begin(), d.end()) != d.end())
+        corrupt(h_, "deallocate of an address that is not a live allocation (double free)");
+    for (std::uint64_t p : d) free_now(*this, p);
     // Release: every store of the transaction precedes the commit; partner is
     // the acquire load of count in the next holder's Txn constructor. A
     // transaction that changed nothing (a read) writes nothing.
@@ -218,55 +282,13 @@ void init(Header* h) {
     h->bin_bitmap.store(1ull << k, std::memory_order_relaxed);
 }
 
-std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
-    Header* h = t.header();
-    if (bytes > h->heap_size) return 0;
-    std::uint64_t need = request_size(bytes, align);
-    std::uint64_t b = find_fit(h, need);
-    if (!b) return 0;
-    std::uint64_t size = size_of(h, b);
-    list_remove(t, b);
-    if (size - need >= kMinBlock) {
-        std::uint64_t r = b + need;
-        set_block(t, r, size - need, true);
-        t.store(word(h, r + 8), need);
-        list_push(t, r);
-        set_block(t, b, need, false);
-        size = need;
-    } else {
-        set_block(t, b, size, false);
-    }
-    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) + size);
-    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) + 1);
-    std::uint64_t p = b + 16;
-    if (align > 16 && p % align != 0) {
-        p = (b + 32 + align - 1) & ~std::uint64_t(align - 1);
-        t.store(word(h, p - 16), (p - b) | kShim);
-        t.store(word(h, p - 8), kShimMagic);
-    }
-    return p;
-}
+namespace {
 
-void deallocate(Txn& t, std::uint64_t p) {
+// Mark [b, b + size) free, merged with free neighbours, and list it.
+void free_range(Txn& t, std::uint64_t b, std::uint64_t size) {
     Header* h = t.header();
-    if (p % 16 != 0 || p < heap_begin(h) + 16 || p >= heap_end(h))
-        corrupt(h, "deallocate of an address that is not a heap allocation");
-    std::uint64_t b = p - 16;
-    std::uint64_t w = load(h, b);
-    if (w & kShim) {
-        if (load(h, b + 8) != kShimMagic || (w & ~kFlagMask) > p - heap_begin(h))
-            corrupt(h, "deallocate of an address that is not a heap allocation");
-        b = p - (w & ~kFlagMask);
-    }
-    std::uint64_t size = size_of(h, b);
-    std::uint64_t end = heap_end(h);
-    if (b < heap_begin(h) || (b - heap_begin(h)) % 16 != 0 || is_free(h, b) || size < kMinBlock ||
-        b + size > end || (b + size < end && prev_size(h, b + size) != size))
-        corrupt(h, "deallocate of an address that is not a live allocation (double free?)");
-    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) - size);
-    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) - 1);
     std::uint64_t n = b + size;
-    if (n < end && is_free(h, n)) {
+    if (n < heap_end(h) && is_free(h, n)) {
         size += size_of(h, n);
         list_remove(t, n);
     }
@@ -282,7 +304,51 @@ void deallocate(Txn& t, std::uint64_t p) {
     list_push(t, b);
 }
 
-std::uint64_t largest_free(Header* h) {
+// The block of payload p, checked to be a live allocation.
+std::uint64_t live_block(Header* h, std::uint64_t p) {
+    if (p % 16 != 0 || p < heap_begin(h) + 16 || p >= heap_end(h))
+        corrupt(h, "deallocate of an address that is not a heap allocation");
+    std::uint64_t b = p - 16;
+    std::uint64_t w = load(h, b);
+    if (w & kShim) {
+        if (load(h, b + 8) != kShimMagic || (w & ~kFlagMask) > p - heap_begin(h))
+            corrupt(h, "deallocate of an address that is not a heap allocation");
+        b = p - (w & ~kFlagMask);
+    }
+    std::uint64_t size = size_of(h, b);
+    std::uint64_t end = heap_end(h);
+    if (b < heap_begin(h) || (b - heap_begin(h)) % 16 != 0 || is_free(h, b) || size < kMinBlock ||
+        b + size > end || (b + size < end && prev_size(h, b + size) != size))
+        corrupt(h, "deallocate of an address that is not a live allocation (double free?)");
+    return b;
+}
+
+// Finish an allocation of block b (its header already written as used).
+std::uint64_t hand_out(Txn& t, std::uint64_t b, std::size_t align) {
+    Header* h = t.header();
+    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) + size_of(h, b));
+    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) + 1);
+    std::uint64_t p = b + 16;
+    if (align > 16 && p % align != 0) {
+        p = (b + 32 + align - 1) & ~std::uint64_t(align - 1);
+        t.store(word(h, p - 16), (p - b) | kShim);
+        t.store(word(h, p - 8), kShimMagic);
+    }
+    return p;
+}
+
+// Free the block of payload p now (it is not in an open arena).
+void free_now(Txn& t, std::uint64_t p) {
+    Header* h = t.header();
+    std::uint64_t b = live_block(h, p);
+    std::uint64_t size = size_of(h, b);
+    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) - size);
+    t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) - 1);
+    free_range(t, b, size);
+}
+
+// The largest free block (the whole top bin is scanned up to a bound).
+std::uint64_t largest_block(Header* h) {
     std::uint64_t bm = h->bin_bitmap.load(std::memory_order_relaxed);
     if (!bm) return 0;
     int k = 63 - __builtin_clzll(bm);
@@ -290,8 +356,111 @@ std::uint64_t largest_free(Header* h) {
     int scanned = 0;
     for (std::uint64_t b = h->bins[k].load(std::memory_order_relaxed); b && scanned < 1024;
          b = next_free(h, b), ++scanned)
-        best = std::max(best, size_of(h, b));
-    return best > 16 ? best - 16 : 0;
+        if (!best || size_of(h, b) > size_of(h, best)) best = b;
+    return best;
+}
+
+}  // namespace
+
+void Txn::finish_arena() {
+    if (!arena_.end) return;
+    Arena a = std::move(arena_);
+    arena_ = Arena{};
+    Header* h = h_;
+    std::sort(a.freed.begin(), a.freed.end());
+    if (std::adjacent_find(a.freed.begin(), a.freed.end()) != a.freed.end())
+        corrupt(h, "deallocate of an address that is not a live allocation (double free)");
+    // Walk the blocks cut from the arena; hand back each run of freed ones
+    // (and the uncut rest, merged with a run that ends at it).
+    std::uint64_t run = 0;
+    auto f = a.freed.begin();
+    for (std::uint64_t b = a.begin; b < a.cur;) {
+        std::uint64_t size = size_of(h, b);
+        bool freed = f != a.freed.end() && *f == b;
+        if (freed) {
+            ++f;
+            if (!run) run = b;
+        } else if (run) {
+            free_range(*this, run, b - run);
+            run = 0;
+        }
+        b += size;
+    }
+    if (a.cur < a.end && !run) run = a.cur;
+    if (run) free_range(*this, run, a.end - run);
+}
+
+std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
+    Header* h = t.header();
+    if (bytes > h->heap_size) return 0;
+    std::uint64_t need = request_size(bytes, align);
+    Txn::Arena& a = t.arena_;
+    if (a.end && a.end - a.cur < need) t.finish_arena();
+    if (!a.end && h->journal_count.load(std::memory_order_relaxed) >= h->journal_capacity / 4) {
+        // A large transaction: take a whole free block as an arena.
+        std::uint64_t b = largest_block(h);
+        if (!b || size_of(h, b) < need) {
+            b = find_fit(h, need);
+            if (!b) return 0;
+        }
+        std::uint64_t size = size_of(h, b);
+        list_remove(t, b);
+        t.store(word(h, b), size);  // used: no neighbour merges with it while it is open
+        a.begin = a.cur = b;
+        a.end = b + size;
+        t.add_fresh(b + 16, a.end);
+    }
+    if (a.end) {
+        std::uint64_t b = a.cur;
+        if (a.end - b - need < kMinBlock) need = a.end - b;  // no sliver left behind
+        t.store(word(h, b), need);
+        // What follows learns this block's size at once (the uncut rest, or
+        // the block after the arena), as for any block.
+        if (b + need < heap_end(h)) t.store(word(h, b + need + 8), need);
+        a.cur = b + need;
+        return hand_out(t, b, align);
+    }
+    std::uint64_t b = find_fit(h, need);
+    if (!b) return 0;
+    std::uint64_t size = size_of(h, b);
+    list_remove(t, b);
+    if (size - need >= kMinBlock) {
+        std::uint64_t r = b + need;
+        set_block(t, r, size - need, true);
+        t.store(word(h, r + 8), need);
+        list_push(t, r);
+        set_block(t, b, need, false);
+        size = need;
+    } else {
+        set_block(t, b, size, false);
+    }
+    // J2: the block's header and links are journaled above; its payload is
+    // this transaction's own from here on.
+    t.add_fresh(b + 16, b + size);
+    return hand_out(t, b, align);
+}
+
+void deallocate(Txn& t, std::uint64_t p) {
+    Header* h = t.header();
+    std::uint64_t b = live_block(h, p);
+    Txn::Arena& a = t.arena_;
+    if (a.end && b >= a.begin && b < a.cur) {
+        // Cut from the open arena: handed back when the arena closes.
+        std::uint64_t size = size_of(h, b);
+        t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) - size);
+        t.store(h->used_blocks, h->used_blocks.load(std::memory_order_relaxed) - 1);
+        a.freed.push_back(b);
+        return;
+    }
+    if (t.fresh(b + 16, 16)) return free_now(t, p);
+    // Existed before the transaction: freed at commit (J2).
+    t.deferred_.push_back(p);
+}
+
+std::uint64_t largest_free(Header* h) {
+    std::uint64_t b = largest_block(h);
+    std::uint64_t size = b ? size_of(h, b) : 0;
+    return size > 16 ? size - 16 : 0;
 }
 
 // ---- directory ----------------------------------------------------------

@@ -14,6 +14,30 @@
 // while replaying is simply replayed again. A killed process therefore leaves
 // each allocation, free, construct or destroy either done or not done.
 //
+// What needs no undo entry (so that one operation may be as large as the
+// free heap, not as large as the journal):
+//   J1 A word already journaled by this transaction: replay runs backwards,
+//      so its first entry restores the value it had before.
+//   J2 A word inside a payload allocated by this transaction (a fresh
+//      range): that memory was free when the transaction began, and the
+//      words of a free block that mean something (its header and its
+//      free-list links, the first 32 bytes) are journaled by the allocation
+//      before the range is registered.
+// J2 holds only if nothing that existed before the transaction is freed
+// during it: a freed block could be handed out again and filled with plain
+// writes over data an undo must bring back. So a free of a block that
+// existed before is deferred to commit() (or taken over by the caller, see
+// take_deferred()), and only blocks allocated by this transaction are freed
+// at once.
+//
+// Large transactions carve their allocations from an arena: once the
+// journal is a quarter full, the next allocation takes a whole free block
+// (journaled once, marked used so no neighbour merges with it) and later ones
+// are cut from it with plain writes (J2); commit() hands back what is left
+// and what was freed inside it. An operation therefore needs a few journal
+// entries per word it changes in memory that existed before, and a few per
+// arena, whatever the number of its allocations.
+//
 // Block format (offsets from the segment base, 16-byte granularity):
 //   b+0  size | kFree       size of the whole block, header included
 //   b+8  prev_size          size of the block physically before (0 = first)
@@ -25,6 +49,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "layout.hpp"
 
@@ -38,6 +65,7 @@ public:
     Txn(const Txn&) = delete;
     Txn& operator=(const Txn&) = delete;
 
+    // Change a word of the segment (undo-journaled unless J1 or J2 applies).
     void store(std::atomic<std::uint64_t>& word, std::uint64_t value);
     // The last change of a transaction. If it is also the only change to
     // memory that existed before (nothing is journaled yet), this one store
@@ -45,14 +73,41 @@ public:
     // is journaled like store(). Nothing may be changed after it except by
     // independent work (garbage collection) that has its own undo entries.
     void store_last(std::atomic<std::uint64_t>& word, std::uint64_t value);
+    // Hands back the arena, frees the deferred blocks, then commits with one
+    // store.
     void commit();
     bool recovered() const noexcept { return recovered_; }
     layout::Header* header() const noexcept { return h_; }
 
+    // Blocks that existed before this transaction and were freed by it; they
+    // stay allocated until commit(). A caller with many of them may take
+    // them over (and free them later, e.g. a few per later transaction).
+    std::size_t deferred_count() const noexcept { return deferred_.size(); }
+    std::vector<std::uint64_t> take_deferred() { return std::exchange(deferred_, {}); }
+    // Journal entries still free.
+    std::size_t journal_room() const noexcept;
+    // Whether [off, off + len) lies in memory allocated by this transaction.
+    bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept;
+
 private:
+    friend std::uint64_t allocate(Txn&, std::size_t, std::size_t);
+    friend void deallocate(Txn&, std::uint64_t);
+    bool journaled(std::uint64_t off);
+    void add_fresh(std::uint64_t begin, std::uint64_t end);
+    void finish_arena();
+
     layout::Header* h_;
     bool committed_ = false;
     bool recovered_ = false;
+    // Process-local bookkeeping of this transaction (nothing of it needs to
+    // survive a crash: the journal alone undoes the transaction).
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> fresh_;  // sorted [begin, end) payload ranges
+    std::unordered_set<std::uint64_t> journaled_;                 // offsets, once the journal is long
+    std::vector<std::uint64_t> deferred_;                         // payload offsets
+    struct Arena {
+        std::uint64_t begin = 0, cur = 0, end = 0;  // blocks are cut at cur; end = 0: none open
+        std::vector<std::uint64_t> freed;                     // blocks of the arena freed again
+    } arena_;
 };
 
 // Lay out an empty heap. Called by the creator before the segment is ready.
@@ -63,7 +118,8 @@ void rollback(layout::Header* h);
 
 // Offset of a payload of `bytes` aligned to `align`, or 0 if nothing fits.
 std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align);
-// Throws shm::corrupted for an offset that is not a live allocation.
+// Throws shm::corrupted for an offset that is not a live allocation. A block
+// that existed before the transaction is freed at commit (see Txn).
 void deallocate(Txn& t, std::uint64_t payload);
 // Largest request allocate() could satisfy right now.
 std::uint64_t largest_free(layout::Header* h);
