@@ -1,5 +1,5 @@
 // The shared-memory layout of shm::Dict and shm::List (container.cpp),
-// version 1 with the segment layout. Private; admin.cpp reads it to show a
+// versioned with the segment layout (kLayoutVersion). Private; admin.cpp reads it to show a
 // container's length.
 #pragma once
 

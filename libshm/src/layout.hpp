@@ -1,4 +1,6 @@
-// The segment's layout in shared memory, version 1 (shm::kLayoutVersion).
+// The segment's layout in shared memory, version 2 (shm::kLayoutVersion).
+// Version 2: the garbage list may hold batches of blocks to free
+// (container_layout.hpp, kBatchMagic), which version 1 would misread.
 //
 //   offset 0        Header (one 4 KiB page): identity, sizes, creator, flags,
 //                   the heap lock, the heap's bins, the object directory's
