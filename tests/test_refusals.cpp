@@ -375,6 +375,52 @@ TEST_CASE("memory dropped by large operations all comes back", "[refusal][large]
     }
 }
 
+TEST_CASE("refused segment operations leave the heap and the object directory as they were", "[refusal][segment]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("seg-refuse", 1 << 20);
+    seg.construct<std::int64_t>("n", 5);
+    Dict d = Dict::open_or_create(seg, "d");
+    d.set("x", "y");
+    void* raw = seg.allocate(100);
+    auto names = [&] {
+        std::string s;
+        for (auto& o : seg.objects()) s += o.name + "@" + std::to_string(o.offset) + ";";
+        return s;
+    };
+    const std::string objects = names();
+    const std::size_t used = seg.used_memory();
+    struct Big {
+        char bytes[2 << 20];
+    };
+    std::vector<std::pair<std::string, std::function<void()>>> ops = {
+        {"construct too large", [&] { seg.construct<Big>("big"); }},
+        {"construct an existing name", [&] { seg.construct<std::int64_t>("n", 1); }},
+        {"find as another type", [&] { seg.find<double>("n"); }},
+        {"find_or_construct as another type", [&] { seg.find_or_construct<double>("n", 1.0); }},
+        {"destroy as another type", [&] { seg.destroy<double>("n"); }},
+        {"open a dict as a list", [&] { List::open(seg, "d"); }},
+        {"open a missing list", [&] { List::open(seg, "nothing"); }},
+        {"allocate too much", [&] { seg.allocate(2 << 20); }},
+        {"free an address inside a block", [&] { seg.deallocate(static_cast<char*>(raw) + 16); }},
+        {"free twice", [&] {
+             void* p = seg.allocate(64);
+             seg.deallocate(p);
+             seg.deallocate(p);
+         }},
+        {"invalid object name", [&] { seg.construct<int>("/starts-with-a-slash", 1); }},
+    };
+    for (auto& [name, op] : ops) {
+        INFO(name);
+        CHECK_THROWS_AS(op(), shm::error);
+        CHECK(names() == objects);
+        CHECK(seg.used_memory() == used);
+        CHECK(d.get<std::string>("x") == "y");
+        auto r = seg.verify();
+        for (auto& p : r.problems) UNSCOPED_INFO(p);
+        CHECK(r.ok);
+    }
+}
+
 // ---- crash tests for large operations ------------------------------------------
 
 namespace {
