@@ -485,11 +485,10 @@ struct Op {
     // pieces are released directly; many go on the garbage list as one batch
     // (one journaled link instead of a few journal entries per piece).
     void finish(int gc_budget = kGcBudget) {
-        std::vector<std::uint64_t> blocks;
-        if (dropped.size() + t.deferred_count() > kDirectRelease) blocks = t.take_deferred();
-        if (blocks.empty()) {
+        if (dropped.size() + t.deferred_count() <= kDirectRelease) {
             for (std::uint64_t c : dropped) to_garbage(c);
         } else {
+            std::vector<std::uint64_t> blocks = t.take_deferred();
             for (std::uint64_t c : dropped) blocks.push_back(c | 1);
             std::uint64_t items = alloc(blocks.size() * sizeof(std::uint64_t), "the list of memory to free");
             std::memcpy(base + items, blocks.data(), blocks.size() * sizeof(std::uint64_t));

@@ -116,6 +116,10 @@ namespace {
 // Below this many entries the journal itself is searched for J1; above it a
 // process-local index of it is kept.
 constexpr std::uint32_t kLinearScan = 64;
+// J1 and J2 only save journal entries (an entry too many is harmless: replay
+// restores the oldest value). Below this many entries a transaction does not
+// spend time looking for them.
+constexpr std::uint32_t kSaveFrom = 256;
 void free_now(Txn& t, std::uint64_t p);
 }  // namespace
 
@@ -152,31 +156,52 @@ std::size_t Txn::journal_room() const noexcept {
     return n < h_->journal_capacity ? h_->journal_capacity - n : 0;
 }
 
-bool Txn::fresh(std::uint64_t off, std::uint64_t len) const noexcept {
-    // The last range starting at or before off. Ranges never overlap
-    // (add_fresh merges them).
-    auto it = std::upper_bound(fresh_.begin(), fresh_.end(), std::make_pair(off, ~std::uint64_t(0)));
-    if (it == fresh_.begin()) return false;
+bool FreshRanges::contains(std::uint64_t off, std::uint64_t len) const noexcept {
+    if (sorted_.empty()) {
+        for (std::size_t i = 0; i < n_; ++i)
+            if (off >= small_[i].begin && off + len <= small_[i].end) return true;
+        return false;
+    }
+    // The last range starting at or before off (ranges never overlap here).
+    auto it = std::upper_bound(sorted_.begin(), sorted_.end(), std::make_pair(off, ~std::uint64_t(0)));
+    if (it == sorted_.begin()) return false;
     --it;
     return off + len <= it->second;
 }
 
-void Txn::add_fresh(std::uint64_t begin, std::uint64_t end) {
-    auto it = std::lower_bound(fresh_.begin(), fresh_.end(), std::make_pair(begin, std::uint64_t(0)));
-    if (it != fresh_.begin() && std::prev(it)->second >= begin) {
+void FreshRanges::add(std::uint64_t begin, std::uint64_t end) {
+    if (sorted_.empty() && n_ < kSmall) {
+        small_[n_++] = {begin, end};
+        return;
+    }
+    if (sorted_.empty()) {
+        // Spill: from here on sorted and merged, so one search answers.
+        std::size_t n = n_;
+        n_ = 0;
+        sorted_.emplace_back(small_[0].begin, small_[0].end);
+        for (std::size_t i = 1; i < n; ++i) add(small_[i].begin, small_[i].end);
+    }
+    auto it = std::lower_bound(sorted_.begin(), sorted_.end(), std::make_pair(begin, std::uint64_t(0)));
+    if (it != sorted_.begin() && std::prev(it)->second >= begin) {
         --it;
         begin = it->first;
     }
     auto last = it;
-    while (last != fresh_.end() && last->first <= end) {
+    while (last != sorted_.end() && last->first <= end) {
         end = std::max(end, last->second);
         ++last;
     }
-    it = fresh_.erase(it, last);
-    fresh_.insert(it, {begin, end});
+    it = sorted_.erase(it, last);
+    sorted_.insert(it, {begin, end});
 }
 
+namespace {
+unsigned filter_bit(std::uint64_t off) { return static_cast<unsigned>(((off >> 3) * 0x9E37'79B9'7F4A'7C15ull) >> 56); }
+}  // namespace
+
 bool Txn::journaled(std::uint64_t off) {
+    unsigned bit = filter_bit(off);
+    if (!((filter_[bit >> 6] >> (bit & 63)) & 1)) return false;
     std::uint32_t n = h_->journal_count.load(std::memory_order_relaxed);
     const layout::UndoEntry* j = layout::journal(h_);
     if (n <= kLinearScan) {
@@ -184,15 +209,14 @@ bool Txn::journaled(std::uint64_t off) {
             if (j[i].offset.load(std::memory_order_relaxed) == off) return true;
         return false;
     }
-    // Entries are unique (J1), so the index holds exactly the first
-    // journaled_.size() of them.
-    for (std::size_t i = journaled_.size(); i < n; ++i) journaled_.insert(j[i].offset.load(std::memory_order_relaxed));
-    return journaled_.count(off) != 0;
+    if (!journaled_) journaled_ = std::make_unique<std::unordered_set<std::uint64_t>>();
+    for (; indexed_ < n; ++indexed_) journaled_->insert(j[indexed_].offset.load(std::memory_order_relaxed));
+    return journaled_->count(off) != 0;
 }
 
 void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
     std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
-    if (fresh(off) || journaled(off)) {
+    if (h_->journal_count.load(std::memory_order_relaxed) >= kSaveFrom && (fresh(off) || journaled(off))) {
         // J1/J2: an undo needs nothing more for this word.
         w.store(value, std::memory_order_relaxed);
         crash_point();
@@ -206,6 +230,8 @@ void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
     layout::UndoEntry* j = layout::journal(h_);
     j[i].offset.store(off, std::memory_order_relaxed);
     j[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    unsigned bit = filter_bit(off);
+    filter_[bit >> 6] |= std::uint64_t(1) << (bit & 63);
     crash_point();
     // Release: publishes the entry above before the count that covers it;
     // partner is the acquire load of count in rollback().
@@ -228,12 +254,14 @@ void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
 
 void Txn::commit() {
     crash_point();
-    finish_arena();
-    std::vector<std::uint64_t> d = take_deferred();
-    std::sort(d.begin(), d.end());
-    if (std::adjacent_find(d.begin(), d.end()) != d.end())
-        corrupt(h_, "deallocate of an address that is not a live allocation (double free)");
-    for (std::uint64_t p : d) free_now(*this, p);
+    if (arena_.end) finish_arena();
+    if (!deferred_.empty()) {
+        std::sort(deferred_.begin(), deferred_.end());
+        if (std::adjacent_find(deferred_.begin(), deferred_.end()) != deferred_.end())
+            corrupt(h_, "deallocate of an address that is not a live allocation (double free)");
+        for (std::uint64_t p : deferred_) free_now(*this, p);
+        deferred_.clear();
+    }
     // Release: every store of the transaction precedes the commit; partner is
     // the acquire load of count in the next holder's Txn constructor. A
     // transaction that changed nothing (a read) writes nothing.
@@ -408,7 +436,7 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
         t.store(word(h, b), size);  // used: no neighbour merges with it while it is open
         a.begin = a.cur = b;
         a.end = b + size;
-        t.add_fresh(b + 16, a.end);
+        t.fresh_.add(b + 16, a.end);
     }
     if (a.end) {
         std::uint64_t b = a.cur;
@@ -436,7 +464,7 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
     }
     // J2: the block's header and links are journaled above; its payload is
     // this transaction's own from here on.
-    t.add_fresh(b + 16, b + size);
+    t.fresh_.add(b + 16, b + size);
     return hand_out(t, b, align);
 }
 

@@ -15,7 +15,8 @@
 // each allocation, free, construct or destroy either done or not done.
 //
 // What needs no undo entry (so that one operation may be as large as the
-// free heap, not as large as the journal):
+// free heap, not as large as the journal; small transactions journal
+// everything and skip the search):
 //   J1 A word already journaled by this transaction: replay runs backwards,
 //      so its first entry restores the value it had before.
 //   J2 A word inside a payload allocated by this transaction (a fresh
@@ -48,6 +49,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -56,6 +58,58 @@
 #include "layout.hpp"
 
 namespace shm::heap {
+
+// Process-local lists of a transaction, kept inline while small: most
+// operations allocate and free a block or two, and should not pay malloc.
+template <class T, std::size_t N>
+class InlineVec {
+public:
+    void push_back(const T& v) {
+        if (spill_.empty() && n_ < N) {
+            small_[n_++] = v;
+            return;
+        }
+        if (spill_.empty()) spill_.assign(small_, small_ + n_);
+        spill_.push_back(v);
+    }
+    T* begin() noexcept { return spill_.empty() ? small_ : spill_.data(); }
+    T* end() noexcept { return begin() + size(); }
+    const T* begin() const noexcept { return spill_.empty() ? small_ : spill_.data(); }
+    const T* end() const noexcept { return begin() + size(); }
+    std::size_t size() const noexcept { return spill_.empty() ? n_ : spill_.size(); }
+    bool empty() const noexcept { return size() == 0; }
+    void clear() noexcept {
+        n_ = 0;
+        spill_.clear();
+    }
+    std::vector<T> take() {
+        std::vector<T> out(begin(), end());
+        clear();
+        return out;
+    }
+
+private:
+    T small_[N];
+    std::size_t n_ = 0;
+    std::vector<T> spill_;
+};
+
+// The payload ranges [begin, end) a transaction allocated (J2): a few are
+// searched in turn, many are kept sorted and merged.
+class FreshRanges {
+public:
+    bool contains(std::uint64_t off, std::uint64_t len) const noexcept;
+    void add(std::uint64_t begin, std::uint64_t end);
+
+private:
+    static constexpr std::size_t kSmall = 8;
+    struct Range {
+        std::uint64_t begin, end;  // trivial: a transaction does not pay to clear it
+    };
+    Range small_[kSmall];
+    std::size_t n_ = 0;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> sorted_;  // once more than kSmall
+};
 
 class Txn {
 public:
@@ -83,17 +137,16 @@ public:
     // stay allocated until commit(). A caller with many of them may take
     // them over (and free them later, e.g. a few per later transaction).
     std::size_t deferred_count() const noexcept { return deferred_.size(); }
-    std::vector<std::uint64_t> take_deferred() { return std::exchange(deferred_, {}); }
+    std::vector<std::uint64_t> take_deferred() { return deferred_.take(); }
     // Journal entries still free.
     std::size_t journal_room() const noexcept;
     // Whether [off, off + len) lies in memory allocated by this transaction.
-    bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept;
+    bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept { return fresh_.contains(off, len); }
 
 private:
     friend std::uint64_t allocate(Txn&, std::size_t, std::size_t);
     friend void deallocate(Txn&, std::uint64_t);
     bool journaled(std::uint64_t off);
-    void add_fresh(std::uint64_t begin, std::uint64_t end);
     void finish_arena();
 
     layout::Header* h_;
@@ -101,9 +154,11 @@ private:
     bool recovered_ = false;
     // Process-local bookkeeping of this transaction (nothing of it needs to
     // survive a crash: the journal alone undoes the transaction).
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> fresh_;  // sorted [begin, end) payload ranges
-    std::unordered_set<std::uint64_t> journaled_;                 // offsets, once the journal is long
-    std::vector<std::uint64_t> deferred_;                         // payload offsets
+    FreshRanges fresh_;
+    std::uint64_t filter_[4] = {};  // a bit per hash of each journaled offset: most misses skip the search
+    std::unique_ptr<std::unordered_set<std::uint64_t>> journaled_;  // offsets, once the journal is long
+    std::uint32_t indexed_ = 0;                                     // journal entries in journaled_
+    InlineVec<std::uint64_t, 8> deferred_;                          // payload offsets
     struct Arena {
         std::uint64_t begin = 0, cur = 0, end = 0;  // blocks are cut at cur; end = 0: none open
         std::vector<std::uint64_t> freed;                     // blocks of the arena freed again
