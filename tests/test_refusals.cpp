@@ -499,12 +499,12 @@ TEST_CASE("large operations killed at crash points all through them: before or a
             if (was_before) CHECK(seg.used_memory() == before_use);
             if (e.exited) break;
             ++killed;
-            if (n >= 200) stride = 97;  // a prime, so the points fall at varied steps
+            if (n >= 100) stride = 211;  // a prime, so the points fall at varied steps
             n += stride;
         }
     }
     WARN("large operations killed at " << killed << " crash points");
-    CHECK(killed > 600);
+    CHECK(killed > 450);
 }
 
 TEST_CASE("large operations under 200 SIGKILLs at random moments: before or after, never between",
