@@ -795,13 +795,9 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
         return si;
     }
     if (state != layout::kReady) return uninitialised();
-    if (h->total_size != fsize || h->max_attach == 0 || h->max_attach > layout::kMaxAttachLimit ||
-        h->attach_offset != layout::kHeaderSize || h->heap_offset != layout::heap_offset_for(h->max_attach) ||
-        h->journal_offset != layout::journal_offset_for(h->max_attach) ||
-        h->journal_capacity != layout::kJournalCapacity ||
-        h->heap_offset + h->heap_size > h->total_size) {
+    if (const char* why = layout::header_problem(h, fsize)) {
         si.status = SegmentStatus::corrupt;
-        si.error = "the header is inconsistent (sizes do not match the file)";
+        si.error = std::string("the header is inconsistent: ") + why;
         return si;
     }
     si.status = SegmentStatus::ok;

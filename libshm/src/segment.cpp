@@ -186,17 +186,51 @@ Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, 
                                h->version, layout::kVersion);
     switch (h->state.load(std::memory_order_acquire)) {
         case layout::kReady:
-            if (h->total_size != fsize || h->max_attach == 0 || h->max_attach > layout::kMaxAttachLimit ||
-                h->heap_offset != layout::heap_offset_for(h->max_attach) ||
-                h->journal_offset != layout::journal_offset_for(h->max_attach) ||
-                h->journal_capacity != layout::kJournalCapacity ||
-                h->heap_offset + h->heap_size > h->total_size ||
-                h->total_size - (h->heap_offset + h->heap_size) >= 64)
-                throw corrupted("segment " + q(name) + " (" + path + ") has an inconsistent header");
+            // Checked once here, before anything follows an offset of it.
+            if (const char* why = layout::header_problem(h, fsize))
+                throw corrupted("segment " + q(name) + " (" + path + ") has an inconsistent header: " + why);
             return Kind::ready;
         case layout::kDead: return Kind::dead;
         default: return Kind::uninitialised;
     }
+}
+
+// Under the meta lock, on a segment being attached: is its heap lock's
+// owner believable? A holder dying is recorded by the kernel in the lock
+// word (FUTEX_OWNER_DIED), but a word that names a thread which is not
+// holding it (the file was written by someone else) would make the first
+// heap operation wait forever. So a word that names a thread is trusted if
+// that thread belongs to a process attached to the segment, or if the lock
+// is released within a moment (transactions last microseconds); else the
+// segment is refused as corrupt.
+void check_heap_lock(int fd, Header* h, const std::string& what) {
+    constexpr unsigned kTidMask = 0x3fffffff, kOwnerDied = 0x40000000;  // FUTEX_TID_MASK, FUTEX_OWNER_DIED
+    const auto* pm = reinterpret_cast<const pthread_mutex_t*>(h->heap_lock_storage);
+    const unsigned word = __atomic_load_n(reinterpret_cast<const unsigned*>(&pm->__data.__lock), __ATOMIC_ACQUIRE);
+    const unsigned tid = word & kTidMask;
+    // Free, or its holder died: the next locker recovers it. Any other word
+    // (also one with only the waiters bit) makes a locker wait.
+    if (word == 0 || (word & kOwnerDied)) return;
+    if (tid == static_cast<unsigned>(platform::current_tid()))
+        throw corrupted(what + " has an inconsistent header: its heap lock names this thread, which does not hold it");
+    auto thread_of = [tid](long pid) {
+        char p[64];
+        std::snprintf(p, sizeof p, "/proc/%ld/task/%u", pid, tid);
+        return ::access(p, F_OK) == 0;
+    };
+    if (thread_of(::getpid())) return;  // another handle of ours, in a transaction
+    layout::AttachSlot* s = layout::slots(h);
+    for (std::uint32_t i = 0; i < h->max_attach; ++i) {
+        const std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
+        if (pid > 0 && slot_alive(fd, h, i) && thread_of(pid)) return;
+    }
+    Mutex& m = layout::heap_lock(h);
+    if (m.try_lock_for(std::chrono::milliseconds(100))) {
+        m.unlock();  // a dead holder's journal is rolled back by the next transaction
+        return;
+    }
+    throw corrupted(what + " has an inconsistent header: its heap lock names thread " + std::to_string(tid) +
+                    ", of no process attached to it, and stays held");
 }
 
 // Registry of attached handles, so that a forked child takes its own slots.
@@ -460,6 +494,8 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
         } else {  // ready
             Header* h = impl->hdr();
             std::uint32_t live = sweep_slots(fd.fd, h, kNoSlot, nullptr);
+            if (live != 0 || (h->flags.load(std::memory_order_relaxed) & layout::kPersistent))
+                check_heap_lock(fd.fd, h, what + " (" + path + ")");
             bool persistent = h->flags.load(std::memory_order_relaxed) & layout::kPersistent;
             if (live == 0 && !persistent) {
                 // Every user died without detaching: the segment is already
