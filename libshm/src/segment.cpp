@@ -729,6 +729,9 @@ std::vector<AttachInfo> Segment::attachments() const {
 // ---- named objects and heap ---------------------------------------------
 
 namespace {
+// A directory entry's type name, which the file may not terminate.
+std::string type_name_of(const heap::DirEntry& e) { return std::string(e.type_name, strnlen(e.type_name, sizeof e.type_name)); }
+
 std::string space_message(Header* h, const std::string& what, std::size_t bytes, const std::string& purpose) {
     std::uint64_t used = h->used_bytes.load(std::memory_order_relaxed);
     return what + " (" + platform::human_bytes(h->total_size) + "): cannot allocate " +
@@ -740,7 +743,7 @@ std::string space_message(Header* h, const std::string& what, std::size_t bytes,
 
 void* Segment::named_op(std::string_view name, std::uint64_t key, const char* type_name, ObjectKind kind,
                         std::size_t size, std::size_t align, Init init, void* ctx, bool may_find,
-                        bool may_construct, bool* constructed) {
+                        bool may_construct, bool* constructed, std::size_t* found_size) {
     impl_->require_attached();
     validate_object_name(name);
     Header* h = impl_->hdr();
@@ -751,7 +754,15 @@ void* Segment::named_op(std::string_view name, std::uint64_t key, const char* ty
             throw already_exists("object " + q(name) + " already exists in " + impl_->what());
         if (e->type_key != key)
             throw type_mismatch("object " + q(name) + " in " + impl_->what() + " was constructed as type " +
-                                e->type_name + ", not " + type_name);
+                                type_name_of(*e) + ", not " + type_name);
+        // dir_find() placed it inside the heap; its type fixes its size
+        // (a variable-size block's owner checks it).
+        if ((!found_size && e->object_size != size) ||
+            e->object_offset % std::max<std::size_t>(align, 1) != 0)
+            throw corrupted("object " + q(name) + " in " + impl_->what() + " has " +
+                            std::to_string(e->object_size) + " bytes at offset " + std::to_string(e->object_offset) +
+                            "; a " + type_name + " has " + std::to_string(size));
+        if (found_size) *found_size = e->object_size;
         t.commit();
         *constructed = false;
         return impl_->base() + e->object_offset;
@@ -791,7 +802,7 @@ bool Segment::named_destroy(std::string_view name, std::uint64_t key, const char
     if (!e) return false;
     if (e->type_key != key)
         throw type_mismatch("object " + q(name) + " in " + impl_->what() + " was constructed as type " +
-                            e->type_name + ", not " + type_name);
+                            type_name_of(*e) + ", not " + type_name);
     std::uint64_t obj = e->object_offset;
     std::uint64_t ent = static_cast<std::uint64_t>(reinterpret_cast<char*>(e) - impl_->base());
     t.store(prev ? prev->next : h->dir_head, e->next.load(std::memory_order_relaxed));
@@ -809,8 +820,10 @@ std::vector<ObjectInfo> Segment::objects() const {
     heap::Txn t(h);
     std::vector<ObjectInfo> out;
     std::uint64_t limit = h->dir_count.load(std::memory_order_relaxed);
-    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e && limit--;) {
-        auto* d = reinterpret_cast<heap::DirEntry*>(impl_->base() + e);
+    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
+        if (limit-- == 0)
+            throw corrupted(impl_->what() + ": object directory is corrupt: it is longer than its count");
+        heap::DirEntry* d = heap::dir_entry(h, e);
         out.push_back({std::string(d->name, d->name_len), static_cast<ObjectKind>(d->kind), d->object_offset,
                        d->object_size});
         e = d->next.load(std::memory_order_relaxed);
