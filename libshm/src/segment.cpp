@@ -494,8 +494,6 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
         } else {  // ready
             Header* h = impl->hdr();
             std::uint32_t live = sweep_slots(fd.fd, h, kNoSlot, nullptr);
-            if (live != 0 || (h->flags.load(std::memory_order_relaxed) & layout::kPersistent))
-                check_heap_lock(fd.fd, h, what + " (" + path + ")");
             bool persistent = h->flags.load(std::memory_order_relaxed) & layout::kPersistent;
             if (live == 0 && !persistent) {
                 // Every user died without detaching: the segment is already
@@ -511,6 +509,7 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
                 throw already_exists(what + " already exists (" +
                                      (persistent ? std::string("persistent") : std::to_string(live) + " live processes attached") +
                                      "); use open() or open_or_create(), or remove it with shmctl rm");
+            check_heap_lock(fd.fd, h, what + " (" + path + ")");
             impl->slot = take_slot(fd.fd, h);
             if (impl->slot == kNoSlot)
                 throw attach_table_full(what + ": all " + std::to_string(h->max_attach) +
