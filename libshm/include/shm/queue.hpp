@@ -199,7 +199,7 @@ private:
     [[noreturn]] void bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item);
     void release_view(std::uint64_t pos, std::uint32_t id);
 
-    Segment* seg_;
+    [[maybe_unused]] Segment* seg_;  // the segment the queue lives in (not read yet)
     detail::QueueControl* c_;
 };
 
