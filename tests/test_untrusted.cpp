@@ -258,3 +258,17 @@ TEST_CASE("random damage to the header and the heap, fixed seed", "[untrusted]")
         });
     }
 }
+
+TEST_CASE("shmctl names a segment by its file, not by the name its header claims", "[untrusted]") {
+    test::ShmDir dir;
+    std::string img = untrusted::make_image();
+    const char other[] = "someone-else";
+    std::memset(&img[offsetof(shm::layout::Header, name)], 0, sizeof(shm::layout::Header::name));
+    std::memcpy(&img[offsetof(shm::layout::Header, name)], other, sizeof other - 1);
+    REQUIRE(untrusted::write_file(img));
+    // gc and rm act on this name: a forged header must not point them at
+    // another segment.
+    shm::admin::SegmentInfo si = shm::admin::inspect_segment(untrusted::path(), false);
+    CHECK(si.status == shm::admin::SegmentStatus::ok);
+    CHECK(si.name == untrusted::kName);
+}

@@ -823,7 +823,10 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
     si.created_at_ns = h->created_at_ns;
     char name[sizeof h->name + 1] = {};
     std::memcpy(name, h->name, sizeof h->name);
-    if (name[0]) si.name = name;
+    // gc and rm act on si.name: it is the file's, not the header's copy,
+    // which anyone who can write the file can make name another segment.
+    // The copy is shown only for a file whose name no segment can have.
+    if (name[0] && segment_name_of_file(file).empty()) si.name = name;
 
     Buf sb;
     if (!read_at(fd.fd, h->attach_offset, std::size_t(h->max_attach) * layout::kSlotSize, sb)) {
