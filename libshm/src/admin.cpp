@@ -659,9 +659,10 @@ std::string walk_directory(int fd, const layout::Header* h, std::vector<ObjectSt
 
 void read_objects(int fd, std::size_t fsize, SegmentInfo& si) {
     Buf before, after;
-    std::string why;
+    std::string why, broke_before;
     for (int attempt = 0; attempt < 5; ++attempt) {
-        if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(2 << attempt));
+        // Read again at once, then with growing pauses.
+        if (attempt > 1) std::this_thread::sleep_for(std::chrono::milliseconds(2 << attempt));
         if (!read_header(fd, before, fsize)) {
             why = "header could not be read";
             continue;
@@ -674,9 +675,11 @@ void read_objects(int fd, std::size_t fsize, SegmentInfo& si) {
             LockState l = lock_state(m, m->owner_pid(), m->recoveries(), false);
             if (l.held && l.owner_alive)
                 why = "pid " + std::to_string(l.owner_pid) + " is updating it";
-            else
+            else {
                 why = "an update was cut short when pid " + std::to_string(l.owner_pid) +
                       " died; the segment's next user rolls it back";
+                break;  // nobody is finishing it: reading again shows the same
+            }
             continue;
         }
         std::string broke = walk_directory(fd, h, si.objects);
@@ -693,9 +696,17 @@ void read_objects(int fd, std::size_t fsize, SegmentInfo& si) {
             continue;
         }
         if (!broke.empty()) {
+            // Broken the same way twice under an unchanged, committed
+            // header: nobody is changing it, the file is damaged.
+            if (broke == broke_before) {
+                why = "object directory is corrupt: " + broke;
+                break;
+            }
+            broke_before = broke;
             why = broke;
             continue;
         }
+        broke_before.clear();
         for (ObjectState& o : si.objects) read_object_state(fd, o);
         std::reverse(si.objects.begin(), si.objects.end());  // oldest first
         si.objects_read = true;
@@ -705,7 +716,7 @@ void read_objects(int fd, std::size_t fsize, SegmentInfo& si) {
     }
     si.objects.clear();
     si.directory_busy = true;
-    si.directory_note = "object directory busy: " + why;
+    si.directory_note = why.rfind("object directory is corrupt", 0) == 0 ? why : "object directory busy: " + why;
 }
 
 std::string errno_text(int err) { return std::strerror(err); }
@@ -795,13 +806,9 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
         return si;
     }
     if (state != layout::kReady) return uninitialised();
-    if (h->total_size != fsize || h->max_attach == 0 || h->max_attach > layout::kMaxAttachLimit ||
-        h->attach_offset != layout::kHeaderSize || h->heap_offset != layout::heap_offset_for(h->max_attach) ||
-        h->journal_offset != layout::journal_offset_for(h->max_attach) ||
-        h->journal_capacity != layout::kJournalCapacity ||
-        h->heap_offset + h->heap_size > h->total_size) {
+    if (const char* why = layout::header_problem(h, fsize)) {
         si.status = SegmentStatus::corrupt;
-        si.error = "the header is inconsistent (sizes do not match the file)";
+        si.error = std::string("the header is inconsistent: ") + why;
         return si;
     }
     si.status = SegmentStatus::ok;
@@ -816,7 +823,10 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
     si.created_at_ns = h->created_at_ns;
     char name[sizeof h->name + 1] = {};
     std::memcpy(name, h->name, sizeof h->name);
-    if (name[0]) si.name = name;
+    // gc and rm act on si.name: it is the file's, not the header's copy,
+    // which anyone who can write the file can make name another segment.
+    // The copy is shown only for a file whose name no segment can have.
+    if (name[0] && segment_name_of_file(file).empty()) si.name = name;
 
     Buf sb;
     if (!read_at(fd.fd, h->attach_offset, std::size_t(h->max_attach) * layout::kSlotSize, sb)) {

@@ -119,13 +119,30 @@ struct Op {
     }
     void free_block(std::uint64_t off) { heap::deallocate(t, off); }
 
+    // The container header at off, checked on every use (a few compares):
+    // its table, count and capacity are what every read below follows.
     CHdr* hdr(std::uint64_t off, std::uint64_t magic) const {
-        if (off < h->heap_offset || off + sizeof(CHdr) > h->total_size)
+        const char* kind = magic == kDictMagic ? "dict" : "list";
+        if (off % 8 != 0 || !layout::in_heap(h, off, sizeof(CHdr)))
             throw corrupted(where() + ": container handle points outside the heap");
         CHdr* c = at<CHdr>(off);
         if (rd(c->magic) != magic)
-            throw corrupted(where() + ": no " + (magic == kDictMagic ? "dict" : "list") + " at this handle (destroyed?)");
+            throw corrupted(where() + ": no " + kind + " at this handle (destroyed?)");
+        const std::uint64_t cap = rd(c->capacity), tab = rd(c->table), n = rd(c->count);
+        const std::uint64_t esz = magic == kDictMagic ? sizeof(DEntry) : sizeof(Cell);
+        if (n > cap || (cap && (tab % 8 != 0 || !layout::in_heap(h, tab, cap, esz))) ||
+            (magic == kDictMagic && ((cap & (cap - 1)) != 0 || rd(c->used) > cap)))
+            throw corrupted(where() + ": a " + kind + "'s header is corrupt (count " + std::to_string(n) +
+                            ", capacity " + std::to_string(cap) + ", table at " + std::to_string(tab) + ")");
         return c;
+    }
+
+    // The bytes of a dict key, checked against the heap.
+    const char* key_bytes(const DEntry& e) const {
+        const std::uint64_t k = rd(e.key), len = rd(e.key_len);
+        if (len == 0) return "";
+        if (!layout::in_heap(h, k, len)) throw corrupted(where() + ": a dict key points outside the heap");
+        return base + k;
     }
 
     std::uint64_t new_container(std::uint64_t magic) {
@@ -206,7 +223,7 @@ struct Op {
     Value copy_out(const Cell& c, int depth = 0) const {
         Value v = decode(c);
         if (depth > 64 || (v.type() != VT::list && v.type() != VT::dict)) return v;
-        CHdr* ch = at<CHdr>(v.ref().offset);
+        CHdr* ch = hdr(v.ref().offset, v.type() == VT::list ? kListMagic : kDictMagic);
         std::uint64_t cap = rd(ch->capacity);
         if (v.type() == VT::list) {
             std::vector<Value> items;
@@ -218,7 +235,7 @@ struct Op {
             DEntry& e = at<DEntry>(rd(ch->table))[i];
             std::uint64_t k = rd(e.key), len = rd(e.key_len);
             if (k <= kTomb) continue;
-            items.emplace_back(std::string(len ? base + k : "", len), copy_out(e.v, depth + 1));
+            items.emplace_back(std::string(key_bytes(e), len), copy_out(e.v, depth + 1));
         }
         return Value::new_dict(std::move(items));
     }
@@ -238,7 +255,7 @@ struct Op {
             }
             case VT::string:
             case VT::bytes: {
-                if (len && (data < h->heap_offset || data + len > h->total_size))
+                if (len && !layout::in_heap(h, data, len))
                     throw corrupted(where() + ": a string value points outside the heap");
                 std::string_view sv(len ? base + data : "", len);
                 return ty == VT::string ? Value(sv) : Value::bytes(sv);
@@ -342,7 +359,7 @@ struct Op {
                 continue;
             }
             if (rd(tab[i].hash) == hash && rd(tab[i].key_len) == key.size() &&
-                (key.empty() || std::memcmp(base + k, key.data(), key.size()) == 0))
+                (key.empty() || std::memcmp(key_bytes(tab[i]), key.data(), key.size()) == 0))
                 return static_cast<std::int64_t>(i);
         }
         return -1;
@@ -605,7 +622,10 @@ std::uint64_t open_root(Segment& seg, std::string_view name, bool create, std::u
         throw not_found(std::string(magic == kDictMagic ? "dict '" : "list '") + std::string(name) +
                         "' does not exist in segment '" + seg.name() + "'");
     std::uint64_t off = r->header.load(std::memory_order_acquire);
-    if (off) return off;
+    if (off) {
+        read(seg, [&](Op& op) { op.hdr(off, magic); });  // a handle to a valid header only
+        return off;
+    }
     return run(seg, [&](Op& op) {
         std::uint64_t cur = rd(r->header);
         if (cur) return cur;
@@ -623,9 +643,7 @@ struct Verifier {
     void bad(const std::string& s) {
         if (problems.size() < 64) problems.push_back(s);
     }
-    bool in_heap(std::uint64_t off, std::uint64_t len) const {
-        return off >= op.h->heap_offset && off + len <= op.h->heap_offset + op.h->heap_size;
-    }
+    bool in_heap(std::uint64_t off, std::uint64_t len) const { return layout::in_heap(op.h, off, len); }
     void cell(const Cell& c, const std::string& where, int depth) {
         std::uint64_t meta = rd(c.meta), data = rd(c.data);
         VT ty = static_cast<VT>(meta & 0xff);
@@ -641,7 +659,7 @@ struct Verifier {
     }
     void container(std::uint64_t off, std::uint64_t magic, const std::string& where, int depth) {
         if (depth > 64) return bad(where + ": nesting deeper than 64 (a cycle?)");
-        if (!in_heap(off, sizeof(CHdr))) return bad(where + ": container header outside the heap");
+        if (!in_heap(off, sizeof(CHdr)) || off % 8 != 0) return bad(where + ": container header outside the heap");
         if (!seen.insert(off).second) return bad(where + ": container referenced twice");
         CHdr* c = op.at<CHdr>(off);
         if (rd(c->magic) != magic) return bad(where + ": bad container magic");
@@ -652,7 +670,7 @@ struct Verifier {
         }
         if ((cap & (cap - 1)) && magic == kDictMagic) bad(where + ": dict capacity not a power of two");
         std::uint64_t esz = magic == kDictMagic ? sizeof(DEntry) : sizeof(Cell);
-        if (!in_heap(tab, cap * esz)) return bad(where + ": table outside the heap");
+        if (!layout::in_heap(op.h, tab, cap, esz) || tab % 8 != 0) return bad(where + ": table outside the heap");
         if (magic == kListMagic) {
             if (n > cap) return bad(where + ": count above capacity");
             Cell* cs = op.at<Cell>(tab);
@@ -673,7 +691,12 @@ struct Verifier {
             }
             std::string_view key(len ? op.base + k : "", len);
             if (rd(es[i].hash) != hash_key(key)) bad(where + ": key hash mismatch");
-            std::int64_t at = op.dict_find(c, key, hash_key(key), nullptr);
+            std::int64_t at = -1;
+            try {
+                at = op.dict_find(c, key, hash_key(key), nullptr);  // may meet a bad key on its way
+            } catch (const corrupted& x) {
+                bad(where + ": " + x.what());
+            }
             if (at != static_cast<std::int64_t>(i)) bad(where + ": key not reachable by probing");
             cell(es[i].v, where + "['" + std::string(key.substr(0, 40)) + "']", depth);
         }
@@ -894,7 +917,7 @@ std::vector<std::pair<std::string, Value>> Dict::items() const {
         for (std::uint64_t i = 0; i < cap; ++i) {
             std::uint64_t k = rd(tab[i].key), len = rd(tab[i].key_len);
             if (k <= kTomb) continue;
-            out.emplace_back(std::string(len ? op.base + k : "", len), op.decode(tab[i].v));
+            out.emplace_back(std::string(op.key_bytes(tab[i]), len), op.decode(tab[i].v));
         }
         return out;
     });

@@ -278,7 +278,12 @@ void rollback(Header* h) {
     layout::UndoEntry* j = layout::journal(h);
     for (std::uint32_t i = n; i-- > 0;) {
         std::uint64_t off = j[i].offset.load(std::memory_order_relaxed);
-        if (off % 8 != 0 || off < offsetof(Header, bin_bitmap) || off + 8 > h->total_size)
+        // Only the heap's words are ever journaled: its header words (bins,
+        // counters, directory, garbage list), never the journal's own, and
+        // the heap itself.
+        const bool header_word = off >= offsetof(Header, bin_bitmap) && off < offsetof(Header, journal_count);
+        const bool garbage_word = off == offsetof(Header, garbage_head);
+        if (off % 8 != 0 || !(header_word || garbage_word || layout::in_heap(h, off, 8)))
             corrupt(h, "journal entry points outside the heap");
         crash_point();
         word(h, off).store(j[i].old_value.load(std::memory_order_relaxed), std::memory_order_release);
@@ -493,11 +498,28 @@ std::uint64_t largest_free(Header* h) {
 
 // ---- directory ----------------------------------------------------------
 
+DirEntry* dir_entry(Header* h, std::uint64_t e) {
+    if (e % 16 != 0 || !layout::in_heap(h, e, sizeof(DirEntry)) || e < heap_begin(h) + 16)
+        throw corrupted(where(h) + ": object directory is corrupt: an entry at " + std::to_string(e) +
+                        " is outside the heap");
+    auto* d = reinterpret_cast<DirEntry*>(base(h) + e);
+    if (d->name_len == 0 || d->name_len >= sizeof d->name)
+        throw corrupted(where(h) + ": object directory is corrupt: an entry has a name of " +
+                        std::to_string(d->name_len) + " bytes");
+    if (d->object_offset % 16 != 0 || d->object_offset < heap_begin(h) + 16 ||
+        !layout::in_heap(h, d->object_offset, d->object_size))
+        throw corrupted(where(h) + ": object directory is corrupt: object '" + std::string(d->name, d->name_len) +
+                        "' lies outside the heap");
+    return d;
+}
+
 DirEntry* dir_find(Header* h, const char* name, std::size_t len, DirEntry** prev) {
     DirEntry* last = nullptr;
     std::uint64_t limit = h->dir_count.load(std::memory_order_relaxed) + 1;
-    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e && limit--;) {
-        auto* d = reinterpret_cast<DirEntry*>(base(h) + e);
+    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
+        if (limit-- == 0)
+            throw corrupted(where(h) + ": object directory is corrupt: it is longer than its count");
+        DirEntry* d = dir_entry(h, e);
         if (d->name_len == len && std::memcmp(d->name, name, len) == 0) {
             if (prev) *prev = last;
             return d;
@@ -527,7 +549,7 @@ HeapReport verify(Header* h) {
     std::uint64_t b = begin;
     while (b < end) {
         std::uint64_t size = size_of(h, b);
-        if (size < kMinBlock || size % 16 != 0 || b + size > end) {
+        if (size < kMinBlock || size % 16 != 0 || size > end - b) {
             problem("block at " + std::to_string(b) + " has bad size " + std::to_string(size));
             break;
         }
@@ -571,12 +593,13 @@ HeapReport verify(Header* h) {
             problem("bin " + std::to_string(k) + " bitmap bit disagrees with its list");
         std::uint64_t p = 0, steps = 0;
         for (std::uint64_t e = head; e; e = next_free(h, e)) {
-            if (e < begin || e >= end || (e - begin) % 16 != 0) {
+            if (e < begin || !layout::in_heap(h, e, kMinBlock) || (e - begin) % 16 != 0) {
                 problem("bin " + std::to_string(k) + " links to " + std::to_string(e) + " outside the heap");
                 break;
             }
             if (!is_free(h, e)) problem("bin " + std::to_string(k) + " holds a used block at " + std::to_string(e));
-            if (bin_of(size_of(h, e)) != k) problem("block at " + std::to_string(e) + " is in the wrong bin");
+            if (size_of(h, e) < kMinBlock || bin_of(size_of(h, e)) != k)
+                problem("block at " + std::to_string(e) + " is in the wrong bin");
             if (prev_free(h, e) != p) problem("bad back link at " + std::to_string(e));
             p = e;
             if (++steps > walk_free_blocks + 1) {
@@ -594,15 +617,18 @@ HeapReport verify(Header* h) {
     // 3. Directory.
     std::uint64_t count = h->dir_count.load(std::memory_order_relaxed), seen = 0;
     for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
-        if (e < begin + 16 || e >= end || ++seen > count + 1) {
+        if (++seen > count + 1) {
             problem("object directory is broken");
             break;
         }
-        auto* d = reinterpret_cast<DirEntry*>(base(h) + e);
+        DirEntry* d;
+        try {
+            d = dir_entry(h, e);
+        } catch (const corrupted& x) {
+            problem(x.what());
+            break;
+        }
         if (is_free(h, e - 16)) problem("directory entry at " + std::to_string(e) + " is in a free block");
-        if (d->name_len == 0 || d->name_len > 63) problem("directory entry with bad name length");
-        std::uint64_t o = d->object_offset;
-        if (o < begin + 16 || o + d->object_size > end) problem("object outside the heap");
         e = d->next.load(std::memory_order_relaxed);
     }
     if (seen != count) problem("directory count " + std::to_string(count) + " but " + std::to_string(seen) + " entries");

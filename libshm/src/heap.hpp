@@ -195,6 +195,11 @@ struct DirEntry {
 };
 static_assert(sizeof(DirEntry) == 168);
 
+// The directory entry at offset e, checked (placement, name, object inside
+// the heap); throws shm::corrupted naming what is wrong.
+DirEntry* dir_entry(layout::Header* h, std::uint64_t e);
+// Walks at most dir_count entries; throws shm::corrupted for a bad entry or
+// a list longer than its count (a cycle).
 DirEntry* dir_find(layout::Header* h, const char* name, std::size_t len, DirEntry** prev);
 
 }  // namespace shm::heap

@@ -163,4 +163,24 @@ inline UndoEntry* journal(Header* h) {
     return reinterpret_cast<UndoEntry*>(reinterpret_cast<char*>(h) + h->journal_offset);
 }
 
+// Is [off, off + n) inside the heap? Overflow-safe: offsets and lengths
+// come from the file, and every byte of it is untrusted.
+inline bool in_heap(const Header* h, std::uint64_t off, std::uint64_t n) {
+    const std::uint64_t begin = h->heap_offset, end = h->heap_offset + h->heap_size;
+    return off >= begin && off <= end && n <= end - off;
+}
+// The same for `count` elements of `size` bytes each.
+inline bool in_heap(const Header* h, std::uint64_t off, std::uint64_t count, std::uint64_t size) {
+    return count <= h->heap_size / size && in_heap(h, off, count * size);
+}
+
+// Why the header of a segment whose state is ready cannot be trusted, or
+// nullptr when every field that anything dereferences is consistent with
+// the file (its size, the attach table, the journal, the heap, the
+// directory's head, the heap lock). The one answer to "is this a valid
+// segment": Segment's open and create and admin's inspection both ask it
+// (layout.cpp). Everything reached through the heap (directory entries,
+// objects, containers, queues) is checked where it is looked up or opened.
+const char* header_problem(const Header* h, std::uint64_t file_size) noexcept;
+
 }  // namespace shm::layout

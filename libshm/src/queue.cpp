@@ -336,6 +336,33 @@ struct CreateArgs {
 std::uint64_t ring_offset_for(std::uint32_t capacity) {
     return (sizeof(QueueControl) + std::uint64_t(capacity) * sizeof(QueueSlot) + 63) & ~std::uint64_t(63);
 }
+
+// Why the control block of a queue found in its block of `size` bytes cannot
+// be trusted, or nullptr. The segment is a file anyone with write access
+// may have changed: the shape checked here (capacity, ring, offsets) is what
+// every put and get indexes with, so it is checked once, when the queue is
+// opened; an item's place in the ring is checked when it is got.
+const char* control_problem(const QueueControl* c, std::uint64_t size) {
+    if (size < sizeof(QueueControl)) return "its block is smaller than a control block";
+    if (c->magic != kQueueMagic) return "bad magic";
+    if (c->capacity < 2 || c->capacity > (1u << 24) || (c->capacity & (c->capacity - 1)) != 0)
+        return "its capacity is not a power of two in 2 .. 2^24";
+    if (c->max_item < 1 || c->max_item > (256u << 20) || c->max_bytes == 0 || c->max_bytes > kMaxBytesLimit)
+        return "its item or byte limit is out of range";
+    if (c->ring_units == 0 || c->ring_units > detail::kMaxRingUnits || c->unit_shift < 3 || c->unit_shift > 24)
+        return "its byte ring has an impossible shape";
+    if (c->ring_offset != ring_offset_for(c->capacity)) return "its byte ring is not where its capacity puts it";
+    const std::uint64_t largest = std::min<std::uint64_t>(c->max_item, c->max_bytes);
+    const std::uint64_t ring = (std::uint64_t(c->ring_units) + units_of(c->unit_shift, largest)) << c->unit_shift;
+    if (c->ring_offset + ring > size) return "its byte ring does not fit its block";
+    return nullptr;
+}
+
+// Whether a slot's item (start, len) lies inside the ring and its overhang.
+bool item_ok(const QueueControl* c, std::uint64_t item) {
+    const std::uint32_t start = detail::item_start(item), len = detail::item_len(item);
+    return start < 2ull * c->ring_units && len <= c->max_item && len <= c->max_bytes;
+}
 }  // namespace
 
 Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt_in, bool may_find, bool may_create) {
@@ -381,11 +408,13 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
         c->magic = kQueueMagic;
     };
     bool constructed = false;
+    std::size_t size = bytes;
     void* p = seg.named_op(name, Segment::type_key<QueueControl>(), "shm::Queue", ObjectKind::queue, bytes, 64, init,
-                           &a, may_find, may_create, &constructed);
+                           &a, may_find, may_create, &constructed, &size);
     if (!p) throw not_found("shm::Queue '" + std::string(name) + "' does not exist in segment '" + seg.name() + "'");
     auto* c = static_cast<QueueControl*>(p);
-    if (c->magic != kQueueMagic) throw corrupted("shm::Queue '" + std::string(name) + "': bad magic");
+    if (const char* why = control_problem(c, size))
+        throw corrupted("shm::Queue '" + std::string(name) + "' in segment '" + seg.name() + "' is corrupt: " + why);
     return Queue(seg, c);
 }
 
@@ -805,7 +834,15 @@ std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadlin
             }
             return h;
         }
-        if (ticket_diff(tk(w), h) > 0) continue;  // released: head moved on since we read it
+        if (ticket_diff(tk(w), h) > 0) {
+            // Released: head moved on since we read it. If it did not, the
+            // slot is ahead of every ticket ever got: not a state the
+            // protocol makes, and waiting would never end.
+            if (c->head.load(std::memory_order_acquire) == H)
+                throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
+                                " is ahead of the queue's head; the queue is corrupt");
+            continue;
+        }
         // Unpublished (empty here, or being written), or still holding the
         // item of ticket h - capacity, being got.
         if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
@@ -831,6 +868,15 @@ void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
     release_slot(c_, pos);
 }
 
+// An item whose place is outside the ring: the slot is released (the queue
+// moves past it) and the get reports the corruption.
+void Queue::bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item) {
+    release_view(pos, id);
+    throw corrupted("shm::Queue: item " + std::to_string(pos) + " says it has " +
+                    std::to_string(detail::item_len(item)) + " bytes at " + std::to_string(detail::item_start(item)) +
+                    ", outside the queue's ring; the queue is corrupt");
+}
+
 Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
     std::uint32_t id = actor_id(c_);
     bool is_closed = false;
@@ -840,6 +886,7 @@ Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
         return View{nullptr, 0, kNoTicket, id};
     }
     const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
+    if (!item_ok(c_, item)) bad_item(pos, id, item);
     return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), pos, id};
 }
 
@@ -870,6 +917,7 @@ std::optional<std::string> Queue::try_get() {
     const std::uint64_t pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
     if (pos == kNoTicket) return std::nullopt;
     const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
+    if (!item_ok(c_, item)) bad_item(pos, id, item);
     std::string out(payload_at(c_, detail::item_start(item)), detail::item_len(item));
     release_view(pos, id);
     return out;

@@ -186,17 +186,51 @@ Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, 
                                h->version, layout::kVersion);
     switch (h->state.load(std::memory_order_acquire)) {
         case layout::kReady:
-            if (h->total_size != fsize || h->max_attach == 0 || h->max_attach > layout::kMaxAttachLimit ||
-                h->heap_offset != layout::heap_offset_for(h->max_attach) ||
-                h->journal_offset != layout::journal_offset_for(h->max_attach) ||
-                h->journal_capacity != layout::kJournalCapacity ||
-                h->heap_offset + h->heap_size > h->total_size ||
-                h->total_size - (h->heap_offset + h->heap_size) >= 64)
-                throw corrupted("segment " + q(name) + " (" + path + ") has an inconsistent header");
+            // Checked once here, before anything follows an offset of it.
+            if (const char* why = layout::header_problem(h, fsize))
+                throw corrupted("segment " + q(name) + " (" + path + ") has an inconsistent header: " + why);
             return Kind::ready;
         case layout::kDead: return Kind::dead;
         default: return Kind::uninitialised;
     }
+}
+
+// Under the meta lock, on a segment being attached: is its heap lock's
+// owner believable? A holder dying is recorded by the kernel in the lock
+// word (FUTEX_OWNER_DIED), but a word that names a thread which is not
+// holding it (the file was written by someone else) would make the first
+// heap operation wait forever. So a word that names a thread is trusted if
+// that thread belongs to a process attached to the segment, or if the lock
+// is released within a moment (transactions last microseconds); else the
+// segment is refused as corrupt.
+void check_heap_lock(int fd, Header* h, const std::string& what) {
+    constexpr unsigned kTidMask = 0x3fffffff, kOwnerDied = 0x40000000;  // FUTEX_TID_MASK, FUTEX_OWNER_DIED
+    const auto* pm = reinterpret_cast<const pthread_mutex_t*>(h->heap_lock_storage);
+    const unsigned word = __atomic_load_n(reinterpret_cast<const unsigned*>(&pm->__data.__lock), __ATOMIC_ACQUIRE);
+    const unsigned tid = word & kTidMask;
+    // Free, or its holder died: the next locker recovers it. Any other word
+    // (also one with only the waiters bit) makes a locker wait.
+    if (word == 0 || (word & kOwnerDied)) return;
+    if (tid == static_cast<unsigned>(platform::current_tid()))
+        throw corrupted(what + " has an inconsistent header: its heap lock names this thread, which does not hold it");
+    auto thread_of = [tid](long pid) {
+        char p[64];
+        std::snprintf(p, sizeof p, "/proc/%ld/task/%u", pid, tid);
+        return ::access(p, F_OK) == 0;
+    };
+    if (thread_of(::getpid())) return;  // another handle of ours, in a transaction
+    layout::AttachSlot* s = layout::slots(h);
+    for (std::uint32_t i = 0; i < h->max_attach; ++i) {
+        const std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
+        if (pid > 0 && slot_alive(fd, h, i) && thread_of(pid)) return;
+    }
+    Mutex& m = layout::heap_lock(h);
+    if (m.try_lock_for(std::chrono::milliseconds(100))) {
+        m.unlock();  // a dead holder's journal is rolled back by the next transaction
+        return;
+    }
+    throw corrupted(what + " has an inconsistent header: its heap lock names thread " + std::to_string(tid) +
+                    ", of no process attached to it, and stays held");
 }
 
 // Registry of attached handles, so that a forked child takes its own slots.
@@ -475,6 +509,7 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
                 throw already_exists(what + " already exists (" +
                                      (persistent ? std::string("persistent") : std::to_string(live) + " live processes attached") +
                                      "); use open() or open_or_create(), or remove it with shmctl rm");
+            check_heap_lock(fd.fd, h, what + " (" + path + ")");
             impl->slot = take_slot(fd.fd, h);
             if (impl->slot == kNoSlot)
                 throw attach_table_full(what + ": all " + std::to_string(h->max_attach) +
@@ -693,6 +728,9 @@ std::vector<AttachInfo> Segment::attachments() const {
 // ---- named objects and heap ---------------------------------------------
 
 namespace {
+// A directory entry's type name, which the file may not terminate.
+std::string type_name_of(const heap::DirEntry& e) { return std::string(e.type_name, strnlen(e.type_name, sizeof e.type_name)); }
+
 std::string space_message(Header* h, const std::string& what, std::size_t bytes, const std::string& purpose) {
     std::uint64_t used = h->used_bytes.load(std::memory_order_relaxed);
     return what + " (" + platform::human_bytes(h->total_size) + "): cannot allocate " +
@@ -704,7 +742,7 @@ std::string space_message(Header* h, const std::string& what, std::size_t bytes,
 
 void* Segment::named_op(std::string_view name, std::uint64_t key, const char* type_name, ObjectKind kind,
                         std::size_t size, std::size_t align, Init init, void* ctx, bool may_find,
-                        bool may_construct, bool* constructed) {
+                        bool may_construct, bool* constructed, std::size_t* found_size) {
     impl_->require_attached();
     validate_object_name(name);
     Header* h = impl_->hdr();
@@ -715,7 +753,15 @@ void* Segment::named_op(std::string_view name, std::uint64_t key, const char* ty
             throw already_exists("object " + q(name) + " already exists in " + impl_->what());
         if (e->type_key != key)
             throw type_mismatch("object " + q(name) + " in " + impl_->what() + " was constructed as type " +
-                                e->type_name + ", not " + type_name);
+                                type_name_of(*e) + ", not " + type_name);
+        // dir_find() placed it inside the heap; its type fixes its size
+        // (a variable-size block's owner checks it).
+        if ((!found_size && e->object_size != size) ||
+            e->object_offset % std::max<std::size_t>(align, 1) != 0)
+            throw corrupted("object " + q(name) + " in " + impl_->what() + " has " +
+                            std::to_string(e->object_size) + " bytes at offset " + std::to_string(e->object_offset) +
+                            "; a " + type_name + " has " + std::to_string(size));
+        if (found_size) *found_size = e->object_size;
         t.commit();
         *constructed = false;
         return impl_->base() + e->object_offset;
@@ -755,7 +801,7 @@ bool Segment::named_destroy(std::string_view name, std::uint64_t key, const char
     if (!e) return false;
     if (e->type_key != key)
         throw type_mismatch("object " + q(name) + " in " + impl_->what() + " was constructed as type " +
-                            e->type_name + ", not " + type_name);
+                            type_name_of(*e) + ", not " + type_name);
     std::uint64_t obj = e->object_offset;
     std::uint64_t ent = static_cast<std::uint64_t>(reinterpret_cast<char*>(e) - impl_->base());
     t.store(prev ? prev->next : h->dir_head, e->next.load(std::memory_order_relaxed));
@@ -773,8 +819,10 @@ std::vector<ObjectInfo> Segment::objects() const {
     heap::Txn t(h);
     std::vector<ObjectInfo> out;
     std::uint64_t limit = h->dir_count.load(std::memory_order_relaxed);
-    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e && limit--;) {
-        auto* d = reinterpret_cast<heap::DirEntry*>(impl_->base() + e);
+    for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
+        if (limit-- == 0)
+            throw corrupted(impl_->what() + ": object directory is corrupt: it is longer than its count");
+        heap::DirEntry* d = heap::dir_entry(h, e);
         out.push_back({std::string(d->name, d->name_len), static_cast<ObjectKind>(d->kind), d->object_offset,
                        d->object_size});
         e = d->next.load(std::memory_order_relaxed);

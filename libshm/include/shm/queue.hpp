@@ -196,9 +196,10 @@ private:
     std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);
     bool join_until(const detail::Deadline& d);
     View get_view(const detail::Deadline& d, bool throw_closed);
+    [[noreturn]] void bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item);
     void release_view(std::uint64_t pos, std::uint32_t id);
 
-    Segment* seg_;
+    [[maybe_unused]] Segment* seg_;  // the segment the queue lives in (not read yet)
     detail::QueueControl* c_;
 };
 

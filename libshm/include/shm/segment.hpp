@@ -185,9 +185,12 @@ private:
     using Init = void (*)(void* where, void* ctx);
     using Fini = void (*)(void* where);
     // Returns the object; *constructed says whether this call constructed it.
+    // An object found must have exactly `size` bytes, unless found_size is
+    // given (a block of variable size): then it gets the size, which the
+    // caller checks.
     void* named_op(std::string_view name, std::uint64_t type_key, const char* type_name,
                    ObjectKind kind, std::size_t size, std::size_t align, Init init, void* ctx,
-                   bool may_find, bool may_construct, bool* constructed);
+                   bool may_find, bool may_construct, bool* constructed, std::size_t* found_size = nullptr);
     bool named_destroy(std::string_view name, std::uint64_t type_key, const char* type_name,
                        Fini fini);
 

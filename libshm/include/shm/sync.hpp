@@ -118,7 +118,7 @@ private:
     std::atomic<std::uint32_t> value_;    // futex word
     std::atomic<std::uint32_t> waiters_{0};
     std::uint32_t bound_ = 0;
-    std::uint32_t reserved_ = 0;
+    [[maybe_unused]] std::uint32_t reserved_ = 0;  // layout padding, never read
 };
 
 // Releasing above the initial value is an error (shm::error, EINVAL).

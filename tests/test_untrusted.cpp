@@ -1,0 +1,274 @@
+// A segment file is input from anyone who can write to the shm directory.
+// Damage every structure the library follows (the header, the attach table,
+// the object directory, a dict and a list, a queue's control block) and
+// check that every reader either works or refuses with a shm::error that
+// says the file is bad: never a signal, never a hang. Each case runs in a
+// forked child, so that a crash fails the test instead of the runner.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "layout.hpp"
+#include "heap.hpp"
+#include "container_layout.hpp"
+#include "queue_layout.hpp"
+#include "support.hpp"
+#include "untrusted.hpp"
+
+namespace {
+
+std::uint64_t get64(const std::string& img, std::size_t off) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, img.data() + off, sizeof v);
+    return v;
+}
+void put64(std::string& img, std::size_t off, std::uint64_t v) { std::memcpy(&img[off], &v, sizeof v); }
+void put32(std::string& img, std::size_t off, std::uint32_t v) { std::memcpy(&img[off], &v, sizeof v); }
+
+// Run body in a forked child with SHM_DAEMON=off; the child exits 0 if body
+// returns true. A signal, a hang or a false fails the test.
+void isolated(const std::function<bool()>& body) {
+    pid_t pid = test::spawn([&] {
+        ::setenv("SHM_DAEMON", "off", 1);
+        return body() ? 0 : 1;
+    });
+    test::require_exit_ok(pid, std::chrono::minutes(5));
+}
+
+// Drive every reader over img; report what was not expected.
+bool drive_ok(const std::string& img, const std::string& label) {
+    if (!untrusted::write_file(img)) return false;
+    untrusted::Outcome o = untrusted::drive();
+    for (const std::string& u : o.unexpected) std::fprintf(stderr, "%s: unexpected refusal: %s\n", label.c_str(), u.c_str());
+    return o.unexpected.empty();
+}
+
+// Values worth writing over a 64-bit word that held v.
+std::vector<std::uint64_t> bad_words(std::uint64_t v) {
+    return {0, 1, 8, ~std::uint64_t(0), std::uint64_t(1) << 40, v + 8, v - 16, v ^ 0x8000, v * 2, v >> 1};
+}
+
+// Corrupt every 64-bit word of [begin, end) of img with bad_words(), and
+// every 32-bit half with a few values; drive each variant.
+bool corrupt_each_word(const std::string& img, std::size_t begin, std::size_t end, const std::string& what) {
+    for (std::size_t off = begin; off + 8 <= end; off += 8) {
+        for (std::uint64_t v : bad_words(get64(img, off))) {
+            std::string m = img;
+            put64(m, off, v);
+            char label[128];
+            std::snprintf(label, sizeof label, "%s: word at %zu = %#llx", what.c_str(), off,
+                          static_cast<unsigned long long>(v));
+            std::fprintf(stderr, "%s\r", label);  // the last line a crash leaves
+            if (!drive_ok(m, label)) return false;
+        }
+        for (std::size_t half : {off, off + 4})
+            for (std::uint32_t v : {0u, 1u, 0x7fffffffu, 0xffffffffu}) {
+                std::string m = img;
+                put32(m, half, v);
+                if (!drive_ok(m, what + ": 32-bit word at " + std::to_string(half))) return false;
+            }
+    }
+    return true;
+}
+
+// Offsets of the structures in a fresh image (read from the file itself).
+struct Map {
+    std::uint64_t heap_offset = 0, heap_end = 0;
+    std::vector<std::uint64_t> entries;  // directory entries
+    std::uint64_t dict = 0, list = 0;    // container headers
+    std::uint64_t queue = 0, queue_size = 0;
+};
+Map map_of(const std::string& img) {
+    Map m;
+    m.heap_offset = get64(img, offsetof(shm::layout::Header, heap_offset));
+    m.heap_end = m.heap_offset + get64(img, offsetof(shm::layout::Header, heap_size));
+    for (std::uint64_t e = get64(img, offsetof(shm::layout::Header, dir_head)); e;
+         e = get64(img, e + offsetof(shm::heap::DirEntry, next))) {
+        m.entries.push_back(e);
+        shm::heap::DirEntry d;
+        std::memcpy(static_cast<void*>(&d), img.data() + e, sizeof d);
+        std::string name(d.name, d.name_len);
+        if (name == "d") m.dict = get64(img, d.object_offset);
+        if (name == "l") m.list = get64(img, d.object_offset);
+        if (name == "q") {
+            m.queue = d.object_offset;
+            m.queue_size = d.object_size;
+        }
+    }
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("a fresh image drives cleanly", "[untrusted]") {
+    test::ShmDir dir;
+    std::string img = untrusted::make_image();
+    isolated([&] {
+        if (!untrusted::write_file(img)) return false;
+        untrusted::Outcome o = untrusted::drive();
+        for (auto& u : o.unexpected) std::fprintf(stderr, "unexpected: %s\n", u.c_str());
+        // Everything works except create() of a name that exists.
+        return o.unexpected.empty() && o.refused == 1;
+    });
+    Map m = map_of(img);
+    CHECK(m.entries.size() == 3);
+    CHECK(m.dict != 0);
+    CHECK(m.list != 0);
+    CHECK(m.queue != 0);
+}
+
+TEST_CASE("the reported headers: attach table offset and directory head", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image(1 << 20);
+    SECTION("offset 40 (attach_offset) of ~0 or 1 << 40: open() and create() throw corrupted") {
+        for (std::uint64_t v : {~std::uint64_t(0), std::uint64_t(1) << 40}) {
+            std::string m = img;
+            put64(m, 40, v);
+            isolated([&] {
+                untrusted::write_file(m);
+                try {
+                    shm::Segment::open(untrusted::kName);
+                    return false;
+                } catch (const shm::corrupted& e) {
+                    if (!std::strstr(e.what(), "attach table")) return false;
+                }
+                try {
+                    shm::Segment::create(untrusted::kName, 1 << 20);
+                    return false;
+                } catch (const shm::corrupted&) {
+                }
+                // shmctl stat says the same, from the same check.
+                shm::admin::SegmentInfo si = shm::admin::inspect_segment(untrusted::path(), true);
+                return si.status == shm::admin::SegmentStatus::corrupt &&
+                       si.error.find("attach table") != std::string::npos;
+            });
+        }
+    }
+    SECTION("offset 376 (dir_head): open() refuses, or objects() and Dict::open() throw corrupted") {
+        Map mp = map_of(img);
+        for (std::uint64_t v : {std::uint64_t(1), std::uint64_t(8), ~std::uint64_t(0), std::uint64_t(1) << 40,
+                                mp.heap_offset + 16, mp.heap_offset + 4096, mp.heap_end - 16, mp.heap_end,
+                                mp.dict, mp.entries[0] + 16}) {
+            std::string m = img;
+            put64(m, 376, v);
+            isolated([&] {
+                untrusted::write_file(m);
+                std::unique_ptr<shm::Segment> seg;
+                try {
+                    seg = std::make_unique<shm::Segment>(shm::Segment::open(untrusted::kName));
+                } catch (const shm::corrupted&) {
+                    return true;  // refused at open: the head is outside the heap
+                }
+                bool ok = true;
+                try {
+                    (void)seg->objects();
+                    ok = false;
+                } catch (const shm::corrupted&) {
+                }
+                try {
+                    (void)shm::Dict::open(*seg, "d");
+                    ok = false;
+                } catch (const shm::corrupted&) {
+                } catch (const shm::not_found&) {
+                }
+                return ok;
+            });
+        }
+    }
+}
+
+TEST_CASE("every word of the header, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    isolated([&] { return corrupt_each_word(img, 0, sizeof(shm::layout::Header), "header"); });
+}
+
+TEST_CASE("the attach table, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    isolated([&] { return corrupt_each_word(img, 4096, 4096 + 2 * shm::layout::kSlotSize, "attach table"); });
+}
+
+TEST_CASE("every directory entry, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    REQUIRE(m.entries.size() == 3);
+    for (std::uint64_t e : m.entries)
+        isolated([&] { return corrupt_each_word(img, e, e + sizeof(shm::heap::DirEntry), "directory entry"); });
+}
+
+TEST_CASE("a dict and a list, damaged: their headers and tables", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    using shm::container_layout::CHdr;
+    for (std::uint64_t c : {m.dict, m.list}) {
+        const std::uint64_t table = get64(img, c + offsetof(CHdr, table));
+        const std::uint64_t cap = get64(img, c + offsetof(CHdr, capacity));
+        const std::uint64_t esz = c == m.dict ? sizeof(shm::container_layout::DEntry) : sizeof(shm::container_layout::Cell);
+        isolated([&] { return corrupt_each_word(img, c, c + sizeof(CHdr), "container header"); });
+        isolated([&] { return corrupt_each_word(img, table, table + cap * esz, "container table"); });
+    }
+}
+
+TEST_CASE("a queue's control block and slots, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    REQUIRE(m.queue != 0);
+    // The control block up to the actors, then the slots.
+    isolated([&] { return corrupt_each_word(img, m.queue, m.queue + 512, "queue control"); });
+    const std::uint64_t slots = m.queue + sizeof(shm::detail::QueueControl);
+    isolated([&] { return corrupt_each_word(img, slots, slots + 8 * sizeof(shm::detail::QueueSlot), "queue slots"); });
+}
+
+TEST_CASE("random damage to the header and the heap, fixed seed", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    // Batches of iterations per child: a crash names its batch and the last
+    // iteration it printed.
+    constexpr int kBatches = 20, kPerBatch = 100;
+    for (int b = 0; b < kBatches; ++b) {
+        INFO("batch " << b);
+        isolated([&] {
+            std::mt19937_64 rng(0x5eed0000u + static_cast<unsigned>(b));
+            for (int i = 0; i < kPerBatch; ++i) {
+                std::string mtd = img;
+                const int changes = 1 + static_cast<int>(rng() % 8);
+                // Half the iterations in the header, half anywhere up to the
+                // end of the objects (directory, containers, queue).
+                const std::size_t limit = i % 2 ? sizeof(shm::layout::Header) : std::size_t(m.queue + m.queue_size);
+                for (int k = 0; k < changes; ++k) {
+                    std::size_t off = (i % 2 ? 0 : m.heap_offset) + rng() % (limit - (i % 2 ? 0 : m.heap_offset));
+                    if (rng() % 2)
+                        mtd[off] = static_cast<char>(rng());
+                    else
+                        mtd[off] ^= static_cast<char>(1u << (rng() % 8));
+                }
+                std::fprintf(stderr, "random batch %d iteration %d\r", b, i);
+                if (!drive_ok(mtd, "random batch " + std::to_string(b) + " iteration " + std::to_string(i)))
+                    return false;
+            }
+            return true;
+        });
+    }
+}
+
+TEST_CASE("shmctl names a segment by its file, not by the name its header claims", "[untrusted]") {
+    test::ShmDir dir;
+    std::string img = untrusted::make_image();
+    const char other[] = "someone-else";
+    std::memset(&img[offsetof(shm::layout::Header, name)], 0, sizeof(shm::layout::Header::name));
+    std::memcpy(&img[offsetof(shm::layout::Header, name)], other, sizeof other - 1);
+    REQUIRE(untrusted::write_file(img));
+    // gc and rm act on this name: a forged header must not point them at
+    // another segment.
+    shm::admin::SegmentInfo si = shm::admin::inspect_segment(untrusted::path(), false);
+    CHECK(si.status == shm::admin::SegmentStatus::ok);
+    CHECK(si.name == untrusted::kName);
+}
