@@ -507,7 +507,7 @@ TEST_CASE("an attach storm on a ready segment: every excess attacher gets attach
     // ready segment never counts against the time-out, so the default one
     // is kept: any time-out here is the bug, however slow the machine.
     test::ShmDir dir;
-    auto [slots, n] = GENERATE(std::make_pair(128u, 400), std::make_pair(5u, 300));
+    auto [slots, n] = GENERATE(std::make_pair(128u, 400), std::make_pair(5u, 200));
     INFO(n << " attachers, " << slots << " slots");
     shm::SegmentOptions o;
     o.max_attach = slots;
@@ -528,7 +528,7 @@ TEST_CASE("an attach storm on a ready segment: every excess attacher gets attach
 TEST_CASE("an open_or_create storm on a missing segment: one creates, the rest attach or get attach_table_full",
           "[segment][race][storm]") {
     test::ShmDir dir;
-    auto [slots, n] = GENERATE(std::make_pair(128u, 400), std::make_pair(3u, 300));
+    auto [slots, n] = GENERATE(std::make_pair(128u, 300), std::make_pair(3u, 200));
     INFO(n << " attachers, " << slots << " slots");
     shm::SegmentOptions o;
     o.max_attach = slots;
