@@ -74,10 +74,14 @@ def producer(q, index, size, batch, seconds, warmup, ready, go, results):
         first = seq
         t0 = now()
         end = t0 + seconds
-        while now() < end:
+        # At least one batch, however late this process runs: a smoke run's
+        # window is shorter than a time slice on a busy machine.
+        while True:
             for _ in range(batch):
                 q.put(make_item(middle, index, MEASURED, seq))
                 seq += 1
+            if now() >= end:
+                break
         q.close()
         q.join_thread()  # every item is in the pipe before we report
         results.put(("producer", index, t0, seq, seq - first, None))
@@ -217,7 +221,7 @@ def client(req, rep, size, seconds, warmup, ready, go, results):
             round_trip(WARMUP)
         end = now_ns() + int(seconds * 1e9)
         t = now_ns()
-        while t < end and len(samples) < MAX_SAMPLES:
+        while not samples or (t < end and len(samples) < MAX_SAMPLES):  # at least one
             round_trip(MEASURED)
             t2 = now_ns()
             samples.append(t2 - t)

@@ -311,8 +311,11 @@ Throughput throughput(const Options& opt, Channel& ch, std::size_t item, int pro
             const std::uint64_t first = seq;
             const std::int64_t t0 = now_ns();
             const std::int64_t end = t0 + static_cast<std::int64_t>(opt.seconds * 1e9);
-            while (now_ns() < end)
+            // At least one batch, however late this process runs: a smoke
+            // run's window is shorter than a time slice on a busy machine.
+            do
                 for (std::uint64_t b = 0; b < batch; ++b, ++seq) ch.put(buf.stamp(id, kMeasured, seq), item);
+            while (now_ns() < end);
             me.t0 = t0;
             me.put_total = seq;
             me.put_measured = seq - first;
@@ -419,7 +422,8 @@ Latency pingpong(const Options& opt, Channel& request, Channel& reply, std::size
         const std::int64_t warm_end = now_ns() + static_cast<std::int64_t>(opt.warmup * 1e9);
         while (now_ns() < warm_end) round_trip(kWarmup);
         const std::int64_t end = now_ns() + static_cast<std::int64_t>(opt.seconds * 1e9);
-        for (std::int64_t t = now_ns(); t < end && n < kMaxSamples; ++n) {
+        // At least one round trip, however late this process runs.
+        for (std::int64_t t = now_ns(); n == 0 || (t < end && n < kMaxSamples); ++n) {
             round_trip(kMeasured);
             const std::int64_t t2 = now_ns();
             ns[n] = static_cast<std::uint32_t>(std::min<std::int64_t>(t2 - t, std::numeric_limits<std::uint32_t>::max()));

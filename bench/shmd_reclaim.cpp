@@ -6,7 +6,7 @@
 // round after round, forks a client that creates a segment (registering it
 // with the daemon: SHM_DAEMON=required) and says it is ready, SIGKILLs it
 // and times from kill() to the moment inotify reports the segment file
-// deleted (at most 5 s a round). The alternative without a daemon is
+// deleted (at most 30 s a round). The alternative without a daemon is
 // `shmctl gc`: the same rounds in another private directory with
 // SHM_DAEMON=off, where shmctl gc is started as soon as the killed client
 // has been reaped; that is its best case (in practice a timer runs it
@@ -54,7 +54,7 @@ using namespace std::chrono_literals;
 
 constexpr const char* kCase = "shmd.reclaim_delay";
 constexpr double kTargetMs = 10.0;  // the target for shmd's median
-constexpr auto kRoundLimit = 5s;    // a segment not gone by then: the round failed
+constexpr auto kRoundLimit = 30s;   // a segment not gone by then: the round failed (a busy machine is slow, not wrong)
 constexpr int kMaxFailures = 3;     // stop after this many failed rounds
 constexpr std::size_t kSegmentSize = 1 << 20;
 
@@ -279,7 +279,7 @@ struct Lab {
         ::close(ready[1]);
         pollfd p{ready[0], POLLIN, 0};
         char b;
-        bool ok = ::poll(&p, 1, 10000) == 1 && ::read(ready[0], &b, 1) == 1;
+        bool ok = ::poll(&p, 1, 30000) == 1 && ::read(ready[0], &b, 1) == 1;
         ::close(ready[0]);
         if (!ok) {
             ::kill(c, SIGKILL);

@@ -88,7 +88,8 @@ public:
         return e.exited ? e.code : 128 + e.signal;
     }
     json request(const std::string& req) const {
-        return json::parse(shm::daemon_client::call(socket_, req, 5000ms));
+        // A bound against a hang only: a loaded machine may delay an answer by seconds.
+        return json::parse(shm::daemon_client::call(socket_, req, 60000ms));
     }
     json status() const { return request(R"({"v":1,"op":"status"})"); }
     std::set<std::string> tracked() const {
@@ -288,6 +289,7 @@ TEST_CASE("shmd: restarts under queue traffic lose no item and leak no segment",
     qo.max_item_size = 64;
     shm::Queue q = shm::Queue::create(seg, "q", qo);
     shm::Event& stop = seg.find_or_construct<shm::Event>("stop");
+    auto& got = seg.find_or_construct<std::atomic<std::uint64_t>>("got", 0);  // items the consumer took
     // Each client waits (bounded) until it is connected to the daemon again.
     auto reconnected = [] {
         return test::eventually([] { return shm::daemon_client::connected(); }, 15s);
@@ -310,6 +312,7 @@ TEST_CASE("shmd: restarts under queue traffic lose no item and leak no segment",
     pid_t consumer = test::spawn([&] {
         auto s = shm::Segment::open("traffic");
         auto q = shm::Queue::open(s, "q");
+        auto& taken = *s.find<std::atomic<std::uint64_t>>("got");
         std::vector<std::uint64_t> next(kProducers, 0);
         for (int finished = 0; finished < kProducers;) {
             std::string item = q.get();
@@ -325,18 +328,25 @@ TEST_CASE("shmd: restarts under queue traffic lose no item and leak no segment",
             }
             if (i != next[p]) return 6;  // lost, repeated or out of order
             ++next[p];
+            taken.fetch_add(1);
         }
         return reconnected() ? 0 : 3;
     });
     // Restart the daemon twice while items flow: gracefully, then killed.
-    std::this_thread::sleep_for(200ms);
+    // "Flow" is counted: a few hundred more items got before each step,
+    // however slowly a busy machine runs them.
+    auto flowed = [&] {
+        const std::uint64_t from = got.load();
+        REQUIRE(test::eventually([&] { return got.load() >= from + 300; }, 120s));
+    };
+    flowed();
     d.stop(SIGTERM);
-    std::this_thread::sleep_for(100ms);
+    flowed();
     d.start();
-    std::this_thread::sleep_for(200ms);
+    flowed();
     d.stop(SIGKILL);
     d.start();
-    std::this_thread::sleep_for(200ms);
+    flowed();
     stop.set();
     std::vector<test::Exit> exits;
     for (pid_t p : producers) exits.push_back(test::wait_for(p, 120s));
@@ -654,9 +664,15 @@ TEST_CASE("shmd: the periodic sweep reclaims what nobody reported, foreign files
         leak("unreported");
         foreign("psm_kept");
         CHECK(test::eventually([&] { return !dir.has("unreported"); }, 10s));
-        std::this_thread::sleep_for(700ms);  // two more sweeps
+        // Two more sweeps, counted (not slept for: a busy machine delays them).
+        const int sweeps = d.status()["sweeps"].get<int>();
+        CHECK(sweeps >= 1);
+        CHECK(test::eventually([&] {
+            if (d.status()["sweeps"].get<int>() >= sweeps + 2) return true;
+            std::this_thread::sleep_for(10ms);  // asking less often than the test kit's poll
+            return false;
+        }, 60s));
         CHECK(std::filesystem::exists(dir.path() + "/psm_kept"));
-        CHECK(d.status()["sweeps"].get<int>() >= 3);
     }
     SECTION("foreign files with --reclaim-foreign") {
         Daemon d(dir.path(), {"--sweep-interval", "300ms", "--reclaim-foreign", "--foreign-min-age", "0"});

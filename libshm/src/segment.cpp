@@ -103,6 +103,52 @@ bool meta_lock_until(int fd, std::chrono::steady_clock::time_point deadline) {
     }
 }
 
+// A hint read without the meta lock: the file says it is a ready segment of
+// this layout. classify() decides, under the lock.
+bool says_ready(int fd) {
+    unsigned char b[16];
+    if (sys([&] { return ::pread(fd, b, sizeof b, 0); }) != static_cast<ssize_t>(sizeof b)) return false;
+    std::uint64_t magic;
+    std::uint32_t version, state;
+    std::memcpy(&magic, b, 8);
+    std::memcpy(&version, b + 8, 4);
+    std::memcpy(&state, b + layout::kMetaLockByte, 4);
+    return magic == layout::kMagic && version == layout::kVersion && state == layout::kReady;
+}
+
+// The meta lock, for attach(). `deadline` bounds only the wait for a creator
+// to finish (SegmentOptions::timeout); returns false once it has passed.
+//
+// What the file says tells how to wait. The holder of a ready segment's lock
+// is another attacher, a detacher or a reaper, each doing bounded work, and a
+// dead holder's lock goes with it: queue in the kernel (F_OFD_SETLKW, woken
+// at the release), and push the deadline back by the time spent queueing.
+// Polling there fails under a storm: with hundreds of pollers waking every
+// few milliseconds on two CPUs, the holder is preempted inside its few
+// hundred microseconds of work and waits a whole round of the run queue
+// while every poller finds the lock taken; 400 attachers of a ready segment
+// managed about 6 attaches a second, and most of them reported a time-out
+// "waiting for another process to finish creating it". A ready segment
+// never becomes unready again (only dead, and whoever marks it dead unlinks
+// it before releasing the lock), so only while the file is not ready may the
+// holder be a creator, perhaps writing a large segment or stopped: poll
+// then, bounded by the deadline.
+bool lock_meta_for_attach(int fd, std::chrono::steady_clock::time_point& deadline) {
+    auto pause = std::chrono::microseconds(20);
+    for (;;) {
+        if (platform::ofd_try_lock(fd, layout::kMetaLockByte)) return true;
+        if (says_ready(fd)) {
+            auto queued = std::chrono::steady_clock::now();
+            platform::ofd_lock_wait(fd, layout::kMetaLockByte);
+            deadline += std::chrono::steady_clock::now() - queued;
+            return true;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(pause);
+        pause = std::min(pause * 2, std::chrono::microseconds(5000));
+    }
+}
+
 struct MetaLock {
     int fd;
     explicit MetaLock(int f) : fd(f) {}
@@ -401,7 +447,7 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name_in, Mode mode, std::
                 platform::fail(errno, "cannot open " + what + " at " + path);
             }
         }
-        if (!meta_lock_until(fd.fd, deadline)) continue;  // reports the timeout above
+        if (!lock_meta_for_attach(fd.fd, deadline)) continue;  // reports the timeout above
         MetaLock ml(fd.fd);
 
         struct stat st;

@@ -49,7 +49,9 @@ struct SegmentOptions {
     mode_t mode = 0600;              // file mode at creation
     bool persistent = false;         // survive the last detach
     std::uint32_t max_attach = 128;  // attach table capacity (1..4096)
-    // Bound on waiting for a racing creator to finish initialising.
+    // Bound on waiting for a racing creator to finish initialising. Queueing
+    // behind others who attach to or detach from a ready segment does not
+    // count: attaching to a ready segment never times out.
     std::chrono::milliseconds timeout{10000};
 };
 
