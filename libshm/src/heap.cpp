@@ -113,13 +113,12 @@ std::uint64_t find_fit(Header* h, std::uint64_t need) {
 // ---- transactions -------------------------------------------------------
 
 namespace {
-// Below this many entries the journal itself is searched for J1; above it a
-// process-local index of it is kept.
-constexpr std::uint32_t kLinearScan = 64;
 // J1 and J2 only save journal entries (an entry too many is harmless: replay
-// restores the oldest value). Below this many entries a transaction does not
-// spend time looking for them.
+// restores the oldest value, and a fresh block freed at commit rather than at
+// once is still freed). Below this many entries a transaction neither looks
+// for them nor keeps what it would need to (Txn::Large).
 constexpr std::uint32_t kSaveFrom = 256;
+constexpr std::uint64_t kLargeBlock = 1024;
 void free_now(Txn& t, std::uint64_t p);
 }  // namespace
 
@@ -199,24 +198,32 @@ namespace {
 unsigned filter_bit(std::uint64_t off) { return static_cast<unsigned>(((off >> 3) * 0x9E37'79B9'7F4A'7C15ull) >> 56); }
 }  // namespace
 
+Txn::Large& Txn::large() {
+    if (!large_) {
+        large_ = std::make_unique<Large>();
+        std::uint32_t n = h_->journal_count.load(std::memory_order_relaxed);
+        const layout::UndoEntry* j = layout::journal(h_);
+        for (std::uint32_t i = 0; i < n; ++i) {
+            unsigned bit = filter_bit(j[i].offset.load(std::memory_order_relaxed));
+            large_->filter[bit >> 6] |= std::uint64_t(1) << (bit & 63);
+        }
+    }
+    return *large_;
+}
+
 bool Txn::journaled(std::uint64_t off) {
+    Large& l = large();
     unsigned bit = filter_bit(off);
-    if (!((filter_[bit >> 6] >> (bit & 63)) & 1)) return false;
+    if (!((l.filter[bit >> 6] >> (bit & 63)) & 1)) return false;
     std::uint32_t n = h_->journal_count.load(std::memory_order_relaxed);
     const layout::UndoEntry* j = layout::journal(h_);
-    if (n <= kLinearScan) {
-        for (std::uint32_t i = 0; i < n; ++i)
-            if (j[i].offset.load(std::memory_order_relaxed) == off) return true;
-        return false;
-    }
-    if (!journaled_) journaled_ = std::make_unique<std::unordered_set<std::uint64_t>>();
-    for (; indexed_ < n; ++indexed_) journaled_->insert(j[indexed_].offset.load(std::memory_order_relaxed));
-    return journaled_->count(off) != 0;
+    for (; l.indexed < n; ++l.indexed) l.journaled.insert(j[l.indexed].offset.load(std::memory_order_relaxed));
+    return l.journaled.count(off) != 0;
 }
 
 void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
     std::uint64_t off = static_cast<std::uint64_t>(reinterpret_cast<char*>(&w) - base(h_));
-    if (h_->journal_count.load(std::memory_order_relaxed) >= kSaveFrom && (fresh(off) || journaled(off))) {
+    if (h_->journal_count.load(std::memory_order_relaxed) >= kSaveFrom && (journaled(off) || fresh(off))) {
         // J1/J2: an undo needs nothing more for this word.
         w.store(value, std::memory_order_relaxed);
         crash_point();
@@ -230,8 +237,10 @@ void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
     layout::UndoEntry* j = layout::journal(h_);
     j[i].offset.store(off, std::memory_order_relaxed);
     j[i].old_value.store(w.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    unsigned bit = filter_bit(off);
-    filter_[bit >> 6] |= std::uint64_t(1) << (bit & 63);
+    if (large_) {
+        unsigned bit = filter_bit(off);
+        large_->filter[bit >> 6] |= std::uint64_t(1) << (bit & 63);
+    }
     crash_point();
     // Release: publishes the entry above before the count that covers it;
     // partner is the acquire load of count in rollback().
@@ -243,7 +252,7 @@ void Txn::store(std::atomic<std::uint64_t>& w, std::uint64_t value) {
 }
 
 void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
-    if (h_->journal_count.load(std::memory_order_relaxed) != 0 || !deferred_.empty() || arena_.end)
+    if (h_->journal_count.load(std::memory_order_relaxed) != 0 || !deferred_.empty() || (large_ && large_->arena.end))
         return store(w, value);
     crash_point();
     // Release: the fresh memory this store makes reachable (filled with plain
@@ -254,7 +263,7 @@ void Txn::store_last(std::atomic<std::uint64_t>& w, std::uint64_t value) {
 
 void Txn::commit() {
     crash_point();
-    if (arena_.end) finish_arena();
+    if (large_ && large_->arena.end) finish_arena();
     if (!deferred_.empty()) {
         std::sort(deferred_.begin(), deferred_.end());
         if (std::adjacent_find(deferred_.begin(), deferred_.end()) != deferred_.end())
@@ -396,9 +405,9 @@ std::uint64_t largest_block(Header* h) {
 }  // namespace
 
 void Txn::finish_arena() {
-    if (!arena_.end) return;
-    Arena a = std::move(arena_);
-    arena_ = Arena{};
+    if (!large_ || !large_->arena.end) return;
+    Arena a = std::move(large_->arena);
+    large_->arena = Arena{};
     Header* h = h_;
     std::sort(a.freed.begin(), a.freed.end());
     if (std::adjacent_find(a.freed.begin(), a.freed.end()) != a.freed.end())
@@ -427,9 +436,9 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
     Header* h = t.header();
     if (bytes > h->heap_size) return 0;
     std::uint64_t need = request_size(bytes, align);
-    Txn::Arena& a = t.arena_;
-    if (a.end && a.end - a.cur < need) t.finish_arena();
-    if (!a.end && h->journal_count.load(std::memory_order_relaxed) >= h->journal_capacity / 4) {
+    if (t.large_ && t.large_->arena.end && t.large_->arena.end - t.large_->arena.cur < need) t.finish_arena();
+    if ((!t.large_ || !t.large_->arena.end) &&
+        h->journal_count.load(std::memory_order_relaxed) >= h->journal_capacity / 4) {
         // A large transaction: take a whole free block as an arena.
         std::uint64_t b = largest_block(h);
         if (!b || size_of(h, b) < need) {
@@ -439,11 +448,13 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
         std::uint64_t size = size_of(h, b);
         list_remove(t, b);
         t.store(word(h, b), size);  // used: no neighbour merges with it while it is open
+        Txn::Arena& a = t.large().arena;
         a.begin = a.cur = b;
         a.end = b + size;
-        t.fresh_.add(b + 16, a.end);
+        t.large_->fresh.add(b + 16, a.end);
     }
-    if (a.end) {
+    if (t.large_ && t.large_->arena.end) {
+        Txn::Arena& a = t.large_->arena;
         std::uint64_t b = a.cur;
         if (a.end - b - need < kMinBlock) need = a.end - b;  // no sliver left behind
         t.store(word(h, b), need);
@@ -469,15 +480,17 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
     }
     // J2: the block's header and links are journaled above; its payload is
     // this transaction's own from here on.
-    t.fresh_.add(b + 16, b + size);
+    // Tracked in a large transaction, and for a large block in any (a table
+    // rebuilt aside, whose every word the operation is about to write).
+    if (t.large_ || size >= kLargeBlock) t.large().fresh.add(b + 16, b + size);
     return hand_out(t, b, align);
 }
 
 void deallocate(Txn& t, std::uint64_t p) {
     Header* h = t.header();
     std::uint64_t b = live_block(h, p);
-    Txn::Arena& a = t.arena_;
-    if (a.end && b >= a.begin && b < a.cur) {
+    if (t.large_ && t.large_->arena.end && b >= t.large_->arena.begin && b < t.large_->arena.cur) {
+        Txn::Arena& a = t.large_->arena;
         // Cut from the open arena: handed back when the arena closes.
         std::uint64_t size = size_of(h, b);
         t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) - size);

@@ -141,7 +141,10 @@ public:
     // Journal entries still free.
     std::size_t journal_room() const noexcept;
     // Whether [off, off + len) lies in memory allocated by this transaction.
-    bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept { return fresh_.contains(off, len); }
+    // (Only tracked once the transaction is large: kSaveFrom in heap.cpp.)
+    bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept {
+        return large_ && large_->fresh.contains(off, len);
+    }
 
 private:
     friend std::uint64_t allocate(Txn&, std::size_t, std::size_t);
@@ -154,15 +157,22 @@ private:
     bool recovered_ = false;
     // Process-local bookkeeping of this transaction (nothing of it needs to
     // survive a crash: the journal alone undoes the transaction).
-    FreshRanges fresh_;
-    std::uint64_t filter_[4] = {};  // a bit per hash of each journaled offset: most misses skip the search
-    std::unique_ptr<std::unordered_set<std::uint64_t>> journaled_;  // offsets, once the journal is long
-    std::uint32_t indexed_ = 0;                                     // journal entries in journaled_
-    InlineVec<std::uint64_t, 8> deferred_;                          // payload offsets
+    InlineVec<std::uint64_t, 8> deferred_;  // payload offsets
     struct Arena {
         std::uint64_t begin = 0, cur = 0, end = 0;  // blocks are cut at cur; end = 0: none open
-        std::vector<std::uint64_t> freed;                     // blocks of the arena freed again
-    } arena_;
+        std::vector<std::uint64_t> freed;           // blocks of the arena freed again
+    };
+    // What only a large transaction needs, made when it becomes large; a
+    // small one pays nothing for it.
+    struct Large {
+        FreshRanges fresh;
+        std::uint64_t filter[4] = {};  // a bit per hash of each journaled offset: most misses skip the search
+        std::unordered_set<std::uint64_t> journaled;  // the journal's offsets
+        std::uint32_t indexed = 0;                    // journal entries in `journaled`
+        Arena arena;
+    };
+    std::unique_ptr<Large> large_;
+    Large& large();
 };
 
 // Lay out an empty heap. Called by the creator before the segment is ready.
