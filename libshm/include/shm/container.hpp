@@ -19,12 +19,12 @@
 // Segment alive (and do not move it) while using them.
 //
 // Limits: keys and string/bytes values up to the free heap space; item count
-// up to what the heap holds (tables grow by doubling). One operation may
-// change at most 4096 heap words (about 250 allocations), so extend() and
-// update(other) take at most a couple of hundred new strings per call
-// (shm::error E2BIG otherwise, with nothing changed). clear() and the removal
-// of a nested container are O(1) here; their memory is freed a little at a
-// time by the following operations.
+// up to what the heap holds (tables grow by doubling); one operation, such as
+// extend() with 10,000 strings or update() from a 100,000-item mapping, up to
+// the free heap too, committed atomically. A refused operation (out of space,
+// wrong type, missing key, index out of range, an exception from fn) throws
+// and changes nothing. clear() and the removal of a nested container are O(1)
+// here; their memory is freed a little at a time by the following operations.
 #pragma once
 
 #include <atomic>
