@@ -276,6 +276,32 @@ TEST_CASE("shmd: a forked child keeps the segment alive and is watched", "[shmd]
     CHECK(test::eventually([&] { return !dir.has("forked"); }, 10s));
 }
 
+TEST_CASE("shmd: a client that attaches while the daemon is down connects when it is back", "[shmd]") {
+    test::ShmDir dir;
+    Daemon d(dir.path());
+    auto seg = shm::Segment::create("late", kSize);  // this process knows the daemon now
+    REQUIRE(shm::daemon_client::connected());
+    d.stop(SIGKILL);
+    Ready attached, restarted;
+    pid_t child = test::spawn([&] {
+        // The child's first connection fails: nobody listens.
+        auto s = shm::Segment::open("late");
+        bool early = shm::daemon_client::connected();
+        attached.signal();
+        if (!restarted.wait(120s)) return 2;
+        if (early) return 4;
+        // No further attach or detach: the client itself must try again.
+        return test::eventually([] { return shm::daemon_client::connected(); }, 60s) ? 0 : 3;
+    });
+    REQUIRE(attached.wait());
+    d.start();
+    restarted.signal();
+    test::Exit e = test::wait_for(child, 120s);
+    INFO(d.log_text());
+    CHECK(e.exited);
+    CHECK(e.code == 0);  // 3: never reconnected, 4: connected to a stopped daemon
+}
+
 TEST_CASE("shmd: restarts under queue traffic lose no item and leak no segment", "[shmd][crash]") {
     test::ShmDir dir;
     Daemon d(dir.path());

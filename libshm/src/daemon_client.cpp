@@ -133,9 +133,19 @@ void close_conn(State& s) {
 
 void start_watcher(State& s);
 
+bool try_connect_locked(State& s);
+
 // Connect, say hello and report what this process has attached. Called
-// with s.m held.
+// with s.m held. When it fails but a daemon served this process (or the
+// parent it was forked from), the watcher thread keeps trying: a process
+// that attaches nothing more must still be known once the daemon is back.
 bool connect_locked(State& s) {
+    if (try_connect_locked(s)) return true;
+    if (s.known_daemon && s.watcher_pid != ::getpid()) start_watcher(s);
+    return false;
+}
+
+bool try_connect_locked(State& s) {
     std::string path = socket_path();
     int fd = dial(path, kTimeout);
     if (fd < 0) {
