@@ -28,8 +28,8 @@
 #include <shm/error.hpp>
 #include <shm/segment.hpp>
 
-#include "daemon_protocol.hpp"
-#include "platform.hpp"
+#include "client/daemon_protocol.hpp"
+#include "platform/platform.hpp"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77

@@ -5,7 +5,7 @@
 #include <shm/shm.hpp>
 
 #include "support.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 using namespace std::chrono_literals;
 using shm::Dict;

@@ -6,8 +6,8 @@
 
 #include <shm/shm.hpp>
 
-#include "heap.hpp"
-#include "layout.hpp"
+#include "store/heap.hpp"
+#include "store/layout.hpp"
 #include "support.hpp"
 
 constexpr std::size_t kSize = 1 << 20;

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <shm/names.hpp>
 
-#include "daemon_protocol.hpp"
+#include "client/daemon_protocol.hpp"
 #include "support.hpp"
 
 using nlohmann::json;

@@ -15,10 +15,10 @@
 
 #include <shm/shm.hpp>
 
-#include "queue_layout.hpp"
+#include "objects/queue_layout.hpp"
 
 #include "support.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 using namespace std::chrono_literals;
 constexpr std::size_t kSize = 16 << 20;

@@ -8,9 +8,9 @@
 
 #include <shm/shm.hpp>
 
-#include "layout.hpp"
+#include "store/layout.hpp"
 #include "support.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 using shm::Dict;
 using shm::List;

@@ -13,9 +13,9 @@
 #include <shm/admin.hpp>
 #include <shm/shm.hpp>
 
-#include "layout.hpp"
+#include "store/layout.hpp"
 #include "support.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 using namespace std::chrono_literals;
 constexpr std::size_t kSize = 1 << 20;

@@ -24,7 +24,7 @@
 #include <shm/admin.hpp>
 #include <shm/shm.hpp>
 
-#include "layout.hpp"
+#include "store/layout.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;

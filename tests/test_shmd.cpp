@@ -16,9 +16,9 @@
 #include <nlohmann/json.hpp>
 #include <shm/shm.hpp>
 
-#include "daemon_client.hpp"
-#include "daemon_protocol.hpp"
-#include "platform.hpp"
+#include "client/daemon_client.hpp"
+#include "client/daemon_protocol.hpp"
+#include "platform/platform.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "layout.hpp"
-#include "heap.hpp"
-#include "container_layout.hpp"
-#include "queue_layout.hpp"
+#include "store/layout.hpp"
+#include "store/heap.hpp"
+#include "objects/container_layout.hpp"
+#include "objects/queue_layout.hpp"
 #include "support.hpp"
 #include "untrusted.hpp"
 

@@ -13,10 +13,10 @@
 #include <string>
 
 #include "../untrusted.hpp"
-#include "container_layout.hpp"
-#include "heap.hpp"
-#include "layout.hpp"
-#include "queue_layout.hpp"
+#include "objects/container_layout.hpp"
+#include "store/heap.hpp"
+#include "store/layout.hpp"
+#include "objects/queue_layout.hpp"
 
 namespace {
 using shm::layout::Header;

@@ -16,7 +16,7 @@
 #include <cstring>
 #include <string>
 
-#include "platform.hpp"
+#include "platform/platform.hpp"
 #include "shm/error.hpp"
 #include "shm/sync.hpp"
 

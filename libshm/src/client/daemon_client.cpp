@@ -1,4 +1,4 @@
-#include "daemon_client.hpp"
+#include "client/daemon_client.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -20,8 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "daemon_protocol.hpp"
-#include "platform.hpp"
+#include "client/daemon_protocol.hpp"
+#include "platform/platform.hpp"
 #include "shm/error.hpp"
 #include "shm/names.hpp"
 

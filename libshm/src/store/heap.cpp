@@ -1,4 +1,4 @@
-#include "heap.hpp"
+#include "store/heap.hpp"
 
 #include <algorithm>
 #include <csignal>
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "shm/error.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 namespace shm::testing {
 std::atomic<long> crash_countdown{0};

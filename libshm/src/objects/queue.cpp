@@ -84,11 +84,11 @@
 #include <climits>
 #include <mutex>
 
-#include "layout.hpp"
-#include "queue_layout.hpp"
-#include "platform.hpp"
+#include "store/layout.hpp"
+#include "objects/queue_layout.hpp"
+#include "platform/platform.hpp"
 #include "shm/segment.hpp"
-#include "testing.hpp"
+#include "platform/testing.hpp"
 
 namespace shm {
 

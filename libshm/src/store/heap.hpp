@@ -55,7 +55,7 @@
 #include <utility>
 #include <vector>
 
-#include "layout.hpp"
+#include "store/layout.hpp"
 
 namespace shm::heap {
 

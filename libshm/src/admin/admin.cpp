@@ -40,13 +40,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "container_layout.hpp"
-#include "daemon_client.hpp"
-#include "daemon_protocol.hpp"
-#include "heap.hpp"
-#include "layout.hpp"
-#include "platform.hpp"
-#include "queue_layout.hpp"
+#include "objects/container_layout.hpp"
+#include "client/daemon_client.hpp"
+#include "client/daemon_protocol.hpp"
+#include "store/heap.hpp"
+#include "store/layout.hpp"
+#include "platform/platform.hpp"
+#include "objects/queue_layout.hpp"
 #include "shm/names.hpp"
 #include "shm/shm.hpp"
 

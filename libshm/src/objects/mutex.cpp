@@ -7,7 +7,7 @@
 #include <cstring>
 #include <string>
 
-#include "platform.hpp"
+#include "platform/platform.hpp"
 #include "shm/error.hpp"
 
 namespace shm {

@@ -1,4 +1,4 @@
-#include "daemon_protocol.hpp"
+#include "client/daemon_protocol.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,6 +1,6 @@
 // The one check of a segment header (layout.hpp): what Segment's open and
 // create and admin's inspection trust before they follow any offset.
-#include "layout.hpp"
+#include "store/layout.hpp"
 
 #include <cstring>
 #include <new>

@@ -45,10 +45,10 @@
 #include <set>
 #include <sstream>
 
-#include "container_layout.hpp"
-#include "heap.hpp"
-#include "layout.hpp"
-#include "platform.hpp"
+#include "objects/container_layout.hpp"
+#include "store/heap.hpp"
+#include "store/layout.hpp"
+#include "platform/platform.hpp"
 #include "shm/container.hpp"
 #include "shm/segment.hpp"
 

@@ -33,12 +33,12 @@
 #include <mutex>
 #include <thread>
 
-#include "daemon_client.hpp"
-#include "heap.hpp"
-#include "layout.hpp"
+#include "client/daemon_client.hpp"
+#include "store/heap.hpp"
+#include "store/layout.hpp"
 #include "shm/shm.hpp"
-#include "platform.hpp"
-#include "testing.hpp"
+#include "platform/platform.hpp"
+#include "platform/testing.hpp"
 
 namespace shm {
 
