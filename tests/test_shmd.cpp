@@ -19,6 +19,8 @@
 #include "client/daemon_client.hpp"
 #include "client/daemon_protocol.hpp"
 #include "platform/platform.hpp"
+#include "daemon.hpp"
+#include "process.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -28,90 +30,8 @@ namespace {
 
 constexpr std::size_t kSize = 256 * 1024;
 
-// A shmd child process on a private socket serving the test's SHM_DIR.
-class Daemon {
-public:
-    explicit Daemon(std::string dir, std::vector<std::string> extra = {}, std::string notify = {})
-        : dir_(std::move(dir)), extra_(std::move(extra)), notify_(std::move(notify)) {
-        char tmpl[] = "/tmp/shmd-test.XXXXXX";
-        REQUIRE(::mkdtemp(tmpl));
-        run_dir_ = tmpl;
-        ::chmod(run_dir_.c_str(), 0755);  // other users may reach the socket
-        socket_ = run_dir_ + "/shmd.sock";
-        ::setenv("SHM_DAEMON_SOCKET", socket_.c_str(), 1);
-        start();
-    }
-    ~Daemon() {
-        stop();
-        ::unsetenv("SHM_DAEMON_SOCKET");
-        std::error_code ec;
-        std::filesystem::remove_all(run_dir_, ec);
-    }
-    void start() {
-        std::vector<std::string> args = {SHMD_PATH, "--socket", socket_, "--shm-dir", dir_, "--log-level", "debug"};
-        if (std::find(extra_.begin(), extra_.end(), "--config") == extra_.end()) {
-            args.push_back("--config");
-            args.push_back("/dev/null");
-        }
-        if (notify_.empty()) args.push_back("--no-notify");
-        for (auto& e : extra_) args.push_back(e);
-        std::string log = socket_ + ".log";
-        std::fflush(nullptr);
-        pid_ = ::fork();
-        REQUIRE(pid_ >= 0);
-        if (pid_ == 0) {
-            int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-            if (fd >= 0) ::dup2(fd, 2);
-            if (!notify_.empty()) ::setenv("NOTIFY_SOCKET", notify_.c_str(), 1);
-            std::vector<char*> argv;
-            for (auto& a : args) argv.push_back(a.data());
-            argv.push_back(nullptr);
-            ::execv(argv[0], argv.data());
-            ::_exit(127);
-        }
-        bool up = test::eventually([&] {
-            try {
-                status();
-                return true;
-            } catch (const shm::error&) {
-                return false;
-            }
-        }, 20s);
-        INFO(log_text());
-        REQUIRE(up);
-    }
-    // SIGTERM (or another signal) and wait for it.
-    int stop(int sig = SIGTERM) {
-        if (pid_ <= 0) return 0;
-        ::kill(pid_, sig);
-        test::Exit e = test::wait_for(pid_, 20s);
-        pid_ = -1;
-        return e.exited ? e.code : 128 + e.signal;
-    }
-    json request(const std::string& req) const {
-        // A bound against a hang only: a loaded machine may delay an answer by seconds.
-        return json::parse(shm::daemon_client::call(socket_, req, 60000ms));
-    }
-    json status() const { return request(R"({"v":1,"op":"status"})"); }
-    std::set<std::string> tracked() const {
-        std::set<std::string> out;
-        json r = request(R"({"v":1,"op":"list"})");
-        for (auto& s : r["segments"]) out.insert(s["name"].get<std::string>());
-        return out;
-    }
-    std::string log_text() const {
-        std::ifstream f(socket_ + ".log");
-        return std::string(std::istreambuf_iterator<char>(f), {});
-    }
-    const std::string& socket() const { return socket_; }
-    pid_t pid() const { return pid_; }
-
-private:
-    std::string dir_, run_dir_, socket_;
-    std::vector<std::string> extra_;
-    std::string notify_;
-    pid_t pid_ = -1;
-};
+using test::Daemon;
+using test::Ready;
 
 // A raw protocol connection (what a hostile or buggy client could send).
 struct Raw {
@@ -149,23 +69,6 @@ std::string hello() {
                 {"shm_dir", std::filesystem::weakly_canonical(shm::shm_directory()).string()}}
         .dump();
 }
-
-// A pipe a child writes one byte to when it is ready.
-struct Ready {
-    int fd[2];
-    Ready() { REQUIRE(::pipe2(fd, O_CLOEXEC) == 0); }
-    ~Ready() {
-        ::close(fd[0]);
-        ::close(fd[1]);
-    }
-    void signal() { (void)!::write(fd[1], "x", 1); }
-    bool wait(std::chrono::milliseconds limit = 20s) {
-        pollfd p{fd[0], POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) return false;
-        char c;
-        return ::read(fd[0], &c, 1) == 1;
-    }
-};
 
 }  // namespace
 
