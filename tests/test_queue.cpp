@@ -605,7 +605,7 @@ TEST_CASE("byte budget: 100,000 items of up to 1 MiB in 64 MiB take about 64 MiB
     CHECK(q.get() == "small");
 }
 
-TEST_CASE("byte budget: mixed sizes wrap around the byte ring many times, whole and in order", "[queue][bytes]") {
+TEST_CASE("byte budget: mixed sizes wrap around the byte ring many times, whole and in order", "[queue][bytes][stress]") {
     test::ShmDir dir;
     auto seg = shm::Segment::create("wrap", kSize);
     shm::QueueOptions o;
