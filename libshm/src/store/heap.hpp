@@ -141,7 +141,7 @@ public:
     // Journal entries still free.
     std::size_t journal_room() const noexcept;
     // Whether [off, off + len) lies in memory allocated by this transaction.
-    // (Only tracked once the transaction is large: kSaveFrom in heap.cpp.)
+    // (Only tracked once the transaction is large: kSaveFrom in heap_blocks.hpp.)
     bool fresh(std::uint64_t off, std::uint64_t len = 8) const noexcept {
         return large_ && large_->fresh.contains(off, len);
     }
