@@ -1,5 +1,9 @@
 #include "client/daemon_protocol.hpp"
 
+#include <optional>
+#include <string>
+#include <variant>
+
 #include <nlohmann/json.hpp>
 
 #include "shm/error.hpp"
@@ -57,6 +61,76 @@ bool get_uint(const json& v, std::uint64_t max, std::uint64_t& out) {
     return true;
 }
 
+// The envelope: "id" (first, so that every later error can echo it), "v"
+// and "op". The op's spec, or an error.
+std::variant<const OpSpec*, DecodeError> decode_envelope(const json& j, Request& r) {
+    if (auto it = j.find("id"); it != j.end()) {
+        if (!get_uint(*it, UINT64_MAX, r.id)) return err(code::malformed, "\"id\" must be an unsigned integer", r);
+        r.has_id = true;
+    }
+    auto v = j.find("v");
+    if (v == j.end()) return err(code::malformed, "missing protocol version \"v\"", r);
+    std::uint64_t version = 0;
+    if (!get_uint(*v, UINT32_MAX, version)) return err(code::malformed, "\"v\" must be an unsigned integer", r);
+    if (version != static_cast<std::uint64_t>(kVersion))
+        return err(code::unsupported_version,
+                   "protocol version " + std::to_string(version) + " is not supported; this daemon speaks " +
+                       std::to_string(kVersion),
+                   r);
+    auto o = j.find("op");
+    if (o == j.end() || !o->is_string()) return err(code::malformed, "missing \"op\" (a string)", r);
+    const std::string& name = o->get_ref<const std::string&>();
+    for (const OpSpec& s : kOps)
+        if (name == s.name) {
+            r.op = s.op;
+            return &s;
+        }
+    std::string shown = name.size() > 32 ? name.substr(0, 32) + "..." : name;
+    return err(code::unknown_op, "unknown op \"" + json(shown).get<std::string>() + "\"", r, false);
+}
+
+// One field k of a request of kind spec, into r; an error when it is not
+// one of that op's fields or not of its type.
+std::optional<DecodeError> decode_field(const std::string& k, const json& value, const OpSpec& spec, Request& r) {
+    if (k == "pid" || k == "uid" || k == "gid")
+        return err(code::unauthorised,
+                   "\"" + k + "\" is not accepted: the daemon takes a client's identity from the socket, "
+                              "and a client speaks only for itself",
+                   r, false);
+    if ((k == "segment" && spec.segment) || (k == "after" && spec.after)) {
+        const char* what = spec.after ? "\"after\"" : "\"segment\"";
+        if (!value.is_string()) return err(code::malformed, std::string(what) + " must be a string", r);
+        r.segment = value.get<std::string>();
+        try {
+            validate_segment_name(r.segment);
+        } catch (const error& e) {
+            return err(code::malformed, e.what(), r);
+        }
+    } else if (k == "bytes" && spec.bytes) {
+        if (!get_uint(value, kMaxBytes, r.bytes))
+            return err(code::malformed, "\"bytes\" must be an unsigned integer up to 2^50", r);
+    } else if (k == "force" && spec.force) {
+        if (!value.is_boolean()) return err(code::malformed, "\"force\" must be true or false", r);
+        r.force = value.get<bool>();
+    } else if (k == "start_time" && spec.hello) {
+        if (!get_uint(value, UINT64_MAX, r.start_time))
+            return err(code::malformed, "\"start_time\" must be an unsigned integer", r);
+    } else if (k == "shm_dir" && spec.hello) {
+        if (!value.is_string()) return err(code::malformed, "\"shm_dir\" must be a string", r);
+        r.shm_dir = value.get<std::string>();
+        if (r.shm_dir.empty() || r.shm_dir[0] != '/' || r.shm_dir.size() > 1024 ||
+            r.shm_dir.find('\0') != std::string::npos)
+            return err(code::malformed, "\"shm_dir\" must be an absolute path of at most 1024 bytes", r);
+    } else {
+        std::string shown = k.size() > 32 ? k.substr(0, 32) + "..." : k;
+        return err(code::malformed,
+                   "unexpected field \"" + json(shown).dump(-1, ' ', false, json::error_handler_t::replace) +
+                       "\" in a " + spec.name + " request",
+                   r);
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 std::variant<Request, DecodeError> decode_request(std::string_view bytes) noexcept {
@@ -68,76 +142,19 @@ std::variant<Request, DecodeError> decode_request(std::string_view bytes) noexce
         json j = json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded()) return err(code::malformed, "not valid JSON", r);
         if (!j.is_object()) return err(code::malformed, "a request is a JSON object", r);
-        // The id first, so that every later error can echo it.
-        if (auto it = j.find("id"); it != j.end()) {
-            if (!get_uint(*it, UINT64_MAX, r.id)) return err(code::malformed, "\"id\" must be an unsigned integer", r);
-            r.has_id = true;
-        }
-        auto v = j.find("v");
-        if (v == j.end()) return err(code::malformed, "missing protocol version \"v\"", r);
-        std::uint64_t version = 0;
-        if (!get_uint(*v, UINT32_MAX, version)) return err(code::malformed, "\"v\" must be an unsigned integer", r);
-        if (version != static_cast<std::uint64_t>(kVersion))
-            return err(code::unsupported_version,
-                       "protocol version " + std::to_string(version) + " is not supported; this daemon speaks " +
-                           std::to_string(kVersion),
-                       r);
-        auto o = j.find("op");
-        if (o == j.end() || !o->is_string()) return err(code::malformed, "missing \"op\" (a string)", r);
-        const std::string& name = o->get_ref<const std::string&>();
-        const OpSpec* spec = nullptr;
-        for (const OpSpec& s : kOps)
-            if (name == s.name) spec = &s;
-        if (!spec) {
-            std::string shown = name.size() > 32 ? name.substr(0, 32) + "..." : name;
-            return err(code::unknown_op, "unknown op \"" + json(shown).get<std::string>() + "\"", r, false);
-        }
-        r.op = spec->op;
+        auto envelope = decode_envelope(j, r);
+        if (auto* e = std::get_if<DecodeError>(&envelope)) return std::move(*e);
+        const OpSpec& spec = *std::get<const OpSpec*>(envelope);
         for (auto it = j.begin(); it != j.end(); ++it) {
             const std::string& k = it.key();
             if (k == "v" || k == "op" || k == "id") continue;
-            if (k == "pid" || k == "uid" || k == "gid")
-                return err(code::unauthorised,
-                           "\"" + k + "\" is not accepted: the daemon takes a client's identity from the socket, "
-                                      "and a client speaks only for itself",
-                           r, false);
-            if ((k == "segment" && spec->segment) || (k == "after" && spec->after)) {
-                const char* what = spec->after ? "\"after\"" : "\"segment\"";
-                if (!it->is_string()) return err(code::malformed, std::string(what) + " must be a string", r);
-                r.segment = it->get<std::string>();
-                try {
-                    validate_segment_name(r.segment);
-                } catch (const error& e) {
-                    return err(code::malformed, e.what(), r);
-                }
-            } else if (k == "bytes" && spec->bytes) {
-                if (!get_uint(*it, kMaxBytes, r.bytes))
-                    return err(code::malformed, "\"bytes\" must be an unsigned integer up to 2^50", r);
-            } else if (k == "force" && spec->force) {
-                if (!it->is_boolean()) return err(code::malformed, "\"force\" must be true or false", r);
-                r.force = it->get<bool>();
-            } else if (k == "start_time" && spec->hello) {
-                if (!get_uint(*it, UINT64_MAX, r.start_time))
-                    return err(code::malformed, "\"start_time\" must be an unsigned integer", r);
-            } else if (k == "shm_dir" && spec->hello) {
-                if (!it->is_string()) return err(code::malformed, "\"shm_dir\" must be a string", r);
-                r.shm_dir = it->get<std::string>();
-                if (r.shm_dir.empty() || r.shm_dir[0] != '/' || r.shm_dir.size() > 1024 ||
-                    r.shm_dir.find('\0') != std::string::npos)
-                    return err(code::malformed, "\"shm_dir\" must be an absolute path of at most 1024 bytes", r);
-            } else {
-                std::string shown = k.size() > 32 ? k.substr(0, 32) + "..." : k;
-                return err(code::malformed,
-                           "unexpected field \"" + json(shown).dump(-1, ' ', false, json::error_handler_t::replace) +
-                               "\" in a " + spec->name + " request",
-                           r);
-            }
+            if (auto e = decode_field(k, *it, spec, r)) return std::move(*e);
         }
-        if (spec->segment && r.segment.empty())
-            return err(code::malformed, std::string("a ") + spec->name + " request needs \"segment\"", r);
-        if (spec->bytes && j.find("bytes") == j.end())
+        if (spec.segment && r.segment.empty())
+            return err(code::malformed, std::string("a ") + spec.name + " request needs \"segment\"", r);
+        if (spec.bytes && j.find("bytes") == j.end())
             return err(code::malformed, "a reserve request needs \"bytes\"", r);
-        if (spec->hello && (j.find("start_time") == j.end() || r.shm_dir.empty()))
+        if (spec.hello && (j.find("start_time") == j.end() || r.shm_dir.empty()))
             return err(code::malformed, "a hello request needs \"start_time\" and \"shm_dir\"", r);
         return r;
     } catch (const std::exception& e) {
