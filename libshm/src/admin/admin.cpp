@@ -40,13 +40,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "objects/container_layout.hpp"
 #include "client/daemon_client.hpp"
 #include "client/daemon_protocol.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
 #include "platform/platform.hpp"
-#include "objects/queue_layout.hpp"
+#include "objects/inspect.hpp"
 #include "shm/names.hpp"
 #include "shm/shm.hpp"
 
@@ -57,8 +56,6 @@ using platform::sys;
 namespace {
 
 constexpr std::uint64_t kPfKthread = 0x00200000;  // PF_KTHREAD in /proc/<pid>/stat flags
-constexpr unsigned kFutexTidMask = 0x3fffffff;    // FUTEX_TID_MASK
-constexpr unsigned kFutexOwnerDied = 0x40000000;  // FUTEX_OWNER_DIED
 
 struct Fd {
     int fd = -1;
@@ -453,169 +450,84 @@ bool read_at(int fd, std::uint64_t off, std::size_t n, Buf& b) {
     return true;
 }
 
-LockState lock_state(const void* storage, std::int32_t owner_pid, std::uint64_t recoveries, bool recursive) {
-    // The pthread mutex is the first member of shm::Mutex and
-    // shm::RecursiveMutex (both standard-layout). glibc keeps the owner's tid
-    // in the futex word; the kernel sets FUTEX_OWNER_DIED there (and clears
-    // the tid) when the owner dies holding it: proof of death, no pid guess.
-    const auto* m = static_cast<const pthread_mutex_t*>(storage);
-    unsigned word = static_cast<unsigned>(m->__data.__lock);
-    unsigned tid = word & kFutexTidMask;
+inspect::ReadAt reader(int fd) {
+    return [fd](std::uint64_t off, std::size_t n, void* into) {
+        std::size_t got = 0;
+        char* p = static_cast<char*>(into);
+        while (got < n) {
+            ssize_t r = sys([&] { return ::pread(fd, p + got, n - got, static_cast<off_t>(off + got)); });
+            if (r <= 0) return false;
+            got += static_cast<std::size_t>(r);
+        }
+        return true;
+    };
+}
+
+LockState lock_state(const inspect::LockWord& w) {
     LockState l;
-    l.recoveries = recoveries;
-    if (tid != 0) {
+    l.recoveries = w.recoveries;
+    if (w.owner_tid != 0) {
         l.held = true;
-        l.owner_pid = owner_pid != 0 ? owner_pid : static_cast<std::int32_t>(tid);
-        l.owner_alive = pid_exists(static_cast<pid_t>(tid));
+        l.owner_pid = w.owner_pid != 0 ? w.owner_pid : static_cast<std::int32_t>(w.owner_tid);
+        l.owner_alive = pid_exists(w.owner_tid);
         l.owner_died = !l.owner_alive;
-        if (recursive) l.depth = m->__data.__count;
-    } else if (word & kFutexOwnerDied) {
-        l.owner_pid = owner_pid;
+        l.depth = w.depth;
+    } else if (w.owner_died) {
+        l.owner_pid = w.owner_pid;
         l.owner_died = true;
     }
     return l;
 }
-static_assert(std::is_standard_layout_v<Mutex>);
-static_assert(std::is_standard_layout_v<RecursiveMutex>);
-
-template <class T>
-const T* object_copy(int fd, const ObjectInfo& o, Buf& b, std::string& problem) {
-    if (o.size != sizeof(T)) {
-        problem = "size " + std::to_string(o.size) + " bytes, this libshm's " + to_string(o.kind) + " is " +
-                  std::to_string(sizeof(T)) + ": not interpreted";
-        return nullptr;
-    }
-    if (!read_at(fd, o.offset, sizeof(T), b)) {
-        problem = "could not be read";
-        return nullptr;
-    }
-    return static_cast<const T*>(b.data());
-}
-
-// The length of a Dict or List. Its named object is a root holding the
-// offset of the container's header (0 until first opened); the header starts
-// with a magic word and the element count (container_layout.hpp).
-void read_container_length(int fd, ObjectState& s) {
-    using namespace container_layout;
-    const std::uint64_t magic = s.info.kind == ObjectKind::dict ? kDictMagic : kListMagic;
-    Buf b;
-    if (s.info.size != sizeof(std::uint64_t) || !read_at(fd, s.info.offset, sizeof(std::uint64_t), b)) {
-        s.problem = "its root could not be read";
-        return;
-    }
-    std::uint64_t hdr = static_cast<const std::uint64_t*>(b.data())[0];
-    if (hdr == 0) {
-        s.length = 0;
-        return;
-    }
-    if (hdr % 8 != 0 || !read_at(fd, hdr, sizeof(CHdr), b) ||
-        static_cast<const std::uint64_t*>(b.data())[offsetof(CHdr, magic) / 8] != magic) {
-        s.problem = "its header could not be read (changing, or another layout)";
-        return;
-    }
-    s.length = static_cast<const std::uint64_t*>(b.data())[offsetof(CHdr, count) / 8];
-}
-
-// A Queue's depth, capacity and state, read from its control block
-// (queue_layout.hpp).
-void read_queue_state(int fd, ObjectState& s) {
-    using detail::QueueControl;
-    constexpr std::size_t kControl =
-        std::max(offsetof(QueueControl, repairs), offsetof(QueueControl, free)) + sizeof(std::uint64_t);
-    Buf b;
-    if (s.info.size < kControl || !read_at(fd, s.info.offset, kControl, b)) {
-        s.problem = "its control block could not be read";
-        return;
-    }
-    const char* c = static_cast<const char*>(b.data());
-    auto u64 = [c](std::size_t off) {
-        std::uint64_t v;
-        std::memcpy(&v, c + off, sizeof v);
-        return v;
-    };
-    auto u32 = [c](std::size_t off) {
-        std::uint32_t v;
-        std::memcpy(&v, c + off, sizeof v);
-        return v;
-    };
-    if (u64(offsetof(QueueControl, magic)) != kQueueMagic) {
-        s.problem = "not initialised, or another layout";
-        return;
-    }
-    std::uint32_t cap = u32(offsetof(QueueControl, capacity));
-    // tail, head and free pack a ticket with a byte position and an owner.
-    const std::int64_t depth = detail::ticket_diff(detail::cursor_ticket(u64(offsetof(QueueControl, tail))),
-                                                   detail::cursor_ticket(u64(offsetof(QueueControl, head))));
-    s.capacity = cap;
-    s.max_item_size = u32(offsetof(QueueControl, max_item));
-    s.value = static_cast<std::uint32_t>(depth > 0 ? std::min<std::int64_t>(depth, cap) : 0);
-    s.closed = u32(offsetof(QueueControl, closed)) != 0;
-    s.repairs = u64(offsetof(QueueControl, repairs));
-    s.max_bytes = u64(offsetof(QueueControl, max_bytes));
-    // Units between the free cursor and the tail (positions count modulo
-    // twice the ring), as Queue::bytes_used() computes them.
-    const std::uint64_t tail = u64(offsetof(QueueControl, tail)), freed = u64(offsetof(QueueControl, free));
-    const std::uint32_t units = u32(offsetof(QueueControl, ring_units)), shift = u32(offsetof(QueueControl, unit_shift));
-    std::uint64_t used = 0;
-    if (detail::ticket_diff(detail::cursor_ticket(tail), detail::cursor_ticket(freed)) > 0 && shift < 40) {
-        std::uint32_t t = detail::cursor_pos(tail), f = detail::cursor_pos(freed);
-        used = std::uint64_t(t >= f ? t - f : t + 2ull * units - f) << shift;
-    }
-    s.bytes_used = used;
-}
 
 void read_object_state(int fd, ObjectState& s) {
-    Buf b;
+    const inspect::ReadAt read = reader(fd);
+    const inspect::Place at{s.info.kind, s.info.offset, s.info.size};
+    std::string problem;
     switch (s.info.kind) {
-        case ObjectKind::mutex:
-            if (auto* m = object_copy<Mutex>(fd, s.info, b, s.problem))
-                s.lock = lock_state(m, m->owner_pid(), m->recoveries(), false);
-            break;
-        case ObjectKind::recursive_mutex:
-            if (auto* m = object_copy<RecursiveMutex>(fd, s.info, b, s.problem))
-                s.lock = lock_state(m, m->owner_pid(), m->recoveries(), true);
-            break;
-        case ObjectKind::semaphore:
-            if (auto* m = object_copy<Semaphore>(fd, s.info, b, s.problem)) {
-                s.value = m->value();
-                s.waiters = m->waiters();
-            }
-            break;
-        case ObjectKind::bounded_semaphore:
-            if (auto* m = object_copy<BoundedSemaphore>(fd, s.info, b, s.problem)) {
-                s.value = m->value();
-                s.waiters = m->waiters();
-                s.bound = m->bound();
-            }
-            break;
-        case ObjectKind::condition:
-            if (auto* m = object_copy<Condition>(fd, s.info, b, s.problem)) s.waiters = m->waiters();
-            break;
-        case ObjectKind::event:
-            if (auto* m = object_copy<Event>(fd, s.info, b, s.problem)) {
-                s.is_set = m->is_set();
-                s.waiters = m->waiters();
-            }
-            break;
-        case ObjectKind::barrier:
-            if (auto* m = object_copy<Barrier>(fd, s.info, b, s.problem)) {
-                s.parties = m->parties();
-                s.n_waiting = m->n_waiting();
-                s.generation = m->generation();
-                s.broken = m->broken();
-            }
-            break;
         case ObjectKind::dict:
-        case ObjectKind::list: read_container_length(fd, s); break;
-        case ObjectKind::queue: read_queue_state(fd, s); break;
-        case ObjectKind::raw: break;
-        default:
-            // A kind without a reader here yet shows no state; a kind this
-            // libshm does not know at all is said to be so.
-            if (std::strcmp(to_string(s.info.kind), "unknown") == 0)
-                s.problem = "an object kind this libshm does not know";
+        case ObjectKind::list: {
+            std::uint64_t length = 0;
+            problem = inspect::container_length(read, at, length);
+            if (problem.empty()) s.length = length;
             break;
+        }
+        case ObjectKind::queue: {
+            inspect::QueueState q;
+            problem = inspect::queue_state(read, at, q);
+            if (!problem.empty()) break;
+            s.capacity = q.capacity;
+            s.max_item_size = q.max_item_size;
+            s.value = q.depth;
+            s.closed = q.closed;
+            s.repairs = q.repairs;
+            s.max_bytes = q.max_bytes;
+            s.bytes_used = q.bytes_used;
+            break;
+        }
+        case ObjectKind::raw: break;
+        default: {
+            if (!inspect::is_sync_kind(s.info.kind)) {
+                // A kind this libshm does not know at all is said to be so.
+                if (std::strcmp(to_string(s.info.kind), "unknown") == 0)
+                    problem = "an object kind this libshm does not know";
+                break;
+            }
+            inspect::SyncState y;
+            problem = inspect::sync_state(read, at, y);
+            if (!problem.empty()) break;
+            if (y.lock) s.lock = lock_state(*y.lock);
+            s.value = y.value;
+            s.bound = y.bound;
+            s.waiters = y.waiters;
+            s.is_set = y.is_set;
+            s.parties = y.parties;
+            s.n_waiting = y.n_waiting;
+            s.generation = y.generation;
+            s.broken = y.broken;
+            break;
+        }
     }
+    s.problem = problem;
 }
 
 bool read_header(int fd, Buf& b, std::size_t fsize) {
@@ -671,8 +583,7 @@ void read_objects(int fd, std::size_t fsize, SegmentInfo& si) {
         if (h->journal_count.load(std::memory_order_relaxed) != 0) {
             // An update is in progress, or was cut short by its process's
             // death (then the next user of the heap rolls it back).
-            const auto* m = reinterpret_cast<const Mutex*>(h->heap_lock_storage);
-            LockState l = lock_state(m, m->owner_pid(), m->recoveries(), false);
+            LockState l = lock_state(inspect::lock_word(h->heap_lock_storage, false));
             if (l.held && l.owner_alive)
                 why = "pid " + std::to_string(l.owner_pid) + " is updating it";
             else {
