@@ -24,6 +24,7 @@
 #include <shm/admin.hpp>
 #include <shm/shm.hpp>
 
+#include "admin/proc_scan.hpp"
 #include "store/layout.hpp"
 #include "support.hpp"
 

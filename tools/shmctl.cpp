@@ -239,7 +239,7 @@ json users_json(const admin::Entry& e) {
 json segment_summary_json(const admin::SegmentInfo& s) {
     return {{"name", s.name},
             {"status", admin::to_string(s.status)},
-            {"error", s.error},
+            {"error", s.error.message},
             {"layout_version", s.layout_version},
             {"persistent", s.persistent},
             {"live_attachers", s.live},
@@ -298,7 +298,7 @@ json object_json(const admin::ObjectState& o) {
             {"kind", shm::to_string(o.info.kind)},
             {"offset", o.info.offset},
             {"size", o.info.size},
-            {"problem", o.problem},
+            {"problem", o.error.message},
             {"state", st}};
 }
 
@@ -308,12 +308,12 @@ json object_json(const admin::ObjectState& o) {
 std::size_t unknown_for_hidden(const admin::Scan& s) {
     std::size_t n = 0;
     for (const admin::Entry& e : s.entries)
-        if (e.kind != admin::FileKind::libshm && e.state == admin::State::unknown && !s.processes.hidden.empty()) ++n;
+        if (e.kind != admin::FileKind::libshm && e.state == admin::State::unknown && !s.uninspected_processes == 0) ++n;
     return n;
 }
 
 std::string hidden_note(const admin::Scan& s, std::size_t files) {
-    std::size_t p = s.processes.hidden.size();
+    std::size_t p = s.uninspected_processes;
     return std::to_string(p) + (p == 1 ? " process" : " processes") + " could not be inspected by uid " +
            std::to_string(::geteuid()) + ", so " + std::to_string(files) + (files == 1 ? " file is" : " files are") +
            " unknown: run as root, or as the files' owner, to tell";
@@ -351,7 +351,7 @@ Tracking daemon_tracking(const std::string& dir) {
     if (!t.daemon.status.running) {
         // A daemon that is there but does not answer is worth a word; a
         // missing one is the normal case without shmd and says nothing.
-        if (!admin::daemon_absent(t.daemon.status.err)) t.note = "shmd: " + t.daemon.status.error;
+        if (!admin::daemon_absent(t.daemon.status.error.code)) t.note = "shmd: " + t.daemon.status.error.message;
         return t;
     }
     if (!same_dir(t.daemon.status.shm_dir, dir)) {
@@ -394,7 +394,7 @@ int cmd_ls(bool all, bool as_json, bool noheadings) {
                     {"all", all},
                     {"files", files},
                     {"hidden", hidden},
-                    {"uninspected_processes", s.processes.hidden.size()},
+                    {"uninspected_processes", s.uninspected_processes},
                     {"daemon", daemon}});
         return 0;
     }
@@ -447,7 +447,7 @@ std::string lock_text(const admin::LockState& l) {
 }
 
 std::string object_text(const admin::ObjectState& o) {
-    if (!o.problem.empty()) return o.problem;
+    if (o.error) return o.error.message;
     if (o.lock) return lock_text(*o.lock);
     std::string s;
     auto add = [&](const std::string& part) { s += (s.empty() ? "" : ", ") + part; };
@@ -552,9 +552,9 @@ int cmd_stat(const std::string& name, bool as_json) {
     std::printf("segment:   %s\n", printable(s.name).c_str());
     print_file_lines(e);
     if (s.status != admin::SegmentStatus::ok) {
-        std::printf("error:     %s\n", s.error.c_str());
+        std::printf("error:     %s\n", s.error.message.c_str());
         if (!ok) {
-            std::fprintf(stderr, "shmctl stat: %s: %s\n", printable(e.name).c_str(), s.error.c_str());
+            std::fprintf(stderr, "shmctl stat: %s: %s\n", printable(e.name).c_str(), s.error.message.c_str());
             return 1;
         }
         return 0;
@@ -635,7 +635,7 @@ int cmd_df(bool as_json) {
                       {"leaked", pair("foreign leaked")},
                       {"unknown", pair("foreign unknown")}}},
                     {"unlisted_bytes", unlisted},
-                    {"uninspected_processes", s.processes.hidden.size()}});
+                    {"uninspected_processes", s.uninspected_processes}});
         return 0;
     }
     double pct = s.fs.size ? 100.0 * static_cast<double>(s.fs.used) / static_cast<double>(s.fs.size) : 0;
@@ -681,7 +681,7 @@ int cmd_gc(bool dry_run, bool foreign, std::chrono::nanoseconds min_age, bool as
                                {"outcome", admin::to_string(a.outcome)},
                                {"bytes", a.bytes},
                                {"dead_slots", a.dead_slots},
-                               {"reason", a.reason}});
+                               {"reason", a.outcome == admin::GcAction::failed ? a.error.message : a.reason}});
         print_json({{"schema_version", kSchemaVersion},
                     {"dir", shm::shm_directory().string()},
                     {"dry_run", dry_run},
@@ -725,7 +725,7 @@ int cmd_gc(bool dry_run, bool foreign, std::chrono::nanoseconds min_age, bool as
                 break;
             }
             case admin::GcAction::failed:
-                std::fprintf(stderr, "failed  %s: %s\n", printable(a.name).c_str(), a.reason.c_str());
+                std::fprintf(stderr, "failed  %s: %s\n", printable(a.name).c_str(), a.error.message.c_str());
                 break;
         }
     }
@@ -759,9 +759,9 @@ int cmd_rm(const std::vector<std::string>& names, bool force) {
     for (const std::string& n : names) {
         admin::RemoveResult r = admin::remove_segment(n, force);
         if (r.outcome == admin::RemoveResult::removed) {
-            std::printf("%s (%s)\n", r.message.c_str(), human_bytes(r.bytes).c_str());
+            std::printf("removed segment '%s' (%s)\n", r.segment.c_str(), human_bytes(r.bytes).c_str());
         } else {
-            std::fprintf(stderr, "shmctl rm: %s\n", r.message.c_str());
+            std::fprintf(stderr, "shmctl rm: %s\n", r.error.message.c_str());
             rc = 1;
         }
     }
@@ -784,7 +784,7 @@ std::string seconds_text(double s) {
 
 int cmd_status(bool as_json) {
     admin::DaemonStatus st = admin::daemon_status(g_socket);
-    bool absent = !st.running && admin::daemon_absent(st.err);
+    bool absent = !st.running && admin::daemon_absent(st.error.code);
     if (as_json) {
         json j;
         if (st.running) {
@@ -794,15 +794,15 @@ int cmd_status(bool as_json) {
         j["schema_version"] = kSchemaVersion;
         j["running"] = st.running;
         j["socket"] = st.socket;
-        if (!st.running) j["error"] = st.error;
+        if (!st.running) j["error"] = st.error.message;
         print_json(j);
         return st.running ? 0 : absent ? kExitNoDaemon : 1;
     }
     if (!st.running) {
         if (absent)
-            std::fprintf(stderr, "shmd is not running: %s\n", st.error.c_str());
+            std::fprintf(stderr, "shmd is not running: %s\n", st.error.message.c_str());
         else
-            std::fprintf(stderr, "shmctl status: %s\n", st.error.c_str());
+            std::fprintf(stderr, "shmctl status: %s\n", st.error.message.c_str());
         return absent ? kExitNoDaemon : 1;
     }
     std::printf("shmd %s, pid %d, listening on %s\n", st.version.c_str(), static_cast<int>(st.pid),
