@@ -179,6 +179,11 @@ struct SegmentInfo {
 // throws for what it finds in the file: that goes into status and error.
 SegmentInfo inspect_segment(const std::string& path, bool with_objects);
 
+// A segment file that is not yet initialised, that nobody is initialising
+// and that nobody has changed for longer than this was left half-made by a
+// creator that died (uninitialised, being_created false): gc reclaims it.
+std::chrono::nanoseconds abandoned_after() noexcept;
+
 // ---- the directory ----------------------------------------------------------
 
 // One regular file of the shm directory as lstat() shows it.

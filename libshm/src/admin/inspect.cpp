@@ -350,6 +350,8 @@ bool read_slots(int fd, const layout::Header* h, SegmentInfo& si) {
 
 }  // namespace
 
+std::chrono::nanoseconds abandoned_after() noexcept { return layout::kAbandonedAfter; }
+
 SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
     SegmentInfo si;
     si.path = path;
