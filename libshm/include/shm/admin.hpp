@@ -84,11 +84,12 @@ const char* to_string(State s) noexcept;
 
 // How every result of this API says that something went wrong: a field
 // `error` of this type, empty when nothing did. `message` is a sentence for
-// a person; `code` is the errno behind it, or 0 when the trouble is in what
-// was read (a file's content, a daemon's reply) rather than in a call. The
-// functions throw (shm::error) only when they cannot work at all (the shm
-// directory cannot be read); what they find wrong with one file, one object
-// or the daemon goes into its result this way.
+// a person; `code` is the errno behind it (EACCES, ECONNREFUSED, EPROTO for
+// a reply or header that breaks its rules, ...), or 0 when no errno
+// applies (a file that is not a segment). The functions throw (shm::error)
+// only when they cannot work at all (the shm directory cannot be read);
+// what they find wrong with one file, one object or the daemon goes into
+// its result this way.
 struct Error {
     std::string message;
     int code = 0;
@@ -304,8 +305,8 @@ struct GcReport {
 // scan(), then reclaim what it found leaked.
 GcReport gc(const GcOptions& opt);
 // Reclaim what `scan` (made by scan() just before) found leaked; for a
-// caller that also wants the scan itself. opt.progress is not used for the
-// scan, which is done.
+// caller that also wants the scan itself (shmd tracks the segments it
+// shows). opt.progress then reports only the removals.
 GcReport gc(const Scan& scan, const GcOptions& opt);
 
 struct RemoveResult {
