@@ -1,8 +1,18 @@
 // shmd's core: one thread, one epoll loop over the listening socket, the
 // clients' connections, a pidfd per process using a tracked segment, a
 // signalfd and two timers (sweep, watchdog).
+//
+//   server.cpp    setup, the event loop, connections
+//   tracking.cpp  which live process uses which segment; reclaiming; sweeps
+//   requests.cpp  the protocol's operations, quotas, replies
+//
+// shmd sees segments and the shm directory only through libshm's public
+// API (shm/*.hpp, the administration API shm/admin.hpp above all), and
+// speaks the wire protocol of daemon_protocol.hpp, which it shares with the
+// library's client.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -14,7 +24,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/logger.h>
+
+#include <shm/admin.hpp>
+
+#include "daemon_protocol.hpp"
 
 namespace shmd {
 
@@ -32,11 +47,6 @@ struct Options {
     std::size_t max_clients = 4096;
     bool notify = true;                  // talk to systemd when NOTIFY_SOCKET is set
 };
-
-// "10%" or "0.5%" → fraction; "512M", "2G", "1048576", "64MiB" → bytes.
-// false if malformed.
-bool parse_size(const std::string& text, std::uint64_t& bytes);
-bool parse_reserve(const std::string& text, double& fraction, std::uint64_t& bytes);
 
 class Server {
 public:
@@ -80,27 +90,53 @@ private:
         std::chrono::steady_clock::time_point expires;
     };
 
+    // server.cpp
+    void setup_signals();
     void setup_socket();
-    void sweep(bool initial);
+    void setup_timers();
+    void watch(int fd, std::uint64_t tag);
+    void dispatch(std::uint64_t event);
+    void on_signal();
+    void remove_socket();
     void accept_clients();
+    bool admit(int fd, const ucred& cr);
     void on_readable(int fd);
     void close_conn(int fd);
-    void handle(Conn& c, const std::string& msg, bool& close_after);
-    std::string reply_status(bool has_id, std::uint64_t id);
-    std::string reply_list(const std::string& after, bool has_id, std::uint64_t id);
-    std::string check_quota(uid_t uid, const std::string& name, std::uint64_t bytes, const char*& code);
+    void warn_once(Conn& c, const std::string& what);
     void send_reply(Conn& c, const std::string& reply);
 
+    // requests.cpp
+    void handle(Conn& c, const std::string& msg, bool& close_after);
+    void on_hello(Conn& c, const shm::proto::Request& r);
+    void on_reserve(Conn& c, const shm::proto::Request& r);
+    void on_attach_or_detach(Conn& c, const shm::proto::Request& r);
+    void on_remove(Conn& c, const shm::proto::Request& r);
+    void refuse(Conn& c, const shm::proto::Request& r, const char* code, const std::string& message);
+    void reply_ok(Conn& c, const shm::proto::Request& r, nlohmann::json extra = nlohmann::json::object());
+    std::string reply_status(bool has_id, std::uint64_t id);
+    std::string reply_list(const std::string& after, bool has_id, std::uint64_t id);
+    std::string check_quota(uid_t uid, std::uint64_t bytes, const char*& code);
+    std::string check_user_quota(uid_t uid, std::uint64_t bytes);
+    std::string check_reserve(std::uint64_t bytes);
+    std::string reserve_text() const;
+
+    // tracking.cpp
     Proc* adopt(pid_t pid, std::uint64_t start_time, int pidfd = -1);
     void process_exited(pid_t pid);
     void drop_proc(pid_t pid);
+    void release_user(pid_t pid, const std::string& name);
     // Reap the segment's dead slots, unlink it if nobody live is left, and
     // watch every live process attached to it. Returns true if it was reclaimed.
     bool look_at(const std::string& name, const char* why);
+    // Watch the live processes that `info`, a reading of the segment just
+    // made, shows attached (dead_seen: it showed dead slots after a reap).
+    void track(const std::string& name, const shm::admin::SegmentInfo& info, bool dead_seen);
+    void track_all(const shm::admin::Scan& scan, const shm::admin::GcReport& rep, bool initial);
+    void log_sweep(const shm::admin::GcReport& rep, bool initial, std::chrono::steady_clock::time_point t0);
+    void sweep(bool initial);
     void forget(const std::string& name);
     void recheck_due();
     int recheck_timeout_ms() const;
-    void warn_once(Conn& c, const std::string& what);
 
     Options opt_;
     std::shared_ptr<spdlog::logger> log_;
@@ -112,7 +148,8 @@ private:
     std::map<std::string, Seg> segs_;
     std::vector<Pending> pending_;
     // Segments to look at again: their lock was held too long, or they are
-    // half-made (a creator that died leaves one; it is reclaimable after 1 s).
+    // half-made (a creator that died leaves one; it is reclaimable once
+    // shm::admin::abandoned_after() has passed).
     std::map<std::string, std::chrono::steady_clock::time_point> recheck_;
     std::string shm_dir_real_;
     std::chrono::steady_clock::time_point started_;

@@ -25,6 +25,7 @@
 #include <shm/admin.hpp>
 #include <shm/shm.hpp>
 
+#include "admin/proc_scan.hpp"
 #include "store/layout.hpp"
 #ifdef SHMD_PATH
 #include "daemon.hpp"

@@ -143,7 +143,7 @@ TEST_CASE("the reported headers: attach table offset and directory head", "[untr
                 // shmctl stat says the same, from the same check.
                 shm::admin::SegmentInfo si = shm::admin::inspect_segment(untrusted::path(), true);
                 return si.status == shm::admin::SegmentStatus::corrupt &&
-                       si.error.find("attach table") != std::string::npos;
+                       si.error.message.find("attach table") != std::string::npos;
             });
         }
     }

@@ -51,7 +51,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "shm/object_kind.hpp"
@@ -70,6 +69,8 @@ enum class FileKind {
 };
 const char* to_string(FileKind k) noexcept;
 FileKind kind_of_name(std::string_view file_name);
+// The segment a file name is for ("libshm.<valid segment name>"), or "".
+std::string segment_name_of(std::string_view file_name);
 
 enum class State {
     in_use,      // a live process is attached (libshm) or maps / holds it open
@@ -79,82 +80,26 @@ enum class State {
 };
 const char* to_string(State s) noexcept;
 
+// ---- errors -------------------------------------------------------------------
+
+// How every result of this API says that something went wrong: a field
+// `error` of this type, empty when nothing did. `message` is a sentence for
+// a person; `code` is the errno behind it (EACCES, ECONNREFUSED, EPROTO for
+// a reply or header that breaks its rules, ...), or 0 when no errno
+// applies (a file that is not a segment). The functions throw (shm::error)
+// only when they cannot work at all (the shm directory cannot be read);
+// what they find wrong with one file, one object or the daemon goes into
+// its result this way.
+struct Error {
+    std::string message;
+    int code = 0;
+    explicit operator bool() const noexcept { return !message.empty() || code != 0; }
+};
+
 // Progress of a long scan: the stage ("listing the directory", "reading
 // segments", "reading /proc", "checking files", "removing files"), items done
 // and the total (0 if not known).
 using Progress = std::function<void(const char* stage, std::size_t done, std::size_t total)>;
-
-// ---- /proc ----------------------------------------------------------------
-
-// The fields of /proc/<pid>/stat that we use. The command name is the text
-// between the first '(' and the last ')', so names with spaces and
-// parentheses parse.
-struct ProcStat {
-    pid_t pid = 0;
-    std::string comm;
-    char state = '?';
-    pid_t ppid = 0;
-    std::uint64_t flags = 0;       // field 9 (PF_*)
-    std::uint64_t start_time = 0;  // field 22, clock ticks since boot
-};
-bool parse_proc_stat(std::string_view text, ProcStat& out);
-
-// One line of /proc/<pid>/maps.
-struct MapsLine {
-    unsigned dev_major = 0;
-    unsigned dev_minor = 0;
-    std::uint64_t inode = 0;
-    std::string path;      // without the " (deleted)" suffix
-    bool deleted = false;  // the kernel marked the file as unlinked
-};
-bool parse_maps_line(std::string_view line, MapsLine& out);
-
-// How one process uses one file.
-struct FileUse {
-    pid_t pid = 0;
-    bool mapped = false;
-    bool open = false;
-};
-
-// A process whose maps or fd table we were not allowed to read, with what
-// /proc/<pid>/status (readable by anyone) says about what it could open.
-struct HiddenProcess {
-    pid_t pid = 0;
-    std::string comm;
-    std::vector<std::uint32_t> uids;  // real, effective, saved, filesystem
-    std::vector<std::uint32_t> gids;  // the same, then the supplementary groups
-    bool privileged = false;          // may bypass file permissions (CAP_DAC_*, CAP_FOWNER)
-    int error = 0;                    // why we could not look (EACCES, EPERM)
-};
-
-// Who maps or holds open which file of one filesystem, from one pass over
-// /proc. Processes that exit during the pass are skipped; kernel threads and
-// zombies hold no files and are not counted.
-struct ProcessScan {
-    dev_t dev = 0;
-    std::unordered_map<std::uint64_t, std::vector<FileUse>> uses;  // by inode, files on `dev` only
-    struct Process {
-        std::string comm;
-        std::uint64_t start_time = 0;
-    };
-    std::unordered_map<pid_t, Process> processes;  // every process looked at
-    std::vector<HiddenProcess> hidden;
-    std::size_t inspected = 0;  // processes whose maps and fds were read
-
-    // Scan every process for files on `dev`. When `only` is given, record
-    // only those inodes (a re-check before unlinking). `proc` is the procfs
-    // mount to read.
-    static ProcessScan run(dev_t dev, const std::vector<std::uint64_t>* only = nullptr,
-                           const Progress& progress = {}, const std::string& proc = "/proc");
-
-    const std::vector<FileUse>* users(std::uint64_t inode) const;
-    // Processes we could not inspect that could have opened a file with this
-    // owner and mode (by their credentials and capabilities).
-    std::vector<const HiddenProcess*> could_use(std::uint32_t uid, std::uint32_t gid, std::uint32_t mode) const;
-    // The command name of pid if it is the process that started at
-    // start_time (0: any), else "".
-    std::string comm_of(pid_t pid, std::uint64_t start_time = 0) const;
-};
 
 // ---- libshm segments, read without attaching ---------------------------------
 
@@ -181,8 +126,8 @@ struct LockState {
 
 // One named object and its live state. Only the fields of its kind are set.
 struct ObjectState {
-    ObjectInfo info;      // name, kind, offset, size
-    std::string problem;  // why its state could not be read (empty when it was)
+    ObjectInfo info;  // name, kind, offset, size
+    Error error;      // why its state could not be read (empty when it was)
     std::optional<LockState> lock;                  // mutex, recursive_mutex
     std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore; queue: items in it
     std::optional<std::uint32_t> bound;             // bounded_semaphore
@@ -205,8 +150,7 @@ struct SegmentInfo {
     std::string path;
     std::string name;  // the segment name (file name without "libshm.")
     SegmentStatus status = SegmentStatus::unreadable;
-    std::string error;  // for any status but ok: what is wrong, in words
-    int err = 0;        // errno behind `error`, if any
+    Error error;  // set for any status but ok: what is wrong with it
 
     std::uint32_t layout_version = 0;
     std::uint64_t total_size = 0;
@@ -236,7 +180,33 @@ struct SegmentInfo {
 // throws for what it finds in the file: that goes into status and error.
 SegmentInfo inspect_segment(const std::string& path, bool with_objects);
 
+// A segment file that is not yet initialised, that nobody is initialising
+// and that nobody has changed for longer than this was left half-made by a
+// creator that died (uninitialised, being_created false): gc reclaims it.
+std::chrono::nanoseconds abandoned_after() noexcept;
+
 // ---- the directory ----------------------------------------------------------
+
+// One regular file of the shm directory as lstat() shows it.
+struct FileStat {
+    std::string name;  // file name
+    std::uint64_t dev = 0, ino = 0;
+    std::uint32_t uid = 0, gid = 0, mode = 0;
+    std::uint64_t size = 0;       // st_size
+    std::uint64_t allocated = 0;  // st_blocks * 512: what removing it frees
+    std::int64_t mtime_ns = 0;
+};
+
+struct Listing {
+    std::string dir;
+    std::uint64_t dev = 0;             // the directory's filesystem
+    std::vector<FileStat> files;       // regular files, sorted by name
+    std::vector<std::string> skipped;  // names of entries that are not regular files
+};
+
+// List the shm directory without opening any file in it (cheap: one
+// lstat per entry). Throws shm::error when the directory cannot be read.
+Listing list_directory(const Progress& progress = {});
 
 struct User {
     pid_t pid = 0;
@@ -274,8 +244,10 @@ struct Scan {
     FsUsage fs;
     std::vector<Entry> entries;  // regular files, sorted by name
     std::vector<std::string> skipped;  // names of entries that are not regular files
-    ProcessScan processes;        // empty when no foreign file needed it
-    bool processes_scanned = false;
+    bool processes_scanned = false;    // /proc was read (there were foreign files)
+    // Processes whose maps or open files we were not allowed to read: a
+    // foreign file they could use is "unknown", never "leaked".
+    std::size_t uninspected_processes = 0;
 };
 
 // List the shm directory and classify every regular file. /proc is read
@@ -286,6 +258,7 @@ Scan scan(const Progress& progress = {});
 // that names "libshm.<name>"); nullopt if there is no such file.
 std::optional<Entry> lookup(std::string_view name);
 
+// The usage of the filesystem holding `dir` (all zero if it cannot be asked).
 FsUsage fs_usage(const std::string& dir);
 
 // ---- reclaiming -------------------------------------------------------------
@@ -311,8 +284,8 @@ struct GcAction {
     std::uint32_t uid = 0;           // the file's owner
     std::uint64_t bytes = 0;         // freed (or that would be)
     std::uint32_t dead_slots = 0;    // libshm: dead attach slots cleared
-    std::string reason;
-    int err = 0;
+    std::string reason;              // why this outcome (every outcome but failed)
+    Error error;                     // failed: what went wrong
 };
 const char* to_string(GcAction::Outcome o) noexcept;
 
@@ -329,16 +302,21 @@ struct GcReport {
     std::uint64_t foreign_left_bytes = 0;
 };
 
+// scan(), then reclaim what it found leaked.
 GcReport gc(const GcOptions& opt);
+// Reclaim what `scan` (made by scan() just before) found leaked; for a
+// caller that also wants the scan itself (shmd tracks the segments it
+// shows). opt.progress then reports only the removals.
+GcReport gc(const Scan& scan, const GcOptions& opt);
 
 struct RemoveResult {
     enum Outcome { removed, not_found, not_libshm, in_use, failed };
     Outcome outcome = failed;
-    std::string name;  // as given
-    std::string message;
+    std::string name;     // as given
+    std::string segment;  // the segment it names (once that is known)
     std::vector<pid_t> live_pids;  // in_use: who is attached
     std::uint64_t bytes = 0;       // removed: the file's allocated size
-    int err = 0;
+    Error error;                   // every outcome but removed: why not
 };
 
 // Remove a libshm segment by segment name or file name. Refuses one with
@@ -362,8 +340,7 @@ bool daemon_absent(int err) noexcept;
 struct DaemonStatus {
     std::string socket;    // asked at
     bool running = false;  // a daemon answered
-    std::string error;     // when not running: why, in words
-    int err = 0;           // errno behind `error` (see daemon_absent)
+    Error error;           // when not running: why (error.code: see daemon_absent)
 
     // When running, the reply's fields (README, "shmctl status" and "shmd").
     std::string version;
@@ -414,12 +391,24 @@ struct DaemonTracked {
 DaemonTracked daemon_tracked(const std::string& socket = {},
                              std::chrono::milliseconds timeout = std::chrono::seconds(2));
 
+// ---- processes ----------------------------------------------------------------
+
+// A process as /proc/<pid>/stat shows it now.
+struct ProcessInfo {
+    pid_t pid = 0;
+    std::uint64_t start_time = 0;  // clock ticks since boot: with the pid, names one process for good
+    std::string comm;              // its command name
+};
+// nullopt if there is no such process, or it has exited (a zombie).
+std::optional<ProcessInfo> process_info(pid_t pid);
+
 // ---- helpers ----------------------------------------------------------------
 
 // "30s", "5m", "2h", "1d", "1h30m", "0", "250ms" → duration; false if malformed.
 bool parse_duration(std::string_view text, std::chrono::nanoseconds& out);
 
-// Whether a process with this pid exists (kill(pid, 0) succeeds or says EPERM).
-bool pid_exists(pid_t pid);
+// "512 B", "1.5 KiB", "2.0 GiB": binary units, one decimal; libshm's own
+// messages use the same.
+std::string human_bytes(std::uint64_t n);
 
 }  // namespace shm::admin

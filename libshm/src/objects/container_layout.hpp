@@ -1,6 +1,6 @@
 // The shared-memory layout of shm::Dict and shm::List (container.cpp),
-// versioned with the segment layout (kLayoutVersion). Private; admin.cpp reads it to show a
-// container's length.
+// versioned with the segment layout (kLayoutVersion). Private;
+// container_state.cpp decodes it for inspection (objects/inspect.hpp).
 #pragma once
 
 #include <atomic>

@@ -1,5 +1,6 @@
 // The shared-memory layout of shm::Queue (queue.cpp), version 1 with the
-// segment layout. Private; admin.cpp reads it to show a queue's state.
+// segment layout. Private; queue_state.cpp decodes it for inspection
+// (objects/inspect.hpp).
 //
 // A queue is one block in its segment:
 //     QueueControl | capacity × QueueSlot (16 B) | byte ring
@@ -47,6 +48,26 @@ inline constexpr std::uint32_t cursor_owner(std::uint64_t w) { return static_cas
 // Signed distance a - b between two tickets.
 inline constexpr std::int64_t ticket_diff(std::uint64_t a, std::uint64_t b) {
     return static_cast<std::int32_t>(static_cast<std::uint32_t>(a - b));
+}
+
+// The fill of a queue, counted the same way by the queue (queue.cpp) and by
+// its inspector (queue_state.cpp) from the cursors tail, head and free.
+// Items in it: tickets between head and tail, at most the capacity.
+inline constexpr std::uint32_t depth_of(std::uint64_t tail, std::uint64_t head, std::uint32_t capacity) {
+    const std::int64_t n = ticket_diff(cursor_ticket(tail), cursor_ticket(head));
+    return n <= 0 ? 0 : n < capacity ? static_cast<std::uint32_t>(n) : capacity;
+}
+// Ring units from the free cursor's position to the tail's (positions count
+// modulo twice the ring).
+inline constexpr std::uint32_t units_between(std::uint32_t ring_units, std::uint32_t tail_pos, std::uint32_t free_pos) {
+    return tail_pos >= free_pos ? tail_pos - free_pos : tail_pos + 2 * ring_units - free_pos;
+}
+// Units held by items queued, being put or being got: none when free has
+// caught up with tail.
+inline constexpr std::uint32_t units_held(std::uint64_t tail, std::uint64_t free, std::uint32_t ring_units) {
+    return ticket_diff(cursor_ticket(tail), cursor_ticket(free)) <= 0
+               ? 0
+               : units_between(ring_units, cursor_pos(tail), cursor_pos(free));
 }
 
 inline constexpr std::uint32_t kQueueTombstone = 0xffffffffu;  // QueueSlot::len of an item that was never put

@@ -208,10 +208,10 @@ FsSpace fs_space(int fd) {
 }
 
 std::string human_bytes(std::uint64_t n) {
-    static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
     double v = static_cast<double>(n);
     int u = 0;
-    while (v >= 1024 && u < 4) {
+    while (v >= 1024 && u < 5) {
         v /= 1024;
         ++u;
     }

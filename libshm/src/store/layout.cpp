@@ -1,6 +1,9 @@
 // The one check of a segment header (layout.hpp): what Segment's open and
-// create and admin's inspection trust before they follow any offset.
+// create and admin's inspection trust before they follow any offset. And the
+// one rule for a half-made file left by a creator that died (abandoned()).
 #include "store/layout.hpp"
+
+#include <time.h>
 
 #include <cstring>
 #include <new>
@@ -48,6 +51,14 @@ const char* header_problem(const Header* h, std::uint64_t file_size) noexcept {
         if (v != 0 && (v % 16 != 0 || !in_heap(h, v, 32))) return "a free list of its heap is outside the heap";
     }
     return nullptr;
+}
+
+bool abandoned(const struct stat& st) noexcept {
+    timespec now;
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    const std::int64_t age_ns = (std::int64_t(now.tv_sec) - st.st_ctim.tv_sec) * 1000000000 +
+                                (now.tv_nsec - st.st_ctim.tv_nsec);
+    return age_ns > std::chrono::nanoseconds(kAbandonedAfter).count();
 }
 
 }  // namespace shm::layout

@@ -17,8 +17,10 @@
 #pragma once
 
 #include <pthread.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -100,6 +102,17 @@ struct Header {
 // The meta lock (creation, attach, detach, reap, unlink) is the OFD lock on
 // this byte of the file.
 inline constexpr off_t kMetaLockByte = 12;
+
+// A creator initialises a segment file while holding its meta lock, and
+// takes that lock microseconds after making the file. So a file that is not
+// yet ready, whose meta lock nobody holds, and that nobody has changed for
+// longer than this was left half-made by a creator that died: anyone may
+// reclaim or replace it. abandoned() is the one statement of that rule.
+inline constexpr std::chrono::seconds kAbandonedAfter{1};
+// Whether an uninitialised segment file whose meta lock is free (the caller
+// holds it, or has just seen it free) was abandoned: its status last changed
+// (st_ctim) longer than kAbandonedAfter ago.
+bool abandoned(const struct stat& st) noexcept;
 
 static_assert(sizeof(Mutex) <= sizeof(Header::heap_lock_storage));
 static_assert(alignof(Mutex) <= 8);
