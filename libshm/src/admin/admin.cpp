@@ -42,6 +42,7 @@
 
 #include "objects/container_layout.hpp"
 #include "client/daemon_client.hpp"
+#include "core/liveness.hpp"
 #include "client/daemon_protocol.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
@@ -819,7 +820,7 @@ SegmentInfo inspect_segment(const std::string& path, bool with_objects) {
     si.creator_pid = h->creator_pid;
     si.creator_uid = h->creator_uid;
     si.creator_start_time = h->creator_start_time;
-    si.creator_alive = platform::process_alive(h->creator_pid, h->creator_start_time);
+    si.creator_alive = core::liveness::alive({h->creator_pid, h->creator_start_time});
     si.created_at_ns = h->created_at_ns;
     char name[sizeof h->name + 1] = {};
     std::memcpy(name, h->name, sizeof h->name);

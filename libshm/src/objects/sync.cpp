@@ -16,6 +16,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/liveness.hpp"
 #include "platform/platform.hpp"
 #include "shm/error.hpp"
 #include "shm/sync.hpp"
@@ -316,8 +317,9 @@ std::uint32_t Barrier::arrive(const detail::Deadline& d) {
         m_.unlock();
         return idx;
     }
-    waiting_[idx].start_time.store(platform::self_start_time(), std::memory_order_relaxed);
-    waiting_[idx].pid.store(::getpid(), std::memory_order_relaxed);
+    const core::ProcessId me = core::liveness::self();
+    waiting_[idx].start_time.store(me.start_time, std::memory_order_relaxed);
+    waiting_[idx].pid.store(me.pid, std::memory_order_relaxed);
     arrived_.store(idx + 1, std::memory_order_relaxed);
     m_.unlock();
 
@@ -344,8 +346,9 @@ std::uint32_t Barrier::arrive(const detail::Deadline& d) {
             }
             std::uint32_t n = arrived_.load(std::memory_order_relaxed);
             for (std::uint32_t i = 0; i < n && i < kMaxParties; ++i) {
-                std::int32_t pid = waiting_[i].pid.load(std::memory_order_relaxed);
-                if (pid != 0 && !platform::process_alive(pid, waiting_[i].start_time.load(std::memory_order_relaxed))) {
+                const core::ProcessId p{waiting_[i].pid.load(std::memory_order_relaxed),
+                                        waiting_[i].start_time.load(std::memory_order_relaxed)};
+                if (!p.empty() && !core::liveness::alive(p)) {
                     break_locked();
                     break;
                 }

@@ -96,24 +96,17 @@ std::uint64_t process_start_time(pid_t pid) {
     return std::strtoull(p, nullptr, 10);
 }
 
-namespace {
-pid_t g_cached_pid = 0;
-std::uint64_t g_cached_start = 0;
-}  // namespace
-
 std::uint64_t self_start_time() {
-    pid_t me = ::getpid();
-    if (me != g_cached_pid) {
-        g_cached_start = process_start_time(me);
-        g_cached_pid = me;
+    // Cached per fork generation: a child reads its own. Two threads that
+    // both read it first store the same value.
+    static std::atomic<unsigned> cached_for{~0u};
+    static std::atomic<std::uint64_t> cached{0};
+    const unsigned g = fork_generation();
+    if (cached_for.load(std::memory_order_acquire) != g) {
+        cached.store(process_start_time(::getpid()), std::memory_order_relaxed);
+        cached_for.store(g, std::memory_order_release);
     }
-    return g_cached_start;
-}
-
-bool process_alive(pid_t pid, std::uint64_t start_time) {
-    if (pid <= 0) return false;
-    std::uint64_t st = process_start_time(pid);
-    return st != 0 && st == start_time;
+    return cached.load(std::memory_order_relaxed);
 }
 
 std::int64_t realtime_ns() {

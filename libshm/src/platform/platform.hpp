@@ -43,12 +43,11 @@ bool ofd_is_locked(int fd, off_t off); // held by another open file description
 
 // --- processes ------------------------------------------------------------
 // Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22),
-// 0 if there is no such process or it has exited (a zombie not yet reaped). Together with the pid it names one process
-// for good: a reused pid has another start time.
+// 0 if there is no such process or it has exited (a zombie not yet reaped).
+// Whether a process is alive is core/liveness.hpp's to say.
 std::uint64_t process_start_time(pid_t pid);
 // This process's start time, read once per process (re-read after fork).
 std::uint64_t self_start_time();
-bool process_alive(pid_t pid, std::uint64_t start_time);
 
 std::int64_t realtime_ns();
 
