@@ -27,10 +27,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <ctime>
 #include <mutex>  // std::lock_guard, std::unique_lock, std::scoped_lock
-#include <type_traits>
 
+#include "shm/deadline.hpp"
 #include "shm/object_kind.hpp"
 
 namespace shm {
@@ -46,10 +45,12 @@ public:
     bool try_lock();
     template <class Rep, class Period>
     bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
-        return try_lock_until(std::chrono::steady_clock::now() + d);
+        return timed_lock(detail::Deadline::in(d));
     }
     template <class Clock, class Duration>
-    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp);
+    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
+        return timed_lock(detail::Deadline::at(tp));
+    }
     void unlock();
 
     // True while held by a caller whose acquisition found the previous owner
@@ -69,7 +70,7 @@ public:
     bool held_by_caller() const noexcept;
 
 private:
-    bool timed_lock(clockid_t clock, const timespec& abs);
+    bool timed_lock(const detail::Deadline& d);
     void after_acquire(int rc, const char* op);
 
     pthread_mutex_t m_;
@@ -88,31 +89,5 @@ template <>
 struct object_kind_of<Mutex> {
     static constexpr ObjectKind value = ObjectKind::mutex;
 };
-
-namespace detail {
-inline timespec to_timespec(std::chrono::nanoseconds ns) {
-    if (ns.count() < 0) ns = std::chrono::nanoseconds(0);
-    timespec ts;
-    ts.tv_sec = static_cast<time_t>(ns.count() / 1000000000);
-    ts.tv_nsec = static_cast<long>(ns.count() % 1000000000);
-    return ts;
-}
-}  // namespace detail
-
-template <class Clock, class Duration>
-bool Mutex::try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
-    using namespace std::chrono;
-    if constexpr (std::is_same_v<Clock, system_clock>) {
-        return timed_lock(CLOCK_REALTIME,
-                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
-    } else if constexpr (std::is_same_v<Clock, steady_clock>) {
-        // libstdc++'s steady_clock is CLOCK_MONOTONIC.
-        return timed_lock(CLOCK_MONOTONIC,
-                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
-    } else {
-        auto rel = duration_cast<nanoseconds>(tp - Clock::now());
-        return try_lock_until(steady_clock::now() + rel);
-    }
-}
 
 }  // namespace shm

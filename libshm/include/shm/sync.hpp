@@ -251,8 +251,10 @@ public:
 
 private:
     std::uint32_t arrive(const detail::Deadline& d);
+    std::uint32_t await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d);
     void lock_state();
     void break_locked();
+    bool party_died_locked() const;
 
     struct Party {
         std::atomic<std::int32_t> pid;

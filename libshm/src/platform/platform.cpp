@@ -169,27 +169,6 @@ int membarrier_all() {
     return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : errno;
 }
 
-int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs) {
-#if defined(__SANITIZE_THREAD__)
-    // ThreadSanitizer (GCC 12) intercepts neither pthread_mutex_clocklock nor
-    // an EOWNERDEAD from pthread_mutex_timedlock, and would then report every
-    // later unlock as wrong. Under TSan only, poll trylock (which it models
-    // fully) until the deadline.
-    long pause_us = 10;
-    for (;;) {
-        int rc = pthread_mutex_trylock(m);
-        if (rc != EBUSY) return rc;
-        timespec now;
-        ::clock_gettime(clock, &now);
-        if (now.tv_sec > abs.tv_sec || (now.tv_sec == abs.tv_sec && now.tv_nsec >= abs.tv_nsec)) return ETIMEDOUT;
-        ::usleep(static_cast<useconds_t>(pause_us));
-        pause_us = pause_us < 1000 ? pause_us * 2 : 1000;
-    }
-#else
-    return pthread_mutex_clocklock(m, clock, &abs);
-#endif
-}
-
 FsSpace fs_space(int fd) {
     struct statvfs sv;
     FsSpace s;

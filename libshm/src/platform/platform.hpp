@@ -58,7 +58,8 @@ pid_t current_pid();
 // Bumped in every fork child: a cheap "am I still the same process" check.
 unsigned fork_generation();
 
-// --- futexes (process-shared) and pthread helpers --------------------------
+// --- futexes (process-shared) ---------------------------------------------
+// Used through core/wait.hpp, which says when to sleep and for how long.
 // Sleep while *word == expected, until woken or the deadline passes.
 // Returns false only on time-out; true when woken, interrupted, or the value
 // had already changed (callers re-check their condition in all cases).
@@ -82,8 +83,6 @@ inline void cpu_relax() {
     asm volatile("yield");
 #endif
 }
-// pthread_mutex_clocklock, or an equivalent that ThreadSanitizer models.
-int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs);
 
 // Free and total bytes of the filesystem holding `fd`.
 struct FsSpace {
