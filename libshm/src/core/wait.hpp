@@ -93,6 +93,9 @@ inline constexpr WaitPolicy kBarrierWait{0, 0, false, std::chrono::milliseconds(
 // µs), then sched_yield()s so that a peer waiting for this CPU gets it,
 // then sleep; whoever blocks the waiter is checked before every sleep.
 inline constexpr WaitPolicy kQueueWait{100, 8, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {}};
+// A queue sleeper that could not fence the wakers (membarrier refused by a
+// seccomp filter) polls every 2 ms instead.
+inline constexpr std::chrono::milliseconds kQueueUnfencedPoll{2};
 // A queue claimant waiting for its own ticket after an ABA claim naps 1 ms.
 inline constexpr WaitPolicy kQueueNap{100, 8, false, std::chrono::milliseconds(1), Recheck::before_sleep, {}, {}};
 // Queue join: no spin.

@@ -71,15 +71,18 @@
 // over the same way, and a process that inherits a dead process's id
 // repairs what it left before it uses the id.
 //
-// Waiting: spin, then sleep on an epoch futex after setting the process's
+// Waiting goes through core::wait() (core/wait.hpp, policy kQueueWait):
+// spin, yield, then sleep on an epoch futex after setting the process's
 // bit in a waiters mask. A waker stores, then loads the mask; a sleeper sets
 // its bit, then re-checks. Where the kernel allows, every process using a
 // queue registers for membarrier(2), wakers order store and load with a
 // compiler barrier only, and the sleeper runs membarrier_all(), which fences
 // every CPU running a registered process: one of the two sees the other,
 // and the hot path carries no fence. Elsewhere wakers use a seq_cst store
-// and load. Sleeps last at most 50 ms so that a sleeper notices a dead
-// blocker, and wakers that wake nobody clear the bits of dead processes.
+// and load. Before every sleep the waiter checks whoever blocks it (its
+// liveness re-check repairs a dead claimer's slot), and sleeps last at most
+// 50 ms so that a blocker that dies meanwhile is noticed; a waker takes
+// every bit it finds (a dead sleeper's too) when it wakes.
 #include "objects/queue_internal.hpp"
 
 #include "store/layout.hpp"
@@ -222,7 +225,7 @@ void Queue::close() {
     c_->closed.store(1, std::memory_order_seq_cst);
     for (auto* e : {&c_->put_epoch, &c_->get_epoch, &c_->join_epoch}) {
         e->fetch_add(1, std::memory_order_seq_cst);
-        platform::futex_wake(e, INT_MAX);
+        core::wake(*e, INT_MAX);
     }
 }
 

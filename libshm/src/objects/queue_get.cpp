@@ -14,16 +14,19 @@ namespace {
 // that succeeded on a value 2^32 tickets old (see the design note); then
 // the ticket is ours and we wait for its item.
 [[gnu::noinline, gnu::cold]] void wait_published(QueueControl* c, std::uint64_t h, std::uint32_t id) {
-    QueueSlot* s = slot_at(c, h);
-    int spins = 0;
-    for (;;) {
-        const std::uint64_t w = s->word.load(std::memory_order_acquire);
-        if (tk(w) == tnext(h)) return;
-        if (spun_out(spins) && repair_slot(c, h, w, id)) continue;
-        if (backoff(spins)) continue;
-        sleep_on(c->put_epoch, c->consumers_waiting, id, [&] { return s->word.load() != w; },
-                 detail::Deadline::never(), kNapMs);
-    }
+    struct W : SlotWaiter {
+        W(QueueControl* q, std::uint64_t t, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {
+            block_on(t, slot_at(q, t), 0);
+        }
+        bool ready() {
+            seen = slot->word.load(std::memory_order_acquire);
+            return tk(seen) == tnext(ticket);
+        }
+        core::Sleep arm() {
+            return sleep.arm([&] { return slot->word.load() != seen; });
+        }
+    } w(c, h, id);
+    core::wait(w, detail::Deadline::never(), core::kQueueNap);
 }
 
 // Release the slot of ticket h, got (or skipped) by this process.
@@ -37,54 +40,70 @@ void release_slot(QueueControl* c, std::uint64_t h) {
     store_and_wake(s->word, mk(tnext(h, c->capacity), end, 0), c->get_epoch, c->producers_waiting);
 }
 
-// Claim the next published item. Returns its ticket, or kNoTicket when
-// empty (after waiting until d) or closed and drained (*is_closed set).
 constexpr std::uint64_t kNoTicket = ~0ull;
-std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
-    int spins = 0;
-    *is_closed = false;
-    for (;;) {
-        std::uint64_t H = c->head.load(std::memory_order_acquire);
-        const std::uint64_t h = tk(H);
-        QueueSlot* s = slot_at(c, h);
-        // Acquire: pairs with publish()'s release; the payload is ours.
-        const std::uint64_t w = s->word.load(std::memory_order_acquire);
-        if (tk(w) == tnext(h)) {
-            // Published, and head is at h: nobody has claimed it yet.
-            if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
-            if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
-                                               std::memory_order_relaxed))
-                continue;
-            crash_point();
-            if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
-            if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
-                release_slot(c, h);
+
+// Claims the next published item (its ticket in got), or finds the queue
+// closed and drained; else it is blocked by the slot at head.
+struct GetClaim : SlotWaiter {
+    std::uint64_t got = kNoTicket;
+    bool is_closed = false;
+    GetClaim(QueueControl* q, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {}
+
+    bool ready() {
+        for (;;) {
+            std::uint64_t H = c->head.load(std::memory_order_acquire);
+            const std::uint64_t h = tk(H);
+            QueueSlot* s = slot_at(c, h);
+            // Acquire: pairs with publish()'s release; the payload is ours.
+            const std::uint64_t w = s->word.load(std::memory_order_acquire);
+            if (tk(w) == tnext(h)) {
+                // Published, and head is at h: nobody has claimed it yet.
+                if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+                if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
+                                                   std::memory_order_relaxed))
+                    continue;
+                crash_point();
+                if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
+                if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
+                    release_slot(c, h);
+                    continue;
+                }
+                got = h;
+                return true;
+            }
+            if (ticket_diff(tk(w), h) > 0) {
+                // Released: head moved on since we read it. If it did not, the
+                // slot is ahead of every ticket ever got: not a state the
+                // protocol makes, and waiting would never end.
+                if (c->head.load(std::memory_order_acquire) == H)
+                    throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
+                                    " is ahead of the queue's head; the queue is corrupt");
                 continue;
             }
-            return h;
+            // Unpublished (empty here, or being written), or still holding the
+            // item of ticket h - capacity, being got.
+            if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
+                is_closed = true;
+                return true;
+            }
+            block_on(h, s, w);
+            return false;
         }
-        if (ticket_diff(tk(w), h) > 0) {
-            // Released: head moved on since we read it. If it did not, the
-            // slot is ahead of every ticket ever got: not a state the
-            // protocol makes, and waiting would never end.
-            if (c->head.load(std::memory_order_acquire) == H)
-                throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
-                                " is ahead of the queue's head; the queue is corrupt");
-            continue;
-        }
-        // Unpublished (empty here, or being written), or still holding the
-        // item of ticket h - capacity, being got.
-        if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
-            *is_closed = true;
-            return kNoTicket;
-        }
-        if (!wait) return kNoTicket;
-        if (spun_out(spins) && repair_slot(c, h, w, id)) continue;
-        if (backoff(spins)) continue;
-        if (!sleep_on(c->put_epoch, c->consumers_waiting, id,
-                      [&] { return s->word.load() != w || c->closed.load(); }, d))  // seq_cst: see store_and_wake
-            return kNoTicket;
     }
+    core::Sleep arm() {
+        // seq_cst loads: see store_and_wake.
+        return sleep.arm([&] { return slot->word.load() != seen || c->closed.load(); });
+    }
+};
+
+// Claim the next published item. Returns its ticket, or kNoTicket when
+// empty (after waiting until d, or at once if !wait) or closed and drained
+// (*is_closed set).
+std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
+    GetClaim g(c, id);
+    const bool done = wait ? core::wait(g, d, core::kQueueWait) == core::Waited::ready : g.ready();
+    *is_closed = g.is_closed;
+    return done ? g.got : kNoTicket;
 }
 }  // namespace
 
@@ -177,6 +196,37 @@ std::vector<std::string> Queue::get_many_until(std::size_t n, const detail::Dead
 
 // ---- join, close, state -----------------------------------------------------------------
 
+namespace {
+// Whether a join is over: nothing queued (qsize) and no item being got or
+// taken and not yet marked done by a live process. A consumer counts an
+// item as taken before it releases its slot, so an item is seen here
+// (published, with head past it) or in `taken`.
+bool joined(QueueControl* c, std::size_t qsize) {
+    if (qsize != 0) return false;
+    const std::uint64_t H = c->head.load(std::memory_order_acquire);
+    const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+    const std::uint64_t F = c->free.load(std::memory_order_acquire);
+    const std::int64_t n = ticket_diff(tk(T), tk(F));
+    for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c->capacity); ++i) {
+        const std::uint64_t k = tnext(tk(F), static_cast<std::uint64_t>(i));
+        const std::uint64_t w = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (tk(w) != tnext(k)) continue;             // not published, or released
+        if (ticket_diff(k, tk(H)) >= 0) return false;  // queued
+        std::uint32_t owner = owner_of(w);
+        if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H);
+        if (owner == 0 || actor_alive(c, owner)) return false;  // being got (a hand-over may be under way)
+    }
+    for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {
+        QueueActor& a = c->actors[i];
+        std::uint64_t who = a.who.load(std::memory_order_acquire);
+        if (!who) continue;
+        if (a.done.load(std::memory_order_acquire) < a.taken.load(std::memory_order_acquire) && who_alive(who))
+            return false;
+    }
+    return true;
+}
+}  // namespace
+
 void Queue::task_done() {
     std::uint32_t id = actor_id(c_);
     QueueActor& a = c_->actors[id - 1];
@@ -191,38 +241,15 @@ void Queue::task_done() {
 }
 
 bool Queue::join_until(const detail::Deadline& d) {
-    std::uint32_t id = actor_id(c_);
-    for (;;) {
-        auto finished = [&] {
-            if (qsize() != 0) return false;
-            // No item is being got by a live process: a consumer counts an
-            // item as taken before it releases its slot, so an item is seen
-            // here (published, with head past it) or in `taken` below.
-            const std::uint64_t H = c_->head.load(std::memory_order_acquire);
-            const std::uint64_t T = c_->tail.load(std::memory_order_acquire);
-            const std::uint64_t F = c_->free.load(std::memory_order_acquire);
-            const std::int64_t n = ticket_diff(tk(T), tk(F));
-            for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c_->capacity); ++i) {
-                const std::uint64_t k = tnext(tk(F), static_cast<std::uint64_t>(i));
-                const std::uint64_t w = slot_at(c_, k)->word.load(std::memory_order_acquire);
-                if (tk(w) != tnext(k)) continue;             // not published, or released
-                if (ticket_diff(k, tk(H)) >= 0) return false;  // queued
-                std::uint32_t owner = owner_of(w);
-                if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H);
-                if (owner == 0 || actor_alive(c_, owner)) return false;  // being got (a hand-over may be under way)
-            }
-            for (std::uint32_t i = 0; i < kMaxProcesses; ++i) {
-                QueueActor& a = c_->actors[i];
-                std::uint64_t who = a.who.load(std::memory_order_acquire);
-                if (!who) continue;
-                if (a.done.load(std::memory_order_acquire) < a.taken.load(std::memory_order_acquire) && who_alive(who))
-                    return false;
-            }
-            return true;
-        };
-        if (finished()) return true;
-        if (!sleep_on(c_->join_epoch, c_->joiners_waiting, id, finished, d)) return finished();
-    }
+    struct W : core::Waiter {
+        const Queue& q;
+        EpochSleep sleep;
+        W(const Queue& queue, std::uint32_t id) : q(queue), sleep(queue.c_->join_epoch, queue.c_->joiners_waiting, id) {}
+        bool ready() { return joined(q.c_, q.qsize()); }
+        core::Sleep arm() { return sleep.arm([&] { return ready(); }); }
+        void disarm() { sleep.disarm(); }
+    } w(*this, actor_id(c_));
+    return core::wait(w, d, core::kQueueJoin) == core::Waited::ready || w.ready();
 }
 
 void Queue::join() { join_until(detail::Deadline::never()); }

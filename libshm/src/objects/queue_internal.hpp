@@ -4,7 +4,6 @@
 // Everything a put or a get runs per item is inline here.
 #pragma once
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <climits>
 #include <mutex>
 
+#include "core/wait.hpp"
 #include "objects/queue_layout.hpp"
 #include "platform/platform.hpp"
 #include "platform/testing.hpp"
@@ -34,33 +34,6 @@ constexpr std::uint32_t kTombstone = detail::kQueueTombstone;
 constexpr std::uint32_t kRepairFlag = detail::kQueueRepairFlag;
 constexpr std::uint32_t kIdMask = 0x7f;
 static_assert(Queue::kMaxProcesses <= kIdMask);
-// Before sleeping: kSpin pauses (a PAUSE is 10-50 ns, so a few µs: a
-// cross-CPU wake-up costs tens of µs here), then kYield sched_yield()s so
-// that a peer waiting for this CPU gets it, then the futex.
-constexpr int kSpin = 100;
-constexpr int kYield = 8;
-
-// One step of waiting before sleeping; false once it is time to sleep.
-inline bool backoff(int& spins) {
-    if (spins < kSpin) {
-        ++spins;
-        platform::cpu_relax();
-        return true;
-    }
-    if (spins < kSpin + kYield) {
-        ++spins;
-        ::sched_yield();
-        return true;
-    }
-    return false;
-}
-inline bool spun_out(int spins) { return spins >= kSpin + kYield; }
-constexpr long kPollMs = 50;
-// What a sleeper polls at when it could not fence the wakers (see sleep_on).
-constexpr long kUnfencedPollMs = 2;
-// A claimant waiting after an ABA claim (see the design note) naps this long.
-constexpr long kNapMs = 1;
-
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 inline std::uint64_t mk(std::uint64_t ticket, std::uint32_t pos, std::uint32_t owner) {
@@ -130,7 +103,7 @@ inline void wake_sleepers(std::atomic<std::uint32_t>& epoch, std::atomic<std::ui
     // bit again before it sleeps again.
     if (mask.exchange(0, std::memory_order_seq_cst) == 0) return;
     epoch.fetch_add(1, std::memory_order_seq_cst);
-    platform::futex_wake(&epoch, INT_MAX);
+    core::wake(epoch, INT_MAX);
 }
 
 // After a change a sleeper may wait for: wake the sleepers of mask.
@@ -172,33 +145,61 @@ inline void store_and_wake(std::atomic<std::uint64_t>& word, std::uint64_t value
     wake_sleepers(epoch, mask);
 }
 
-// Sleep until the epoch moves, the deadline, or the poll interval.
-// Returns false if the deadline has passed.
-template <class Ready>
-bool sleep_on(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask, std::uint32_t id, Ready&& ready,
-              const detail::Deadline& d, long poll_ms = kPollMs) {
-    if (d.passed()) return false;
-    const std::uint64_t bit = 1ull << (id - 1);
-    mask.fetch_or(bit, std::memory_order_seq_cst);
+// A queue waiter sleeps on an epoch (core::wait()'s arm and disarm): it
+// sets its bit in the waiters mask, fences the wakers that skip their fence
+// (see store_and_wake), reads the epoch, and sleeps on it unless what it
+// waits for has changed meanwhile. Another thread of this process may share
+// the bit: clearing it makes that one look again.
+struct EpochSleep {
+    std::atomic<std::uint32_t>& epoch;
+    std::atomic<std::uint64_t>& mask;
+    const std::uint64_t bit;
+    EpochSleep(std::atomic<std::uint32_t>& e, std::atomic<std::uint64_t>& m, std::uint32_t id)
+        : epoch(e), mask(m), bit(1ull << (id - 1)) {}
+
+    template <class Changed>
+    core::Sleep arm(Changed&& changed) {
+        core::Sleep s;
+        mask.fetch_or(bit, std::memory_order_seq_cst);
 #if !defined(__SANITIZE_THREAD__)
-    // Fence the wakers that skip theirs (see store_and_wake). Where the
-    // kernel has no membarrier nobody registered, so nobody skips; where it
-    // refuses us alone (a seccomp filter), poll often instead.
-    const int e = platform::membarrier_all();
-    if (e != 0 && e != ENOSYS && e != EINVAL) poll_ms = std::min(poll_ms, kUnfencedPollMs);
+        // Where the kernel has no membarrier nobody registered, so nobody
+        // skips; where it refuses us alone (a seccomp filter), poll often
+        // instead.
+        const int e = platform::membarrier_all();
+        if (e != 0 && e != ENOSYS && e != EINVAL) s.poll = core::kQueueUnfencedPoll;
 #endif
-    std::uint32_t ep = epoch.load(std::memory_order_seq_cst);
-    if (!ready()) {
-        detail::Deadline p = detail::Deadline::in(std::chrono::milliseconds(poll_ms));
-        if (!d.infinite && d.clock == CLOCK_MONOTONIC &&
-            (d.abs.tv_sec < p.abs.tv_sec || (d.abs.tv_sec == p.abs.tv_sec && d.abs.tv_nsec < p.abs.tv_nsec)))
-            p = d;
-        platform::futex_wait(&epoch, ep, &p.abs, p.clock);
+        s.word = &epoch;
+        s.expected = epoch.load(std::memory_order_seq_cst);
+        s.skip = changed();
+        return s;
     }
-    mask.fetch_and(~bit, std::memory_order_seq_cst);
-    // Another thread of this process may share the bit: make it re-check.
-    return !d.passed();
-}
+    void disarm() { mask.fetch_and(~bit, std::memory_order_seq_cst); }
+};
+
+// Repairs of claims left by dead processes (queue_claims.cpp).
+bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me);
+
+// The part every queue waiter shares: it is blocked by the slot of one
+// ticket, whose word it saw; its liveness re-check repairs that slot if a
+// dead process holds it.
+struct SlotWaiter {
+    QueueControl* c;
+    std::uint32_t id;
+    EpochSleep sleep;
+    std::uint64_t ticket = 0;  // the blocking slot's ticket
+    QueueSlot* slot = nullptr;
+    std::uint64_t seen = 0;    // its word as read
+
+    SlotWaiter(QueueControl* q, std::uint32_t me, std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask)
+        : c(q), id(me), sleep(epoch, mask, me) {}
+    void block_on(std::uint64_t k, QueueSlot* s, std::uint64_t w) {
+        ticket = k;
+        slot = s;
+        seen = w;
+    }
+    bool recheck() { return repair_slot(c, ticket, seen, id); }
+    void disarm() { sleep.disarm(); }
+};
 
 // This process's actor id in c, registered on first use (queue_claims.cpp).
 std::uint32_t register_actor(QueueControl* c);
@@ -250,7 +251,6 @@ inline void hand_over(QueueControl* c, std::uint64_t cur, bool put) {
 // Repairs of claims left by dead processes (queue_claims.cpp).
 bool tombstone_dead(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t end, std::uint32_t me);
 bool release_dead(QueueControl* c, std::uint64_t k, std::uint64_t w);
-bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me);
 
 // Whether a slot's item (start, len) lies inside the ring and its overhang.
 inline bool item_ok(const QueueControl* c, std::uint64_t item) {
