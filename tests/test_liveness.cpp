@@ -185,3 +185,16 @@ TEST_CASE("liveness: a pending identity record is kept while its pid lives", "[c
     CHECK(identity::alive(*r));
     unshare(r);
 }
+
+TEST_CASE("liveness: a pending record naming the taker's own pid was left by a dead process", "[core][liveness]") {
+    auto* r = shared<shm::core::IdentityRecord>();
+    const ProcessId me = liveness::self();
+    // A process that had this pid before died between its CAS and its last
+    // store; takers are one at a time per process, so it is not a thread of ours.
+    r->start_time.store(me.start_time - 1);
+    r->tag.store(identity::kPending | static_cast<std::uint32_t>(me.pid));
+    CHECK(identity::take(*r, identity::read(*r), me, [] {}) != 0);
+    CHECK(identity::read(*r).id == me);
+    CHECK(identity::alive(*r));
+    unshare(r);
+}

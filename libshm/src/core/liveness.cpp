@@ -47,11 +47,11 @@ bool alive(const IdentityRecord& r) {
     return !h.pending && liveness::alive(h.id);
 }
 
-bool replaceable(const Holder& h) {
+bool replaceable(const Holder& h, const ProcessId& me) {
     if (h.id.empty()) return true;
     // A pending holder may be between its stores: wait until its pid has
     // gone (a pid only, since its start time may not be written yet).
-    if (h.pending) return liveness::of(h.id.pid).empty();
+    if (h.pending) return h.id.pid == me.pid || liveness::of(h.id.pid).empty();
     return !liveness::alive(h.id);
 }
 

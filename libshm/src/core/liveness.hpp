@@ -68,8 +68,9 @@ bool holds_lock(int fd, off_t byte);
 //
 // While pending, start_time may still be the previous holder's. So:
 //   - a record is taken over only from a holder that is not alive(), and a
-//     pending one only once its pid has gone (the taker may be in the
-//     middle of its few stores: it is never robbed while it lives);
+//     pending one only once its pid has gone, or when it names the taker's
+//     own pid (the taker may be in the middle of its few stores: it is
+//     never robbed while it lives; a process takes one record at a time);
 //   - anything else that names the record (a claim in a queue) treats a
 //     pending record as dead: its holder uses the record only once it is
 //     complete, so whatever names a pending record was left by a holder
@@ -103,18 +104,19 @@ Holder read(const IdentityRecord& r);
 // alive() (a pending record counts as dead; see above).
 bool alive(const IdentityRecord& r);
 
-// Take the record for `me` if its holder, read as `seen`, may be replaced
-// (free, dead, or pending with its pid gone). Returns the record's new tag
-// (complete), or 0 if it was not free to take or someone else took it
-// first. `while_pending` runs before the record is complete, with the
-// record ours (reset per-holder counters there).
-template <class F>
-std::uint64_t take(IdentityRecord& r, const Holder& seen, const ProcessId& me, F&& while_pending);
-bool replaceable(const Holder& h);
+// Whether `me` may take a record whose holder reads as h: free, dead, or
+// pending with its pid gone. A process takes records one at a time (its
+// callers serialise their takes), so a pending record that names the
+// caller's own pid was left by a dead process that had the pid before.
+bool replaceable(const Holder& h, const ProcessId& me);
 
+// Take the record for `me` if its holder, read as `seen`, may be replaced.
+// Returns the record's new tag (complete), or 0 if it was not free to take
+// or someone else took it first. `while_pending` runs before the record is
+// complete, with the record ours (reset per-holder counters there).
 template <class F>
 std::uint64_t take(IdentityRecord& r, const Holder& seen, const ProcessId& me, F&& while_pending) {
-    if (!replaceable(seen)) return 0;
+    if (!replaceable(seen, me)) return 0;
     const std::uint64_t gen = (seen.tag >> kGenerationShift) + 1;
     const std::uint64_t base = (gen << kGenerationShift) | static_cast<std::uint32_t>(me.pid);
     std::uint64_t expected = seen.tag;

@@ -63,13 +63,16 @@
 // hand-over or repair CAS would also need the same position and owner.
 //
 // Crash repair: a claim whose claimer (named by the slot or by the cursor;
-// an id names a pid and its start time) is dead is taken over with a CAS. A
+// an id names an actor record, which holds a pid and its full start time,
+// see queue_layout.hpp) is dead is taken over with a CAS. A
 // claim to put becomes a tombstone that consumers skip (the put never
 // happened; its bytes are freed with it). A claim to get becomes released
 // (the dead consumer took the item whole). A repairer marks the slot with
 // its own id and a repair flag, so a repairer that dies mid-repair is taken
 // over the same way, and a process that inherits a dead process's id
-// repairs what it left before it uses the id.
+// repairs what it left before it uses the id. While a process takes an
+// actor record over, the record counts as dead to whatever names it: only
+// the dead holder before it can have left a claim under that id.
 //
 // Waiting goes through core::wait() (core/wait.hpp, policy kQueueWait):
 // spin, yield, then sleep on an epoch futex after setting the process's

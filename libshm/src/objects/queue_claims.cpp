@@ -1,22 +1,15 @@
 // A queue's actors (the processes that use it) and the claims they leave:
-// actor ids and whether their processes live, the repair of a claim whose
-// claimer died, and freeing the bytes of released slots. See queue.cpp for
-// the design.
+// actor ids and whether their processes live (core/liveness.hpp), the
+// repair of a claim whose claimer died, and freeing the bytes of released
+// slots. See queue.cpp for the design.
 #include "objects/queue_internal.hpp"
 
 namespace shm::queue_impl {
 
-bool who_alive(std::uint64_t who) {
-    if (!who) return false;
-    pid_t pid = static_cast<pid_t>(who >> 32);
-    std::uint64_t st = platform::process_start_time(pid);
-    return st != 0 && (st & 0xffffffffu) == (who & 0xffffffffu);
-}
-
 bool actor_alive(QueueControl* c, std::uint32_t owner) {
     const std::uint32_t id = owner & kIdMask;
     if (id == 0 || id > Queue::kMaxProcesses) return false;
-    return who_alive(c->actors[id - 1].who.load(std::memory_order_acquire));
+    return core::identity::alive(c->actors[id - 1].who);
 }
 
 namespace {
@@ -89,52 +82,62 @@ bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_
     return put_claim ? tombstone_dead(c, k, w, end, me) : release_dead(c, k, w);
 }
 
+namespace {
+// Under id, taken from a dead process: repair what that process left
+// claimed before the id means us, and drop its waiter bits. First the
+// claims its cursors still name (a hand-over may move one into its slot
+// meanwhile: the scan below finds it there).
+void repair_leftovers(QueueControl* c, std::uint32_t id) {
+    const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+    if (owner_of(T) == id) {
+        const std::uint64_t k = tprev(tk(T));
+        const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (tk(sw) == k && owner_of(sw) == 0) tombstone_dead(c, k, sw, pos_of(T), id);
+    }
+    const std::uint64_t H = c->head.load(std::memory_order_acquire);
+    if (owner_of(H) == id) {
+        const std::uint64_t k = tprev(tk(H));
+        const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (tk(sw) == tnext(k) && owner_of(sw) == 0) release_dead(c, k, sw);
+    }
+    for (std::uint32_t k = 0; k < c->capacity; ++k) {
+        const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (owner_of(sw) == 0 || (owner_of(sw) & kIdMask) != id) continue;
+        // A claim to put holds its own ticket (≡ k), a claim to get the
+        // next one.
+        const std::uint64_t t = tk(sw);
+        if (((t - k) & (c->capacity - 1)) == 0)
+            tombstone_dead(c, t, sw, pos_of(sw), id);
+        else
+            release_dead(c, tprev(t), sw);
+    }
+    const std::uint64_t bit = ~(1ull << (id - 1));
+    c->consumers_waiting.fetch_and(bit);
+    c->producers_waiting.fetch_and(bit);
+    c->joiners_waiting.fetch_and(bit);
+}
+}  // namespace
+
 std::uint32_t register_actor(QueueControl* c) {
+    // One registration at a time in this process (IdentityRecord's takers
+    // must be serialised within a process).
     std::lock_guard<std::mutex> g(g_register_mutex);
-    const std::uint64_t me = (static_cast<std::uint64_t>(::getpid()) << 32) | (platform::self_start_time() & 0xffffffffu);
-    for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i)
-        if (c->actors[i].who.load(std::memory_order_acquire) == me) return i + 1;
+    const core::ProcessId me = core::liveness::self();
     for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {
-        std::uint64_t w = c->actors[i].who.load(std::memory_order_acquire);
-        if (w != 0 && who_alive(w)) continue;
-        if (!c->actors[i].who.compare_exchange_strong(w, me, std::memory_order_acq_rel)) continue;
-        const std::uint32_t id = i + 1;
-        c->actors[i].taken.store(0, std::memory_order_relaxed);
-        c->actors[i].done.store(0, std::memory_order_relaxed);
-        if (w != 0) {
-            // The previous holder of this id died: repair what it left
-            // claimed before the id means us, and drop its waiter bits.
-            // First the claims its cursors still name (a hand-over may move
-            // one into its slot meanwhile: the scan below finds it there).
-            const std::uint64_t T = c->tail.load(std::memory_order_acquire);
-            if (owner_of(T) == id) {
-                const std::uint64_t k = tprev(tk(T));
-                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
-                if (tk(sw) == k && owner_of(sw) == 0) tombstone_dead(c, k, sw, pos_of(T), id);
-            }
-            const std::uint64_t H = c->head.load(std::memory_order_acquire);
-            if (owner_of(H) == id) {
-                const std::uint64_t k = tprev(tk(H));
-                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
-                if (tk(sw) == tnext(k) && owner_of(sw) == 0) release_dead(c, k, sw);
-            }
-            for (std::uint32_t k = 0; k < c->capacity; ++k) {
-                const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);
-                if (owner_of(sw) == 0 || (owner_of(sw) & kIdMask) != id) continue;
-                // A claim to put holds its own ticket (≡ k), a claim to get
-                // the next one.
-                const std::uint64_t t = tk(sw);
-                if (((t - k) & (c->capacity - 1)) == 0)
-                    tombstone_dead(c, t, sw, pos_of(sw), id);
-                else
-                    release_dead(c, tprev(t), sw);
-            }
-            const std::uint64_t bit = ~(1ull << i);
-            c->consumers_waiting.fetch_and(bit);
-            c->producers_waiting.fetch_and(bit);
-            c->joiners_waiting.fetch_and(bit);
-        }
-        return id;
+        const core::identity::Holder h = core::identity::read(c->actors[i].who);
+        if (!h.pending && h.id == me) return i + 1;  // registered already (another mapping)
+    }
+    for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {
+        QueueActor& a = c->actors[i];
+        const core::identity::Holder h = core::identity::read(a.who);
+        // Counters reset while the record is pending: nothing counts them yet.
+        if (!core::identity::take(a.who, h, me, [&] {
+                a.taken.store(0, std::memory_order_relaxed);
+                a.done.store(0, std::memory_order_relaxed);
+            }))
+            continue;
+        if (!h.id.empty()) repair_leftovers(c, i + 1);
+        return i + 1;
     }
     throw error(EUSERS, "shm::Queue: more than " + std::to_string(Queue::kMaxProcesses) +
                             " live processes use this queue");

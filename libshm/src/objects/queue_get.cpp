@@ -218,9 +218,9 @@ bool joined(QueueControl* c, std::size_t qsize) {
     }
     for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {
         QueueActor& a = c->actors[i];
-        std::uint64_t who = a.who.load(std::memory_order_acquire);
-        if (!who) continue;
-        if (a.done.load(std::memory_order_acquire) < a.taken.load(std::memory_order_acquire) && who_alive(who))
+        if (a.who.tag.load(std::memory_order_acquire) == 0) continue;
+        if (a.done.load(std::memory_order_acquire) < a.taken.load(std::memory_order_acquire) &&
+            core::identity::alive(a.who))
             return false;
     }
     return true;

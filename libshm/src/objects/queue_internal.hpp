@@ -72,8 +72,8 @@ inline std::uint32_t units_of(unsigned shift, std::size_t len) {
     return static_cast<std::uint32_t>((len + (std::size_t(1) << shift) - 1) >> shift);
 }
 
-// Whether the process an actor id (or a slot's owner field) names is alive.
-bool who_alive(std::uint64_t who);
+// Whether the process an actor id (or a slot's owner field) names is alive
+// (an actor record being taken counts as dead: see core::IdentityRecord).
 bool actor_alive(QueueControl* c, std::uint32_t owner);
 
 // The calling process's actor id for a queue, cached per thread and
@@ -86,7 +86,8 @@ struct ActorCache {
     QueueControl* c = nullptr;
     unsigned gen = ~0u;
     std::uint32_t id = 0;
-    std::uint64_t who = 0;
+    std::uint64_t tag = 0;    // the actor record's tag and start time as
+    std::uint64_t start = 0;  // this process took it
     std::uint64_t last_put = ~0ull;  // no ticket: tickets are below 2^32
     std::uint64_t last_get = ~0ull;
     bool asym = false;
@@ -206,8 +207,12 @@ std::uint32_t register_actor(QueueControl* c);
 
 inline std::uint32_t actor_id(QueueControl* c) {
     unsigned gen = platform::fork_generation();
+    // The record still names this process: its tag (generation and pid) and
+    // its start time are ours (a dead process that had our pid, in a queue
+    // now mapped at the same address, has another start time).
     if (t_actor.c == c && t_actor.gen == gen &&
-        c->actors[t_actor.id - 1].who.load(std::memory_order_relaxed) == t_actor.who)
+        c->actors[t_actor.id - 1].who.tag.load(std::memory_order_relaxed) == t_actor.tag &&
+        c->actors[t_actor.id - 1].who.start_time.load(std::memory_order_relaxed) == t_actor.start)
         return t_actor.id;
     // Registered before the id is used, so that our stores that skip their
     // fence are fenced by sleepers (see store_and_wake).
@@ -217,7 +222,8 @@ inline std::uint32_t actor_id(QueueControl* c) {
     a.c = c;
     a.gen = gen;
     a.id = id;
-    a.who = c->actors[id - 1].who.load(std::memory_order_relaxed);
+    a.tag = c->actors[id - 1].who.tag.load(std::memory_order_relaxed);
+    a.start = c->actors[id - 1].who.start_time.load(std::memory_order_relaxed);
     a.asym = asym;
     t_actor = a;
     return id;
