@@ -26,8 +26,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>  // std::lock_guard, std::unique_lock, std::scoped_lock
+#include <type_traits>
 
 #include "shm/deadline.hpp"
 #include "shm/object_kind.hpp"
@@ -70,6 +72,7 @@ public:
     bool held_by_caller() const noexcept;
 
 private:
+    struct Layout;  // its pinned layout, below
     bool timed_lock(const detail::Deadline& d);
     void after_acquire(int rc, const char* op);
 
@@ -78,6 +81,21 @@ private:
     std::atomic<std::int32_t> owner_pid_{0};
     std::atomic<std::uint32_t> recovered_{0};
     std::atomic<std::uint64_t> recoveries_{0};
+};
+
+// A Mutex lives in shared memory (a segment's heap lock is one): its size
+// and field offsets are pinned. Change a field's width, order or meaning:
+// bump the layout version (kLayoutVersion). pthread_mutex_t is 40 bytes on
+// x86-64 and 48 on arm64.
+struct Mutex::Layout {
+    static constexpr std::size_t kPthread = sizeof(pthread_mutex_t);
+    static_assert(std::is_standard_layout_v<Mutex>);
+    static_assert(alignof(Mutex) == 8);
+    static_assert(sizeof(Mutex) == kPthread + 16);
+    static_assert(offsetof(Mutex, m_) == 0);
+    static_assert(offsetof(Mutex, owner_pid_) == kPthread);
+    static_assert(offsetof(Mutex, recovered_) == kPthread + 4);
+    static_assert(offsetof(Mutex, recoveries_) == kPthread + 8);
 };
 
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
