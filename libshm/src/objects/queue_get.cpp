@@ -16,14 +16,15 @@ namespace {
 [[gnu::noinline, gnu::cold]] void wait_published(QueueControl* c, std::uint64_t h, std::uint32_t id) {
     struct W : SlotWaiter {
         W(QueueControl* q, std::uint64_t t, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {
-            block_on(t, slot_at(q, t), 0);
+            b.ticket = t;
+            b.slot = slot_at(q, t);
         }
         bool ready() {
-            seen = slot->word.load(std::memory_order_acquire);
-            return tk(seen) == tnext(ticket);
+            b.seen = b.slot->word.load(std::memory_order_acquire);
+            return tk(b.seen) == tnext(b.ticket);
         }
         core::Sleep arm() {
-            return sleep.arm([&] { return slot->word.load() != seen; });
+            return sleep.arm([&] { return b.slot->word.load() != b.seen; });
         }
     } w(c, h, id);
     core::wait(w, detail::Deadline::never(), core::kQueueNap);
@@ -42,68 +43,80 @@ void release_slot(QueueControl* c, std::uint64_t h) {
 
 constexpr std::uint64_t kNoTicket = ~0ull;
 
-// Claims the next published item (its ticket in got), or finds the queue
-// closed and drained; else it is blocked by the slot at head.
-struct GetClaim : SlotWaiter {
-    std::uint64_t got = kNoTicket;
-    bool is_closed = false;
-    GetClaim(QueueControl* q, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {}
-
-    bool ready() {
-        for (;;) {
-            std::uint64_t H = c->head.load(std::memory_order_acquire);
-            const std::uint64_t h = tk(H);
-            QueueSlot* s = slot_at(c, h);
-            // Acquire: pairs with publish()'s release; the payload is ours.
-            const std::uint64_t w = s->word.load(std::memory_order_acquire);
-            if (tk(w) == tnext(h)) {
-                // Published, and head is at h: nobody has claimed it yet.
-                if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
-                if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
-                                                   std::memory_order_relaxed))
-                    continue;
-                crash_point();
-                if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
-                if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
-                    release_slot(c, h);
-                    continue;
-                }
-                got = h;
-                return true;
-            }
-            if (ticket_diff(tk(w), h) > 0) {
-                // Released: head moved on since we read it. If it did not, the
-                // slot is ahead of every ticket ever got: not a state the
-                // protocol makes, and waiting would never end.
-                if (c->head.load(std::memory_order_acquire) == H)
-                    throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
-                                    " is ahead of the queue's head; the queue is corrupt");
+// One attempt to claim the next published item, made again at once while
+// head moves under it. True once it claimed one (its ticket in got) or
+// found the queue closed and drained (is_closed); false when empty:
+// `blocked` is the slot at head.
+[[gnu::always_inline]] inline bool try_claim_get(QueueControl* c, std::uint32_t id, std::uint64_t& got, bool& is_closed, Blocker& blocked) {
+    for (;;) {
+        std::uint64_t H = c->head.load(std::memory_order_acquire);
+        const std::uint64_t h = tk(H);
+        QueueSlot* s = slot_at(c, h);
+        // Acquire: pairs with publish()'s release; the payload is ours.
+        const std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) == tnext(h)) {
+            // Published, and head is at h: nobody has claimed it yet.
+            if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+            if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+                continue;
+            crash_point();
+            if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
+            if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
+                release_slot(c, h);
                 continue;
             }
-            // Unpublished (empty here, or being written), or still holding the
-            // item of ticket h - capacity, being got.
-            if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
-                is_closed = true;
-                return true;
-            }
-            block_on(h, s, w);
-            return false;
+            got = h;
+            return true;
         }
+        if (ticket_diff(tk(w), h) > 0) {
+            // Released: head moved on since we read it. If it did not, the
+            // slot is ahead of every ticket ever got: not a state the
+            // protocol makes, and waiting would never end.
+            if (c->head.load(std::memory_order_acquire) == H)
+                throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
+                                " is ahead of the queue's head; the queue is corrupt");
+            continue;
+        }
+        // Unpublished (empty here, or being written), or still holding the
+        // item of ticket h - capacity, being got.
+        if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
+            is_closed = true;
+            return true;
+        }
+        blocked.ticket = h;
+        blocked.slot = s;
+        blocked.seen = w;
+        return false;
     }
-    core::Sleep arm() {
-        // seq_cst loads: see store_and_wake.
-        return sleep.arm([&] { return slot->word.load() != seen || c->closed.load(); });
-    }
-};
+}
+
+// Waits until an item is published or the queue is closed and drained, or until d.
+[[gnu::noinline]] bool wait_to_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, std::uint64_t& got,
+                                   bool& is_closed) {
+    struct W : SlotWaiter {
+        std::uint64_t& got;
+        bool& is_closed;
+        W(QueueControl* q, std::uint32_t me, std::uint64_t& g, bool& cl)
+            : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting), got(g), is_closed(cl) {}
+        bool ready() { return try_claim_get(c, id, got, is_closed, b); }
+        core::Sleep arm() {
+            // seq_cst loads: see store_and_wake.
+            return sleep.arm([&] { return b.slot->word.load() != b.seen || c->closed.load(); });
+        }
+    } w(c, id, got, is_closed);
+    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+}
 
 // Claim the next published item. Returns its ticket, or kNoTicket when
 // empty (after waiting until d, or at once if !wait) or closed and drained
 // (*is_closed set).
 std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
-    GetClaim g(c, id);
-    const bool done = wait ? core::wait(g, d, core::kQueueWait) == core::Waited::ready : g.ready();
-    *is_closed = g.is_closed;
-    return done ? g.got : kNoTicket;
+    std::uint64_t got = kNoTicket;
+    Blocker blocked;
+    *is_closed = false;
+    if (try_claim_get(c, id, got, *is_closed, blocked) || (wait && wait_to_get(c, id, d, got, *is_closed))) return got;
+    return kNoTicket;
 }
 }  // namespace
 

@@ -180,25 +180,25 @@ struct EpochSleep {
 // Repairs of claims left by dead processes (queue_claims.cpp).
 bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me);
 
-// The part every queue waiter shares: it is blocked by the slot of one
-// ticket, whose word it saw; its liveness re-check repairs that slot if a
-// dead process holds it.
+// What holds a queue waiter back: the slot of one ticket, whose word it saw.
+struct Blocker {
+    std::uint64_t ticket = 0;
+    QueueSlot* slot = nullptr;
+    std::uint64_t seen = 0;
+};
+
+// The part every queue waiter shares (the slow path of a put or a get: the
+// fast path tries once without one): it is blocked by a slot, and its
+// liveness re-check repairs that slot if a dead process holds it.
 struct SlotWaiter {
     QueueControl* c;
     std::uint32_t id;
     EpochSleep sleep;
-    std::uint64_t ticket = 0;  // the blocking slot's ticket
-    QueueSlot* slot = nullptr;
-    std::uint64_t seen = 0;    // its word as read
+    Blocker b;
 
     SlotWaiter(QueueControl* q, std::uint32_t me, std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask)
         : c(q), id(me), sleep(epoch, mask, me) {}
-    void block_on(std::uint64_t k, QueueSlot* s, std::uint64_t w) {
-        ticket = k;
-        slot = s;
-        seen = w;
-    }
-    bool recheck() { return repair_slot(c, ticket, seen, id); }
+    bool recheck() { return repair_slot(c, b.ticket, b.seen, id); }
     void disarm() { sleep.disarm(); }
 };
 

@@ -36,13 +36,14 @@ inline bool has_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::u
                 if (has_room(c, t, end, F)) return true;
                 std::uint64_t blocker;
                 if (advance_free(c, F, &blocker)) continue;
-                QueueSlot* b = slot_at(c, blocker);
-                block_on(blocker, b, b->word.load(std::memory_order_acquire));
+                b.ticket = blocker;
+                b.slot = slot_at(c, blocker);
+                b.seen = b.slot->word.load(std::memory_order_acquire);
                 return false;
             }
         }
         core::Sleep arm() {
-            return sleep.arm([&] { return slot->word.load() != seen || c->free.load() != F; });
+            return sleep.arm([&] { return b.slot->word.load() != b.seen || c->free.load() != F; });
         }
     } w(c, t, end, id);
     core::wait(w, detail::Deadline::never(), core::kQueueNap);
@@ -59,74 +60,86 @@ void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
     store_and_wake(s->word, mk(tnext(cl.ticket), cl.end, 0), c->put_epoch, c->consumers_waiting);
 }
 
+// Closed while we claimed ticket cl.ticket: publish nothing (a tombstone).
+[[noreturn, gnu::noinline, gnu::cold]] void closed_claim(QueueControl* c, const Claim& cl) {
+    QueueSlot* s = slot_at(c, cl.ticket);
+    s->item.store(detail::slot_item(cl.pos, kTombstone), std::memory_order_relaxed);
+    finished_put(c, cl.ticket);
+    s->word.store(mk(tnext(cl.ticket), cl.end, 0), std::memory_order_release);
+    wake(c->put_epoch, c->consumers_waiting);
+    throw closed("shm::Queue: put on a closed queue");
+}
+
 // After the tail CAS that claimed ticket cl.ticket: wait for its room if
 // the CAS was an ABA one, and publish nothing if the queue closed meanwhile
 // (throws closed).
-void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
-    const std::uint64_t t = cl.ticket;
+inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
     crash_point();
-    if (!has_room(c, t, cl.end, c->free.load(std::memory_order_acquire))) wait_room(c, t, cl.end, id);
+    if (!has_room(c, cl.ticket, cl.end, c->free.load(std::memory_order_acquire))) wait_room(c, cl.ticket, cl.end, id);
     crash_point();
-    if (c->closed.load(std::memory_order_acquire)) {
-        QueueSlot* s = slot_at(c, t);
-        s->item.store(detail::slot_item(cl.pos, kTombstone), std::memory_order_relaxed);
-        finished_put(c, t);
-        s->word.store(mk(tnext(t), cl.end, 0), std::memory_order_release);
-        wake(c->put_epoch, c->consumers_waiting);
-        throw closed("shm::Queue: put on a closed queue");
+    if (c->closed.load(std::memory_order_acquire)) closed_claim(c, cl);
+}
+
+// One attempt to claim the next ticket and `need` units of bytes into cl,
+// made again at once while the cursors move under it. True once claimed
+// (throws closed); false when short of slots or bytes: `blocked` is the
+// first slot not yet released and F the free cursor seen.
+[[gnu::always_inline]] inline bool try_claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, Claim& cl, Blocker& blocked,
+                          std::uint64_t& F) {
+    const auto cap = static_cast<std::int64_t>(c->capacity);
+    for (;;) {
+        if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
+        std::uint64_t T = c->tail.load(std::memory_order_acquire);
+        F = c->free.load(std::memory_order_acquire);
+        const std::uint64_t t = tk(T);
+        const std::int64_t n = ticket_diff(t, tk(F));
+        if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
+        if (n < cap && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
+            if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
+            cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
+            if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+                continue;
+            claimed(c, id, cl);
+            return true;
+        }
+        // Short of slots or bytes: free what consumers have released.
+        std::uint64_t k;
+        if (advance_free(c, F, &k)) continue;
+        blocked.ticket = k;
+        blocked.slot = slot_at(c, k);
+        blocked.seen = blocked.slot->word.load(std::memory_order_acquire);
+        return false;
     }
 }
 
-// Claims the next ticket and `need` units of bytes into cl when there is
-// room (throws closed); else it is blocked by the first slot not yet
-// released.
-struct PutClaim : SlotWaiter {
-    const std::uint32_t need;
-    Claim& cl;
-    std::uint64_t F = 0;
-    PutClaim(QueueControl* q, std::uint32_t me, std::uint32_t n, Claim& out)
-        : SlotWaiter(q, me, q->get_epoch, q->producers_waiting), need(n), cl(out) {}
-
-    bool ready() {
-        const auto cap = static_cast<std::int64_t>(c->capacity);
-        for (;;) {
-            if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
-            std::uint64_t T = c->tail.load(std::memory_order_acquire);
-            F = c->free.load(std::memory_order_acquire);
-            const std::uint64_t t = tk(T);
-            const std::int64_t n = ticket_diff(t, tk(F));
-            if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
-            if (n < cap && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
-                if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
-                cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
-                if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
-                                                   std::memory_order_relaxed))
-                    continue;
-                claimed(c, id, cl);
-                return true;
-            }
-            // Short of slots or bytes: free what consumers have released.
-            std::uint64_t blocker;
-            if (advance_free(c, F, &blocker)) continue;
-            QueueSlot* b = slot_at(c, blocker);
-            block_on(blocker, b, b->word.load(std::memory_order_acquire));
-            return false;
+// Waits until there is room to claim, or until d.
+[[gnu::noinline]] bool wait_to_put(QueueControl* c, std::uint32_t id, std::uint32_t need, const detail::Deadline& d,
+                                   Claim& cl) {
+    struct W : SlotWaiter {
+        const std::uint32_t need;
+        Claim& cl;
+        std::uint64_t F = 0;
+        W(QueueControl* q, std::uint32_t me, std::uint32_t n, Claim& out)
+            : SlotWaiter(q, me, q->get_epoch, q->producers_waiting), need(n), cl(out) {}
+        bool ready() { return try_claim_put(c, id, need, cl, b, F); }
+        core::Sleep arm() {
+            // seq_cst loads: see store_and_wake.
+            return sleep.arm([&] { return b.slot->word.load() != b.seen || c->free.load() != F || c->closed.load(); });
         }
-    }
-    core::Sleep arm() {
-        // seq_cst loads: see store_and_wake.
-        return sleep.arm([&] { return slot->word.load() != seen || c->free.load() != F || c->closed.load(); });
-    }
-};
+    } w(c, id, need, cl);
+    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+}
 
 // Claim the next ticket and `need` units of bytes into cl. Returns false if
 // the queue stays full (of items or of bytes) until d, or at once if !wait.
 // Throws closed.
 bool claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, const detail::Deadline& d, bool wait,
                Claim& cl) {
-    PutClaim p(c, id, need, cl);
-    if (!wait) return p.ready();
-    return core::wait(p, d, core::kQueueWait) == core::Waited::ready;
+    Blocker blocked;
+    std::uint64_t F;
+    if (try_claim_put(c, id, need, cl, blocked, F)) return true;
+    return wait && wait_to_put(c, id, need, d, cl);
 }
 
 [[noreturn]] void too_big(const QueueControl* c, const char* what, std::size_t len) {
