@@ -18,8 +18,9 @@
 //                 it, at the deadline, or after `poll` (so that a dead
 //                 blocker is noticed). A wait with no futex word pauses
 //                 instead, for a pause that doubles from pause_min to
-//                 pause_max. Then disarm(), and back to step 1 (after a
-//                 check of the deadline).
+//                 pause_max. Then disarm(), and back to step 1; after a
+//                 futex sleep that ends past the deadline, time out at once
+//                 (a waiter that wants a last try makes it).
 //
 // A waiter is any type with
 //     bool ready();        step 1
@@ -182,14 +183,19 @@ Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
             if (!s.word && pause < p.pause_max) pause = pause * 2 < p.pause_max ? pause * 2 : p.pause_max;
         }
         w.disarm();
-        if (d.passed()) return Waited::timeout;
+        // After a futex sleep the deadline comes first; after a pause, one
+        // more look (as a lock tried until a deadline always had).
+        if (s.word && d.passed()) return Waited::timeout;
         polled = !woken;
         if (p.respin) backoff.reset();
     }
 }
 
 // wait() for a condition alone: no futex word, so it pauses between looks
-// (p.pause_min doubling to p.pause_max). For locks that can only be tried.
+// (p.pause_min doubling to p.pause_max). For locks that can only be tried,
+// such as a segment's meta lock:
+//     core::wait_until([&] { return platform::ofd_try_lock(fd, byte); },
+//                      core::Deadline::at(steady_deadline), core::kMetaLockPoll)
 template <class Ready>
 Waited wait_until(Ready&& ready, const Deadline& d, const WaitPolicy& p) {
     struct W : Waiter {
