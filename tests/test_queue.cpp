@@ -15,6 +15,7 @@
 
 #include <shm/shm.hpp>
 
+#include "core/liveness.hpp"
 #include "objects/queue_layout.hpp"
 
 #include "support.hpp"
@@ -1083,6 +1084,70 @@ TEST_CASE("a process that inherits a dead process's id repairs the claims its cu
         // The next put needs the slot a was reading, while b (id 2) lives.
         CHECK(q.put_for("3", 10s));
         CHECK(q.get() == "3");
+        test::kill_and_reap(b);
+    }
+}
+
+namespace {
+shm::detail::QueueControl* control_of(shm::Segment& seg, const std::string& name) {
+    for (const shm::ObjectInfo& o : seg.objects())
+        if (o.name == name) return static_cast<shm::detail::QueueControl*>(seg.at_offset(o.offset));
+    return nullptr;
+}
+}  // namespace
+
+TEST_CASE("actor records name a process by its pid and full start time", "[queue][liveness]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("actors", kSize);
+    shm::QueueOptions o;
+    o.capacity = 2;
+    o.max_item_size = 100;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    shm::detail::QueueControl* c = control_of(seg, "q");
+    REQUIRE(c != nullptr);
+    const shm::core::ProcessId me = shm::core::liveness::self();
+
+    SECTION("records of this pid with another start time, even one with the same low 32 bits, are dead") {
+        for (auto& a : c->actors) {
+            a.who.start_time.store(me.start_time + (std::uint64_t(1) << 32));
+            a.who.tag.store((std::uint64_t(1) << shm::core::identity::kGenerationShift) |
+                            static_cast<std::uint32_t>(me.pid));
+        }
+        // Were they alive, no id would be free (EUSERS).
+        q.put("x");
+        CHECK(q.get() == "x");
+        int mine = 0;
+        for (auto& a : c->actors) mine += shm::core::identity::read(a.who).id == me;
+        CHECK(mine == 1);
+    }
+    SECTION("a claim under a record being taken over is its dead predecessor's, and is repaired") {
+        q.put("x");
+        CHECK(q.get() == "x");  // this process has id 1
+        auto& held = seg.construct<std::atomic<int>>("held", 0);
+        pid_t a = test::spawn([&] {
+            auto r = q.reserve(100);  // claims ticket 1 under id 2, never commits
+            held = 1;
+            for (;;) ::pause();
+            return 0;
+        });
+        REQUIRE(test::eventually([&] { return held.load() == 1; }));
+        test::kill_and_reap(a);
+        // Another process is taking id 2 over (it is between its CAS and
+        // its last store): the record is pending. Whatever names id 2 was
+        // left by the dead holder before it, and is repaired.
+        pid_t b = test::spawn([] {
+            for (;;) ::pause();
+            return 0;
+        });
+        shm::core::IdentityRecord& r = c->actors[1].who;
+        r.tag.store(((r.tag.load() >> shm::core::identity::kGenerationShift) + 1)
+                        << shm::core::identity::kGenerationShift |
+                    shm::core::identity::kPending | static_cast<std::uint32_t>(b));
+        const std::uint64_t repairs0 = q.repairs();
+        q.put("y");  // hands ticket 1 over to its slot, under id 2
+        CHECK(q.get_for(10s) == std::optional<std::string>("y"));
+        CHECK(q.repairs() == repairs0 + 1);
+        CHECK(q.bytes_used() == 0);
         test::kill_and_reap(b);
     }
 }

@@ -26,11 +26,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
-#include <ctime>
 #include <mutex>  // std::lock_guard, std::unique_lock, std::scoped_lock
 #include <type_traits>
 
+#include "shm/deadline.hpp"
 #include "shm/object_kind.hpp"
 
 namespace shm {
@@ -46,10 +47,12 @@ public:
     bool try_lock();
     template <class Rep, class Period>
     bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
-        return try_lock_until(std::chrono::steady_clock::now() + d);
+        return timed_lock(detail::Deadline::in(d));
     }
     template <class Clock, class Duration>
-    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp);
+    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
+        return timed_lock(detail::Deadline::at(tp));
+    }
     void unlock();
 
     // True while held by a caller whose acquisition found the previous owner
@@ -69,7 +72,8 @@ public:
     bool held_by_caller() const noexcept;
 
 private:
-    bool timed_lock(clockid_t clock, const timespec& abs);
+    struct Layout;  // its pinned layout, below
+    bool timed_lock(const detail::Deadline& d);
     void after_acquire(int rc, const char* op);
 
     pthread_mutex_t m_;
@@ -77,6 +81,21 @@ private:
     std::atomic<std::int32_t> owner_pid_{0};
     std::atomic<std::uint32_t> recovered_{0};
     std::atomic<std::uint64_t> recoveries_{0};
+};
+
+// A Mutex lives in shared memory (a segment's heap lock is one): its size
+// and field offsets are pinned. Change a field's width, order or meaning:
+// bump the layout version (kLayoutVersion). pthread_mutex_t is 40 bytes on
+// x86-64 and 48 on arm64.
+struct Mutex::Layout {
+    static constexpr std::size_t kPthread = sizeof(pthread_mutex_t);
+    static_assert(std::is_standard_layout_v<Mutex>);
+    static_assert(alignof(Mutex) == 8);
+    static_assert(sizeof(Mutex) == kPthread + 16);
+    static_assert(offsetof(Mutex, m_) == 0);
+    static_assert(offsetof(Mutex, owner_pid_) == kPthread);
+    static_assert(offsetof(Mutex, recovered_) == kPthread + 4);
+    static_assert(offsetof(Mutex, recoveries_) == kPthread + 8);
 };
 
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
@@ -88,31 +107,5 @@ template <>
 struct object_kind_of<Mutex> {
     static constexpr ObjectKind value = ObjectKind::mutex;
 };
-
-namespace detail {
-inline timespec to_timespec(std::chrono::nanoseconds ns) {
-    if (ns.count() < 0) ns = std::chrono::nanoseconds(0);
-    timespec ts;
-    ts.tv_sec = static_cast<time_t>(ns.count() / 1000000000);
-    ts.tv_nsec = static_cast<long>(ns.count() % 1000000000);
-    return ts;
-}
-}  // namespace detail
-
-template <class Clock, class Duration>
-bool Mutex::try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
-    using namespace std::chrono;
-    if constexpr (std::is_same_v<Clock, system_clock>) {
-        return timed_lock(CLOCK_REALTIME,
-                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
-    } else if constexpr (std::is_same_v<Clock, steady_clock>) {
-        // libstdc++'s steady_clock is CLOCK_MONOTONIC.
-        return timed_lock(CLOCK_MONOTONIC,
-                          detail::to_timespec(duration_cast<nanoseconds>(tp.time_since_epoch())));
-    } else {
-        auto rel = duration_cast<nanoseconds>(tp - Clock::now());
-        return try_lock_until(steady_clock::now() + rel);
-    }
-}
 
 }  // namespace shm

@@ -43,7 +43,8 @@ namespace shm {
 
 // Layout version of the segment header written by this library. Segments of
 // any other version are refused with shm::version_mismatch.
-inline constexpr std::uint32_t kLayoutVersion = 2;
+// Change a field's width, order or meaning: bump the layout version.
+inline constexpr std::uint32_t kLayoutVersion = 3;
 
 struct SegmentOptions {
     mode_t mode = 0600;              // file mode at creation

@@ -29,9 +29,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 
 #include "shm/deadline.hpp"
 #include "shm/error.hpp"
@@ -72,6 +74,7 @@ public:
     unsigned depth() const noexcept;
 
 private:
+    struct Layout;  // its pinned layout, below
     bool timed_lock(const detail::Deadline& d);
     void after_acquire(int rc, const char* op);
 
@@ -113,6 +116,7 @@ protected:
     Semaphore(std::uint32_t initial, std::uint32_t bound);
 
 private:
+    struct Layout;
     bool acquire_until(const detail::Deadline& d);
 
     std::atomic<std::uint32_t> value_;    // futex word
@@ -170,6 +174,7 @@ public:
     std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
 
 private:
+    struct Layout;
     bool wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d);
     template <class Pred>
     bool wait_pred(std::unique_lock<Mutex>& lock, const detail::Deadline& d, Pred& pred) {
@@ -208,6 +213,7 @@ public:
     std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
 
 private:
+    struct Layout;
     bool wait_until_deadline(const detail::Deadline& d);
     std::atomic<std::uint32_t> flag_{0};  // futex word: generation << 1 | set
     std::atomic<std::uint32_t> waiters_{0};
@@ -250,10 +256,15 @@ public:
     std::uint32_t generation() const noexcept { return word_.load(std::memory_order_relaxed) >> 1; }
 
 private:
+    struct Layout;
     std::uint32_t arrive(const detail::Deadline& d);
+    std::uint32_t await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d);
     void lock_state();
     void break_locked();
+    bool party_died_locked() const;
 
+    // A party waiting in the current generation: its process's pid and
+    // start time (the identity core/liveness.hpp checks).
     struct Party {
         std::atomic<std::int32_t> pid;
         std::atomic<std::uint64_t> start_time;
@@ -266,6 +277,57 @@ private:
     std::uint32_t parties_;
     std::uint32_t broken_generation_ = ~0u;  // last generation that ended broken
     Party waiting_[kMaxParties];
+};
+
+// ---- layouts -------------------------------------------------------------------
+// Every object above lives in shared memory: sizes and field offsets are
+// pinned. Change a field's width, order or meaning: bump the layout version
+// (kLayoutVersion). pthread_mutex_t is 40 bytes on x86-64, 48 on arm64.
+struct RecursiveMutex::Layout {
+    static constexpr std::size_t kPthread = sizeof(pthread_mutex_t);
+    static_assert(std::is_standard_layout_v<RecursiveMutex>);
+    static_assert(alignof(RecursiveMutex) == 8);
+    static_assert(sizeof(RecursiveMutex) == kPthread + 16);
+    static_assert(offsetof(RecursiveMutex, m_) == 0);
+    static_assert(offsetof(RecursiveMutex, owner_pid_) == kPthread);
+    static_assert(offsetof(RecursiveMutex, recovered_) == kPthread + 4);
+    static_assert(offsetof(RecursiveMutex, recoveries_) == kPthread + 8);
+};
+struct Semaphore::Layout {
+    static_assert(std::is_standard_layout_v<Semaphore>);
+    static_assert(sizeof(Semaphore) == 16 && alignof(Semaphore) == 4);
+    static_assert(sizeof(BoundedSemaphore) == sizeof(Semaphore));
+    static_assert(offsetof(Semaphore, value_) == 0);
+    static_assert(offsetof(Semaphore, waiters_) == 4);
+    static_assert(offsetof(Semaphore, bound_) == 8);
+    static_assert(offsetof(Semaphore, reserved_) == 12);
+};
+struct Condition::Layout {
+    static_assert(std::is_standard_layout_v<Condition>);
+    static_assert(sizeof(Condition) == 8 && alignof(Condition) == 4);
+    static_assert(offsetof(Condition, seq_) == 0);
+    static_assert(offsetof(Condition, waiters_) == 4);
+};
+struct Event::Layout {
+    static_assert(std::is_standard_layout_v<Event>);
+    static_assert(sizeof(Event) == 8 && alignof(Event) == 4);
+    static_assert(offsetof(Event, flag_) == 0);
+    static_assert(offsetof(Event, waiters_) == 4);
+};
+struct Barrier::Layout {
+    static constexpr std::size_t kMutex = sizeof(Mutex);
+    static_assert(std::is_standard_layout_v<Barrier>);
+    static_assert(sizeof(Party) == 16 && alignof(Party) == 8);
+    static_assert(offsetof(Party, pid) == 0);
+    static_assert(offsetof(Party, start_time) == 8);
+    static_assert(alignof(Barrier) == 8);
+    static_assert(sizeof(Barrier) == kMutex + 16 + sizeof(Party) * kMaxParties);
+    static_assert(offsetof(Barrier, m_) == 0);
+    static_assert(offsetof(Barrier, word_) == kMutex);
+    static_assert(offsetof(Barrier, arrived_) == kMutex + 4);
+    static_assert(offsetof(Barrier, parties_) == kMutex + 8);
+    static_assert(offsetof(Barrier, broken_generation_) == kMutex + 12);
+    static_assert(offsetof(Barrier, waiting_) == kMutex + 16);
 };
 
 template <> struct object_kind_of<RecursiveMutex> { static constexpr ObjectKind value = ObjectKind::recursive_mutex; };

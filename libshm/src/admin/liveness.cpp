@@ -6,13 +6,14 @@
 #include <string>
 #include <system_error>
 
+#include "core/liveness.hpp"
 #include "platform/platform.hpp"
 #include "shm/admin.hpp"
 
 namespace shm::admin::liveness {
 
 bool slot_alive(int fd, const layout::Header* h, std::uint32_t i) {
-    return platform::ofd_is_locked(fd, layout::slot_lock_byte(h, i));
+    return core::liveness::holds_lock(fd, layout::slot_lock_byte(h, i));
 }
 
 bool meta_locked(int fd) {
@@ -23,12 +24,12 @@ bool meta_locked(int fd) {
     }
 }
 
-bool process_alive(pid_t pid, std::uint64_t start_time) { return platform::process_alive(pid, start_time); }
+bool process_alive(pid_t pid, std::uint64_t start_time) { return core::liveness::alive({pid, start_time}); }
 
 bool lock_owner_alive(pid_t tid, const std::vector<AttachInfo>* attached) {
     if (tid <= 0) return false;
     // The thread exists, and is no zombie (/proc/<tid> names threads too).
-    if (!process_info(tid)) return false;
+    if (core::liveness::of(tid).empty()) return false;
     if (!attached) return true;
     // One of a live attached process's threads: that process holds its
     // slot, so its pid, and the tid among its tasks, name it and no other.

@@ -44,5 +44,18 @@ static_assert(sizeof(DEntry) == 40);
 
 static_assert(offsetof(CHdr, magic) == 0);
 static_assert(offsetof(CHdr, count) == 8);
+// Pinned: change a field's width, order or meaning: bump the layout version.
+static_assert(offsetof(Cell, meta) == 0);
+static_assert(offsetof(Cell, data) == 8);
+static_assert(offsetof(CHdr, capacity) == 16);
+static_assert(offsetof(CHdr, table) == 24);
+static_assert(offsetof(CHdr, used) == 32);
+static_assert(offsetof(CHdr, next_garbage) == 40);
+static_assert(offsetof(CHdr, cursor) == 48);
+static_assert(offsetof(CHdr, reserved) == 56);
+static_assert(offsetof(DEntry, hash) == 0);
+static_assert(offsetof(DEntry, key) == 8);
+static_assert(offsetof(DEntry, key_len) == 16);
+static_assert(offsetof(DEntry, v) == 24);
 
 }  // namespace shm::container_layout

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "shm/error.hpp"
 
@@ -66,8 +67,12 @@ bool Mutex::try_lock() {
     return true;
 }
 
-bool Mutex::timed_lock(clockid_t clock, const timespec& abs) {
-    int rc = platform::mutex_clocklock(&m_, clock, abs);
+bool Mutex::timed_lock(const detail::Deadline& d) {
+    if (d.infinite) {
+        lock();
+        return true;
+    }
+    int rc = core::lock_until(&m_, d);
     if (rc == ETIMEDOUT) return false;
     after_acquire(rc, "try_lock_until");
     return true;

@@ -1,6 +1,7 @@
-// The shared-memory layout of shm::Queue (queue.cpp), version 1 with the
-// segment layout. Private; queue_state.cpp decodes it for inspection
-// (objects/inspect.hpp).
+// The shared-memory layout of shm::Queue (queue*.cpp), versioned with the
+// segment layout (kLayoutVersion): change a field's width, order or meaning:
+// bump the layout version. Private; queue_state.cpp decodes it for
+// inspection (objects/inspect.hpp).
 //
 // A queue is one block in its segment:
 //     QueueControl | capacity × QueueSlot (16 B) | byte ring
@@ -14,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/liveness.hpp"
 #include "shm/queue.hpp"
 
 namespace shm {
@@ -28,8 +30,8 @@ namespace detail {
 //
 // Slot words and the three cursors share one packing:
 //     ticket << 32 | position << 8 | owner
-// owner is an actor id (1 .. 64, 0 for none), plus kQueueRepairFlag in a
-// slot word that a repairer has marked. tail = (next ticket to put, where
+// owner is an actor id (1 .. 64, 0 for none; QueueControl::actors names its
+// process), plus kQueueRepairFlag in a slot word that a repairer has marked. tail = (next ticket to put, where
 // its bytes start, who claimed the ticket before it); head = (next ticket
 // to get, 0, who claimed the ticket before it); free = (first ticket whose
 // bytes are not free yet, where they start, 0).
@@ -87,12 +89,18 @@ inline constexpr std::uint64_t slot_item(std::uint32_t start, std::uint32_t len)
 inline constexpr std::uint32_t item_start(std::uint64_t item) { return static_cast<std::uint32_t>(item); }
 inline constexpr std::uint32_t item_len(std::uint64_t item) { return static_cast<std::uint32_t>(item >> 32); }
 
-// One cache line each: a consumer's counters do not share a line with another's.
+// An actor: a process that uses the queue, under the id (1 .. 64) that
+// claims in slot words and cursors name. Its identity record holds the
+// process's pid and full start time (core/liveness.hpp): a claim word has 8
+// bits for its claimer, so it names the record, and the record the process.
+// A process takes the id of a dead one with one CAS of the record's tag,
+// whose generation changes each time. One cache line each: a consumer's
+// counters do not share a line with another's.
 struct alignas(64) QueueActor {
-    std::atomic<std::uint64_t> who;     // pid << 32 | low 32 bits of its start time; 0 = free
+    core::IdentityRecord who;           // the process holding this id; pid 0 = free
     std::atomic<std::uint64_t> taken;   // items this process got
     std::atomic<std::uint64_t> done;    // task_done() calls
-    std::uint64_t reserved[5];
+    std::uint64_t reserved[4];
 };
 
 struct QueueControl {
@@ -121,18 +129,34 @@ struct QueueControl {
 
 }  // namespace detail
 
+// Pinned: change a field's width, order or meaning: bump the layout version.
 static_assert(sizeof(detail::QueueSlot) == 16);
+static_assert(offsetof(detail::QueueSlot, word) == 0);
+static_assert(offsetof(detail::QueueSlot, item) == 8);
 static_assert(sizeof(detail::QueueActor) == 64);
-static_assert(sizeof(detail::QueueControl) % 64 == 0);
+static_assert(offsetof(detail::QueueActor, who) == 0);
+static_assert(offsetof(detail::QueueActor, taken) == 16);
+static_assert(offsetof(detail::QueueActor, done) == 24);
+static_assert(sizeof(detail::QueueControl) == 448 + 64 * Queue::kMaxProcesses);
 static_assert(offsetof(detail::QueueControl, magic) == 0);
 static_assert(offsetof(detail::QueueControl, capacity) == 8);
 static_assert(offsetof(detail::QueueControl, max_item) == 12);
 static_assert(offsetof(detail::QueueControl, max_bytes) == 16);
 static_assert(offsetof(detail::QueueControl, ring_units) == 24);
+static_assert(offsetof(detail::QueueControl, unit_shift) == 28);
+static_assert(offsetof(detail::QueueControl, ring_offset) == 32);
+static_assert(offsetof(detail::QueueControl, reserved0) == 40);
 static_assert(offsetof(detail::QueueControl, tail) == 64);
 static_assert(offsetof(detail::QueueControl, head) == 128);
 static_assert(offsetof(detail::QueueControl, free) == 192);
+static_assert(offsetof(detail::QueueControl, put_epoch) == 256);
+static_assert(offsetof(detail::QueueControl, consumers_waiting) == 264);
+static_assert(offsetof(detail::QueueControl, get_epoch) == 320);
+static_assert(offsetof(detail::QueueControl, producers_waiting) == 328);
 static_assert(offsetof(detail::QueueControl, closed) == 384);
+static_assert(offsetof(detail::QueueControl, join_epoch) == 388);
+static_assert(offsetof(detail::QueueControl, joiners_waiting) == 392);
 static_assert(offsetof(detail::QueueControl, repairs) == 400);
+static_assert(offsetof(detail::QueueControl, actors) == 448);
 
 }  // namespace shm

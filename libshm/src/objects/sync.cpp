@@ -1,54 +1,29 @@
 // RecursiveMutex, Semaphore, Condition, Event, Barrier.
 //
-// The wait layer is platform::futex_wait/futex_wake on a 32-bit word of the
-// object. Every sleeper follows the same pattern:
-//     waiters.fetch_add(1)  (seq_cst)   then  futex_wait(word, seen)
+// Every wait goes through core::wait() (core/wait.hpp) on a 32-bit futex
+// word of the object. Every sleeper follows the same pattern:
+//     waiters.fetch_add(1)  (seq_cst)   then  sleep on (word, seen)
 // and every waker:
-//     change word            (seq_cst)   then  if (waiters.load()) futex_wake
+//     change word            (seq_cst)   then  if (waiters.load()) wake
 // Both pairs are sequentially consistent, so either the waker sees the
-// waiter counted, or the kernel's re-check of the word inside futex_wait sees
-// the change: no lost wake-up. A waiter killed while asleep never decrements
-// its count; that only makes later wakers issue a spare system call.
-#include <unistd.h>
-
+// waiter counted, or the kernel's re-check of the word inside the futex
+// sleep sees the change: no lost wake-up. A waiter killed while asleep never
+// decrements its count; that only makes later wakers issue a spare system
+// call.
 #include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
 
+#include "core/liveness.hpp"
+#include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "shm/error.hpp"
 #include "shm/sync.hpp"
 
 namespace shm {
 
-namespace detail {
-bool Deadline::passed() const {
-    if (infinite) return false;
-    timespec now;
-    ::clock_gettime(clock, &now);
-    return now.tv_sec > abs.tv_sec || (now.tv_sec == abs.tv_sec && now.tv_nsec >= abs.tv_nsec);
-}
-}  // namespace detail
-
 namespace {
-
-constexpr int kSpin = 64;  // brief spin before sleeping (cross-CPU wake-ups cost tens of µs)
-
-bool wait_word(const std::atomic<std::uint32_t>& w, std::uint32_t seen, const detail::Deadline& d) {
-    return platform::futex_wait(&w, seen, d.infinite ? nullptr : &d.abs, d.clock);
-}
-
-// The earlier of d and now + ms (on CLOCK_MONOTONIC).
-detail::Deadline poll_deadline(const detail::Deadline& d, long ms) {
-    detail::Deadline p = detail::Deadline::in(std::chrono::milliseconds(ms));
-    if (d.infinite) return p;
-    if (d.clock == CLOCK_MONOTONIC) {
-        bool d_first = d.abs.tv_sec < p.abs.tv_sec || (d.abs.tv_sec == p.abs.tv_sec && d.abs.tv_nsec < p.abs.tv_nsec);
-        return d_first ? d : p;
-    }
-    return p;  // a realtime deadline is re-checked by the caller after each poll
-}
 
 [[noreturn]] void rmutex_fail(int rc, const char* op) {
     std::string where = std::string("shm::RecursiveMutex::") + op;
@@ -103,7 +78,7 @@ bool RecursiveMutex::timed_lock(const detail::Deadline& d) {
         lock();
         return true;
     }
-    int rc = platform::mutex_clocklock(&m_, d.clock, d.abs);
+    int rc = core::lock_until(&m_, d);
     if (rc == ETIMEDOUT) return false;
     after_acquire(rc, "try_lock_until");
     return true;
@@ -149,16 +124,18 @@ bool Semaphore::try_acquire() {
 void Semaphore::acquire() { acquire_until(detail::Deadline::never()); }
 
 bool Semaphore::acquire_until(const detail::Deadline& d) {
-    for (;;) {
-        for (int i = 0; i < kSpin; ++i) {
-            if (try_acquire()) return true;
-            platform::cpu_relax();
+    // Takes a unit when it can; sleeps while the value is 0.
+    struct W : core::Waiter {
+        Semaphore& s;
+        explicit W(Semaphore& sem) : s(sem) {}
+        bool ready() { return s.try_acquire(); }
+        core::Sleep arm() {
+            s.waiters_.fetch_add(1, std::memory_order_seq_cst);
+            return core::Sleep{&s.value_, 0};
         }
-        waiters_.fetch_add(1, std::memory_order_seq_cst);
-        bool woken = wait_word(value_, 0, d);
-        waiters_.fetch_sub(1, std::memory_order_seq_cst);
-        if (!woken) return try_acquire();
-    }
+        void disarm() { s.waiters_.fetch_sub(1, std::memory_order_seq_cst); }
+    } w(*this);
+    return core::wait(w, d, core::kSemaphoreWait) == core::Waited::ready || try_acquire();
 }
 
 void Semaphore::release(std::uint32_t n) {
@@ -178,7 +155,7 @@ void Semaphore::release(std::uint32_t n) {
                                          std::memory_order_relaxed))
             break;
     }
-    if (waiters_.load(std::memory_order_seq_cst) > 0) platform::futex_wake(&value_, static_cast<int>(std::min<std::uint32_t>(n, INT_MAX)));
+    if (waiters_.load(std::memory_order_seq_cst) > 0) core::wake(value_, static_cast<int>(std::min<std::uint32_t>(n, INT_MAX)));
 }
 
 // ---- Condition -------------------------------------------------------------
@@ -188,23 +165,36 @@ void Condition::wait(std::unique_lock<Mutex>& lock) { wait_until_deadline(lock, 
 bool Condition::wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d) {
     if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
         throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
-    std::uint32_t seen = seq_.load(std::memory_order_seq_cst);
-    waiters_.fetch_add(1, std::memory_order_seq_cst);
-    lock.unlock();
-    bool woken = wait_word(seq_, seen, d);
-    waiters_.fetch_sub(1, std::memory_order_seq_cst);
-    lock.lock();  // a dead holder is reported by lock.mutex()->previous_owner_died()
-    return woken;
+    // One sleep: a notify (or a spurious wake-up) ends the wait.
+    struct W : core::Waiter {
+        Condition& c;
+        std::unique_lock<Mutex>& lock;
+        bool slept = false;
+        W(Condition& cond, std::unique_lock<Mutex>& l) : c(cond), lock(l) {}
+        bool ready() const { return slept; }
+        core::Sleep arm() {
+            const std::uint32_t seen = c.seq_.load(std::memory_order_seq_cst);
+            c.waiters_.fetch_add(1, std::memory_order_seq_cst);
+            lock.unlock();
+            return core::Sleep{&c.seq_, seen};
+        }
+        void disarm() {
+            c.waiters_.fetch_sub(1, std::memory_order_seq_cst);
+            lock.lock();  // a dead holder is reported by lock.mutex()->previous_owner_died()
+            slept = true;
+        }
+    } w(*this, lock);
+    return core::wait(w, d, core::kConditionWait) == core::Waited::ready;
 }
 
 void Condition::notify_one() {
     seq_.fetch_add(1, std::memory_order_seq_cst);
-    if (waiters_.load(std::memory_order_seq_cst) > 0) platform::futex_wake(&seq_, 1);
+    if (waiters_.load(std::memory_order_seq_cst) > 0) core::wake(seq_, 1);
 }
 
 void Condition::notify_all() {
     seq_.fetch_add(1, std::memory_order_seq_cst);
-    if (waiters_.load(std::memory_order_seq_cst) > 0) platform::futex_wake(&seq_, INT_MAX);
+    if (waiters_.load(std::memory_order_seq_cst) > 0) core::wake(seq_, INT_MAX);
 }
 
 // ---- Event -----------------------------------------------------------------
@@ -220,7 +210,7 @@ void Event::set() {
                                         std::memory_order_relaxed))
             break;
     }
-    if (waiters_.load(std::memory_order_seq_cst) > 0) platform::futex_wake(&flag_, INT_MAX);
+    if (waiters_.load(std::memory_order_seq_cst) > 0) core::wake(flag_, INT_MAX);
 }
 
 void Event::clear() { flag_.fetch_and(~1u, std::memory_order_release); }
@@ -228,21 +218,28 @@ void Event::clear() { flag_.fetch_and(~1u, std::memory_order_release); }
 void Event::wait() { wait_until_deadline(detail::Deadline::never()); }
 
 bool Event::wait_until_deadline(const detail::Deadline& d) {
-    std::uint32_t w = flag_.load(std::memory_order_acquire);
-    for (int i = 0; i < kSpin && !(w & 1); ++i) {
-        platform::cpu_relax();
-        w = flag_.load(std::memory_order_acquire);
-    }
-    if (w & 1) return true;
-    const std::uint32_t gen = w >> 1;
-    for (;;) {
-        waiters_.fetch_add(1, std::memory_order_seq_cst);
-        bool woken = wait_word(flag_, w, d);
-        waiters_.fetch_sub(1, std::memory_order_seq_cst);
-        w = flag_.load(std::memory_order_acquire);
-        if ((w & 1) || (w >> 1) != gen) return true;  // set, or set and cleared meanwhile
-        if (!woken) return false;
-    }
+    // Done once set, or once set and cleared again since the first look
+    // (its generation moved).
+    struct W : core::Waiter {
+        Event& e;
+        std::uint32_t seen = 0, gen = 0;
+        bool first = true;
+        explicit W(Event& ev) : e(ev) {}
+        bool ready() {
+            seen = e.flag_.load(std::memory_order_acquire);
+            if (first) {
+                first = false;
+                gen = seen >> 1;
+            }
+            return (seen & 1) || (seen >> 1) != gen;
+        }
+        core::Sleep arm() {
+            e.waiters_.fetch_add(1, std::memory_order_seq_cst);
+            return core::Sleep{&e.flag_, seen};
+        }
+        void disarm() { e.waiters_.fetch_sub(1, std::memory_order_seq_cst); }
+    } w(*this);
+    return core::wait(w, d, core::kEventWait) == core::Waited::ready || w.ready();
 }
 
 // ---- Barrier ---------------------------------------------------------------
@@ -265,7 +262,7 @@ void Barrier::break_locked() {
     // Release: broken_generation_ before the word; partner: the acquire loads
     // of word_ in arrive().
     word_.store(w | 1, std::memory_order_seq_cst);
-    platform::futex_wake(&word_, INT_MAX);
+    core::wake(word_, INT_MAX);
 }
 
 void Barrier::lock_state() {
@@ -290,21 +287,35 @@ void Barrier::reset() {
         arrived_.store(0, std::memory_order_relaxed);
         for (auto& p : waiting_) p.pid.store(0, std::memory_order_relaxed);
         word_.store(((w >> 1) + 1) << 1, std::memory_order_seq_cst);
-        platform::futex_wake(&word_, INT_MAX);
+        core::wake(word_, INT_MAX);
     }
     m_.unlock();
 }
 
 std::uint32_t Barrier::arrive_and_wait() { return arrive(detail::Deadline::never()); }
 
+namespace {
+const char* const kBarrierBroken =
+    "shm::Barrier: the barrier is broken (a party died, timed out or called abort()); reset() makes it usable";
+}  // namespace
+
+// Under m_: whether a party waiting in the current generation has died.
+bool Barrier::party_died_locked() const {
+    const std::uint32_t n = arrived_.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < n && i < kMaxParties; ++i) {
+        const core::ProcessId p{waiting_[i].pid.load(std::memory_order_relaxed),
+                                waiting_[i].start_time.load(std::memory_order_relaxed)};
+        if (!p.empty() && !core::liveness::alive(p)) return true;
+    }
+    return false;
+}
+
 std::uint32_t Barrier::arrive(const detail::Deadline& d) {
-    static const char* kBroken =
-        "shm::Barrier: the barrier is broken (a party died, timed out or called abort()); reset() makes it usable";
     lock_state();
-    std::uint32_t w = word_.load(std::memory_order_relaxed);
+    const std::uint32_t w = word_.load(std::memory_order_relaxed);
     if (w & 1) {
         m_.unlock();
-        throw broken_barrier(kBroken);
+        throw broken_barrier(kBarrierBroken);
     }
     const std::uint32_t gen = w >> 1;
     const std::uint32_t idx = arrived_.load(std::memory_order_relaxed);
@@ -312,46 +323,56 @@ std::uint32_t Barrier::arrive(const detail::Deadline& d) {
         arrived_.store(0, std::memory_order_relaxed);
         for (std::uint32_t i = 0; i < idx; ++i) waiting_[i].pid.store(0, std::memory_order_relaxed);
         word_.store((gen + 1) << 1, std::memory_order_seq_cst);  // one store completes the generation
-        platform::futex_wake(&word_, INT_MAX);
+        core::wake(word_, INT_MAX);
         m_.unlock();
         return idx;
     }
-    waiting_[idx].start_time.store(platform::self_start_time(), std::memory_order_relaxed);
-    waiting_[idx].pid.store(::getpid(), std::memory_order_relaxed);
+    const core::ProcessId me = core::liveness::self();
+    waiting_[idx].start_time.store(me.start_time, std::memory_order_relaxed);
+    waiting_[idx].pid.store(me.pid, std::memory_order_relaxed);
     arrived_.store(idx + 1, std::memory_order_relaxed);
     m_.unlock();
+    return await_generation(gen, idx, d);
+}
 
+std::uint32_t Barrier::await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d) {
+    // Until the generation ends (completed, or reset) or the barrier breaks.
+    // A party killed while waiting cannot wake anyone, so after every poll
+    // interval the waiters check each other's liveness.
+    struct W : core::Waiter {
+        Barrier& b;
+        const std::uint32_t gen;
+        std::uint32_t cur = 0;
+        W(Barrier& barrier, std::uint32_t g) : b(barrier), gen(g) {}
+        bool ready() {
+            cur = b.word_.load(std::memory_order_acquire);
+            return (cur >> 1) != gen || (cur & 1);
+        }
+        bool recheck() {
+            b.lock_state();
+            const bool same = b.word_.load(std::memory_order_relaxed) == cur;
+            if (same && b.party_died_locked()) b.break_locked();
+            b.m_.unlock();
+            return true;  // look again
+        }
+        core::Sleep arm() { return core::Sleep{&b.word_, cur}; }
+    } w(*this, gen);
     for (;;) {
-        std::uint32_t cur = word_.load(std::memory_order_acquire);
-        if ((cur >> 1) != gen) {
-            // The generation ended: completed, or reset while we waited.
-            std::lock_guard<Mutex> g(m_);
-            if (broken_generation_ == gen) throw broken_barrier(kBroken);
-            return idx;
+        if (core::wait(w, d, core::kBarrierWait) == core::Waited::ready) {
+            if ((w.cur >> 1) != gen) {
+                std::lock_guard<Mutex> g(m_);
+                if (broken_generation_ == gen) throw broken_barrier(kBarrierBroken);
+                return idx;
+            }
+            throw broken_barrier(kBarrierBroken);
         }
-        if (cur & 1) throw broken_barrier(kBroken);
-        // Sleep at most 50 ms at a time: a party killed while waiting cannot
-        // wake anyone, so the waiters check each other's liveness.
-        detail::Deadline p = poll_deadline(d, 50);
-        if (wait_word(word_, cur, p)) continue;
         lock_state();
-        std::uint32_t now = word_.load(std::memory_order_relaxed);
-        if (now == cur) {
-            if (d.passed()) {
-                break_locked();
-                m_.unlock();
-                throw broken_barrier("shm::Barrier: timed out waiting for the other parties; the barrier is now broken");
-            }
-            std::uint32_t n = arrived_.load(std::memory_order_relaxed);
-            for (std::uint32_t i = 0; i < n && i < kMaxParties; ++i) {
-                std::int32_t pid = waiting_[i].pid.load(std::memory_order_relaxed);
-                if (pid != 0 && !platform::process_alive(pid, waiting_[i].start_time.load(std::memory_order_relaxed))) {
-                    break_locked();
-                    break;
-                }
-            }
+        if (word_.load(std::memory_order_relaxed) == w.cur) {
+            break_locked();
+            m_.unlock();
+            throw broken_barrier("shm::Barrier: timed out waiting for the other parties; the barrier is now broken");
         }
-        m_.unlock();
+        m_.unlock();  // the generation ended as the time ran out: look again
     }
 }
 

@@ -96,24 +96,17 @@ std::uint64_t process_start_time(pid_t pid) {
     return std::strtoull(p, nullptr, 10);
 }
 
-namespace {
-pid_t g_cached_pid = 0;
-std::uint64_t g_cached_start = 0;
-}  // namespace
-
 std::uint64_t self_start_time() {
-    pid_t me = ::getpid();
-    if (me != g_cached_pid) {
-        g_cached_start = process_start_time(me);
-        g_cached_pid = me;
+    // Cached per fork generation: a child reads its own. Two threads that
+    // both read it first store the same value.
+    static std::atomic<unsigned> cached_for{~0u};
+    static std::atomic<std::uint64_t> cached{0};
+    const unsigned g = fork_generation();
+    if (cached_for.load(std::memory_order_acquire) != g) {
+        cached.store(process_start_time(::getpid()), std::memory_order_relaxed);
+        cached_for.store(g, std::memory_order_release);
     }
-    return g_cached_start;
-}
-
-bool process_alive(pid_t pid, std::uint64_t start_time) {
-    if (pid <= 0) return false;
-    std::uint64_t st = process_start_time(pid);
-    return st != 0 && st == start_time;
+    return cached.load(std::memory_order_relaxed);
 }
 
 std::int64_t realtime_ns() {
@@ -174,27 +167,6 @@ bool membarrier_register() {
 
 int membarrier_all() {
     return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : errno;
-}
-
-int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs) {
-#if defined(__SANITIZE_THREAD__)
-    // ThreadSanitizer (GCC 12) intercepts neither pthread_mutex_clocklock nor
-    // an EOWNERDEAD from pthread_mutex_timedlock, and would then report every
-    // later unlock as wrong. Under TSan only, poll trylock (which it models
-    // fully) until the deadline.
-    long pause_us = 10;
-    for (;;) {
-        int rc = pthread_mutex_trylock(m);
-        if (rc != EBUSY) return rc;
-        timespec now;
-        ::clock_gettime(clock, &now);
-        if (now.tv_sec > abs.tv_sec || (now.tv_sec == abs.tv_sec && now.tv_nsec >= abs.tv_nsec)) return ETIMEDOUT;
-        ::usleep(static_cast<useconds_t>(pause_us));
-        pause_us = pause_us < 1000 ? pause_us * 2 : 1000;
-    }
-#else
-    return pthread_mutex_clocklock(m, clock, &abs);
-#endif
 }
 
 FsSpace fs_space(int fd) {

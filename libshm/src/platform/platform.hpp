@@ -43,12 +43,11 @@ bool ofd_is_locked(int fd, off_t off); // held by another open file description
 
 // --- processes ------------------------------------------------------------
 // Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22),
-// 0 if there is no such process or it has exited (a zombie not yet reaped). Together with the pid it names one process
-// for good: a reused pid has another start time.
+// 0 if there is no such process or it has exited (a zombie not yet reaped).
+// Whether a process is alive is core/liveness.hpp's to say.
 std::uint64_t process_start_time(pid_t pid);
 // This process's start time, read once per process (re-read after fork).
 std::uint64_t self_start_time();
-bool process_alive(pid_t pid, std::uint64_t start_time);
 
 std::int64_t realtime_ns();
 
@@ -59,7 +58,8 @@ pid_t current_pid();
 // Bumped in every fork child: a cheap "am I still the same process" check.
 unsigned fork_generation();
 
-// --- futexes (process-shared) and pthread helpers --------------------------
+// --- futexes (process-shared) ---------------------------------------------
+// Used through core/wait.hpp, which says when to sleep and for how long.
 // Sleep while *word == expected, until woken or the deadline passes.
 // Returns false only on time-out; true when woken, interrupted, or the value
 // had already changed (callers re-check their condition in all cases).
@@ -83,8 +83,6 @@ inline void cpu_relax() {
     asm volatile("yield");
 #endif
 }
-// pthread_mutex_clocklock, or an equivalent that ThreadSanitizer models.
-int mutex_clocklock(pthread_mutex_t* m, clockid_t clock, const timespec& abs);
 
 // Free and total bytes of the filesystem holding `fd`.
 struct FsSpace {

@@ -204,6 +204,15 @@ struct DirEntry {
     char type_name[64];
 };
 static_assert(sizeof(DirEntry) == 168);
+// Pinned: change a field's width, order or meaning: bump the layout version.
+static_assert(offsetof(DirEntry, next) == 0);
+static_assert(offsetof(DirEntry, object_offset) == 8);
+static_assert(offsetof(DirEntry, object_size) == 16);
+static_assert(offsetof(DirEntry, type_key) == 24);
+static_assert(offsetof(DirEntry, kind) == 32);
+static_assert(offsetof(DirEntry, name_len) == 36);
+static_assert(offsetof(DirEntry, name) == 40);
+static_assert(offsetof(DirEntry, type_name) == 104);
 
 // The directory entry at offset e, checked (placement, name, object inside
 // the heap); throws shm::corrupted naming what is wrong.

@@ -1,6 +1,8 @@
-// The segment's layout in shared memory, version 2 (shm::kLayoutVersion).
+// The segment's layout in shared memory, version 3 (shm::kLayoutVersion).
 // Version 2: the garbage list may hold batches of blocks to free
 // (container_layout.hpp, kBatchMagic), which version 1 would misread.
+// Version 3: a queue's actor records hold a generation, the pid and its
+// full start time (queue_layout.hpp), no longer pid << 32 | 32 bits of it.
 //
 //   offset 0        Header (one 4 KiB page): identity, sizes, creator, flags,
 //                   the heap lock, the heap's bins, the object directory's
@@ -31,6 +33,7 @@
 namespace shm::layout {
 
 inline constexpr std::uint64_t kMagic = 0x3176'6D68'7362'696Cull;  // "libshmv1" little-endian
+// Change a field's width, order or meaning: bump the layout version.
 inline constexpr std::uint32_t kVersion = kLayoutVersion;
 inline constexpr std::size_t kHeaderSize = 4096;
 inline constexpr std::size_t kSlotSize = 32;

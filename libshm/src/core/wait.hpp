@@ -1,0 +1,215 @@
+// The wait layer: the one way libshm waits for something another process
+// (or thread) does.
+//
+// A wait is a loop over five steps, each a parameter of WaitPolicy:
+//   1. ready?     the waiter's condition (it may act: take a unit, claim a
+//                 ticket); done if so.
+//   2. re-check   once spinning is over, the waiter may check the liveness
+//                 of whoever blocks it (before every sleep, or after a sleep
+//                 that the poll interval ended) and repair what a dead
+//                 process left; if that changed anything, start again.
+//   3. spin       `spins` cpu_relax() rounds, then `yields` sched_yield()
+//                 rounds, each followed by step 1 (again after every wake if
+//                 `respin`).
+//   4. deadline   passed: time out.
+//   5. sleep      the waiter announces itself (arm(): a waiter count, a bit
+//                 in a mask) and names a futex word and the value it saw;
+//                 the sleep ends when the word changes and a waker wakes
+//                 it, at the deadline, or after `poll` (so that a dead
+//                 blocker is noticed). A wait with no futex word pauses
+//                 instead, for a pause that doubles from pause_min to
+//                 pause_max. Then disarm(), and back to step 1; after a
+//                 futex sleep that ends past the deadline, time out at once
+//                 (a waiter that wants a last try makes it).
+//
+// A waiter is any type with
+//     bool ready();        step 1
+//     bool recheck();      step 2; true if it changed something
+//     Sleep arm();         step 5: announce, and say where to sleep
+//     void disarm();       step 5: withdraw the announcement
+// (derive from Waiter for the defaults: no re-check, a pause, nothing to
+// withdraw).
+//
+// No lost wake-up: a waiter announces itself (seq_cst) before it reads the
+// futex word's value to sleep on; a waker changes the word (seq_cst) before
+// it reads the announcements. Either the waker sees the waiter, or the
+// kernel's check of the word inside the futex sleep sees the change.
+#pragma once
+
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+#include "platform/platform.hpp"
+#include "shm/deadline.hpp"
+
+namespace shm::core {
+
+using detail::Deadline;
+
+// ---- deadlines --------------------------------------------------------------
+// The one comparison of two times on the same clock.
+inline bool before(const timespec& a, const timespec& b) noexcept {
+    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+}
+// The earlier of d and now + `from_now` (CLOCK_MONOTONIC). A deadline on
+// another clock cannot be compared: now + from_now, and the caller checks d
+// itself after the sleep (wait() does).
+Deadline earlier(const Deadline& d, std::chrono::nanoseconds from_now);
+
+// ---- the policy ---------------------------------------------------------------
+enum class Recheck {
+    never,
+    before_sleep,  // before every sleep, once spinning is over
+    after_poll,    // after a sleep that the poll interval ended
+};
+
+struct WaitPolicy {
+    int spins = 0;        // cpu_relax() rounds before the first sleep
+    int yields = 0;       // then sched_yield() rounds
+    bool respin = false;  // spin and yield again after every sleep
+    std::chrono::milliseconds poll{0};  // the longest sleep (0: until woken or the deadline)
+    Recheck recheck = Recheck::never;
+    // A wait with no futex word: the pause between two looks.
+    std::chrono::microseconds pause_min{0};
+    std::chrono::microseconds pause_max{0};
+};
+
+// The policies in use, with the spin counts and intervals each primitive
+// has always had (a later change may tune them here).
+// Semaphore: spin before every sleep.
+inline constexpr WaitPolicy kSemaphoreWait{64, 0, true, {}, Recheck::never, {}, {}};
+// Event: spin before the first sleep.
+inline constexpr WaitPolicy kEventWait{64, 0, false, {}, Recheck::never, {}, {}};
+// Condition: one sleep, no spin (the caller holds a mutex until it sleeps).
+inline constexpr WaitPolicy kConditionWait{};
+// Barrier: a party killed while waiting wakes nobody: the waiters check
+// each other every 50 ms.
+inline constexpr WaitPolicy kBarrierWait{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
+// Queue put and get: a few µs of PAUSEs (a cross-CPU wake-up costs tens of
+// µs), then sched_yield()s so that a peer waiting for this CPU gets it,
+// then sleep; whoever blocks the waiter is checked before every sleep.
+inline constexpr WaitPolicy kQueueWait{100, 8, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {}};
+// A queue sleeper that could not fence the wakers (membarrier refused by a
+// seccomp filter) polls every 2 ms instead.
+inline constexpr std::chrono::milliseconds kQueueUnfencedPoll{2};
+// A queue claimant waiting for its own ticket after an ABA claim naps 1 ms.
+inline constexpr WaitPolicy kQueueNap{100, 8, false, std::chrono::milliseconds(1), Recheck::before_sleep, {}, {}};
+// Queue join: no spin.
+inline constexpr WaitPolicy kQueueJoin{0, 0, false, std::chrono::milliseconds(50), Recheck::never, {}, {}};
+// A lock that can only be tried (a pthread mutex under ThreadSanitizer).
+inline constexpr WaitPolicy kTryLockPoll{0, 0, false, {}, Recheck::never, std::chrono::microseconds(10),
+                                         std::chrono::microseconds(1000)};
+// A segment's meta lock (an OFD lock tried until a deadline).
+inline constexpr WaitPolicy kMetaLockPoll{0, 0, false, {}, Recheck::never, std::chrono::microseconds(20),
+                                          std::chrono::microseconds(5000)};
+
+// ---- waiters --------------------------------------------------------------------
+// Where to sleep.
+struct Sleep {
+    const std::atomic<std::uint32_t>* word = nullptr;  // futex word; nullptr: pause instead
+    std::uint32_t expected = 0;                        // sleep only while *word == expected
+    bool skip = false;                                 // ready already: do not sleep
+    std::chrono::milliseconds poll{0};                 // if set, a shorter poll for this sleep
+};
+
+struct Waiter {
+    bool recheck() { return false; }
+    Sleep arm() { return Sleep{}; }
+    void disarm() {}
+};
+
+enum class Waited { ready, timeout };
+
+// Spin, then yield, then sleep (step 3).
+class Backoff {
+public:
+    explicit Backoff(const WaitPolicy& p) noexcept : spins_(p.spins), limit_(p.spins + p.yields) {}
+    // One round of spinning or yielding; false once it is time to sleep.
+    bool step() noexcept {
+        if (n_ < spins_) {
+            ++n_;
+            platform::cpu_relax();
+            return true;
+        }
+        if (n_ < limit_) {
+            ++n_;
+            ::sched_yield();
+            return true;
+        }
+        return false;
+    }
+    bool spun_out() const noexcept { return n_ >= limit_; }
+    void reset() noexcept { n_ = 0; }
+
+private:
+    int spins_, limit_, n_ = 0;
+};
+
+// One sleep (step 5): on s.word while it holds s.expected, or a pause of
+// `pause`, never past `until`. Returns false only when it ended at `until`.
+bool sleep(const Sleep& s, const Deadline& until, std::chrono::microseconds pause);
+
+// Wake up to n sleepers on word (INT_MAX: all).
+inline void wake(const std::atomic<std::uint32_t>& word, int n) { platform::futex_wake(&word, n); }
+
+// The wait primitive: returns ready once w.ready() is true, timeout once d
+// has passed (w.ready() is not asked again: a waiter that wants a last try
+// makes it).
+template <class W>
+Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
+    Backoff backoff(p);
+    bool polled = false;  // the last sleep ended at the poll interval
+    std::chrono::microseconds pause = p.pause_min;
+    for (;;) {
+        if (w.ready()) return Waited::ready;
+        if (p.recheck != Recheck::never && backoff.spun_out() &&
+            (p.recheck == Recheck::before_sleep || polled)) {
+            polled = false;
+            if (w.recheck()) continue;
+        }
+        if (backoff.step()) continue;
+        if (d.passed()) return Waited::timeout;
+        const Sleep s = w.arm();
+        bool woken = true;
+        if (!s.skip) {
+            std::chrono::milliseconds poll = p.poll;
+            if (s.poll.count() > 0 && (poll.count() == 0 || s.poll < poll)) poll = s.poll;
+            woken = sleep(s, poll.count() > 0 ? earlier(d, poll) : d, pause);
+            if (!s.word && pause < p.pause_max) pause = pause * 2 < p.pause_max ? pause * 2 : p.pause_max;
+        }
+        w.disarm();
+        // After a futex sleep the deadline comes first; after a pause, one
+        // more look (as a lock tried until a deadline always had).
+        if (s.word && d.passed()) return Waited::timeout;
+        polled = !woken;
+        if (p.respin) backoff.reset();
+    }
+}
+
+// wait() for a condition alone: no futex word, so it pauses between looks
+// (p.pause_min doubling to p.pause_max). For locks that can only be tried,
+// such as a segment's meta lock:
+//     core::wait_until([&] { return platform::ofd_try_lock(fd, byte); },
+//                      core::Deadline::at(steady_deadline), core::kMetaLockPoll)
+template <class Ready>
+Waited wait_until(Ready&& ready, const Deadline& d, const WaitPolicy& p) {
+    struct W : Waiter {
+        Ready& r;
+        explicit W(Ready& f) : r(f) {}
+        bool ready() { return r(); }
+    } w(ready);
+    return wait(w, d, p);
+}
+
+// Lock a pthread mutex by the deadline: pthread_mutex_clocklock, or under
+// ThreadSanitizer (which models neither it nor an EOWNERDEAD from
+// pthread_mutex_timedlock) trylock polled by wait_until(). Returns what
+// they return (0, EOWNERDEAD, ETIMEDOUT, ...).
+int lock_until(pthread_mutex_t* m, const Deadline& d);
+
+}  // namespace shm::core

@@ -1,0 +1,270 @@
+// shm::Queue: the get path, task_done() and join() (see queue.cpp for the design).
+#include "objects/queue_internal.hpp"
+
+#include <cstring>
+
+#include "shm/segment.hpp"
+
+namespace shm {
+
+using namespace queue_impl;
+
+namespace {
+// Wait until ticket h, claimed, is published. Only needed after a head CAS
+// that succeeded on a value 2^32 tickets old (see the design note); then
+// the ticket is ours and we wait for its item.
+[[gnu::noinline, gnu::cold]] void wait_published(QueueControl* c, std::uint64_t h, std::uint32_t id) {
+    struct W : SlotWaiter {
+        W(QueueControl* q, std::uint64_t t, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {
+            b.ticket = t;
+            b.slot = slot_at(q, t);
+        }
+        bool ready() {
+            b.seen = b.slot->word.load(std::memory_order_acquire);
+            return tk(b.seen) == tnext(b.ticket);
+        }
+        core::Sleep arm() {
+            return sleep.arm([&] { return b.slot->word.load() != b.seen; });
+        }
+    } w(c, h, id);
+    core::wait(w, detail::Deadline::never(), core::kQueueNap);
+}
+
+// Release the slot of ticket h, got (or skipped) by this process.
+void release_slot(QueueControl* c, std::uint64_t h) {
+    QueueSlot* s = slot_at(c, h);
+    const std::uint32_t end = pos_of(s->word.load(std::memory_order_relaxed));
+    finished_get(c, h);
+    // Release: our copy-out is complete before the slot is released; the
+    // producer that next writes these bytes acquires free, which was moved
+    // past this slot by someone who acquired this word.
+    store_and_wake(s->word, mk(tnext(h, c->capacity), end, 0), c->get_epoch, c->producers_waiting);
+}
+
+constexpr std::uint64_t kNoTicket = ~0ull;
+
+// One attempt to claim the next published item, made again at once while
+// head moves under it. True once it claimed one (its ticket in got) or
+// found the queue closed and drained (is_closed); false when empty:
+// `blocked` is the slot at head.
+[[gnu::always_inline]] inline bool try_claim_get(QueueControl* c, std::uint32_t id, std::uint64_t& got, bool& is_closed, Blocker& blocked) {
+    for (;;) {
+        std::uint64_t H = c->head.load(std::memory_order_acquire);
+        const std::uint64_t h = tk(H);
+        QueueSlot* s = slot_at(c, h);
+        // Acquire: pairs with publish()'s release; the payload is ours.
+        const std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) == tnext(h)) {
+            // Published, and head is at h: nobody has claimed it yet.
+            if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+            if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+                continue;
+            crash_point();
+            if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
+            if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
+                release_slot(c, h);
+                continue;
+            }
+            got = h;
+            return true;
+        }
+        if (ticket_diff(tk(w), h) > 0) {
+            // Released: head moved on since we read it. If it did not, the
+            // slot is ahead of every ticket ever got: not a state the
+            // protocol makes, and waiting would never end.
+            if (c->head.load(std::memory_order_acquire) == H)
+                throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
+                                " is ahead of the queue's head; the queue is corrupt");
+            continue;
+        }
+        // Unpublished (empty here, or being written), or still holding the
+        // item of ticket h - capacity, being got.
+        if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
+            is_closed = true;
+            return true;
+        }
+        blocked.ticket = h;
+        blocked.slot = s;
+        blocked.seen = w;
+        return false;
+    }
+}
+
+// Waits until an item is published or the queue is closed and drained, or until d.
+[[gnu::noinline]] bool wait_to_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, std::uint64_t& got,
+                                   bool& is_closed) {
+    struct W : SlotWaiter {
+        std::uint64_t& got;
+        bool& is_closed;
+        W(QueueControl* q, std::uint32_t me, std::uint64_t& g, bool& cl)
+            : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting), got(g), is_closed(cl) {}
+        bool ready() { return try_claim_get(c, id, got, is_closed, b); }
+        core::Sleep arm() {
+            // seq_cst loads: see store_and_wake.
+            return sleep.arm([&] { return b.slot->word.load() != b.seen || c->closed.load(); });
+        }
+    } w(c, id, got, is_closed);
+    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+}
+
+// Claim the next published item. Returns its ticket, or kNoTicket when
+// empty (after waiting until d, or at once if !wait) or closed and drained
+// (*is_closed set).
+std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
+    std::uint64_t got = kNoTicket;
+    Blocker blocked;
+    *is_closed = false;
+    if (try_claim_get(c, id, got, *is_closed, blocked) || (wait && wait_to_get(c, id, d, got, *is_closed))) return got;
+    return kNoTicket;
+}
+}  // namespace
+
+void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
+    crash_point();
+    // Counted as taken before the slot is released, so that join() sees the
+    // item either being got or taken.
+    c_->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
+    crash_point();
+    release_slot(c_, pos);
+}
+
+// An item whose place is outside the ring: the slot is released (the queue
+// moves past it) and the get reports the corruption.
+void Queue::bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item) {
+    release_view(pos, id);
+    throw corrupted("shm::Queue: item " + std::to_string(pos) + " says it has " +
+                    std::to_string(detail::item_len(item)) + " bytes at " + std::to_string(detail::item_start(item)) +
+                    ", outside the queue's ring; the queue is corrupt");
+}
+
+Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
+    std::uint32_t id = actor_id(c_);
+    bool is_closed = false;
+    const std::uint64_t pos = claim_get(c_, id, d, true, &is_closed);
+    if (pos == kNoTicket) {
+        if (is_closed && throw_closed) throw shm::closed("shm::Queue::get: the queue is closed and drained");
+        return View{nullptr, 0, kNoTicket, id};
+    }
+    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
+    if (!item_ok(c_, item)) bad_item(pos, id, item);
+    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), pos, id};
+}
+
+bool Queue::get_until(std::string& out, const detail::Deadline& d) {
+    View v = get_view(d, false);
+    if (v.pos == kNoTicket) return false;
+    out.assign(static_cast<const char*>(v.data), v.len);
+    release_view(v.pos, v.id);
+    return true;
+}
+
+std::string Queue::get() {
+    View v = get_view(detail::Deadline::never(), true);
+    std::string out(static_cast<const char*>(v.data), v.len);
+    release_view(v.pos, v.id);
+    return out;
+}
+
+void Queue::get(std::string& out) {
+    View v = get_view(detail::Deadline::never(), true);
+    out.assign(static_cast<const char*>(v.data), v.len);
+    release_view(v.pos, v.id);
+}
+
+std::optional<std::string> Queue::try_get() {
+    std::uint32_t id = actor_id(c_);
+    bool is_closed = false;
+    const std::uint64_t pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
+    if (pos == kNoTicket) return std::nullopt;
+    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
+    if (!item_ok(c_, item)) bad_item(pos, id, item);
+    std::string out(payload_at(c_, detail::item_start(item)), detail::item_len(item));
+    release_view(pos, id);
+    return out;
+}
+
+std::string Queue::get_nowait() {
+    auto v = try_get();
+    if (!v) {
+        if (closed() && qsize() == 0) throw shm::closed("shm::Queue::get_nowait: the queue is closed and drained");
+        throw shm::empty("shm::Queue::get_nowait: the queue is empty");
+    }
+    return std::move(*v);
+}
+
+std::vector<std::string> Queue::get_many_until(std::size_t n, const detail::Deadline& d) {
+    std::vector<std::string> out;
+    if (n == 0) return out;
+    std::string first;
+    if (!get_until(first, d)) return out;
+    out.push_back(std::move(first));
+    while (out.size() < n) {
+        auto v = try_get();
+        if (!v) break;
+        out.push_back(std::move(*v));
+    }
+    return out;
+}
+
+// ---- join, close, state -----------------------------------------------------------------
+
+namespace {
+// Whether a join is over: nothing queued (qsize) and no item being got or
+// taken and not yet marked done by a live process. A consumer counts an
+// item as taken before it releases its slot, so an item is seen here
+// (published, with head past it) or in `taken`.
+bool joined(QueueControl* c, std::size_t qsize) {
+    if (qsize != 0) return false;
+    const std::uint64_t H = c->head.load(std::memory_order_acquire);
+    const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+    const std::uint64_t F = c->free.load(std::memory_order_acquire);
+    const std::int64_t n = ticket_diff(tk(T), tk(F));
+    for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c->capacity); ++i) {
+        const std::uint64_t k = tnext(tk(F), static_cast<std::uint64_t>(i));
+        const std::uint64_t w = slot_at(c, k)->word.load(std::memory_order_acquire);
+        if (tk(w) != tnext(k)) continue;             // not published, or released
+        if (ticket_diff(k, tk(H)) >= 0) return false;  // queued
+        std::uint32_t owner = owner_of(w);
+        if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H);
+        if (owner == 0 || actor_alive(c, owner)) return false;  // being got (a hand-over may be under way)
+    }
+    for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {
+        QueueActor& a = c->actors[i];
+        if (a.who.tag.load(std::memory_order_acquire) == 0) continue;
+        if (a.done.load(std::memory_order_acquire) < a.taken.load(std::memory_order_acquire) &&
+            core::identity::alive(a.who))
+            return false;
+    }
+    return true;
+}
+}  // namespace
+
+void Queue::task_done() {
+    std::uint32_t id = actor_id(c_);
+    QueueActor& a = c_->actors[id - 1];
+    std::uint64_t done = a.done.load(std::memory_order_relaxed);
+    for (;;) {
+        if (done >= a.taken.load(std::memory_order_relaxed))
+            throw error(EINVAL, "shm::Queue::task_done: called more times than this process got items (" +
+                                    std::to_string(done) + ")");
+        if (a.done.compare_exchange_weak(done, done + 1, std::memory_order_release, std::memory_order_relaxed)) break;
+    }
+    wake(c_->join_epoch, c_->joiners_waiting);
+}
+
+bool Queue::join_until(const detail::Deadline& d) {
+    struct W : core::Waiter {
+        const Queue& q;
+        EpochSleep sleep;
+        W(const Queue& queue, std::uint32_t id) : q(queue), sleep(queue.c_->join_epoch, queue.c_->joiners_waiting, id) {}
+        bool ready() { return joined(q.c_, q.qsize()); }
+        core::Sleep arm() { return sleep.arm([&] { return ready(); }); }
+        void disarm() { sleep.disarm(); }
+    } w(*this, actor_id(c_));
+    return core::wait(w, d, core::kQueueJoin) == core::Waited::ready || w.ready();
+}
+
+void Queue::join() { join_until(detail::Deadline::never()); }
+
+}  // namespace shm
