@@ -1,0 +1,125 @@
+// What the files of the segment store share (segment*.cpp): a segment's
+// attachment in this process, the descriptor and mapping holders, the meta
+// lock and the attach table.
+//
+//   segment.cpp          the Segment handle: constructors, accessors
+//   segment_attach.cpp   creating, opening and attaching (the creation protocol)
+//   segment_slots.cpp    the attach table: slots, detach, fork, reaping, unlink
+//   segment_objects.cpp  the named-object directory and the raw heap
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "shm/segment.hpp"
+#include "store/layout.hpp"
+
+namespace shm::store {
+
+inline constexpr std::uint32_t kNoSlot = ~0u;
+
+inline std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+struct Fd {
+    int fd = -1;
+    Fd() = default;
+    explicit Fd(int f) : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd();
+    int release() {
+        int f = fd;
+        fd = -1;
+        return f;
+    }
+};
+
+struct Map {
+    void* p = nullptr;
+    std::size_t n = 0;
+    Map() = default;
+    Map(const Map&) = delete;
+    Map& operator=(const Map&) = delete;
+    ~Map() { reset(); }
+    void reset();
+    layout::Header* hdr() const { return static_cast<layout::Header*>(p); }
+};
+
+// Map `size` bytes of fd shared, read-write; shm::error naming `what`.
+void map_file(Map& m, int fd, std::size_t size, const std::string& what);
+
+// Holds the meta lock (taken by the caller) until the end of the scope.
+struct MetaLock {
+    int fd;
+    explicit MetaLock(int f) : fd(f) {}
+    ~MetaLock();
+};
+
+// The meta lock, polled until `deadline`; false if it was not got by then.
+bool meta_lock_until(int fd, std::chrono::steady_clock::time_point deadline);
+
+// Unlink `path` only if it still names the file open as `fd`.
+void unlink_if_same(const std::string& path, int fd);
+
+// ---- the attach table (segment_slots.cpp) --------------------------------
+bool slot_alive(int fd, layout::Header* h, std::uint32_t i);
+void clear_slot(layout::AttachSlot& s);
+// Under the meta lock: clear slots of dead processes, count live ones (not
+// counting `own`; *cleared counts the slots cleared).
+std::uint32_t sweep_slots(int fd, layout::Header* h, std::uint32_t own, std::uint32_t* cleared);
+// Under the meta lock: take a free slot for the calling process, or kNoSlot.
+std::uint32_t take_slot(int fd, layout::Header* h);
+
+// ---- the file's state (segment_attach.cpp) --------------------------------
+enum class Mode { create, open, open_or_create };
+
+// What the first bytes of a file say it is.
+enum class Kind { uninitialised, ready, dead, foreign };
+
+// Under the meta lock: what the file of `fsize` bytes, mapped as m if it is
+// at least a header long, is. Throws version_mismatch, or corrupted for a
+// ready segment whose header is inconsistent.
+Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, const std::string& path);
+
+// Attach the calling process to segment `name` (creating it per `mode`).
+std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size,
+                                      const SegmentOptions& opt);
+
+}  // namespace shm::store
+
+namespace shm {
+
+// A segment's attachment in this process: its descriptor, mapping and slot.
+struct Segment::Impl {
+    std::string name;
+    std::string path;
+    int fd = -1;
+    store::Map map;
+    std::uint32_t slot = store::kNoSlot;
+    bool created = false;
+    bool attached = false;
+    int fork_error = 0;
+
+    layout::Header* hdr() const { return map.hdr(); }
+    char* base() const { return static_cast<char*>(map.p); }
+    std::string what() const { return "segment " + store::in_quotes(name); }
+
+    // shm::error (EBADF) unless attached, with the reason.
+    void require_attached() const;
+    // Joins the registry of attached handles that a fork child re-attaches.
+    void register_handle();
+    void unregister_handle();
+    // In a fork child: take a slot of this process's own.
+    void reattach_in_child() noexcept;
+    // Give up the slot (and unlink the segment if this was the last live
+    // user and it is not persistent), unmap and close. Idempotent.
+    void detach() noexcept;
+};
+
+}  // namespace shm
