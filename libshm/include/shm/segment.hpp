@@ -45,6 +45,10 @@ namespace shm {
 // any other version are refused with shm::version_mismatch.
 inline constexpr std::uint32_t kLayoutVersion = 2;
 
+namespace detail {
+struct SegmentAccess;  // the library's own entry points (private)
+}
+
 struct SegmentOptions {
     mode_t mode = 0600;              // file mode at creation
     bool persistent = false;         // survive the last detach
@@ -182,6 +186,7 @@ public:
 
 private:
     friend class Queue;  // places its variable-size block through named_op
+    friend struct detail::SegmentAccess;
     explicit Segment(std::unique_ptr<Impl> impl);
 
     using Init = void (*)(void* where, void* ctx);

@@ -10,8 +10,4 @@
 #include "shm/queue.hpp"
 #include "shm/segment.hpp"
 #include "shm/sync.hpp"
-
-namespace shm {
-// The library's version, e.g. "0.1.0".
-const char* version() noexcept;
-}  // namespace shm
+#include "shm/version.hpp"

@@ -4,7 +4,7 @@
 
 #include "shm/error.hpp"
 #include "shm/object_kind.hpp"
-#include "shm/shm.hpp"
+#include "shm/version.hpp"
 
 namespace shm {
 

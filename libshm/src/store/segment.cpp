@@ -1,11 +1,12 @@
 // The Segment handle: its constructors and what it tells about its segment.
+// Its public factories (create, open, open_or_create) are in
+// client/segment_factories.cpp: see store/segment_hooks.hpp.
 // The attachment it holds is store/segment_internal.hpp's Segment::Impl; see
 // that file for where the rest of the store lives.
 #include "shm/segment.hpp"
 
 #include <utility>
 
-#include "client/daemon_client.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
@@ -13,7 +14,6 @@
 namespace shm {
 
 using layout::Header;
-using store::Mode;
 
 // ---- Segment --------------------------------------------------------------
 
@@ -27,24 +27,6 @@ Segment& Segment::operator=(Segment&& o) noexcept {
     return *this;
 }
 Segment::~Segment() { detach(); }
-
-// Each public constructor tells the daemon (if any) once the slot is ours;
-// if that throws (SHM_DAEMON=required and no daemon), the handle detaches.
-Segment Segment::create(std::string_view name, std::size_t size, const SegmentOptions& opt) {
-    Segment s(store::attach(name, Mode::create, size, opt));
-    daemon_client::attached(s.impl_->name);
-    return s;
-}
-Segment Segment::open(std::string_view name, const SegmentOptions& opt) {
-    Segment s(store::attach(name, Mode::open, 0, opt));
-    daemon_client::attached(s.impl_->name);
-    return s;
-}
-Segment Segment::open_or_create(std::string_view name, std::size_t size, const SegmentOptions& opt) {
-    Segment s(store::attach(name, Mode::open_or_create, size, opt));
-    daemon_client::attached(s.impl_->name);
-    return s;
-}
 
 void Segment::detach() noexcept {
     if (impl_) impl_->detach();

@@ -26,11 +26,10 @@
 #include <cstring>
 #include <thread>
 
-#include "client/daemon_client.hpp"
 #include "platform/platform.hpp"
 #include "platform/testing.hpp"
 #include "shm/mutex.hpp"
-#include "shm/shm.hpp"
+#include "shm/version.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
@@ -358,14 +357,16 @@ std::unique_ptr<Segment::Impl> attach_locked(Request& rq, Fd& fd, bool made_file
 
 }  // namespace
 
-std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size, const SegmentOptions& opt) {
+std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size, const SegmentOptions& opt,
+                                      const SegmentHooks& hooks) {
     Request rq{std::string(name), "", "", mode, size, opt, {}};
     rq.path = segment_path(rq.name).string();
     rq.what = "segment " + in_quotes(rq.name);
     check_create_options(rq);
     // Quotas are the daemon's (when there is one), asked before any file is made.
-    if (mode == Mode::create || (mode == Mode::open_or_create && ::access(rq.path.c_str(), F_OK) != 0))
-        daemon_client::before_create(rq.name, size);
+    if (hooks.before_create &&
+        (mode == Mode::create || (mode == Mode::open_or_create && ::access(rq.path.c_str(), F_OK) != 0)))
+        hooks.before_create(rq.name, size);
     rq.deadline = std::chrono::steady_clock::now() + opt.timeout;
     for (;;) {
         if (std::chrono::steady_clock::now() > rq.deadline) fail_deadline(rq);
@@ -373,8 +374,24 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::siz
         bool made_file = false;
         if (!open_file(rq, fd, &made_file)) continue;
         if (!lock_meta_for_attach(fd.fd, rq.deadline)) continue;  // reports the timeout above
-        MetaLock ml(fd.fd);
-        if (auto impl = attach_locked(rq, fd, made_file)) return impl;
+        std::unique_ptr<Segment::Impl> impl;
+        {
+            MetaLock ml(fd.fd);
+            impl = attach_locked(rq, fd, made_file);
+        }
+        if (!impl) continue;
+        impl->hooks = &hooks;
+        // The slot is ours: tell the layer above. If that throws, the
+        // attachment is given up (and the layer told of that too).
+        if (hooks.attached) {
+            try {
+                hooks.attached(impl->name);
+            } catch (...) {
+                impl->detach();
+                throw;
+            }
+        }
+        return impl;
     }
 }
 

@@ -19,6 +19,7 @@
 
 #include "shm/segment.hpp"
 #include "store/layout.hpp"
+#include "store/segment_hooks.hpp"
 
 namespace shm::store {
 
@@ -87,9 +88,11 @@ enum class Kind { uninitialised, ready, dead, foreign };
 // ready segment whose header is inconsistent.
 Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, const std::string& path);
 
-// Attach the calling process to segment `name` (creating it per `mode`).
+// Attach the calling process to segment `name` (creating it per `mode`),
+// telling `hooks` (segment_hooks.hpp), which must outlive the attachment:
+// it keeps them for its detach.
 std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size,
-                                      const SegmentOptions& opt);
+                                      const SegmentOptions& opt, const SegmentHooks& hooks);
 
 }  // namespace shm::store
 
@@ -105,6 +108,7 @@ struct Segment::Impl {
     bool created = false;
     bool attached = false;
     int fork_error = 0;
+    const store::SegmentHooks* hooks = nullptr;  // told of the detach
 
     layout::Header* hdr() const { return map.hdr(); }
     char* base() const { return static_cast<char*>(map.p); }

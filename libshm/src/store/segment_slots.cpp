@@ -17,7 +17,6 @@
 #include <thread>
 #include <vector>
 
-#include "client/daemon_client.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
@@ -218,7 +217,7 @@ void Segment::Impl::detach() noexcept {
     map.reset();
     ::close(fd);
     fd = -1;
-    daemon_client::detached(name);
+    if (hooks && hooks->detached) hooks->detached(name);
 }
 
 // ---- administration without a slot -----------------------------------------
