@@ -49,6 +49,11 @@ class Segment;
 class Dict;
 class List;
 
+namespace detail {
+struct NewContainer;  // the items of a new nested container (private)
+struct ValueAccess;   // the library's own entry points into Value (private)
+}  // namespace detail
+
 // A missing key.
 class key_error : public error {
 public:
@@ -127,21 +132,19 @@ public:
 
     std::string repr() const;  // Python-like text, for messages and printing
 
-    // Internal: what a new nested container holds before it is stored.
-    struct Pending {
-        std::vector<Value> list;
-        std::vector<std::pair<std::string, Value>> dict;
-    };
-    const Pending* pending() const noexcept { return pending_.get(); }
+    // A new nested container: one made by new_list()/new_dict(), or a copy
+    // that pop() returned, not stored anywhere. Its items are
+    // new_list_items() or new_dict_items() (shm::value_type_error for any
+    // other value). A list or dict that is not new is a handle to a stored
+    // container: as_list()/as_dict().
+    bool is_new_container() const noexcept { return pending_ != nullptr; }
+    const std::vector<Value>& new_list_items() const;
+    const std::vector<std::pair<std::string, Value>>& new_dict_items() const;
+    // The stored container a list or dict handle refers to.
     const ContainerRef& ref() const noexcept { return ref_; }
-    static Value container(Type t, ContainerRef r) {
-        Value v;
-        v.type_ = t;
-        v.ref_ = r;
-        return v;
-    }
 
 private:
+    friend struct detail::ValueAccess;
     [[noreturn]] void wrong(const char* wanted) const;
 
     Type type_ = Type::null;
@@ -149,7 +152,7 @@ private:
     double d_ = 0;
     std::string s_;
     ContainerRef ref_;
-    std::shared_ptr<const Pending> pending_;
+    std::shared_ptr<const detail::NewContainer> pending_;
 };
 
 namespace detail {

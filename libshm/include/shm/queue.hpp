@@ -63,7 +63,8 @@ struct QueueOptions {
 
 namespace detail {
 struct QueueControl;
-}
+enum class NamedOp;  // segment.hpp
+}  // namespace detail
 
 class Queue {
 public:
@@ -190,7 +191,7 @@ private:
         std::uint32_t id;  // this process's actor id
     };
     explicit Queue(Segment& seg, detail::QueueControl* c) : seg_(&seg), c_(c) {}
-    static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, bool may_find, bool may_create);
+    static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, detail::NamedOp op);
     bool put_until(std::string_view item, const detail::Deadline& d);
     bool get_until(std::string& out, const detail::Deadline& d);
     std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);

@@ -47,7 +47,9 @@ inline constexpr std::uint32_t kLayoutVersion = 2;
 
 namespace detail {
 struct SegmentAccess;  // the library's own entry points (private)
-}
+// What a named-object operation may do when the name is taken or free.
+enum class NamedOp { find, construct, find_or_construct };
+}  // namespace detail
 
 struct SegmentOptions {
     mode_t mode = 0600;              // file mode at creation
@@ -185,19 +187,18 @@ public:
     struct Impl;
 
 private:
-    friend class Queue;  // places its variable-size block through named_op
     friend struct detail::SegmentAccess;
     explicit Segment(std::unique_ptr<Impl> impl);
 
     using Init = void (*)(void* where, void* ctx);
     using Fini = void (*)(void* where);
-    // Returns the object; *constructed says whether this call constructed it.
-    // An object found must have exactly `size` bytes, unless found_size is
-    // given (a block of variable size): then it gets the size, which the
-    // caller checks.
+    // Returns the object, or nullptr if `op` is find and there is none;
+    // *constructed says whether this call constructed it. An object found
+    // must have exactly `size` bytes, unless found_size is given (a block of
+    // variable size): then it gets the size, which the caller checks.
     void* named_op(std::string_view name, std::uint64_t type_key, const char* type_name,
                    ObjectKind kind, std::size_t size, std::size_t align, Init init, void* ctx,
-                   bool may_find, bool may_construct, bool* constructed, std::size_t* found_size = nullptr);
+                   detail::NamedOp op, bool* constructed, std::size_t* found_size = nullptr);
     bool named_destroy(std::string_view name, std::uint64_t type_key, const char* type_name,
                        Fini fini);
 
@@ -233,7 +234,7 @@ T& Segment::construct(std::string_view name, Args&&... args) {
     };
     bool constructed = false;
     void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, false, true, &constructed);
+                       alignof(T), init, &tup, detail::NamedOp::construct, &constructed);
     return *static_cast<T*>(p);
 }
 
@@ -242,7 +243,7 @@ T* Segment::find(std::string_view name) {
     bool constructed = false;
     return static_cast<T*>(named_op(name, type_key<T>(), typeid(T).name(),
                                     object_kind_of<T>::value, sizeof(T), alignof(T), nullptr,
-                                    nullptr, true, false, &constructed));
+                                    nullptr, detail::NamedOp::find, &constructed));
 }
 
 template <class T, class... Args>
@@ -255,7 +256,7 @@ T& Segment::find_or_construct(std::string_view name, Args&&... args) {
     };
     bool constructed = false;
     void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, true, true, &constructed);
+                       alignof(T), init, &tup, detail::NamedOp::find_or_construct, &constructed);
     return *static_cast<T*>(p);
 }
 

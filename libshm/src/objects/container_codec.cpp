@@ -33,7 +33,7 @@ std::pair<std::uint64_t, std::uint64_t> Op::encode(const Value& v) {
         }
         case VT::list:
         case VT::dict: {
-            const Value::Pending* p = v.pending();
+            const detail::NewContainer* p = pending(v);
             if (!p)
                 throw value_type_error(
                     "shm: store a nested container as Value::new_list()/new_dict() (or a snapshot); an existing "
@@ -98,8 +98,8 @@ Value Op::decode(const Cell& c) const {
             std::string_view sv(len ? base + data : "", len);
             return ty == VT::string ? Value(sv) : Value::bytes(sv);
         }
-        case VT::list: return Value::container(VT::list, ContainerRef{&seg, data});
-        case VT::dict: return Value::container(VT::dict, ContainerRef{&seg, data});
+        case VT::list: return detail::ValueAccess::container(VT::list, ContainerRef{&seg, data});
+        case VT::dict: return detail::ValueAccess::container(VT::dict, ContainerRef{&seg, data});
     }
     throw corrupted(where() + ": a container cell has an unknown type " + std::to_string(meta & 0xff));
 }
@@ -107,20 +107,20 @@ Value Op::decode(const Cell& c) const {
 
 // A container Value from another handle is stored as a copy.
 Value storable(const Value& v) {
-    if ((v.type() == VT::list || v.type() == VT::dict) && !v.pending()) {
+    if ((v.type() == VT::list || v.type() == VT::dict) && !pending(v)) {
         if (v.type() == VT::list) return Value::new_list(v.as_list().snapshot());
         std::vector<std::pair<std::string, Value>> items;
         for (auto& kv : v.as_dict().items()) items.emplace_back(kv.first, storable(kv.second));
         return Value::new_dict(std::move(items));
     }
-    if (v.type() == VT::list && v.pending()) {
+    if (v.type() == VT::list && pending(v)) {
         std::vector<Value> items;
-        for (auto& x : v.pending()->list) items.push_back(storable(x));
+        for (auto& x : pending(v)->list) items.push_back(storable(x));
         return Value::new_list(std::move(items));
     }
-    if (v.type() == VT::dict && v.pending()) {
+    if (v.type() == VT::dict && pending(v)) {
         std::vector<std::pair<std::string, Value>> items;
-        for (auto& kv : v.pending()->dict) items.emplace_back(kv.first, storable(kv.second));
+        for (auto& kv : pending(v)->dict) items.emplace_back(kv.first, storable(kv.second));
         return Value::new_dict(std::move(items));
     }
     return v;
@@ -128,10 +128,10 @@ Value storable(const Value& v) {
 
 bool has_handles(const Value& v) {
     if (v.type() != VT::list && v.type() != VT::dict) return false;
-    if (!v.pending()) return true;
-    for (auto& x : v.pending()->list)
+    if (!pending(v)) return true;
+    for (auto& x : pending(v)->list)
         if (has_handles(x)) return true;
-    for (auto& kv : v.pending()->dict)
+    for (auto& kv : pending(v)->dict)
         if (has_handles(kv.second)) return true;
     return false;
 }
@@ -154,7 +154,7 @@ Value::Value(const List& l) : type_(Type::list), ref_(l.ref()) {}
 Value Value::new_list(std::vector<Value> items) {
     Value v;
     v.type_ = Type::list;
-    auto p = std::make_shared<Pending>();
+    auto p = std::make_shared<detail::NewContainer>();
     p->list = std::move(items);
     v.pending_ = std::move(p);
     return v;
@@ -163,7 +163,7 @@ Value Value::new_list(std::vector<Value> items) {
 Value Value::new_dict(std::vector<std::pair<std::string, Value>> items) {
     Value v;
     v.type_ = Type::dict;
-    auto p = std::make_shared<Pending>();
+    auto p = std::make_shared<detail::NewContainer>();
     p->dict = std::move(items);
     v.pending_ = std::move(p);
     return v;
@@ -208,6 +208,14 @@ const std::string& Value::as_string() const {
 const std::string& Value::as_bytes() const {
     if (type_ != Type::bytes) wrong("bytes");
     return s_;
+}
+const std::vector<Value>& Value::new_list_items() const {
+    if (type_ != Type::list || !pending_) wrong("new list (Value::new_list)");
+    return pending_->list;
+}
+const std::vector<std::pair<std::string, Value>>& Value::new_dict_items() const {
+    if (type_ != Type::dict || !pending_) wrong("new dict (Value::new_dict)");
+    return pending_->dict;
 }
 Dict Value::as_dict() const {
     if (type_ != Type::dict || pending_) wrong("dict (stored in a segment)");

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "objects/container_layout.hpp"
+#include "objects/container_value.hpp"
 #include "shm/container.hpp"
 #include "shm/segment.hpp"
 #include "store/heap.hpp"
@@ -50,6 +51,9 @@ inline std::uint64_t hash_key(std::string_view k) {
 }
 
 using VT = Value::Type;
+
+// What a new nested container holds; nullptr for any other value.
+inline const detail::NewContainer* pending(const Value& v) noexcept { return detail::ValueAccess::pending(v); }
 
 // One operation on a container of a segment: the transaction plus helpers.
 struct Op {

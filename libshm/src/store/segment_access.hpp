@@ -2,16 +2,30 @@
 // store (client/, objects/) need of a Segment beyond its public API. Private.
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <string_view>
 #include <utility>
 
 #include "shm/segment.hpp"
+#include "store/segment_internal.hpp"
 
 namespace shm::detail {
 
 struct SegmentAccess {
     // A handle for an attachment made by store::attach().
     static Segment make(std::unique_ptr<Segment::Impl> impl) { return Segment(std::move(impl)); }
+
+    // A named object of variable size (a queue's block), through the
+    // segment's directory: see Segment::named_op. Its type key is T's.
+    using Init = Segment::Init;
+    template <class T>
+    static void* named_block(Segment& seg, std::string_view name, const char* type_name, ObjectKind kind,
+                             std::size_t size, std::size_t align, Init init, void* ctx, NamedOp op,
+                             bool* constructed, std::size_t* found_size) {
+        return seg.named_op(name, Segment::type_key<T>(), type_name, kind, size, align, init, ctx, op, constructed,
+                            found_size);
+    }
 };
 
 }  // namespace shm::detail

@@ -29,15 +29,15 @@ std::string space_message(Header* h, const std::string& what, std::size_t bytes,
 }  // namespace
 
 void* Segment::named_op(std::string_view name, std::uint64_t key, const char* type_name, ObjectKind kind,
-                        std::size_t size, std::size_t align, Init init, void* ctx, bool may_find,
-                        bool may_construct, bool* constructed, std::size_t* found_size) {
+                        std::size_t size, std::size_t align, Init init, void* ctx, detail::NamedOp op,
+                        bool* constructed, std::size_t* found_size) {
     impl_->require_attached();
     validate_object_name(name);
     Header* h = impl_->hdr();
     heap::Txn t(h);
     heap::DirEntry* e = heap::dir_find(h, name.data(), name.size(), nullptr);
     if (e) {
-        if (!may_find)
+        if (op == detail::NamedOp::construct)
             throw already_exists("object " + in_quotes(name) + " already exists in " + impl_->what());
         if (e->type_key != key)
             throw type_mismatch("object " + in_quotes(name) + " in " + impl_->what() + " was constructed as type " +
@@ -54,7 +54,7 @@ void* Segment::named_op(std::string_view name, std::uint64_t key, const char* ty
         *constructed = false;
         return impl_->base() + e->object_offset;
     }
-    if (!may_construct) return nullptr;
+    if (op == detail::NamedOp::find) return nullptr;
     std::uint64_t obj = heap::allocate(t, size, std::max<std::size_t>(align, 16));
     if (!obj) throw out_of_space(space_message(h, impl_->what(), size, " for object " + in_quotes(name)));
     std::uint64_t ent = heap::allocate(t, sizeof(heap::DirEntry), 16);
