@@ -15,8 +15,10 @@
 // that container (a container has exactly one place). pop() of a nested
 // container returns a copy of it (Value::new_list/new_dict form).
 //
-// Handles (Dict, List) refer to the Segment they were made from: keep that
-// Segment alive (and do not move it) while using them.
+// Handles (Dict, List, and the nested ones a Value holds) share the
+// attachment of the Segment handle they were made from and keep it alive:
+// they may outlive that Segment handle, which may also be moved meanwhile;
+// the segment is detached when the last of them goes (segment.hpp).
 //
 // Limits: keys and string/bytes values up to the free heap space; item count
 // up to what the heap holds (tables grow by doubling); one operation, such as
@@ -50,6 +52,7 @@ class Dict;
 class List;
 
 namespace detail {
+struct SegmentState;  // a segment's attachment, shared by handles (segment.hpp)
 struct NewContainer;  // the items of a new nested container (private)
 struct ValueAccess;   // the library's own entry points into Value (private)
 }  // namespace detail
@@ -72,9 +75,10 @@ public:
     explicit value_type_error(const std::string& what) : error(EINVAL, what) {}
 };
 
-// A handle to a container in a segment (what Dict and List hold).
+// A handle to a container in a segment (what Dict and List hold). It keeps
+// the segment's attachment alive.
 struct ContainerRef {
-    Segment* seg = nullptr;
+    std::shared_ptr<detail::SegmentState> seg;
     std::uint64_t offset = 0;  // the container's header in the heap
 };
 
@@ -216,7 +220,7 @@ public:
     // Walk this container (and nested ones) and the heap.
     std::vector<std::string> verify() const;
     const ContainerRef& ref() const noexcept { return ref_; }
-    explicit Dict(ContainerRef r) : ref_(r) {}
+    explicit Dict(ContainerRef r) : ref_(std::move(r)) {}
 
 private:
     std::int64_t increment_int(std::string_view key, std::int64_t n);
@@ -251,7 +255,7 @@ public:
 
     std::vector<std::string> verify() const;
     const ContainerRef& ref() const noexcept { return ref_; }
-    explicit List(ContainerRef r) : ref_(r) {}
+    explicit List(ContainerRef r) : ref_(std::move(r)) {}
 
 private:
     ContainerRef ref_;

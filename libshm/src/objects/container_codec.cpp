@@ -98,8 +98,8 @@ Value Op::decode(const Cell& c) const {
             std::string_view sv(len ? base + data : "", len);
             return ty == VT::string ? Value(sv) : Value::bytes(sv);
         }
-        case VT::list: return detail::ValueAccess::container(VT::list, ContainerRef{&seg, data});
-        case VT::dict: return detail::ValueAccess::container(VT::dict, ContainerRef{&seg, data});
+        case VT::list: return detail::ValueAccess::container(VT::list, ContainerRef{seg, data});
+        case VT::dict: return detail::ValueAccess::container(VT::dict, ContainerRef{seg, data});
     }
     throw corrupted(where() + ": a container cell has an unknown type " + std::to_string(meta & 0xff));
 }

@@ -126,14 +126,14 @@ using namespace containers;
 // ---- Dict ---------------------------------------------------------------------
 
 Dict Dict::open_or_create(Segment& seg, std::string_view name) {
-    return Dict(ContainerRef{&seg, open_root<detail::DictRoot>(seg, name, true, kDictMagic)});
+    return Dict(ContainerRef{detail::SegmentAccess::share(seg), open_root<detail::DictRoot>(seg, name, true, kDictMagic)});
 }
 Dict Dict::open(Segment& seg, std::string_view name) {
-    return Dict(ContainerRef{&seg, open_root<detail::DictRoot>(seg, name, false, kDictMagic)});
+    return Dict(ContainerRef{detail::SegmentAccess::share(seg), open_root<detail::DictRoot>(seg, name, false, kDictMagic)});
 }
 
 std::optional<Value> Dict::find(std::string_view key) const {
-    return read(*ref_.seg, [&](Op& op) -> std::optional<Value> {
+    return read(ref_.seg, [&](Op& op) -> std::optional<Value> {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         if (i < 0) return std::nullopt;
@@ -143,7 +143,7 @@ std::optional<Value> Dict::find(std::string_view key) const {
 
 Value Dict::get(std::string_view key) const {
     auto v = find(key);
-    if (!v) throw key_error("shm::Dict: no key '" + std::string(key) + "' in this dict of segment '" + ref_.seg->name() + "'");
+    if (!v) throw key_error("shm::Dict: no key '" + std::string(key) + "' in this dict of segment '" + ref_.seg->name + "'");
     return std::move(*v);
 }
 
@@ -155,11 +155,11 @@ Value Dict::get(std::string_view key, const Value& dflt) const {
 void Dict::set(std::string_view key, const Value& v) {
     Value scratch;
     const Value& pv = prepare(v, scratch);
-    run(*ref_.seg, [&](Op& op) { op.dict_set(ref_.offset, key, pv); });
+    run(ref_.seg, [&](Op& op) { op.dict_set(ref_.offset, key, pv); });
 }
 
 bool Dict::erase(std::string_view key) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         if (i < 0) return false;
@@ -169,7 +169,7 @@ bool Dict::erase(std::string_view key) {
 }
 
 Value Dict::pop(std::string_view key) {
-    auto v = run(*ref_.seg, [&](Op& op) -> std::optional<Value> {
+    auto v = run(ref_.seg, [&](Op& op) -> std::optional<Value> {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         if (i < 0) return std::nullopt;
@@ -177,7 +177,7 @@ Value Dict::pop(std::string_view key) {
         op.dict_erase_at(c, i);
         return out;
     });
-    if (!v) throw key_error("shm::Dict::pop: no key '" + std::string(key) + "' in this dict of segment '" + ref_.seg->name() + "'");
+    if (!v) throw key_error("shm::Dict::pop: no key '" + std::string(key) + "' in this dict of segment '" + ref_.seg->name + "'");
     return *v;
 }
 
@@ -192,15 +192,15 @@ Value Dict::pop(std::string_view key, const Value& dflt) {
 bool Dict::contains(std::string_view key) const { return find(key).has_value(); }
 
 std::size_t Dict::size() const {
-    return read(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kDictMagic)->count)); });
+    return read(ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kDictMagic)->count)); });
 }
 
 void Dict::clear() {
-    run(*ref_.seg, [&](Op& op) { op.detach_contents(op.hdr(ref_.offset, kDictMagic)); });
+    run(ref_.seg, [&](Op& op) { op.detach_contents(op.hdr(ref_.offset, kDictMagic)); });
 }
 
 std::vector<std::pair<std::string, Value>> Dict::items() const {
-    return read(*ref_.seg, [&](Op& op) {
+    return read(ref_.seg, [&](Op& op) {
         std::vector<std::pair<std::string, Value>> out;
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::uint64_t cap = rd(c->capacity);
@@ -234,7 +234,7 @@ void Dict::update(const std::vector<std::pair<std::string, Value>>& items) {
         Value scratch;
         prepared.emplace_back(kv.first, prepare(kv.second, scratch));
     }
-    run(*ref_.seg, [&](Op& op) {
+    run(ref_.seg, [&](Op& op) {
         op.batch = true;
         if (!prepared.empty()) op.dict_reserve(op.hdr(ref_.offset, kDictMagic), prepared.size());
         for (auto& kv : prepared) op.dict_set(ref_.offset, kv.first, kv.second);
@@ -250,7 +250,7 @@ void Dict::update(const Dict& other) {
 Value Dict::setdefault(std::string_view key, const Value& dflt) {
     Value scratch;
     const Value& pv = prepare(dflt, scratch);
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         if (i >= 0) return op.decode(op.at<DEntry>(rd(c->table))[i].v);
@@ -261,7 +261,7 @@ Value Dict::setdefault(std::string_view key, const Value& dflt) {
 }
 
 Value Dict::update(std::string_view key, const std::function<Value(const Value&)>& fn) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         Value cur = i >= 0 ? op.decode(op.at<DEntry>(rd(c->table))[i].v) : Value();
@@ -274,7 +274,7 @@ Value Dict::update(std::string_view key, const std::function<Value(const Value&)
 }
 
 std::int64_t Dict::increment_int(std::string_view key, std::int64_t n) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::uint64_t hsh = hash_key(key);
         std::int64_t i = op.dict_find(c, key, hsh, nullptr);
@@ -296,7 +296,7 @@ std::int64_t Dict::increment_int(std::string_view key, std::int64_t n) {
 }
 
 double Dict::increment(std::string_view key, double n) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kDictMagic);
         std::int64_t i = op.dict_find(c, key, hash_key(key), nullptr);
         Value cur = i >= 0 ? op.decode(op.at<DEntry>(rd(c->table))[i].v) : Value(0.0);
@@ -306,6 +306,6 @@ double Dict::increment(std::string_view key, double n) {
     });
 }
 
-std::vector<std::string> Dict::verify() const { return verify_container(*ref_.seg, ref_.offset, kDictMagic, "dict"); }
+std::vector<std::string> Dict::verify() const { return verify_container(ref_.seg, ref_.offset, kDictMagic, "dict"); }
 
 }  // namespace shm

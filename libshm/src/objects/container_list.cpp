@@ -67,16 +67,16 @@ using namespace containers;
 // ---- List ---------------------------------------------------------------------
 
 List List::open_or_create(Segment& seg, std::string_view name) {
-    return List(ContainerRef{&seg, open_root<detail::ListRoot>(seg, name, true, kListMagic)});
+    return List(ContainerRef{detail::SegmentAccess::share(seg), open_root<detail::ListRoot>(seg, name, true, kListMagic)});
 }
 List List::open(Segment& seg, std::string_view name) {
-    return List(ContainerRef{&seg, open_root<detail::ListRoot>(seg, name, false, kListMagic)});
+    return List(ContainerRef{detail::SegmentAccess::share(seg), open_root<detail::ListRoot>(seg, name, false, kListMagic)});
 }
 
 void List::append(const Value& v) {
     Value scratch;
     const Value& pv = prepare(v, scratch);
-    run(*ref_.seg, [&](Op& op) { op.list_append(ref_.offset, pv); });
+    run(ref_.seg, [&](Op& op) { op.list_append(ref_.offset, pv); });
 }
 
 void List::extend(const std::vector<Value>& vs) {
@@ -86,7 +86,7 @@ void List::extend(const std::vector<Value>& vs) {
         Value scratch;
         prepared.push_back(prepare(v, scratch));
     }
-    run(*ref_.seg, [&](Op& op) {
+    run(ref_.seg, [&](Op& op) {
         op.batch = true;
         op.list_reserve(op.hdr(ref_.offset, kListMagic), prepared.size());
         for (auto& v : prepared) op.list_append(ref_.offset, v);
@@ -96,7 +96,7 @@ void List::extend(const std::vector<Value>& vs) {
 void List::insert(std::int64_t index, const Value& v) {
     Value scratch;
     const Value& pv = prepare(v, scratch);
-    run(*ref_.seg, [&](Op& op) {
+    run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t n = static_cast<std::int64_t>(rd(c->count));
         std::int64_t i = index < 0 ? std::max<std::int64_t>(0, index + n) : std::min(index, n);
@@ -113,7 +113,7 @@ void List::insert(std::int64_t index, const Value& v) {
 }
 
 Value List::get(std::int64_t index) const {
-    return read(*ref_.seg, [&](Op& op) {
+    return read(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         return op.decode(op.cells(c)[normalize(index, rd(c->count), "get")]);
     });
@@ -122,7 +122,7 @@ Value List::get(std::int64_t index) const {
 void List::set(std::int64_t index, const Value& v) {
     Value scratch;
     const Value& pv = prepare(v, scratch);
-    run(*ref_.seg, [&](Op& op) {
+    run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t i = normalize(index, rd(c->count), "set");
         auto mv = op.encode(pv);
@@ -134,7 +134,7 @@ void List::set(std::int64_t index, const Value& v) {
 }
 
 Value List::pop(std::int64_t index) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::uint64_t n = rd(c->count);
         if (n == 0) throw index_error("shm::List::pop: the list is empty");
@@ -160,7 +160,7 @@ std::int64_t list_index(Op& op, CHdr* c, const Value& v) {
 }  // namespace
 
 void List::remove(const Value& v) {
-    run(*ref_.seg, [&](Op& op) {
+    run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t i = list_index(op, c, v);
         if (i < 0) throw error(ENOENT, "shm::List::remove: " + v.repr() + " is not in the list");
@@ -173,7 +173,7 @@ void List::remove(const Value& v) {
 }
 
 std::size_t List::index(const Value& v) const {
-    std::int64_t i = read(*ref_.seg, [&](Op& op) { return list_index(op, op.hdr(ref_.offset, kListMagic), v); });
+    std::int64_t i = read(ref_.seg, [&](Op& op) { return list_index(op, op.hdr(ref_.offset, kListMagic), v); });
     if (i < 0) throw error(ENOENT, "shm::List::index: " + v.repr() + " is not in the list");
     return static_cast<std::size_t>(i);
 }
@@ -186,17 +186,17 @@ std::size_t List::count(const Value& v) const {
 }
 
 std::size_t List::size() const {
-    return read(*ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kListMagic)->count)); });
+    return read(ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kListMagic)->count)); });
 }
 
 void List::clear() {
-    run(*ref_.seg, [&](Op& op) { op.detach_contents(op.hdr(ref_.offset, kListMagic)); });
+    run(ref_.seg, [&](Op& op) { op.detach_contents(op.hdr(ref_.offset, kListMagic)); });
 }
 
 std::vector<Value> List::snapshot() const { return slice(0, INT64_MAX); }
 
 std::vector<Value> List::slice(std::int64_t start, std::int64_t stop) const {
-    return read(*ref_.seg, [&](Op& op) {
+    return read(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t n = static_cast<std::int64_t>(rd(c->count));
         auto clamp = [n](std::int64_t i) {
@@ -212,7 +212,7 @@ std::vector<Value> List::slice(std::int64_t start, std::int64_t stop) const {
 }
 
 Value List::update(std::int64_t index, const std::function<Value(const Value&)>& fn) {
-    return run(*ref_.seg, [&](Op& op) {
+    return run(ref_.seg, [&](Op& op) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t i = normalize(index, rd(c->count), "update");
         Cell& cell = op.cells(c)[i];
@@ -227,6 +227,6 @@ Value List::update(std::int64_t index, const std::function<Value(const Value&)>&
     });
 }
 
-std::vector<std::string> List::verify() const { return verify_container(*ref_.seg, ref_.offset, kListMagic, "list"); }
+std::vector<std::string> List::verify() const { return verify_container(ref_.seg, ref_.offset, kListMagic, "list"); }
 
 }  // namespace shm

@@ -26,6 +26,8 @@
 #include "shm/segment.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
+#include "store/segment_access.hpp"
+#include "store/segment_state.hpp"
 
 namespace shm::containers {
 
@@ -55,9 +57,16 @@ using VT = Value::Type;
 // What a new nested container holds; nullptr for any other value.
 inline const detail::NewContainer* pending(const Value& v) noexcept { return detail::ValueAccess::pending(v); }
 
+// The attachment a container handle holds; shm::error (EBADF) for a handle
+// made of a default ContainerRef, which holds none.
+inline detail::SegmentState& attached(const std::shared_ptr<detail::SegmentState>& s) {
+    if (!s) throw error(EBADF, "shm::Dict/shm::List: this handle refers to no segment");
+    return *s;
+}
+
 // One operation on a container of a segment: the transaction plus helpers.
 struct Op {
-    Segment& seg;
+    const std::shared_ptr<detail::SegmentState>& seg;  // held by the handle operated on
     Header* h;
     char* base;
     heap::Txn t;
@@ -75,12 +84,11 @@ struct Op {
             t.store_last(w, v);
     }
 
-    explicit Op(Segment& s)
-        : seg(s), h(static_cast<Header*>(s.base())), base(static_cast<char*>(s.base())), t(h) {}
+    explicit Op(const std::shared_ptr<detail::SegmentState>& s) : seg(s), h(attached(s).hdr()), base(s->base()), t(h) {}
 
     template <class T>
     T* at(std::uint64_t off) const { return reinterpret_cast<T*>(base + off); }
-    std::string where() const { return "segment '" + seg.name() + "'"; }
+    std::string where() const { return seg->what(); }
 
     std::uint64_t alloc(std::size_t n, const char* what);
     void free_block(std::uint64_t off) { heap::deallocate(t, off); }
@@ -138,7 +146,7 @@ struct Op {
 // Run op(Op&) as one transaction; if it runs out of space while garbage is
 // waiting, drain the garbage (in transactions of its own) and retry once.
 template <class F>
-auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
+auto run(const std::shared_ptr<detail::SegmentState>& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
     for (int attempt = 0;; ++attempt) {
         try {
             Op op(seg);
@@ -153,11 +161,11 @@ auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
             }
         } catch (const out_of_space&) {
             if (attempt > 0) throw;
-            if (!static_cast<Header*>(seg.base())->garbage_head.load(std::memory_order_relaxed)) throw;
+            if (!seg->hdr()->garbage_head.load(std::memory_order_relaxed)) throw;
             for (bool left = true; left;) {
                 Op op(seg);
                 op.finish(kDrainBudget);
-                left = rd(static_cast<Header*>(seg.base())->garbage_head) != 0;
+                left = rd(seg->hdr()->garbage_head) != 0;
             }
         }
     }
@@ -165,7 +173,7 @@ auto run(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
 
 // A read: one transaction that changes nothing (no garbage collection).
 template <class F>
-auto read(Segment& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
+auto read(const std::shared_ptr<detail::SegmentState>& seg, F&& f) -> decltype(f(std::declval<Op&>())) {
     Op op(seg);
     if constexpr (std::is_void_v<decltype(f(op))>) {
         f(op);
@@ -190,23 +198,24 @@ bool has_handles(const Value& v);
 // Returns v itself when it holds none (no copy on the common path).
 const Value& prepare(const Value& v, Value& scratch);
 // The problems verify() finds in the container at off and in the heap.
-std::vector<std::string> verify_container(Segment& seg, std::uint64_t off, std::uint64_t magic, const char* what);
+std::vector<std::string> verify_container(const std::shared_ptr<detail::SegmentState>& seg, std::uint64_t off, std::uint64_t magic, const char* what);
 
 // The header of the container rooted at the named object `name` (a
 // DictRoot or ListRoot), made on first use; shm::not_found if there is no
-// such object and create is false.
+// such object and create is false. The handle is {share(seg), this}.
 template <class Root>
 std::uint64_t open_root(Segment& seg, std::string_view name, bool create, std::uint64_t magic) {
     Root* r = create ? &seg.find_or_construct<Root>(name) : seg.find<Root>(name);
     if (!r)
         throw not_found(std::string(magic == kDictMagic ? "dict '" : "list '") + std::string(name) +
                         "' does not exist in segment '" + seg.name() + "'");
+    const std::shared_ptr<detail::SegmentState> st = detail::SegmentAccess::share(seg);
     std::uint64_t off = r->header.load(std::memory_order_acquire);
     if (off) {
-        read(seg, [&](Op& op) { op.hdr(off, magic); });  // a handle to a valid header only
+        read(st, [&](Op& op) { op.hdr(off, magic); });  // a handle to a valid header only
         return off;
     }
-    return run(seg, [&](Op& op) {
+    return run(st, [&](Op& op) {
         std::uint64_t cur = rd(r->header);
         if (cur) return cur;
         std::uint64_t c = op.new_container(magic);

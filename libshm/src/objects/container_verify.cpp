@@ -79,7 +79,7 @@ struct Verifier {
 
 }  // namespace
 
-std::vector<std::string> verify_container(Segment& seg, std::uint64_t off, std::uint64_t magic, const char* what) {
+std::vector<std::string> verify_container(const std::shared_ptr<detail::SegmentState>& seg, std::uint64_t off, std::uint64_t magic, const char* what) {
     std::vector<std::string> problems;
     Op op(seg);
     Verifier v{op, problems, {}};

@@ -8,13 +8,19 @@
 #include <utility>
 
 #include "shm/segment.hpp"
-#include "store/segment_internal.hpp"
+#include "store/segment_state.hpp"
 
 namespace shm::detail {
 
 struct SegmentAccess {
     // A handle for an attachment made by store::attach().
-    static Segment make(std::unique_ptr<Segment::Impl> impl) { return Segment(std::move(impl)); }
+    static Segment make(std::shared_ptr<SegmentState> state) { return Segment(std::move(state)); }
+    // The attachment of `seg`, for a handle that shares it (segment_state.hpp);
+    // shm::error (EBADF) if seg holds none (moved from, detached).
+    static std::shared_ptr<SegmentState> share(const Segment& seg) {
+        seg.attachment();
+        return seg.state_;
+    }
 
     // A named object of variable size (a queue's block), through the
     // segment's directory: see Segment::named_op. Its type key is T's.

@@ -258,7 +258,7 @@ void reserve_space(const Request& rq, int fd) {
 
 // Under the meta lock: initialise a file that is not ready (a fresh one, or
 // one whose creator died) as a new segment, and take its first slot.
-void initialise(const Request& rq, int fd, bool made_file, const struct stat& st, Segment::Impl& impl) {
+void initialise(const Request& rq, int fd, bool made_file, const struct stat& st, detail::SegmentState& impl) {
     impl.map.reset();
     if (sys([&] { return ::ftruncate(fd, 0); }) != 0) platform::fail(errno, "cannot truncate " + rq.path);
     crash_point();
@@ -279,7 +279,7 @@ void initialise(const Request& rq, int fd, bool made_file, const struct stat& st
 
 // Under the meta lock: join a ready segment. False if every user had died:
 // then it is reclaimed and the caller starts over (to create it anew).
-bool join_ready(const Request& rq, int fd, Segment::Impl& impl) {
+bool join_ready(const Request& rq, int fd, detail::SegmentState& impl) {
     Header* h = impl.hdr();
     std::uint32_t live = sweep_slots(fd, h, kNoSlot, nullptr);
     bool persistent = h->flags.load(std::memory_order_relaxed) & layout::kPersistent;
@@ -308,14 +308,14 @@ bool join_ready(const Request& rq, int fd, Segment::Impl& impl) {
 
 // Under the meta lock on the open file: attach to it, initialising it if
 // it is not ready and that is allowed. nullptr: start over.
-std::unique_ptr<Segment::Impl> attach_locked(Request& rq, Fd& fd, bool made_file) {
+std::shared_ptr<detail::SegmentState> attach_locked(Request& rq, Fd& fd, bool made_file) {
     struct stat st;
     if (::fstat(fd.fd, &st) != 0) platform::fail(errno, "cannot stat " + rq.path);
     if (!S_ISREG(st.st_mode)) throw not_a_segment(rq.path + " is not a regular file, not a libshm segment");
     if (st.st_nlink == 0) return nullptr;  // unlinked while we waited: start over
     std::size_t fsize = static_cast<std::size_t>(st.st_size);
 
-    auto impl = std::make_unique<Segment::Impl>();
+    auto impl = std::make_shared<detail::SegmentState>();
     impl->name = rq.name;
     impl->path = rq.path;
     if (fsize >= layout::kHeaderSize) map_file(impl->map, fd.fd, fsize, rq.path);
@@ -357,8 +357,8 @@ std::unique_ptr<Segment::Impl> attach_locked(Request& rq, Fd& fd, bool made_file
 
 }  // namespace
 
-std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size, const SegmentOptions& opt,
-                                      const SegmentHooks& hooks) {
+std::shared_ptr<detail::SegmentState> attach(std::string_view name, Mode mode, std::size_t size,
+                                             const SegmentOptions& opt, const SegmentHooks& hooks) {
     Request rq{std::string(name), "", "", mode, size, opt, {}};
     rq.path = segment_path(rq.name).string();
     rq.what = "segment " + in_quotes(rq.name);
@@ -374,7 +374,7 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::siz
         bool made_file = false;
         if (!open_file(rq, fd, &made_file)) continue;
         if (!lock_meta_for_attach(fd.fd, rq.deadline)) continue;  // reports the timeout above
-        std::unique_ptr<Segment::Impl> impl;
+        std::shared_ptr<detail::SegmentState> impl;
         {
             MetaLock ml(fd.fd);
             impl = attach_locked(rq, fd, made_file);
@@ -382,15 +382,9 @@ std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::siz
         if (!impl) continue;
         impl->hooks = &hooks;
         // The slot is ours: tell the layer above. If that throws, the
-        // attachment is given up (and the layer told of that too).
-        if (hooks.attached) {
-            try {
-                hooks.attached(impl->name);
-            } catch (...) {
-                impl->detach();
-                throw;
-            }
-        }
+        // attachment is given up with its last holder, impl (and the layer
+        // told of that too).
+        if (hooks.attached) hooks.attached(impl->name);
         return impl;
     }
 }

@@ -1,6 +1,6 @@
-// What the files of the segment store share (segment*.cpp): a segment's
-// attachment in this process, the descriptor and mapping holders, the meta
-// lock and the attach table.
+// What the files of the segment store share (segment*.cpp): the descriptor
+// holder, the meta lock and the attach table. The attachment itself is
+// segment_state.hpp's.
 //
 //   segment.cpp          the Segment handle: constructors, accessors
 //   segment_attach.cpp   creating, opening and attaching (the creation protocol)
@@ -20,10 +20,9 @@
 #include "shm/segment.hpp"
 #include "store/layout.hpp"
 #include "store/segment_hooks.hpp"
+#include "store/segment_state.hpp"
 
 namespace shm::store {
-
-inline constexpr std::uint32_t kNoSlot = ~0u;
 
 inline std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
 
@@ -39,17 +38,6 @@ struct Fd {
         fd = -1;
         return f;
     }
-};
-
-struct Map {
-    void* p = nullptr;
-    std::size_t n = 0;
-    Map() = default;
-    Map(const Map&) = delete;
-    Map& operator=(const Map&) = delete;
-    ~Map() { reset(); }
-    void reset();
-    layout::Header* hdr() const { return static_cast<layout::Header*>(p); }
 };
 
 // Map `size` bytes of fd shared, read-write; shm::error naming `what`.
@@ -91,39 +79,7 @@ Kind classify(const Map& m, std::size_t fsize, int fd, const std::string& name, 
 // Attach the calling process to segment `name` (creating it per `mode`),
 // telling `hooks` (segment_hooks.hpp), which must outlive the attachment:
 // it keeps them for its detach.
-std::unique_ptr<Segment::Impl> attach(std::string_view name, Mode mode, std::size_t size,
-                                      const SegmentOptions& opt, const SegmentHooks& hooks);
+std::shared_ptr<detail::SegmentState> attach(std::string_view name, Mode mode, std::size_t size,
+                                             const SegmentOptions& opt, const SegmentHooks& hooks);
 
 }  // namespace shm::store
-
-namespace shm {
-
-// A segment's attachment in this process: its descriptor, mapping and slot.
-struct Segment::Impl {
-    std::string name;
-    std::string path;
-    int fd = -1;
-    store::Map map;
-    std::uint32_t slot = store::kNoSlot;
-    bool created = false;
-    bool attached = false;
-    int fork_error = 0;
-    const store::SegmentHooks* hooks = nullptr;  // told of the detach
-
-    layout::Header* hdr() const { return map.hdr(); }
-    char* base() const { return static_cast<char*>(map.p); }
-    std::string what() const { return "segment " + store::in_quotes(name); }
-
-    // shm::error (EBADF) unless attached, with the reason.
-    void require_attached() const;
-    // Joins the registry of attached handles that a fork child re-attaches.
-    void register_handle();
-    void unregister_handle();
-    // In a fork child: take a slot of this process's own.
-    void reattach_in_child() noexcept;
-    // Give up the slot (and unlink the segment if this was the last live
-    // user and it is not persistent), unmap and close. Idempotent.
-    void detach() noexcept;
-};
-
-}  // namespace shm

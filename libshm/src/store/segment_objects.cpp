@@ -7,6 +7,7 @@
 #include "store/heap.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
+#include "store/segment_state.hpp"
 
 namespace shm {
 
@@ -31,38 +32,38 @@ std::string space_message(Header* h, const std::string& what, std::size_t bytes,
 void* Segment::named_op(std::string_view name, std::uint64_t key, const char* type_name, ObjectKind kind,
                         std::size_t size, std::size_t align, Init init, void* ctx, detail::NamedOp op,
                         bool* constructed, std::size_t* found_size) {
-    impl_->require_attached();
+    detail::SegmentState& st = attachment();
     validate_object_name(name);
-    Header* h = impl_->hdr();
+    Header* h = st.hdr();
     heap::Txn t(h);
     heap::DirEntry* e = heap::dir_find(h, name.data(), name.size(), nullptr);
     if (e) {
         if (op == detail::NamedOp::construct)
-            throw already_exists("object " + in_quotes(name) + " already exists in " + impl_->what());
+            throw already_exists("object " + in_quotes(name) + " already exists in " + st.what());
         if (e->type_key != key)
-            throw type_mismatch("object " + in_quotes(name) + " in " + impl_->what() + " was constructed as type " +
+            throw type_mismatch("object " + in_quotes(name) + " in " + st.what() + " was constructed as type " +
                                 type_name_of(*e) + ", not " + type_name);
         // dir_find() placed it inside the heap; its type fixes its size
         // (a variable-size block's owner checks it).
         if ((!found_size && e->object_size != size) ||
             e->object_offset % std::max<std::size_t>(align, 1) != 0)
-            throw corrupted("object " + in_quotes(name) + " in " + impl_->what() + " has " +
+            throw corrupted("object " + in_quotes(name) + " in " + st.what() + " has " +
                             std::to_string(e->object_size) + " bytes at offset " + std::to_string(e->object_offset) +
                             "; a " + type_name + " has " + std::to_string(size));
         if (found_size) *found_size = e->object_size;
         t.commit();
         *constructed = false;
-        return impl_->base() + e->object_offset;
+        return st.base() + e->object_offset;
     }
     if (op == detail::NamedOp::find) return nullptr;
     std::uint64_t obj = heap::allocate(t, size, std::max<std::size_t>(align, 16));
-    if (!obj) throw out_of_space(space_message(h, impl_->what(), size, " for object " + in_quotes(name)));
+    if (!obj) throw out_of_space(space_message(h, st.what(), size, " for object " + in_quotes(name)));
     std::uint64_t ent = heap::allocate(t, sizeof(heap::DirEntry), 16);
-    if (!ent) throw out_of_space(space_message(h, impl_->what(), size, " for object " + in_quotes(name)));
-    init(impl_->base() + obj, ctx);
+    if (!ent) throw out_of_space(space_message(h, st.what(), size, " for object " + in_quotes(name)));
+    init(st.base() + obj, ctx);
     // The entry is fresh memory owned by this transaction: plain writes are
     // undone by freeing it. It becomes visible with the journaled link.
-    auto* d = reinterpret_cast<heap::DirEntry*>(impl_->base() + ent);
+    auto* d = reinterpret_cast<heap::DirEntry*>(st.base() + ent);
     d->next.store(h->dir_head.load(std::memory_order_relaxed), std::memory_order_relaxed);
     d->object_offset = obj;
     d->object_size = size;
@@ -76,25 +77,25 @@ void* Segment::named_op(std::string_view name, std::uint64_t key, const char* ty
     t.store(h->dir_count, h->dir_count.load(std::memory_order_relaxed) + 1);
     t.commit();
     *constructed = true;
-    return impl_->base() + obj;
+    return st.base() + obj;
 }
 
 bool Segment::named_destroy(std::string_view name, std::uint64_t key, const char* type_name, Fini fini) {
-    impl_->require_attached();
+    detail::SegmentState& st = attachment();
     validate_object_name(name);
-    Header* h = impl_->hdr();
+    Header* h = st.hdr();
     heap::Txn t(h);
     heap::DirEntry* prev = nullptr;
     heap::DirEntry* e = heap::dir_find(h, name.data(), name.size(), &prev);
     if (!e) return false;
     if (e->type_key != key)
-        throw type_mismatch("object " + in_quotes(name) + " in " + impl_->what() + " was constructed as type " +
+        throw type_mismatch("object " + in_quotes(name) + " in " + st.what() + " was constructed as type " +
                             type_name_of(*e) + ", not " + type_name);
     std::uint64_t obj = e->object_offset;
-    std::uint64_t ent = static_cast<std::uint64_t>(reinterpret_cast<char*>(e) - impl_->base());
+    std::uint64_t ent = static_cast<std::uint64_t>(reinterpret_cast<char*>(e) - st.base());
     t.store(prev ? prev->next : h->dir_head, e->next.load(std::memory_order_relaxed));
     t.store(h->dir_count, h->dir_count.load(std::memory_order_relaxed) - 1);
-    if (fini) fini(impl_->base() + obj);
+    if (fini) fini(st.base() + obj);
     heap::deallocate(t, obj);
     heap::deallocate(t, ent);
     t.commit();
@@ -102,14 +103,14 @@ bool Segment::named_destroy(std::string_view name, std::uint64_t key, const char
 }
 
 std::vector<ObjectInfo> Segment::objects() const {
-    impl_->require_attached();
-    Header* h = impl_->hdr();
+    detail::SegmentState& st = attachment();
+    Header* h = st.hdr();
     heap::Txn t(h);
     std::vector<ObjectInfo> out;
     std::uint64_t limit = h->dir_count.load(std::memory_order_relaxed);
     for (std::uint64_t e = h->dir_head.load(std::memory_order_relaxed); e;) {
         if (limit-- == 0)
-            throw corrupted(impl_->what() + ": object directory is corrupt: it is longer than its count");
+            throw corrupted(st.what() + ": object directory is corrupt: it is longer than its count");
         heap::DirEntry* d = heap::dir_entry(h, e);
         out.push_back({std::string(d->name, d->name_len), static_cast<ObjectKind>(d->kind), d->object_offset,
                        d->object_size});
@@ -120,46 +121,48 @@ std::vector<ObjectInfo> Segment::objects() const {
 }
 
 void* Segment::allocate(std::size_t bytes, std::size_t align) {
-    impl_->require_attached();
+    detail::SegmentState& st = attachment();
     if (align == 0 || (align & (align - 1)) != 0 || align > 4096)
-        throw error(EINVAL, impl_->what() + ": allocation alignment " + std::to_string(align) +
+        throw error(EINVAL, st.what() + ": allocation alignment " + std::to_string(align) +
                                 " is not a power of two up to 4096");
-    Header* h = impl_->hdr();
+    Header* h = st.hdr();
     heap::Txn t(h);
     std::uint64_t off = heap::allocate(t, bytes, align);
-    if (!off) throw out_of_space(space_message(h, impl_->what(), bytes, ""));
+    if (!off) throw out_of_space(space_message(h, st.what(), bytes, ""));
     t.commit();
-    return impl_->base() + off;
+    return st.base() + off;
 }
 
 void Segment::deallocate(void* p) {
     if (!p) return;
-    impl_->require_attached();
+    detail::SegmentState& st = attachment();
     std::uint64_t off = offset_of(p);
-    heap::Txn t(impl_->hdr());
+    heap::Txn t(st.hdr());
     heap::deallocate(t, off);
     t.commit();
 }
 
 HeapReport Segment::verify() const {
-    impl_->require_attached();
-    heap::Txn t(impl_->hdr());
-    HeapReport r = heap::verify(impl_->hdr());
+    detail::SegmentState& st = attachment();
+    heap::Txn t(st.hdr());
+    HeapReport r = heap::verify(st.hdr());
     r.recovered = t.recovered();
     t.commit();
     return r;
 }
 
 std::uint64_t Segment::offset_of(const void* p) const {
+    detail::SegmentState& st = attachment();
     const char* c = static_cast<const char*>(p);
-    if (c < impl_->base() || c >= impl_->base() + impl_->map.n)
-        throw error(EINVAL, impl_->what() + ": pointer is not inside the segment");
-    return static_cast<std::uint64_t>(c - impl_->base());
+    if (c < st.base() || c >= st.base() + st.map.n)
+        throw error(EINVAL, st.what() + ": pointer is not inside the segment");
+    return static_cast<std::uint64_t>(c - st.base());
 }
 
 void* Segment::at_offset(std::uint64_t off) const {
-    if (off >= impl_->map.n) throw error(EINVAL, impl_->what() + ": offset " + std::to_string(off) + " is outside the segment");
-    return impl_->base() + off;
+    detail::SegmentState& st = attachment();
+    if (off >= st.map.n) throw error(EINVAL, st.what() + ": offset " + std::to_string(off) + " is outside the segment");
+    return st.base() + off;
 }
 
 }  // namespace shm

@@ -20,6 +20,7 @@
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
+#include "store/segment_state.hpp"
 
 namespace shm {
 
@@ -117,23 +118,23 @@ namespace {
 
 // Registry of attached handles, so that a forked child takes its own slots.
 std::mutex g_registry_mutex;
-std::vector<Segment::Impl*>* g_registry = nullptr;
+std::vector<detail::SegmentState*>* g_registry = nullptr;
 std::once_flag g_atfork_once;
 
 void atfork_prepare() { g_registry_mutex.lock(); }
 void atfork_parent() { g_registry_mutex.unlock(); }
 void atfork_child() {
     if (g_registry)
-        for (Segment::Impl* i : *g_registry)
+        for (detail::SegmentState* i : *g_registry)
             if (i->attached) i->reattach_in_child();
     g_registry_mutex.unlock();
 }
 
 }  // namespace
 
-// ---- an attachment ---------------------------------------------------------
+// ---- an attachment (segment_state.hpp) ---------------------------------------------------------
 
-void Segment::Impl::require_attached() const {
+void detail::SegmentState::require_attached() const {
     if (attached) return;
     if (fork_error)
         throw error(fork_error, what() + ": this process (a fork child) could not take its own attach slot: " +
@@ -141,14 +142,14 @@ void Segment::Impl::require_attached() const {
     throw error(EBADF, what() + ": handle is detached");
 }
 
-void Segment::Impl::register_handle() {
+void detail::SegmentState::register_handle() {
     std::call_once(g_atfork_once, [] { ::pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
     std::lock_guard<std::mutex> g(g_registry_mutex);
-    if (!g_registry) g_registry = new std::vector<Segment::Impl*>();
+    if (!g_registry) g_registry = new std::vector<detail::SegmentState*>();
     g_registry->push_back(this);
 }
 
-void Segment::Impl::unregister_handle() {
+void detail::SegmentState::unregister_handle() {
     std::lock_guard<std::mutex> g(g_registry_mutex);
     if (g_registry) g_registry->erase(std::remove(g_registry->begin(), g_registry->end(), this), g_registry->end());
 }
@@ -156,7 +157,7 @@ void Segment::Impl::unregister_handle() {
 // In a fork child: open a new file description and take a slot of our
 // own; the inherited descriptor (shared with the parent, and so holding
 // the parent's lock) is closed, which leaves the parent's lock alone.
-void Segment::Impl::reattach_in_child() noexcept {
+void detail::SegmentState::reattach_in_child() noexcept {
     char p[64];
     std::snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
     int nfd = sys([&] { return ::open(p, O_RDWR | O_CLOEXEC); });
@@ -184,7 +185,7 @@ void Segment::Impl::reattach_in_child() noexcept {
     }
 }
 
-void Segment::Impl::detach() noexcept {
+void detail::SegmentState::detach() noexcept {
     if (!attached) {
         map.reset();
         if (fd >= 0) ::close(fd);
@@ -342,19 +343,19 @@ ReapReport Segment::reap_dead(std::string_view name_in, std::chrono::millisecond
 // ---- the attach table of an attached segment ---------------------------------
 
 ReapReport Segment::reap_dead() {
-    impl_->require_attached();
+    detail::SegmentState& st = attachment();
     ReapReport r;
-    Header* h = impl_->hdr();
-    platform::ofd_lock_wait(impl_->fd, layout::kMetaLockByte);
-    MetaLock ml(impl_->fd);
+    Header* h = st.hdr();
+    platform::ofd_lock_wait(st.fd, layout::kMetaLockByte);
+    MetaLock ml(st.fd);
     r.bytes = h->total_size;
-    r.live_slots = store::sweep_slots(impl_->fd, h, impl_->slot, &r.dead_slots_cleared) + 1;
+    r.live_slots = store::sweep_slots(st.fd, h, st.slot, &r.dead_slots_cleared) + 1;
     return r;
 }
 
 std::vector<AttachInfo> Segment::attachments() const {
-    impl_->require_attached();
-    Header* h = impl_->hdr();
+    detail::SegmentState& st = attachment();
+    Header* h = st.hdr();
     std::vector<AttachInfo> out;
     layout::AttachSlot* s = layout::slots(h);
     for (std::uint32_t i = 0; i < h->max_attach; ++i) {
@@ -366,8 +367,8 @@ std::vector<AttachInfo> Segment::attachments() const {
         a.start_time = s[i].start_time.load(std::memory_order_relaxed);
         a.uid = s[i].uid;
         a.attached_at_ns = s[i].attached_at_ns.load(std::memory_order_relaxed);
-        a.self = i == impl_->slot;
-        a.alive = a.self || store::slot_alive(impl_->fd, h, i);
+        a.self = i == st.slot;
+        a.alive = a.self || store::slot_alive(st.fd, h, i);
         out.push_back(a);
     }
     return out;
