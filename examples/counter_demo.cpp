@@ -247,25 +247,30 @@ int run() {
         ok = false;
     }
 
-    // The results the workers handed back, read from the shared dict.
-    shm::Dict results = shm::Dict::open_or_create(seg, "results");
-    auto items = results.items();
-    std::sort(items.begin(), items.end(), [](auto& a, auto& b) { return a.first < b.first; });
-    std::printf("\nresults collected in a shared shm::Dict (like Python's Manager().dict()):\n");
-    for (auto& [key, value] : items) {
-        shm::Dict r = value.as_dict();
-        std::printf("  %s: pid %lld, %lld increments%s\n", key.c_str(),
-                    static_cast<long long>(r.get<std::int64_t>("pid")),
-                    static_cast<long long>(r.get<std::int64_t>("increments")),
-                    r.get<bool>("recovered_lock") ? ", recovered the lock from the dead worker" : "");
-    }
-    if (items.size() != kWorkers - 1) {
-        std::printf("  FAILED: expected %d results (every worker but the killed one)\n", kWorkers - 1);
-        ok = false;
+    // The results the workers handed back, read from the shared dict. Its
+    // handles (and the Values holding nested ones) keep the segment attached
+    // like seg does: they go at the end of this block.
+    {
+        shm::Dict results = shm::Dict::open_or_create(seg, "results");
+        auto items = results.items();
+        std::sort(items.begin(), items.end(), [](auto& a, auto& b) { return a.first < b.first; });
+        std::printf("\nresults collected in a shared shm::Dict (like Python's Manager().dict()):\n");
+        for (auto& [key, value] : items) {
+            shm::Dict r = value.as_dict();
+            std::printf("  %s: pid %lld, %lld increments%s\n", key.c_str(),
+                        static_cast<long long>(r.get<std::int64_t>("pid")),
+                        static_cast<long long>(r.get<std::int64_t>("increments")),
+                        r.get<bool>("recovered_lock") ? ", recovered the lock from the dead worker" : "");
+        }
+        if (items.size() != kWorkers - 1) {
+            std::printf("  FAILED: expected %d results (every worker but the killed one)\n", kWorkers - 1);
+            ok = false;
+        }
     }
 
-    // The parent is the last live process attached, so detaching unlinks the
-    // segment. The victim never detached: its slot died with it.
+    // The parent is the last live process attached, and seg the last holder
+    // of its attachment, so detaching unlinks the segment. The victim never
+    // detached: its slot died with it.
     const std::filesystem::path file = shm::segment_path(name);
     seg.detach();
     if (std::filesystem::exists(file)) {

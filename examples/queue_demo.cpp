@@ -142,6 +142,8 @@ int run() {
         std::printf("  FAILED\n");
         ok = false;
     }
+    // Drops seg's hold; `jobs` shares the attachment, which goes with it at
+    // the end of run().
     seg.detach();
 
     // A helper that crashes while it has a segment of its own: the segment

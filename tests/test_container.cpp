@@ -214,8 +214,8 @@ TEST_CASE("nested containers are shared and changed from another process", "[con
     jobs.append(4);
     CHECK(d.get<List>("jobs_copy").size() == 3);
     Value popped = d.pop("meta");
-    REQUIRE(popped.pending());
-    CHECK(popped.pending()->dict.size() == 2);
+    REQUIRE(popped.is_new_container());
+    CHECK(popped.new_dict_items().size() == 2);
     CHECK(clean(d.verify()));
     // The popped container's memory is reclaimed as later operations run.
     for (int i = 0; i < 50; ++i) d.set("tick", i);

@@ -22,12 +22,12 @@ namespace {
 // dict items sorted, so two equal trees give the same text.
 std::string dump(const Value& v, int depth = 0) {
     if (depth > 16) throw std::runtime_error("dump: nesting deeper than the tests make");
-    if (v.type() == Value::Type::list && !v.pending()) {
+    if (v.type() == Value::Type::list && !v.is_new_container()) {
         std::string s = "[";
         for (auto& x : v.as_list().snapshot()) s += dump(x, depth + 1) + ",";
         return s + "]";
     }
-    if (v.type() == Value::Type::dict && !v.pending()) {
+    if (v.type() == Value::Type::dict && !v.is_new_container()) {
         std::map<std::string, std::string> items;
         for (auto& kv : v.as_dict().items()) items[kv.first] = dump(kv.second, depth + 1);
         std::string s = "{";

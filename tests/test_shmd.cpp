@@ -300,6 +300,7 @@ TEST_CASE("shmd: restarts under queue traffic lose no item and leak no segment",
         return 0;
     });
     REQUIRE(ready.wait());
+    { shm::Queue drop = std::move(q); }  // the queue handle holds the attachment too
     seg.detach();
     REQUIRE(dir.has("traffic"));
     test::kill_and_reap(last);

@@ -15,8 +15,10 @@
 // that container (a container has exactly one place). pop() of a nested
 // container returns a copy of it (Value::new_list/new_dict form).
 //
-// Handles (Dict, List) refer to the Segment they were made from: keep that
-// Segment alive (and do not move it) while using them.
+// Handles (Dict, List, and the nested ones a Value holds) share the
+// attachment of the Segment handle they were made from and keep it alive:
+// they may outlive that Segment handle, which may also be moved meanwhile;
+// the segment is detached when the last of them goes (segment.hpp).
 //
 // Limits: keys and string/bytes values up to the free heap space; item count
 // up to what the heap holds (tables grow by doubling); one operation, such as
@@ -49,6 +51,12 @@ class Segment;
 class Dict;
 class List;
 
+namespace detail {
+struct SegmentState;  // a segment's attachment, shared by handles (segment.hpp)
+struct NewContainer;  // the items of a new nested container (private)
+struct ValueAccess;   // the library's own entry points into Value (private)
+}  // namespace detail
+
 // A missing key.
 class key_error : public error {
 public:
@@ -67,9 +75,10 @@ public:
     explicit value_type_error(const std::string& what) : error(EINVAL, what) {}
 };
 
-// A handle to a container in a segment (what Dict and List hold).
+// A handle to a container in a segment (what Dict and List hold). It keeps
+// the segment's attachment alive.
 struct ContainerRef {
-    Segment* seg = nullptr;
+    std::shared_ptr<detail::SegmentState> seg;
     std::uint64_t offset = 0;  // the container's header in the heap
 };
 
@@ -127,21 +136,19 @@ public:
 
     std::string repr() const;  // Python-like text, for messages and printing
 
-    // Internal: what a new nested container holds before it is stored.
-    struct Pending {
-        std::vector<Value> list;
-        std::vector<std::pair<std::string, Value>> dict;
-    };
-    const Pending* pending() const noexcept { return pending_.get(); }
+    // A new nested container: one made by new_list()/new_dict(), or a copy
+    // that pop() returned, not stored anywhere. Its items are
+    // new_list_items() or new_dict_items() (shm::value_type_error for any
+    // other value). A list or dict that is not new is a handle to a stored
+    // container: as_list()/as_dict().
+    bool is_new_container() const noexcept { return pending_ != nullptr; }
+    const std::vector<Value>& new_list_items() const;
+    const std::vector<std::pair<std::string, Value>>& new_dict_items() const;
+    // The stored container a list or dict handle refers to.
     const ContainerRef& ref() const noexcept { return ref_; }
-    static Value container(Type t, ContainerRef r) {
-        Value v;
-        v.type_ = t;
-        v.ref_ = r;
-        return v;
-    }
 
 private:
+    friend struct detail::ValueAccess;
     [[noreturn]] void wrong(const char* wanted) const;
 
     Type type_ = Type::null;
@@ -149,7 +156,7 @@ private:
     double d_ = 0;
     std::string s_;
     ContainerRef ref_;
-    std::shared_ptr<const Pending> pending_;
+    std::shared_ptr<const detail::NewContainer> pending_;
 };
 
 namespace detail {
@@ -213,7 +220,7 @@ public:
     // Walk this container (and nested ones) and the heap.
     std::vector<std::string> verify() const;
     const ContainerRef& ref() const noexcept { return ref_; }
-    explicit Dict(ContainerRef r) : ref_(r) {}
+    explicit Dict(ContainerRef r) : ref_(std::move(r)) {}
 
 private:
     std::int64_t increment_int(std::string_view key, std::int64_t n);
@@ -248,7 +255,7 @@ public:
 
     std::vector<std::string> verify() const;
     const ContainerRef& ref() const noexcept { return ref_; }
-    explicit List(ContainerRef r) : ref_(r) {}
+    explicit List(ContainerRef r) : ref_(std::move(r)) {}
 
 private:
     ContainerRef ref_;

@@ -32,11 +32,16 @@
 //
 // Up to kMaxProcesses processes (distinct pids) may use one queue over its
 // life at a time; the slots of processes that died are recycled.
+//
+// A Queue handle (and a Reservation, until it is committed or dropped)
+// keeps the segment's attachment alive: it may outlive the Segment handle
+// it was opened from (segment.hpp, "Handles").
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -63,7 +68,9 @@ struct QueueOptions {
 
 namespace detail {
 struct QueueControl;
-}
+struct SegmentState;  // a segment's attachment, shared by handles (segment.hpp)
+enum class NamedOp;   // segment.hpp
+}  // namespace detail
 
 class Queue {
 public:
@@ -130,8 +137,10 @@ public:
 
     private:
         friend class Queue;
-        Reservation(Queue* q, std::uint64_t pos, char* data, std::size_t cap) : q_(q), pos_(pos), data_(data), cap_(cap) {}
-        Queue* q_;
+        Reservation(Queue* q, std::uint64_t pos, char* data, std::size_t cap)
+            : c_(q->c_), seg_(q->seg_), pos_(pos), data_(data), cap_(cap) {}
+        detail::QueueControl* c_;  // null once committed (or moved from)
+        std::shared_ptr<detail::SegmentState> seg_;
         std::uint64_t pos_;
         char* data_;
         std::size_t cap_;
@@ -189,8 +198,8 @@ private:
         std::uint64_t pos;
         std::uint32_t id;  // this process's actor id
     };
-    explicit Queue(Segment& seg, detail::QueueControl* c) : seg_(&seg), c_(c) {}
-    static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, bool may_find, bool may_create);
+    Queue(std::shared_ptr<detail::SegmentState> seg, detail::QueueControl* c) : seg_(std::move(seg)), c_(c) {}
+    static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, detail::NamedOp op);
     bool put_until(std::string_view item, const detail::Deadline& d);
     bool get_until(std::string& out, const detail::Deadline& d);
     std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);
@@ -199,7 +208,7 @@ private:
     [[noreturn]] void bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item);
     void release_view(std::uint64_t pos, std::uint32_t id);
 
-    [[maybe_unused]] Segment* seg_;  // the segment the queue lives in (not read yet)
+    std::shared_ptr<detail::SegmentState> seg_;  // keeps c_'s mapping alive
     detail::QueueControl* c_;
 };
 

@@ -12,6 +12,16 @@
 // Processes that die without detaching are cleared by reap_dead() (shmctl gc,
 // shmd), and a name whose users all died can be created again at once.
 //
+// Handles: the attachment (mapping and slot) of a Segment handle is shared
+// with every handle made from it — Dict, List, Queue, the nested containers
+// and Values got from those, a Queue::Reservation — and each of them keeps
+// it alive. It is given up when the last of them goes, in any order: they
+// may outlive the Segment handle, and the Segment handle may be moved (a
+// std::vector<Segment> growing, a return from a function) while they are in
+// use. References and pointers into the segment (construct(), find(),
+// allocate(), base()) point into this attachment's mapping: they are valid
+// while some holder of the attachment lives, and not after.
+//
 // fork(): the child gets its own slot automatically (before fork() returns in
 // the child); the parent's slot is never released by anything the child does.
 //
@@ -45,6 +55,15 @@ namespace shm {
 // any other version are refused with shm::version_mismatch.
 // Change a field's width, order or meaning: bump the layout version.
 inline constexpr std::uint32_t kLayoutVersion = 3;
+
+namespace detail {
+// A segment's attachment in this process: mapping, descriptor and attach
+// slot, shared by a Segment handle and the handles made from it (private).
+struct SegmentState;
+struct SegmentAccess;  // the library's own entry points (private)
+// What a named-object operation may do when the name is taken or free.
+enum class NamedOp { find, construct, find_or_construct };
+}  // namespace detail
 
 struct SegmentOptions {
     mode_t mode = 0600;              // file mode at creation
@@ -131,11 +150,16 @@ public:
     Segment& operator=(Segment&&) noexcept;
     ~Segment();
 
-    // Give up this handle's slot (and unlink the segment if this was the last
-    // live user and it is not persistent). Pointers into the segment become
-    // invalid. Called by the destructor; idempotent.
+    // Drop this handle's hold on its attachment. The slot is given up (and
+    // the segment unlinked if this process was its last live user and it is
+    // not persistent) when the last holder goes: this handle, or a Dict,
+    // List or Queue made from it, which keep working until then. Pointers
+    // into the segment become invalid with the last holder. Called by the
+    // destructor; idempotent. A detached handle keeps its name(), path()
+    // and created() (a moved-from one is empty); what needs the segment
+    // throws shm::error (EBADF) on either.
     void detach() noexcept;
-    bool attached() const noexcept;
+    bool attached() const noexcept;  // this handle holds a usable attachment
 
     const std::string& name() const noexcept;
     std::string path() const;
@@ -151,6 +175,8 @@ public:
     std::uint32_t max_attach() const noexcept;
 
     // ---- named objects -------------------------------------------------
+    // The references returned are into this attachment's mapping: valid
+    // while this handle, or any handle made from it, lives.
     // Construct a T in the heap under `name`; shm::already_exists if taken.
     template <class T, class... Args>
     T& construct(std::string_view name, Args&&... args);
@@ -179,28 +205,32 @@ public:
     std::uint64_t offset_of(const void* p) const;
     void* at_offset(std::uint64_t off) const;
 
-    struct Impl;
-
 private:
-    friend class Queue;  // places its variable-size block through named_op
-    explicit Segment(std::unique_ptr<Impl> impl);
+    friend struct detail::SegmentAccess;
+    explicit Segment(std::shared_ptr<detail::SegmentState> state);
+    // The attachment; shm::error (EBADF) if this handle holds none (moved
+    // from, detached) or lost it (a fork child that could not take a slot).
+    detail::SegmentState& attachment() const;
 
     using Init = void (*)(void* where, void* ctx);
     using Fini = void (*)(void* where);
-    // Returns the object; *constructed says whether this call constructed it.
-    // An object found must have exactly `size` bytes, unless found_size is
-    // given (a block of variable size): then it gets the size, which the
-    // caller checks.
+    // Returns the object, or nullptr if `op` is find and there is none;
+    // *constructed says whether this call constructed it. An object found
+    // must have exactly `size` bytes, unless found_size is given (a block of
+    // variable size): then it gets the size, which the caller checks.
     void* named_op(std::string_view name, std::uint64_t type_key, const char* type_name,
                    ObjectKind kind, std::size_t size, std::size_t align, Init init, void* ctx,
-                   bool may_find, bool may_construct, bool* constructed, std::size_t* found_size = nullptr);
+                   detail::NamedOp op, bool* constructed, std::size_t* found_size = nullptr);
     bool named_destroy(std::string_view name, std::uint64_t type_key, const char* type_name,
                        Fini fini);
 
     template <class T>
     static std::uint64_t type_key() noexcept;
 
-    std::unique_ptr<Impl> impl_;
+    std::shared_ptr<detail::SegmentState> state_;  // null once detached or moved from
+    std::string name_;
+    std::string path_;
+    bool created_ = false;
 };
 
 // ---- implementation of the templates -----------------------------------
@@ -229,7 +259,7 @@ T& Segment::construct(std::string_view name, Args&&... args) {
     };
     bool constructed = false;
     void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, false, true, &constructed);
+                       alignof(T), init, &tup, detail::NamedOp::construct, &constructed);
     return *static_cast<T*>(p);
 }
 
@@ -238,7 +268,7 @@ T* Segment::find(std::string_view name) {
     bool constructed = false;
     return static_cast<T*>(named_op(name, type_key<T>(), typeid(T).name(),
                                     object_kind_of<T>::value, sizeof(T), alignof(T), nullptr,
-                                    nullptr, true, false, &constructed));
+                                    nullptr, detail::NamedOp::find, &constructed));
 }
 
 template <class T, class... Args>
@@ -251,7 +281,7 @@ T& Segment::find_or_construct(std::string_view name, Args&&... args) {
     };
     bool constructed = false;
     void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, true, true, &constructed);
+                       alignof(T), init, &tup, detail::NamedOp::find_or_construct, &constructed);
     return *static_cast<T*>(p);
 }
 

@@ -36,7 +36,7 @@
 #include "platform/platform.hpp"
 #include "shm/admin.hpp"
 #include "shm/names.hpp"
-#include "shm/shm.hpp"
+#include "shm/version.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
 

@@ -90,6 +90,7 @@
 
 #include "store/layout.hpp"
 #include "shm/segment.hpp"
+#include "store/segment_access.hpp"
 
 namespace shm {
 
@@ -160,10 +161,10 @@ const char* control_problem(const QueueControl* c, std::uint64_t size) {
 
 }  // namespace
 
-Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt_in, bool may_find, bool may_create) {
+Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt_in, detail::NamedOp op) {
     CreateArgs a{};
     std::size_t bytes = sizeof(QueueControl);
-    if (may_create) {
+    if (op != detail::NamedOp::find) {
         QueueOptions opt = opt_in;
         if (opt.capacity < 2 || opt.capacity > (1u << 24))
             throw error(EINVAL, "shm::Queue '" + std::string(name) + "': capacity must be 2 .. 2^24, not " +
@@ -186,7 +187,7 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
         bytes = static_cast<std::size_t>(a.ring_offset +
                                          ((std::uint64_t(r.units) + units_of(r.shift, largest)) << r.shift));
     }
-    Segment::Init init = [](void* where, void* ctx) {
+    detail::SegmentAccess::Init init = [](void* where, void* ctx) {
         auto* a = static_cast<const CreateArgs*>(ctx);
         auto* c = ::new (where) QueueControl();
         c->capacity = a->capacity;
@@ -204,22 +205,22 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
     };
     bool constructed = false;
     std::size_t size = bytes;
-    void* p = seg.named_op(name, Segment::type_key<QueueControl>(), "shm::Queue", ObjectKind::queue, bytes, 64, init,
-                           &a, may_find, may_create, &constructed, &size);
+    void* p = detail::SegmentAccess::named_block<QueueControl>(seg, name, "shm::Queue", ObjectKind::queue, bytes, 64,
+                                                               init, &a, op, &constructed, &size);
     if (!p) throw not_found("shm::Queue '" + std::string(name) + "' does not exist in segment '" + seg.name() + "'");
     auto* c = static_cast<QueueControl*>(p);
     if (const char* why = control_problem(c, size))
         throw corrupted("shm::Queue '" + std::string(name) + "' in segment '" + seg.name() + "' is corrupt: " + why);
-    return Queue(seg, c);
+    return Queue(detail::SegmentAccess::share(seg), c);
 }
 
 Queue Queue::create(Segment& seg, std::string_view name, const QueueOptions& opt) {
-    return attach(seg, name, opt, false, true);
+    return attach(seg, name, opt, detail::NamedOp::construct);
 }
 Queue Queue::open_or_create(Segment& seg, std::string_view name, const QueueOptions& opt) {
-    return attach(seg, name, opt, true, true);
+    return attach(seg, name, opt, detail::NamedOp::find_or_construct);
 }
-Queue Queue::open(Segment& seg, std::string_view name) { return attach(seg, name, {}, true, false); }
+Queue Queue::open(Segment& seg, std::string_view name) { return attach(seg, name, {}, detail::NamedOp::find); }
 
 // ---- close, state -----------------------------------------------------------------------
 

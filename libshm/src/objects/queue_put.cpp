@@ -203,24 +203,24 @@ Queue::Reservation Queue::reserve(std::size_t n) {
     return Reservation(this, reservation_word(cl), payload_at(c_, cl.pos), n);
 }
 
-Queue::Reservation::Reservation(Reservation&& o) noexcept : q_(o.q_), pos_(o.pos_), data_(o.data_), cap_(o.cap_) {
-    o.q_ = nullptr;
+Queue::Reservation::Reservation(Reservation&& o) noexcept
+    : c_(o.c_), seg_(std::move(o.seg_)), pos_(o.pos_), data_(o.data_), cap_(o.cap_) {
+    o.c_ = nullptr;
 }
 
-
 void Queue::Reservation::commit(std::size_t len) {
-    if (!q_) throw error(EINVAL, "shm::Queue::Reservation: already committed");
+    if (!c_) throw error(EINVAL, "shm::Queue::Reservation: already committed");
     if (len > cap_)
         throw error(EMSGSIZE, "shm::Queue::Reservation::commit: " + std::to_string(len) +
                                   " bytes is over the " + std::to_string(cap_) + " bytes reserved");
-    publish(q_->c_, reserved_claim(q_->c_, pos_, cap_), static_cast<std::uint32_t>(len));
-    q_ = nullptr;
+    publish(c_, reserved_claim(c_, pos_, cap_), static_cast<std::uint32_t>(len));
+    c_ = nullptr;
+    seg_.reset();
 }
 
 Queue::Reservation::~Reservation() {
-    if (!q_) return;
-    publish(q_->c_, reserved_claim(q_->c_, pos_, cap_), kTombstone);
+    if (!c_) return;
+    publish(c_, reserved_claim(c_, pos_, cap_), kTombstone);
 }
-
 
 }  // namespace shm
