@@ -1151,3 +1151,35 @@ TEST_CASE("actor records name a process by its pid and full start time", "[queue
         test::kill_and_reap(b);
     }
 }
+
+TEST_CASE("max_items bounds the queue exactly, below its power-of-two capacity", "[queue]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("qmax", kSize);
+    shm::QueueOptions o;
+    o.capacity = 3;
+    o.max_items = 3;
+    auto q = shm::Queue::create(seg, "q", o);
+    CHECK(q.capacity() == 4);
+    CHECK(q.max_items() == 3);
+    for (int round = 0; round < 5; ++round) {  // again after the cursors wrap the ring
+        for (int i = 0; i < 3; ++i) REQUIRE(q.try_put(std::to_string(i)));
+        CHECK(q.full());
+        CHECK_FALSE(q.try_put("x"));
+        CHECK_THROWS_AS(q.put_nowait("x"), shm::full);
+        CHECK_FALSE(q.put_for("x", 1ms));
+        CHECK(q.qsize() == 3);
+        CHECK(q.get() == "0");
+        CHECK_FALSE(q.full());
+        REQUIRE(q.try_put("3"));
+        for (const char* want : {"1", "2", "3"}) CHECK(q.get() == want);
+        CHECK(q.empty());
+    }
+    // The default is the capacity as rounded up; a limit above it is refused.
+    o.max_items = 0;
+    CHECK(shm::Queue::create(seg, "q2", o).max_items() == 4);
+    o.max_items = 5;
+    CHECK_THROWS_AS(shm::Queue::create(seg, "q3", o), shm::error);
+    CHECK(seg.find<int>("q3") == nullptr);
+    // An opened queue keeps its limit.
+    CHECK(shm::Queue::open(seg, "q").max_items() == 3);
+}

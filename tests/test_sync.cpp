@@ -1278,3 +1278,75 @@ TEST_CASE("RecursiveMutex owner killed while holding it twice: the next locker g
     CHECK(rm.recoveries() == 1);
     rm.unlock();
 }
+
+TEST_CASE("Condition with a RecursiveMutex held twice: the wait releases both levels and restores them",
+          "[sync][condition]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("rcond", kSize);
+    auto& m = seg.construct<shm::RecursiveMutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+    auto& flag = seg.construct<std::atomic<int>>("flag", 0);
+    Kids kids;
+
+    std::unique_lock<shm::RecursiveMutex> lk(m);
+    m.lock();  // depth 2
+    pid_t child = kids.add(test::spawn([] {
+        auto s = shm::Segment::open("rcond");
+        auto& mm = *s.find<shm::RecursiveMutex>("m");
+        auto& c = *s.find<shm::Condition>("cv");
+        auto& f = *s.find<std::atomic<int>>("flag");
+        // Only possible if the waiter released both levels.
+        if (!mm.try_lock_for(30s)) return 2;
+        f = 1;
+        c.notify_all();
+        mm.unlock();
+        return 0;
+    }));
+    bool woken = false;
+    for (int i = 0; i < 3000 && flag.load() == 0; ++i) woken = cv.wait_for(lk, 10ms) || woken;
+    CHECK(flag.load() == 1);
+    CHECK(m.held_by_caller());
+    CHECK(m.depth() == 2);
+    m.unlock();
+    CHECK(m.depth() == 1);
+    lk.unlock();
+    CHECK(m.depth() == 0);
+    kids.finish(child);
+
+    // Without the lock held: a clear error.
+    std::unique_lock<shm::RecursiveMutex> none(m, std::defer_lock);
+    CHECK_THROWS_AS(cv.wait_for(none, 1ms), shm::lock_error);
+}
+
+TEST_CASE("Barrier: a waiter whose stop() says so breaks the barrier for everyone", "[sync][barrier]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("bstop", kSize);
+    auto& b = seg.construct<shm::Barrier>("b", 3u);
+    Kids kids;
+
+    // A party waits with no stop: it learns of the break from the other one.
+    pid_t other = kids.add(test::spawn([] {
+        auto s = shm::Segment::open("bstop");
+        auto& bb = *s.find<shm::Barrier>("b");
+        try {
+            bb.arrive_and_wait();
+        } catch (const shm::broken_barrier&) {
+            return 0;
+        }
+        return 2;
+    }));
+    for (int i = 0; i < 30000 && b.n_waiting() < 1; ++i) std::this_thread::sleep_for(1ms);
+    REQUIRE(b.n_waiting() == 1);
+    int asked = 0;
+    std::function<bool()> stop = [&] { return ++asked >= 3; };
+    CHECK_THROWS_AS(b.arrive_and_wait(stop), shm::broken_barrier);
+    CHECK(asked == 3);
+    CHECK(b.broken());
+    kids.finish(other);
+    b.reset();
+    CHECK_FALSE(b.broken());
+
+    // A null stop waits as arrive_and_wait() does.
+    auto& one = seg.construct<shm::Barrier>("one", 1u);
+    CHECK(one.arrive_and_wait(std::function<bool()>{}) == 0);
+}

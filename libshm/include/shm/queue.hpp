@@ -58,6 +58,9 @@ class Segment;
 
 struct QueueOptions {
     std::uint32_t capacity = 1024;       // items; rounded up to a power of two (2 .. 2^24)
+    // Items queued at most, exactly (Python's maxsize): 1 .. capacity, or 0
+    // for the capacity as rounded up.
+    std::uint32_t max_items = 0;
     std::uint32_t max_item_size = 256;   // bytes (1 .. 256 MiB)
     // Bytes of item payloads the queue holds at most (up to 1 TiB); 0 means
     // capacity × max_item_size. Each item counts its length rounded up to
@@ -183,6 +186,7 @@ public:
     bool empty() const noexcept { return qsize() == 0; }
     bool full() const noexcept;
     std::uint32_t capacity() const noexcept;
+    std::uint32_t max_items() const noexcept;  // capacity unless QueueOptions::max_items set it
     std::uint32_t max_item_size() const noexcept;
     std::uint64_t max_bytes() const noexcept;
     // Payload bytes held by queued items and items being put or got, in

@@ -31,6 +31,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -168,6 +169,15 @@ public:
                     Pred pred) {
         return wait_pred(lock, detail::Deadline::at(tp), pred);
     }
+    // The same with a RecursiveMutex (Python's Condition uses an RLock by
+    // default): the wait releases every level the caller holds and takes
+    // them all back before it returns.
+    void wait(std::unique_lock<RecursiveMutex>& lock);
+    template <class Rep, class Period>
+    bool wait_for(std::unique_lock<RecursiveMutex>& lock, const std::chrono::duration<Rep, Period>& d) {
+        return wait_until_deadline(lock, detail::Deadline::in(d));
+    }
+
     void notify_one();
     void notify_all();
     // A hint: also counts waiters killed while waiting (see Semaphore).
@@ -176,6 +186,7 @@ public:
 private:
     struct Layout;
     bool wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d);
+    bool wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d);
     template <class Pred>
     bool wait_pred(std::unique_lock<Mutex>& lock, const detail::Deadline& d, Pred& pred) {
         while (!pred())
@@ -241,6 +252,12 @@ public:
     std::uint32_t arrive_and_wait_for(const std::chrono::duration<Rep, Period>& d) {
         return arrive(detail::Deadline::in(d));
     }
+    // As arrive_and_wait(), for a caller that must stay responsive while it
+    // waits (a Python binding that checks for Ctrl-C): stop() is called
+    // about every 50 ms, outside the barrier's lock; when it returns true the
+    // barrier breaks, as on a time-out, and this throws shm::broken_barrier.
+    // A null stop waits as arrive_and_wait() does.
+    std::uint32_t arrive_and_wait(const std::function<bool()>& stop);
     // Break the barrier: current and future waiters get broken_barrier until
     // reset().
     void abort();
@@ -257,8 +274,9 @@ public:
 
 private:
     struct Layout;
-    std::uint32_t arrive(const detail::Deadline& d);
-    std::uint32_t await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d);
+    std::uint32_t arrive(const detail::Deadline& d, const std::function<bool()>* stop = nullptr);
+    std::uint32_t await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d,
+                                   const std::function<bool()>* stop);
     void lock_state();
     void break_locked();
     bool party_died_locked() const;

@@ -131,7 +131,7 @@ constexpr std::uint64_t kMaxBytesLimit = std::uint64_t(1) << 40;
 
 namespace {
 struct CreateArgs {
-    std::uint32_t capacity, max_item, shift, units;
+    std::uint32_t capacity, max_items, max_item, shift, units;
     std::uint64_t max_bytes, ring_offset;
 };
 std::uint64_t ring_offset_for(std::uint32_t capacity) {
@@ -152,6 +152,7 @@ const char* control_problem(const QueueControl* c, std::uint64_t size) {
         return "its item or byte limit is out of range";
     if (c->ring_units == 0 || c->ring_units > detail::kMaxRingUnits || c->unit_shift < 3 || c->unit_shift > 24)
         return "its byte ring has an impossible shape";
+    if (c->max_items > c->capacity) return "its item limit is above its capacity";
     if (c->ring_offset != ring_offset_for(c->capacity)) return "its byte ring is not where its capacity puts it";
     const std::uint64_t largest = std::min<std::uint64_t>(c->max_item, c->max_bytes);
     const std::uint64_t ring = (std::uint64_t(c->ring_units) + units_of(c->unit_shift, largest)) << c->unit_shift;
@@ -173,8 +174,12 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
             throw error(EINVAL, "shm::Queue '" + std::string(name) + "': max_item_size must be 1 byte .. 256 MiB");
         if (opt.max_bytes > kMaxBytesLimit)
             throw error(EINVAL, "shm::Queue '" + std::string(name) + "': max_bytes must be at most 1 TiB (0: capacity × max_item_size)");
+        if (opt.max_items > opt.capacity)
+            throw error(EINVAL, "shm::Queue '" + std::string(name) + "': max_items (" + std::to_string(opt.max_items) +
+                                    ") must be at most the capacity (" + std::to_string(opt.capacity) + ")");
         std::uint32_t cap = 2;
         while (cap < opt.capacity) cap *= 2;
+        a.max_items = opt.max_items ? opt.max_items : opt.capacity;
         const RingShape r = ring_shape(cap, opt.max_item_size, opt.max_bytes);
         a.capacity = cap;
         a.max_item = opt.max_item_size;
@@ -191,6 +196,7 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
         auto* a = static_cast<const CreateArgs*>(ctx);
         auto* c = ::new (where) QueueControl();
         c->capacity = a->capacity;
+        c->max_items = a->max_items;
         c->max_item = a->max_item;
         c->max_bytes = a->max_bytes;
         c->ring_units = a->units;
@@ -256,10 +262,11 @@ std::uint64_t Queue::bytes_used() const noexcept {
 }
 
 bool Queue::full() const noexcept {
-    if (qsize() >= c_->capacity) return true;
+    if (qsize() >= item_limit(c_)) return true;
     return bytes_used() + (std::uint64_t(1) << c_->unit_shift) > (std::uint64_t(c_->ring_units) << c_->unit_shift);
 }
 std::uint32_t Queue::capacity() const noexcept { return c_->capacity; }
+std::uint32_t Queue::max_items() const noexcept { return item_limit(c_); }
 std::uint32_t Queue::max_item_size() const noexcept { return c_->max_item; }
 std::uint64_t Queue::max_bytes() const noexcept { return c_->max_bytes; }
 std::uint64_t Queue::repairs() const noexcept { return c_->repairs.load(std::memory_order_relaxed); }

@@ -103,6 +103,11 @@ struct alignas(64) QueueActor {
     std::uint64_t reserved[4];
 };
 
+struct QueueControl;
+// The most items the queue holds: max_items, or the capacity in a queue
+// made before max_items existed (the field was reserved, zero).
+inline std::uint32_t item_limit(const QueueControl* c) noexcept;
+
 struct QueueControl {
     std::uint64_t magic;
     std::uint32_t capacity;    // items, a power of two
@@ -111,7 +116,9 @@ struct QueueControl {
     std::uint32_t ring_units;  // units in the ring, at most kMaxRingUnits
     std::uint32_t unit_shift;  // log2 of the unit: 3 (8 bytes) for rings up to 64 MiB
     std::uint64_t ring_offset; // bytes from this block's start to the ring
-    std::uint64_t reserved0[3];
+    std::uint32_t max_items;   // items queued at most, 1 .. capacity (0 in older queues: capacity)
+    std::uint32_t reserved1;
+    std::uint64_t reserved0[2];
     alignas(64) std::atomic<std::uint64_t> tail;  // cursor: next ticket to put
     alignas(64) std::atomic<std::uint64_t> head;  // cursor: next ticket to get
     alignas(64) std::atomic<std::uint64_t> free;  // cursor: first ticket whose bytes are not yet free
@@ -126,6 +133,8 @@ struct QueueControl {
     QueueActor actors[Queue::kMaxProcesses];
     // slots follow, then the ring at ring_offset
 };
+
+inline std::uint32_t item_limit(const QueueControl* c) noexcept { return c->max_items ? c->max_items : c->capacity; }
 
 }  // namespace detail
 
@@ -145,7 +154,8 @@ static_assert(offsetof(detail::QueueControl, max_bytes) == 16);
 static_assert(offsetof(detail::QueueControl, ring_units) == 24);
 static_assert(offsetof(detail::QueueControl, unit_shift) == 28);
 static_assert(offsetof(detail::QueueControl, ring_offset) == 32);
-static_assert(offsetof(detail::QueueControl, reserved0) == 40);
+static_assert(offsetof(detail::QueueControl, max_items) == 40);
+static_assert(offsetof(detail::QueueControl, reserved0) == 48);
 static_assert(offsetof(detail::QueueControl, tail) == 64);
 static_assert(offsetof(detail::QueueControl, head) == 128);
 static_assert(offsetof(detail::QueueControl, free) == 192);

@@ -21,7 +21,7 @@ struct Claim {
 // that succeeded on a value 2^32 tickets old (see the design note); then the
 // ticket is ours and wait_room() waits for its room.
 inline bool has_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint64_t F) {
-    return ticket_diff(t, tk(F)) < static_cast<std::int64_t>(c->capacity) && pos_used(c, end, pos_of(F)) <= c->ring_units;
+    return ticket_diff(t, tk(F)) < static_cast<std::int64_t>(item_limit(c)) && pos_used(c, end, pos_of(F)) <= c->ring_units;
 }
 [[gnu::noinline, gnu::cold]] void wait_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::uint32_t id) {
     struct W : SlotWaiter {
@@ -87,6 +87,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
 [[gnu::always_inline]] inline bool try_claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, Claim& cl, Blocker& blocked,
                           std::uint64_t& F) {
     const auto cap = static_cast<std::int64_t>(c->capacity);
+    const auto limit = static_cast<std::int64_t>(item_limit(c));
     for (;;) {
         if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
         std::uint64_t T = c->tail.load(std::memory_order_acquire);
@@ -94,7 +95,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
         const std::uint64_t t = tk(T);
         const std::int64_t n = ticket_diff(t, tk(F));
         if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
-        if (n < cap && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
+        if (n < limit && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
             if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
             cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
             if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,

@@ -187,6 +187,38 @@ bool Condition::wait_until_deadline(std::unique_lock<Mutex>& lock, const detail:
     return core::wait(w, d, core::kConditionWait) == core::Waited::ready;
 }
 
+void Condition::wait(std::unique_lock<RecursiveMutex>& lock) {
+    wait_until_deadline(lock, detail::Deadline::never());
+}
+
+bool Condition::wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d) {
+    if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
+        throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
+    // As above, releasing every level of the caller's hold before the sleep.
+    struct W : core::Waiter {
+        Condition& c;
+        RecursiveMutex& m;
+        unsigned depth = 0;
+        bool slept = false;
+        W(Condition& cond, RecursiveMutex& mutex) : c(cond), m(mutex) {}
+        bool ready() const { return slept; }
+        core::Sleep arm() {
+            const std::uint32_t seen = c.seq_.load(std::memory_order_seq_cst);
+            c.waiters_.fetch_add(1, std::memory_order_seq_cst);
+            depth = m.depth();
+            for (unsigned i = 0; i < depth; ++i) m.unlock();
+            return core::Sleep{&c.seq_, seen};
+        }
+        void disarm() {
+            c.waiters_.fetch_sub(1, std::memory_order_seq_cst);
+            // A dead holder is reported by previous_owner_died() after the first lock.
+            for (unsigned i = 0; i < depth; ++i) m.lock();
+            slept = true;
+        }
+    } w(*this, *lock.mutex());
+    return core::wait(w, d, core::kConditionWait) == core::Waited::ready;
+}
+
 void Condition::notify_one() {
     seq_.fetch_add(1, std::memory_order_seq_cst);
     if (waiters_.load(std::memory_order_seq_cst) > 0) core::wake(seq_, 1);
@@ -294,6 +326,10 @@ void Barrier::reset() {
 
 std::uint32_t Barrier::arrive_and_wait() { return arrive(detail::Deadline::never()); }
 
+std::uint32_t Barrier::arrive_and_wait(const std::function<bool()>& stop) {
+    return arrive(detail::Deadline::never(), stop ? &stop : nullptr);
+}
+
 namespace {
 const char* const kBarrierBroken =
     "shm::Barrier: the barrier is broken (a party died, timed out or called abort()); reset() makes it usable";
@@ -310,7 +346,7 @@ bool Barrier::party_died_locked() const {
     return false;
 }
 
-std::uint32_t Barrier::arrive(const detail::Deadline& d) {
+std::uint32_t Barrier::arrive(const detail::Deadline& d, const std::function<bool()>* stop) {
     lock_state();
     const std::uint32_t w = word_.load(std::memory_order_relaxed);
     if (w & 1) {
@@ -332,31 +368,35 @@ std::uint32_t Barrier::arrive(const detail::Deadline& d) {
     waiting_[idx].pid.store(me.pid, std::memory_order_relaxed);
     arrived_.store(idx + 1, std::memory_order_relaxed);
     m_.unlock();
-    return await_generation(gen, idx, d);
+    return await_generation(gen, idx, d, stop);
 }
 
-std::uint32_t Barrier::await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d) {
+std::uint32_t Barrier::await_generation(std::uint32_t gen, std::uint32_t idx, const detail::Deadline& d,
+                                        const std::function<bool()>* stop) {
     // Until the generation ends (completed, or reset) or the barrier breaks.
     // A party killed while waiting cannot wake anyone, so after every poll
     // interval the waiters check each other's liveness.
     struct W : core::Waiter {
         Barrier& b;
         const std::uint32_t gen;
+        const std::function<bool()>* stop;
         std::uint32_t cur = 0;
-        W(Barrier& barrier, std::uint32_t g) : b(barrier), gen(g) {}
+        bool stopped = false;
+        W(Barrier& barrier, std::uint32_t g, const std::function<bool()>* s) : b(barrier), gen(g), stop(s) {}
         bool ready() {
             cur = b.word_.load(std::memory_order_acquire);
             return (cur >> 1) != gen || (cur & 1);
         }
         bool recheck() {
+            stopped = stop && (*stop)();
             b.lock_state();
             const bool same = b.word_.load(std::memory_order_relaxed) == cur;
-            if (same && b.party_died_locked()) b.break_locked();
+            if (same && (stopped || b.party_died_locked())) b.break_locked();
             b.m_.unlock();
             return true;  // look again
         }
         core::Sleep arm() { return core::Sleep{&b.word_, cur}; }
-    } w(*this, gen);
+    } w(*this, gen, stop);
     for (;;) {
         if (core::wait(w, d, core::kBarrierWait) == core::Waited::ready) {
             if ((w.cur >> 1) != gen) {

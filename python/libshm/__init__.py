@@ -1,0 +1,61 @@
+"""libshm: multiprocessing's Queue, locks, Value/Array and Manager dict/list
+in shared memory, safe against killed processes.
+
+Replace the imports and keep the program::
+
+    import libshm as mp                      # instead of: import multiprocessing as mp
+    q, lock, d = mp.Queue(), mp.Lock(), mp.dict()
+
+Processes themselves still come from multiprocessing (Process, Pool and the
+start methods); the objects above pass to them under fork, spawn and
+forkserver.
+"""
+
+from ._core import (AlreadyExists, Corrupted, Error, NotFound, OutOfSpace, OwnerDiedWarning,
+                    TypeMismatch)
+from ._core import version as __version__
+from .managers import DictProxy, ListProxy, dict, list
+from .queues import JoinableQueue, Queue, SimpleQueue
+from .synchronize import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
+                          Semaphore)
+
+__all__ = [
+    "Queue", "JoinableQueue", "SimpleQueue",
+    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
+    "dict", "list", "DictProxy", "ListProxy", "Manager",
+    "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
+    "OwnerDiedWarning",
+]
+
+
+class Manager:
+    """Manager() without a server process: the same factory methods, made
+    by this process in shared memory. Usable as a context manager; start()
+    and shutdown() have nothing to do."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def start(self, *args, **kwargs):
+        pass
+
+    def shutdown(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    dict = staticmethod(dict)
+    list = staticmethod(list)
+    Queue = staticmethod(Queue)
+    JoinableQueue = staticmethod(JoinableQueue)
+    Lock = staticmethod(Lock)
+    RLock = staticmethod(RLock)
+    Semaphore = staticmethod(Semaphore)
+    BoundedSemaphore = staticmethod(BoundedSemaphore)
+    Condition = staticmethod(Condition)
+    Event = staticmethod(Event)
+    Barrier = staticmethod(Barrier)

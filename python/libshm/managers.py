@@ -1,0 +1,266 @@
+"""dict() and list(): Manager().dict()/list() without the server.
+
+Values that map onto C++ (None, bool, int, float, str, bytes, plain lists
+and dicts of them) are stored natively; anything else is pickled. A nested
+plain list or dict comes back as a copy (as from a Manager); store a
+libshm.dict() or libshm.list() inside another to share it (it is stored by
+name, as a Manager stores a proxy).
+"""
+
+from collections.abc import MutableMapping, MutableSequence
+
+from . import _arena, _core
+
+__all__ = ["DictProxy", "ListProxy", "dict", "list"]
+
+_builtin_dict = dict
+_builtin_list = list
+
+
+def _rebuild(cls, segment, name):
+    obj = cls.__new__(cls)
+    obj._h = cls._core_type.open(_arena.segment(segment), name)
+    return _arena.track(obj)
+
+
+class _Container:
+    _core_type = None
+
+    def _make(self, name):
+        if name is None:
+            self._h = _arena.place(lambda seg, n: self._core_type.open_or_create(seg, n))
+        else:
+            seg = _arena.open_or_create(name, _arena.arena_size())
+            self._h = self._core_type.open_or_create(seg, name)
+        _arena.track(self)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._h.segment.name, self._h.name))
+
+    @property
+    def name(self):
+        return (self._h.segment.name, self._h.name)
+
+
+class DictProxy(_Container, MutableMapping):
+    """A dict shared by processes; every operation is atomic."""
+    _core_type = _core.Dict
+
+    def __init__(self, *args, name=None, **kwargs):
+        self._make(name)
+        if args or kwargs:
+            self.update(*args, **kwargs)
+
+    def __getitem__(self, key):
+        return self._h[key]
+
+    def __setitem__(self, key, value):
+        self._h[key] = value
+
+    def __delitem__(self, key):
+        del self._h[key]
+
+    def __contains__(self, key):
+        return key in self._h
+
+    def __len__(self):
+        return len(self._h)
+
+    def __iter__(self):
+        keys = self._h._raw_keys()
+        size = len(keys)
+        for k in keys:
+            if len(self._h) != size:
+                raise RuntimeError("dictionary changed size during iteration")
+            yield k
+        if len(self._h) != size:
+            raise RuntimeError("dictionary changed size during iteration")
+
+    def keys(self):
+        return self._h._raw_keys()
+
+    def values(self):
+        return self._h.values()
+
+    def items(self):
+        return self._h.items()
+
+    def get(self, key, default=None):
+        return self._h.get(key, default)
+
+    def pop(self, key, *default):
+        return self._h.pop(key, *default)
+
+    def popitem(self):
+        for k in self._h._raw_keys():
+            try:
+                return (k, self._h.pop(k))
+            except KeyError:
+                continue
+        raise KeyError("popitem(): dictionary is empty")
+
+    def setdefault(self, key, default=None):
+        return self._h.setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        """As dict.update(), in one atomic step."""
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        items = []
+        if args:
+            other = args[0]
+            if isinstance(other, DictProxy):
+                items.extend(other.items())
+            elif hasattr(other, "keys"):
+                items.extend((k, other[k]) for k in other.keys())
+            else:
+                items.extend(other)
+        items.extend(kwargs.items())
+        self._h._update_items(items)
+
+    def increment(self, key, n=1):
+        """Add n to the number at key (0 if missing), atomically; returns the new value."""
+        return self._h.increment(key, n)
+
+    def clear(self):
+        self._h.clear()
+
+    def copy(self):
+        """A plain dict with the same items."""
+        return self._h.copy()
+
+    def __eq__(self, other):
+        if isinstance(other, DictProxy):
+            other = other.copy()
+        return self.copy() == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self.copy())
+
+
+class ListProxy(_Container, MutableSequence):
+    """A list shared by processes; every operation is atomic."""
+    _core_type = _core.List
+
+    def __init__(self, iterable=(), *, name=None):
+        self._make(name)
+        if iterable:
+            self._h.extend(iterable)
+
+    def __len__(self):
+        return len(self._h)
+
+    def __getitem__(self, i):
+        return self._h[i]
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            items = self._h.copy()
+            items[i] = value
+            self._replace(items)
+        else:
+            self._h[i] = value
+
+    def __delitem__(self, i):
+        if isinstance(i, slice):
+            items = self._h.copy()
+            del items[i]
+            self._replace(items)
+        else:
+            del self._h[i]
+
+    def _replace(self, items):
+        self._h.clear()
+        self._h.extend(items)
+
+    def __iter__(self):
+        # Reads each item as it goes, as a Manager's list proxy does.
+        i = 0
+        while True:
+            try:
+                yield self._h[i]
+            except IndexError:
+                return
+            i += 1
+
+    def insert(self, i, value):
+        self._h.insert(i, value)
+
+    def append(self, value):
+        self._h.append(value)
+
+    def extend(self, values):
+        self._h.extend(values)
+
+    def pop(self, i=-1):
+        return self._h.pop(i)
+
+    def remove(self, value):
+        self._h.remove(value)
+
+    def index(self, value, *args):
+        if args:
+            return self._h.copy().index(value, *args)
+        return self._h.index(value)
+
+    def count(self, value):
+        return self._h.count(value)
+
+    def clear(self):
+        self._h.clear()
+
+    def reverse(self):
+        items = self._h.copy()
+        items.reverse()
+        self._replace(items)
+
+    def sort(self, *, key=None, reverse=False):
+        items = self._h.copy()
+        items.sort(key=key, reverse=reverse)
+        self._replace(items)
+
+    def copy(self):
+        return self._h.copy()
+
+    def __iadd__(self, values):
+        self._h.extend(values)
+        return self
+
+    def __imul__(self, n):
+        items = self._h.copy()
+        self._replace(items * n)
+        return self
+
+    def __add__(self, other):
+        return self._h.copy() + _builtin_list(other)
+
+    def __radd__(self, other):
+        return _builtin_list(other) + self._h.copy()
+
+    def __mul__(self, n):
+        return self._h.copy() * n
+
+    def __eq__(self, other):
+        if isinstance(other, ListProxy):
+            other = other.copy()
+        return self._h.copy() == other
+
+    def __lt__(self, other):
+        return self._h.copy() < _builtin_list(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self._h.copy())
+
+
+def dict(*args, name=None, **kwargs):
+    """A shared dict, as Manager().dict(): dict(mapping_or_items, **kwargs)."""
+    return DictProxy(*args, name=name, **kwargs)
+
+
+def list(iterable=(), *, name=None):
+    """A shared list, as Manager().list(): list(iterable)."""
+    return ListProxy(iterable, name=name)

@@ -1,0 +1,74 @@
+// The binding's shared pieces: the GIL, blocking in slices that Ctrl-C can
+// interrupt, and the handles that keep a segment alive.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <shm/shm.hpp>
+
+namespace pyshm {
+
+namespace py = pybind11;
+using namespace std::chrono_literals;
+
+// A segment shared by the Python objects made from it. Every object handle
+// holds one, so the mapping lives while any of them does.
+using SegmentPtr = std::shared_ptr<shm::Segment>;
+
+// The longest a blocking call waits without the GIL before it looks for a
+// pending signal (Ctrl-C raises KeyboardInterrupt within about this long).
+inline constexpr std::chrono::milliseconds kSlice{50};
+
+// Python's timeout argument: None waits forever; a negative one is 0, as
+// multiprocessing treats it.
+inline std::optional<std::chrono::nanoseconds> to_timeout(const py::object& timeout) {
+    if (timeout.is_none()) return std::nullopt;
+    const double s = timeout.cast<double>();
+    if (!(s > 0)) return std::chrono::nanoseconds(0);
+    if (s > 1e9) return std::nullopt;  // beyond 30 years: forever
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
+}
+
+// Run attempt(slice) without the GIL until it returns true or the timeout
+// passes, in slices of at most kSlice; between slices, with the GIL, raise
+// what a signal handler raised (KeyboardInterrupt). attempt must be a timed
+// wait that changes nothing when it returns false.
+template <class Attempt>
+bool wait_sliced(std::optional<std::chrono::nanoseconds> timeout, Attempt&& attempt) {
+    using clock = std::chrono::steady_clock;
+    const auto end = timeout ? clock::now() + *timeout : clock::time_point::max();
+    for (;;) {
+        auto slice = std::chrono::nanoseconds(kSlice);
+        if (timeout) {
+            const auto left = end - clock::now();
+            if (left < slice) slice = left > std::chrono::nanoseconds(0) ? left : std::chrono::nanoseconds(0);
+        }
+        bool done;
+        {
+            py::gil_scoped_release nogil;
+            done = attempt(slice);
+        }
+        if (done) return true;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        if (timeout && clock::now() >= end) return false;
+    }
+}
+
+// The segment's name and the object's name: what a handle pickles as.
+struct Where {
+    std::string segment;
+    std::string object;
+};
+
+void bind_segment(py::module_& m);
+void bind_sync(py::module_& m);
+void bind_queue(py::module_& m);
+void bind_containers(py::module_& m);
+void bind_errors(py::module_& m);
+
+}  // namespace pyshm

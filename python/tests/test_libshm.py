@@ -1,0 +1,282 @@
+"""libshm for Python: behaviour, processes, killed processes, leaks.
+
+Every wait is bounded by a generous cap that fails only on a true hang;
+nothing asserts on durations. Each test runs with its own shm directory
+(SHM_DIR), so the leak checks see only their own files."""
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import unittest
+import warnings
+
+import multiprocessing as mp
+
+import libshm
+
+CAP = 60  # seconds: a true hang, never a slow machine
+
+
+def files():
+    return sorted(os.listdir(os.environ["SHM_DIR"]))
+
+
+class ShmDirTest(unittest.TestCase):
+    """The suite runs with SHM_DIR set to a directory of its own (one for
+    the whole run: a forkserver started by one test serves the next)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.environ.get("SHM_DIR", "").startswith("/dev/shm/"):
+            raise unittest.SkipTest("set SHM_DIR to a directory of this run's own under /dev/shm")
+
+
+def _put_range(q, start, n):
+    for i in range(start, start + n):
+        q.put(("item", i))
+
+
+def _hold_lock_forever(lock, held):
+    lock.acquire()
+    held.set()
+    time.sleep(CAP)
+
+
+def _locked_increments(lock, d, n):
+    for _ in range(n):
+        with lock:
+            d["n"] = d.get("n", 0) + 1
+
+
+def _get_forever(q, got):
+    while True:
+        got.put(q.get())
+
+
+class Basics(ShmDirTest):
+    def test_queue_items_of_every_kind(self):
+        q = libshm.Queue()
+        items = [b"bytes", "str é", ("tuple", 1), {"a": [1, 2]}, None, 2**100, b"\0pickle:x",
+                 b"x" * 200_000]
+        for x in items:
+            q.put(x)
+        self.assertEqual([q.get(timeout=CAP) for _ in items], items)
+        self.assertRaises(queue.Empty, q.get_nowait)
+        self.assertRaises(queue.Empty, q.get, True, 0.01)
+
+    def test_queue_maxsize_is_exact(self):
+        q = libshm.Queue(3)
+        for i in range(3):
+            q.put_nowait(i)
+        self.assertTrue(q.full())
+        self.assertRaises(queue.Full, q.put_nowait, 3)
+        self.assertRaises(queue.Full, q.put, 3, True, 0.01)
+        self.assertEqual(q.qsize(), 3)
+
+    def test_closed_queue(self):
+        q = libshm.Queue()
+        q.close()
+        self.assertRaises(ValueError, q.put, 1)
+        q2 = libshm.Queue()
+        q2.put(1)
+        q2.shutdown()
+        self.assertRaises(ValueError, q2.put, 2)
+        self.assertEqual(q2.get(), 1)
+        self.assertRaises(ValueError, q2.get)
+
+    def test_joinable_queue(self):
+        q = libshm.JoinableQueue()
+        q.put(1)
+        self.assertFalse(q.join(timeout=0.01))
+        q.get()
+        q.task_done()
+        self.assertTrue(q.join(timeout=CAP))
+        self.assertRaises(ValueError, q.task_done)
+
+    def test_raw_queue_is_what_cpp_sees(self):
+        q = libshm.Queue(name="rawq", raw=True)
+        q.put(b"\x01\x02")
+        self.assertEqual(q.get(), b"\x01\x02")
+        self.assertRaises(TypeError, q.put, "str")
+
+    def test_locks(self):
+        lock = libshm.Lock()
+        self.assertTrue(lock.acquire())
+        self.assertFalse(lock.acquire(False))
+        self.assertFalse(lock.acquire(True, 0.01))
+        self.assertRaises(RuntimeError, lock.acquire)  # would wait for itself forever
+        lock.release()
+        self.assertRaises(ValueError, lock.release)
+        r = libshm.RLock()
+        for _ in range(3):
+            self.assertTrue(r.acquire())
+        for _ in range(3):
+            r.release()
+        self.assertRaises(RuntimeError, r.release)
+
+    def test_semaphores_event_barrier_condition(self):
+        s = libshm.BoundedSemaphore(2)
+        self.assertTrue(s.acquire())
+        self.assertEqual(s.get_value(), 1)
+        s.release()
+        self.assertRaises(ValueError, s.release)
+        self.assertRaises(ValueError, libshm.Semaphore, -1)
+        e = libshm.Event()
+        self.assertFalse(e.wait(0.01))
+        e.set()
+        self.assertTrue(e.wait())
+        b = libshm.Barrier(1, action=lambda: None)
+        self.assertEqual(b.wait(), 0)
+        b2 = libshm.Barrier(2)
+        self.assertRaises(threading.BrokenBarrierError, b2.wait, 0.01)
+        self.assertTrue(b2.broken)
+        b2.reset()
+        self.assertFalse(b2.broken)
+        c = libshm.Condition(libshm.Lock())
+        self.assertRaises(AssertionError, c.wait, 0)
+        with c:
+            self.assertFalse(c.wait(0.01))
+            self.assertEqual(c.wait_for(lambda: 5, 0.01), 5)
+
+    def test_dict_and_list(self):
+        d = libshm.dict(a=1)
+        d[65] = "A"
+        d[b"k"] = 2.5
+        d[("t", 1)] = {"nested": [1, None, True]}
+        d["\0odd"] = "x"
+        self.assertEqual(d.copy(), {"a": 1, 65: "A", b"k": 2.5, ("t", 1): {"nested": [1, None, True]}, "\0odd": "x"})
+        self.assertEqual(d.pop("missing", 7), 7)
+        self.assertRaises(KeyError, d.pop, "missing")
+        self.assertRaises(KeyError, d.__getitem__, "missing")
+        self.assertEqual(d.increment("count", 2), 2)
+        self.assertRaises(TypeError, d.__setitem__, [1], 1)  # unhashable key
+        inner = libshm.dict(x=1)
+        outer = libshm.list([inner])
+        outer[0]["y"] = 2  # shared by name, as a Manager's proxy
+        self.assertEqual(inner["y"], 2)
+        lst = libshm.list(range(5))
+        self.assertEqual(lst[1:3], [1, 2])
+        self.assertEqual(lst[-1], 4)
+        self.assertRaises(IndexError, lst.__getitem__, 5)
+        lst *= 2
+        self.assertEqual(len(lst), 10)
+        lst.remove(0)
+        self.assertRaises(ValueError, lst.remove, 99)
+        lst.sort()
+        self.assertEqual(lst[:3], [0, 1, 1])
+
+    def test_pickle_by_name(self):
+        for obj in (libshm.Queue(), libshm.Lock(), libshm.dict(a=1), libshm.Event()):
+            again = pickle.loads(pickle.dumps(obj))
+            self.assertEqual(again.name, obj.name)
+
+
+class Processes(ShmDirTest):
+    def _each_start_method(self, fn):
+        for method in ("fork", "spawn", "forkserver"):
+            with self.subTest(method=method):
+                fn(mp.get_context(method))
+
+    def test_objects_pass_under_every_start_method(self):
+        def run(ctx):
+            q, lock, d = libshm.Queue(), libshm.Lock(), libshm.dict()
+            ps = [ctx.Process(target=_locked_increments, args=(lock, d, 200)) for _ in range(2)]
+            ps.append(ctx.Process(target=_put_range, args=(q, 0, 100)))
+            for p in ps:
+                p.start()
+            got = sorted(q.get(timeout=CAP)[1] for _ in range(100))
+            for p in ps:
+                p.join(CAP)
+                self.assertEqual(p.exitcode, 0)
+            self.assertEqual(got, list(range(100)))
+            self.assertEqual(d["n"], 400)
+        self._each_start_method(run)
+
+    def test_no_file_left_once_every_process_has_gone(self):
+        before = files()
+        ctx = mp.get_context("spawn")
+        code = ("import libshm, multiprocessing as mp\n"
+                "q = libshm.Queue(); d = libshm.dict(a=1); l = libshm.Lock(); q.put(b'x')\n")
+        p = ctx.Process(target=exec, args=(code, {}))
+        p.start()
+        p.join(CAP)
+        self.assertEqual(p.exitcode, 0)
+        self.assertEqual(files(), before)
+
+
+class Crashes(ShmDirTest):
+    ROUNDS = 100
+
+    def test_lock_holder_killed_again_and_again(self):
+        ctx = mp.get_context("fork")
+        lock = libshm.Lock()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(self.ROUNDS):
+                held = libshm.Event()
+                p = ctx.Process(target=_hold_lock_forever, args=(lock, held))
+                p.start()
+                self.assertTrue(held.wait(CAP))
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(CAP)
+                self.assertTrue(lock.acquire(timeout=CAP))
+                self.assertTrue(lock.previous_owner_died)
+                lock.release()
+        self.assertEqual(sum(issubclass(w.category, libshm.OwnerDiedWarning) for w in caught), self.ROUNDS)
+
+    def test_killed_consumers_and_producers(self):
+        """Consumers killed at varied points while producers put: every item
+        got is whole and got once; no process hangs."""
+        ctx = mp.get_context("fork")
+        q, got = libshm.Queue(), libshm.Queue()
+        seen = []
+        for r in range(20):
+            prod = ctx.Process(target=_put_range, args=(q, r * 1000, 1000))
+            cons = ctx.Process(target=_get_forever, args=(q, got))
+            prod.start()
+            cons.start()
+            time.sleep(0.001 * (r % 5))
+            os.kill(cons.pid, signal.SIGKILL)
+            cons.join(CAP)
+            prod.join(CAP)  # never blocked for good: the queue is far from full
+            self.assertEqual(prod.exitcode, 0)
+            while True:
+                try:
+                    seen.append(got.get_nowait())
+                except queue.Empty:
+                    break
+        rest = []
+        while True:
+            try:
+                rest.append(q.get_nowait())
+            except queue.Empty:
+                break
+        everything = [i for _, i in seen] + [i for _, i in rest]
+        self.assertEqual(len(everything), len(set(everything)))  # nothing twice
+        # Lost: at most the one item each killed consumer had taken.
+        self.assertGreaterEqual(len(everything), 20 * 1000 - 20)
+        self.assertTrue(all(tag == "item" for tag, _ in seen + rest))
+
+    def test_dict_updater_killed(self):
+        ctx = mp.get_context("fork")
+        d, lock = libshm.dict(), libshm.Lock()
+        for r in range(self.ROUNDS // 2):
+            p = ctx.Process(target=_locked_increments, args=(lock, d, 10_000))
+            p.start()
+            time.sleep(0.0005 * (r % 7))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(CAP)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", libshm.OwnerDiedWarning)
+                with lock:
+                    n = d.get("n", 0)
+                    self.assertIsInstance(n, int)
+                    d["n"] = n  # the dict is usable after every kill
+        self.assertEqual(d._h.segment.verify(), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
