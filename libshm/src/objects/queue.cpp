@@ -179,7 +179,7 @@ Queue Queue::attach(Segment& seg, std::string_view name, const QueueOptions& opt
                                     ") must be at most the capacity (" + std::to_string(opt.capacity) + ")");
         std::uint32_t cap = 2;
         while (cap < opt.capacity) cap *= 2;
-        a.max_items = opt.max_items ? opt.max_items : opt.capacity;
+        a.max_items = opt.max_items ? opt.max_items : cap;
         const RingShape r = ring_shape(cap, opt.max_item_size, opt.max_bytes);
         a.capacity = cap;
         a.max_item = opt.max_item_size;
