@@ -58,15 +58,16 @@ class Segment;
 
 struct QueueOptions {
     std::uint32_t capacity = 1024;       // items; rounded up to a power of two (2 .. 2^24)
-    // Items queued at most, exactly (Python's maxsize): 1 .. capacity, or 0
-    // for the capacity as rounded up.
-    std::uint32_t max_items = 0;
     std::uint32_t max_item_size = 256;   // bytes (1 .. 256 MiB)
     // Bytes of item payloads the queue holds at most (up to 1 TiB); 0 means
     // capacity × max_item_size. Each item counts its length rounded up to
     // the ring's unit: 8 bytes while max_bytes is at most 64 MiB, else the
     // power of two that keeps the ring within 2^23 units.
     std::uint64_t max_bytes = 0;
+    // Items queued at most, exactly (Python's maxsize): 1 .. capacity, or 0
+    // for the capacity as rounded up. (Last, so that {capacity, item size,
+    // bytes} initialisers keep their meaning.)
+    std::uint32_t max_items = 0;
 };
 
 namespace detail {
