@@ -14,9 +14,9 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
-#include <thread>
 #include <vector>
 
+#include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
@@ -52,13 +52,8 @@ MetaLock::~MetaLock() { platform::ofd_unlock(fd, layout::kMetaLockByte); }
 // Meta lock with a deadline (a racing creator may hold it while it
 // initialises a large segment).
 bool meta_lock_until(int fd, std::chrono::steady_clock::time_point deadline) {
-    auto pause = std::chrono::microseconds(20);
-    for (;;) {
-        if (platform::ofd_try_lock(fd, layout::kMetaLockByte)) return true;
-        if (std::chrono::steady_clock::now() >= deadline) return false;
-        std::this_thread::sleep_for(pause);
-        pause = std::min(pause * 2, std::chrono::microseconds(5000));
-    }
+    return core::wait_until([&] { return platform::ofd_try_lock(fd, layout::kMetaLockByte); },
+                            core::Deadline::at(deadline), core::kMetaLockPoll) == core::Waited::ready;
 }
 
 void unlink_if_same(const std::string& path, int fd) {
