@@ -328,11 +328,9 @@ std::shared_ptr<detail::SegmentState> attach_locked(Request& rq, Fd& fd, bool ma
     if (kind == Kind::uninitialised) {
         if (rq.mode == Mode::open) {
             // Its creator holds no lock: either it has not taken it yet
-            // (microseconds after creating the file) or it died. A file
-            // nobody changed for a second is abandoned.
-            timespec now;
-            ::clock_gettime(CLOCK_REALTIME, &now);
-            if (now.tv_sec - st.st_ctim.tv_sec > 1)
+            // (microseconds after creating the file) or it died: the rule
+            // of layout::abandoned().
+            if (layout::abandoned(st))
                 throw not_a_segment(rq.what + " (" + rq.path +
                                     ") was left half-initialised by a creator that died; create() or "
                                     "open_or_create() replaces it, shmctl gc removes it");

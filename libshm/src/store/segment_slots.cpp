@@ -281,10 +281,9 @@ void reap_unready(store::Kind k, const store::Map& m, const struct stat& st, con
                   ReapReport& r) {
     if (k == store::Kind::uninitialised) {
         // We hold the meta lock, so nobody is initialising it. Give a creator
-        // that has not yet taken the lock a moment, then reclaim.
-        timespec now;
-        ::clock_gettime(CLOCK_REALTIME, &now);
-        if (now.tv_sec - st.st_ctim.tv_sec > 1) {
+        // that has not yet taken the lock a moment (layout::abandoned()),
+        // then reclaim.
+        if (layout::abandoned(st)) {
             if (m.p) m.hdr()->state.store(layout::kDead, std::memory_order_release);
             store::unlink_if_same(path, fd);
             r.unlinked = true;
