@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include <shm/hash.hpp>
 #include <shm/shm.hpp>
 
 #include "objects/container_op.hpp"
@@ -54,4 +55,16 @@ TEST_CASE("a named object's type key is pinned", "[hash]") {
     // A Mutex's size follows pthread_mutex_t's (56 bytes here).
     CHECK(keys.at("m") == 0x9f58e6e1cadfee05ull);
 #endif
+}
+
+TEST_CASE("the one hash is a constexpr FNV-1a that gives the pinned keys", "[hash]") {
+    using shm::detail::fnv1a;
+    using shm::detail::fnv1a_mix;
+    static_assert(fnv1a("") == shm::detail::kFnvBasis);
+    static_assert(fnv1a("ab") == fnv1a_mix(fnv1a_mix(shm::detail::kFnvBasis, 'a'), 'b'));
+    static_assert(fnv1a("b", fnv1a("a")) == fnv1a("ab"));
+    // std::uint64_t's type key above: its mangled name, then its size.
+    CHECK(fnv1a_mix(fnv1a("m"), 8) == 0x9bd4ad00c67d9d86ull);
+    const std::uint64_t h = fnv1a("key");
+    CHECK((h ^ (h >> 29)) == 0x14a001518f856193ull);
 }

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "shm/error.hpp"
+#include "shm/hash.hpp"
 #include "shm/names.hpp"
 #include "shm/object_kind.hpp"
 
@@ -237,16 +238,9 @@ private:
 
 template <class T>
 std::uint64_t Segment::type_key() noexcept {
-    // FNV-1a over the mangled name and the size: stable across processes and
-    // builds of the same type with the same compiler ABI.
-    std::uint64_t h = 1469598103934665603ull;
-    for (const char* p = typeid(T).name(); *p; ++p) {
-        h ^= static_cast<unsigned char>(*p);
-        h *= 1099511628211ull;
-    }
-    h ^= sizeof(T);
-    h *= 1099511628211ull;
-    return h;
+    // FNV-1a over the mangled name, then the size: stable across processes
+    // and builds of the same type with the same compiler ABI.
+    return detail::fnv1a_mix(detail::fnv1a(typeid(T).name()), sizeof(T));
 }
 
 template <class T, class... Args>
