@@ -353,14 +353,8 @@ std::vector<AttachInfo> Segment::attachments() const {
     std::vector<AttachInfo> out;
     layout::AttachSlot* s = layout::slots(h);
     for (std::uint32_t i = 0; i < h->max_attach; ++i) {
-        std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
-        if (pid == 0) continue;
         AttachInfo a;
-        a.slot = i;
-        a.pid = pid;
-        a.start_time = s[i].start_time.load(std::memory_order_relaxed);
-        a.uid = s[i].uid;
-        a.attached_at_ns = s[i].attached_at_ns.load(std::memory_order_relaxed);
+        if (!layout::slot_info(s[i], i, a)) continue;
         a.self = i == st.slot;
         a.alive = a.self || store::slot_alive(st.fd, h, i);
         out.push_back(a);
