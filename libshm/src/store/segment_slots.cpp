@@ -16,6 +16,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/liveness.hpp"
 #include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
@@ -63,7 +64,7 @@ void unlink_if_same(const std::string& path, int fd) {
 }
 
 bool slot_alive(int fd, Header* h, std::uint32_t i) {
-    return platform::ofd_is_locked(fd, layout::slot_lock_byte(h, i));
+    return core::liveness::holds_lock(fd, layout::slot_lock_byte(h, i));
 }
 
 void clear_slot(layout::AttachSlot& s) {
