@@ -8,7 +8,8 @@ folder owns):
               version.hpp, hash.hpp
   1 platform  libshm/src/platform: system calls, futexes, OFD locks, /proc
   2 core      libshm/src/core: process liveness, waiting, the robust
-              mutex (the heap lock is one); shm/mutex.hpp
+              mutex (the heap lock is one; RecursiveMutex's locking too);
+              shm/mutex.hpp
   3 store     libshm/src/store: layout, heap, segments; shm/segment.hpp
   4 objects   libshm/src/objects: sync, queue, containers;
               shm/sync.hpp, queue.hpp, container.hpp
