@@ -30,7 +30,10 @@ struct CaseSegment {
         : name("bench." + std::to_string(getpid()) + "." + tag),
           seg((bench::TempFiles::add(shm::segment_path(name).string()), shm::Segment::create(name, bytes))) {}
     ~CaseSegment() {
-        shm::Segment::unlink(name);  // the detach follows
+        // The name goes now. The case's Dict or List, made from seg, went
+        // before this (declared after it); seg's destructor then drops the
+        // last reference to the mapping, and it goes too.
+        shm::Segment::unlink(name);
         bench::TempFiles::remove(shm::segment_path(name).string());
     }
 };
@@ -63,7 +66,9 @@ bench::CaseResult dict_case(const bench::Options& opt, DictOp which, int procs) 
                 break;
         }
         bench::expect(sink >= 0, "values read back");
-        cs.seg.detach();  // this worker's own slot
+        // Drops only the Segment handle's reference: d shares the mapping
+        // and this worker's slot, which stay until the worker exits.
+        cs.seg.detach();
     });
 
     expect_verified(d.verify());
@@ -85,7 +90,7 @@ bench::CaseResult list_append_case(const bench::Options& opt, int procs) {
 
     auto r = bench::run_workers(opt, procs, [&](bench::Worker& w) {
         w.run([&](std::uint64_t i) { l.append(static_cast<std::int64_t>(i)); }, cap);
-        cs.seg.detach();
+        cs.seg.detach();  // as in dict_case: l keeps the mapping and the slot
     });
 
     bench::expect(l.size() == r.total_ops, "the list holds every item appended");

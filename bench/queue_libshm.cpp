@@ -33,7 +33,9 @@ public:
           q_(shm::Queue::create(seg_, "q", shm::QueueOptions{cfg.capacity, static_cast<std::uint32_t>(cfg.item), 0})) {}
 
     ~LibshmChannel() {
-        shm::Segment::unlink(name_);  // the detach follows
+        // The name goes now; then q_ and seg_ (members, in that order) drop
+        // their references to the mapping, which goes with the last.
+        shm::Segment::unlink(name_);
         bench::TempFiles::remove(shm::segment_path(name_).string());
     }
     LibshmChannel(const LibshmChannel&) = delete;
@@ -59,6 +61,8 @@ public:
         }
     }
 
+    // Drops only the Segment handle's reference: q_ shares the mapping and
+    // this worker's slot, which stay while q_ lives (until the worker exits).
     void leave() { seg_.detach(); }
 
     std::string note() const {

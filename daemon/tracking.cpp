@@ -85,6 +85,11 @@ void Server::release_user(pid_t pid, const std::string& name) {
     if (p->second.segments.empty() && p->second.conns == 0) drop_proc(pid);
 }
 
+// A pidfd is an event source, never the liveness answer: it wakes the
+// daemon when a watched process exits (pidfd_exited() only drops stale
+// events). Whether anyone still uses a segment is decided by look_at(),
+// through Segment::reap_dead(): the library's one liveness module, the
+// attach slots' kernel locks, as for shmctl gc.
 void Server::process_exited(pid_t pid) {
     auto it = procs_.find(pid);
     if (it == procs_.end() || !pidfd_exited(it->second.pidfd)) return;  // a stale event

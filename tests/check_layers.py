@@ -5,10 +5,11 @@ The layers, lowest first (libshm/src/<folder>, and the public headers each
 folder owns):
 
   0 base      shm/error.hpp, names.hpp, object_kind.hpp, deadline.hpp,
-              version.hpp
+              version.hpp, hash.hpp
   1 platform  libshm/src/platform: system calls, futexes, OFD locks, /proc
   2 core      libshm/src/core: process liveness, waiting, the robust
-              mutex (the heap lock is one); shm/mutex.hpp
+              mutex (the heap lock is one; RecursiveMutex's locking too);
+              shm/mutex.hpp
   3 store     libshm/src/store: layout, heap, segments; shm/segment.hpp
   4 objects   libshm/src/objects: sync, queue, containers;
               shm/sync.hpp, queue.hpp, container.hpp
@@ -27,7 +28,7 @@ import os
 import re
 import sys
 
-BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp"}
+BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp", "hash.hpp"}
 PUBLIC = {"segment.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
           "container.hpp": "objects", "admin.hpp": "admin", "shm.hpp": "umbrella"}
 RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "umbrella": 6}

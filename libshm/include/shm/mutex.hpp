@@ -36,27 +36,36 @@
 
 namespace shm {
 
-class Mutex {
+namespace detail {
+
+// What shm::Mutex and shm::RecursiveMutex share: glibc's robust,
+// process-shared pthread mutex (error-checking, or with Recursive
+// re-entrant) and, beside it, what its holder records. One implementation
+// for both, in core/mutex.cpp (instantiated there for each). All the data
+// is here and the two types add none: each keeps its pinned layout.
+template <bool Recursive>
+class RobustMutex {
 public:
-    Mutex();
-    ~Mutex();
-    Mutex(const Mutex&) = delete;
-    Mutex& operator=(const Mutex&) = delete;
+    RobustMutex();
+    ~RobustMutex();
+    RobustMutex(const RobustMutex&) = delete;
+    RobustMutex& operator=(const RobustMutex&) = delete;
 
     void lock();
     bool try_lock();
     template <class Rep, class Period>
     bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
-        return timed_lock(detail::Deadline::in(d));
+        return timed_lock(Deadline::in(d));
     }
     template <class Clock, class Duration>
     bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
-        return timed_lock(detail::Deadline::at(tp));
+        return timed_lock(Deadline::at(tp));
     }
     void unlock();
 
-    // True while held by a caller whose acquisition found the previous owner
-    // dead. Only meaningful to the holder.
+    // True while held by a caller whose acquisition (for a RecursiveMutex,
+    // its first: the recursion count was reset to 1) found the previous
+    // owner dead. Only meaningful to the holder.
     bool previous_owner_died() const noexcept {
         return recovered_.load(std::memory_order_relaxed) != 0;
     }
@@ -71,16 +80,31 @@ public:
     // Whether the calling thread holds the mutex.
     bool held_by_caller() const noexcept;
 
-private:
-    struct Layout;  // its pinned layout, below
-    bool timed_lock(const detail::Deadline& d);
-    void after_acquire(int rc, const char* op);
-
+protected:
     pthread_mutex_t m_;
     // Written only by the holder (after acquiring / before releasing).
     std::atomic<std::int32_t> owner_pid_{0};
     std::atomic<std::uint32_t> recovered_{0};
     std::atomic<std::uint64_t> recoveries_{0};
+
+private:
+    bool timed_lock(const Deadline& d);
+    void after_acquire(int rc, const char* op);
+    // Whether the caller's hold is its outermost one (always, unless Recursive).
+    bool outermost() const noexcept;
+};
+
+extern template class RobustMutex<false>;
+extern template class RobustMutex<true>;
+
+}  // namespace detail
+
+class Mutex : public detail::RobustMutex<false> {
+public:
+    Mutex() {}  // user-provided, as before: a value-initialised Mutex is not zeroed first
+
+private:
+    struct Layout;  // its pinned layout, below
 };
 
 // A Mutex lives in shared memory (a segment's heap lock is one): its size

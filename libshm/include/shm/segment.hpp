@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "shm/error.hpp"
+#include "shm/hash.hpp"
 #include "shm/names.hpp"
 #include "shm/object_kind.hpp"
 
@@ -224,6 +225,10 @@ private:
     bool named_destroy(std::string_view name, std::uint64_t type_key, const char* type_name,
                        Fini fini);
 
+    // construct() and find_or_construct(): `op` says which.
+    template <class T, class... Args>
+    T& construct_as(detail::NamedOp op, std::string_view name, Args&&... args);
+
     template <class T>
     static std::uint64_t type_key() noexcept;
 
@@ -237,20 +242,13 @@ private:
 
 template <class T>
 std::uint64_t Segment::type_key() noexcept {
-    // FNV-1a over the mangled name and the size: stable across processes and
-    // builds of the same type with the same compiler ABI.
-    std::uint64_t h = 1469598103934665603ull;
-    for (const char* p = typeid(T).name(); *p; ++p) {
-        h ^= static_cast<unsigned char>(*p);
-        h *= 1099511628211ull;
-    }
-    h ^= sizeof(T);
-    h *= 1099511628211ull;
-    return h;
+    // FNV-1a over the mangled name, then the size: stable across processes
+    // and builds of the same type with the same compiler ABI.
+    return detail::fnv1a_mix(detail::fnv1a(typeid(T).name()), sizeof(T));
 }
 
 template <class T, class... Args>
-T& Segment::construct(std::string_view name, Args&&... args) {
+T& Segment::construct_as(detail::NamedOp op, std::string_view name, Args&&... args) {
     auto tup = std::forward_as_tuple(std::forward<Args>(args)...);
     using Tup = decltype(tup);
     Init init = [](void* where, void* ctx) {
@@ -259,8 +257,13 @@ T& Segment::construct(std::string_view name, Args&&... args) {
     };
     bool constructed = false;
     void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, detail::NamedOp::construct, &constructed);
+                       alignof(T), init, &tup, op, &constructed);
     return *static_cast<T*>(p);
+}
+
+template <class T, class... Args>
+T& Segment::construct(std::string_view name, Args&&... args) {
+    return construct_as<T>(detail::NamedOp::construct, name, std::forward<Args>(args)...);
 }
 
 template <class T>
@@ -273,16 +276,7 @@ T* Segment::find(std::string_view name) {
 
 template <class T, class... Args>
 T& Segment::find_or_construct(std::string_view name, Args&&... args) {
-    auto tup = std::forward_as_tuple(std::forward<Args>(args)...);
-    using Tup = decltype(tup);
-    Init init = [](void* where, void* ctx) {
-        std::apply([where](auto&&... a) { ::new (where) T(std::forward<decltype(a)>(a)...); },
-                   std::move(*static_cast<Tup*>(ctx)));
-    };
-    bool constructed = false;
-    void* p = named_op(name, type_key<T>(), typeid(T).name(), object_kind_of<T>::value, sizeof(T),
-                       alignof(T), init, &tup, detail::NamedOp::find_or_construct, &constructed);
-    return *static_cast<T*>(p);
+    return construct_as<T>(detail::NamedOp::find_or_construct, name, std::forward<Args>(args)...);
 }
 
 template <class T>

@@ -46,43 +46,15 @@ namespace shm {
 // ---- RecursiveMutex -------------------------------------------------------
 // Like shm::Mutex, and re-entrant: the holder may lock it again and must
 // unlock it as many times. Only the holder may unlock (shm::lock_error).
-class RecursiveMutex {
+class RecursiveMutex : public detail::RobustMutex<true> {
 public:
-    RecursiveMutex();
-    ~RecursiveMutex();
-    RecursiveMutex(const RecursiveMutex&) = delete;
-    RecursiveMutex& operator=(const RecursiveMutex&) = delete;
+    RecursiveMutex() {}  // user-provided, as before: not zeroed first when value-initialised
 
-    void lock();
-    bool try_lock();
-    template <class Rep, class Period>
-    bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
-        return timed_lock(detail::Deadline::in(d));
-    }
-    template <class Clock, class Duration>
-    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
-        return timed_lock(detail::Deadline::at(tp));
-    }
-    void unlock();
-
-    // True while held by a caller whose first acquisition found the previous
-    // owner dead (its recursion count was reset to 1).
-    bool previous_owner_died() const noexcept { return recovered_.load(std::memory_order_relaxed) != 0; }
-    std::int32_t owner_pid() const noexcept { return owner_pid_.load(std::memory_order_relaxed); }
-    std::uint64_t recoveries() const noexcept { return recoveries_.load(std::memory_order_relaxed); }
-    bool held_by_caller() const noexcept;
     // Recursion depth of the caller's hold (0 if the caller does not hold it).
     unsigned depth() const noexcept;
 
 private:
     struct Layout;  // its pinned layout, below
-    bool timed_lock(const detail::Deadline& d);
-    void after_acquire(int rc, const char* op);
-
-    pthread_mutex_t m_;
-    std::atomic<std::int32_t> owner_pid_{0};
-    std::atomic<std::uint32_t> recovered_{0};
-    std::atomic<std::uint64_t> recoveries_{0};
 };
 
 // ---- Semaphore -------------------------------------------------------------

@@ -329,14 +329,8 @@ bool read_slots(int fd, const layout::Header* h, SegmentInfo& si) {
     const auto* slots = static_cast<const layout::AttachSlot*>(sb.data());
     try {
         for (std::uint32_t i = 0; i < h->max_attach; ++i) {
-            std::int32_t pid = slots[i].pid.load(std::memory_order_relaxed);
-            if (pid == 0) continue;
             AttachInfo a;
-            a.slot = i;
-            a.pid = pid;
-            a.uid = slots[i].uid;
-            a.start_time = slots[i].start_time.load(std::memory_order_relaxed);
-            a.attached_at_ns = slots[i].attached_at_ns.load(std::memory_order_relaxed);
+            if (!layout::slot_info(slots[i], i, a)) continue;
             a.alive = liveness::slot_alive(fd, h, i);
             (a.alive ? si.live : si.dead)++;
             si.slots.push_back(a);

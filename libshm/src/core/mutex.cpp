@@ -1,3 +1,5 @@
+// The robust mutex: shm::Mutex and shm::RecursiveMutex (shm/mutex.hpp,
+// detail::RobustMutex).
 #include "shm/mutex.hpp"
 
 #include <sys/syscall.h>
@@ -11,63 +13,82 @@
 #include "platform/platform.hpp"
 #include "shm/error.hpp"
 
-namespace shm {
+namespace shm::detail {
 
 namespace {
+template <bool Recursive>
+constexpr const char* kName = Recursive ? "shm::RecursiveMutex" : "shm::Mutex";
+
+// EDEADLK comes only from an error-checking mutex, EAGAIN only from a
+// recursive one.
+template <bool Recursive>
 [[noreturn]] void mutex_fail(int rc, const char* op) {
-    if (rc == EDEADLK)
-        throw lock_error(rc, std::string("shm::Mutex::") + op +
-                                 ": the calling thread already holds this mutex");
-    if (rc == EPERM)
-        throw lock_error(rc, std::string("shm::Mutex::") + op +
-                                 ": the calling thread does not hold this mutex");
-    if (rc == ENOTRECOVERABLE)
-        throw lock_error(rc, std::string("shm::Mutex::") + op +
-                                 ": mutex was left unrecoverable by a foreign user");
-    throw error(rc, std::string("shm::Mutex::") + op + ": " + std::strerror(rc));
+    const std::string where = std::string(kName<Recursive>) + "::" + op;
+    if (rc == EDEADLK) throw lock_error(rc, where + ": the calling thread already holds this mutex");
+    if (rc == EPERM) throw lock_error(rc, where + ": the calling thread does not hold this mutex");
+    if (rc == EAGAIN) throw lock_error(rc, where + ": recursion depth limit reached");
+    if (rc == ENOTRECOVERABLE) throw lock_error(rc, where + ": mutex was left unrecoverable by a foreign user");
+    throw error(rc, where + ": " + std::strerror(rc));
 }
 }  // namespace
 
-Mutex::Mutex() {
+template <bool Recursive>
+RobustMutex<Recursive>::RobustMutex() {
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     // Error-checking: relocking by the holder and unlocking by a non-holder
-    // fail with EDEADLK / EPERM instead of hanging or corrupting.
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    // fail with EDEADLK / EPERM instead of hanging or corrupting. Recursive:
+    // the holder may lock again; unlocking by a non-holder fails with EPERM.
+    pthread_mutexattr_settype(&a, Recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
     int rc = pthread_mutex_init(&m_, &a);
     pthread_mutexattr_destroy(&a);
-    if (rc != 0) throw error(rc, std::string("shm::Mutex: pthread_mutex_init: ") + std::strerror(rc));
+    if (rc != 0) throw error(rc, std::string(kName<Recursive>) + ": pthread_mutex_init: " + std::strerror(rc));
 }
 
-Mutex::~Mutex() { pthread_mutex_destroy(&m_); }
+template <bool Recursive>
+RobustMutex<Recursive>::~RobustMutex() {
+    pthread_mutex_destroy(&m_);
+}
 
-void Mutex::after_acquire(int rc, const char* op) {
+template <bool Recursive>
+bool RobustMutex<Recursive>::outermost() const noexcept {
+    return !Recursive || m_.__data.__count == 1;
+}
+
+template <bool Recursive>
+void RobustMutex<Recursive>::after_acquire(int rc, const char* op) {
     if (rc == EOWNERDEAD) {
         // The owner died holding the lock. Make it consistent now so it is
-        // never poisoned, and tell the new holder.
+        // never poisoned, and tell the new holder (glibc resets a recursive
+        // mutex's count to 1 for it).
         pthread_mutex_consistent(&m_);
         recovered_.store(1, std::memory_order_relaxed);
         recoveries_.fetch_add(1, std::memory_order_relaxed);
     } else if (rc == 0) {
-        recovered_.store(0, std::memory_order_relaxed);
+        if (outermost()) recovered_.store(0, std::memory_order_relaxed);
     } else {
-        mutex_fail(rc, op);
+        mutex_fail<Recursive>(rc, op);
     }
     owner_pid_.store(platform::current_pid(), std::memory_order_relaxed);
 }
 
-void Mutex::lock() { after_acquire(pthread_mutex_lock(&m_), "lock"); }
+template <bool Recursive>
+void RobustMutex<Recursive>::lock() {
+    after_acquire(pthread_mutex_lock(&m_), "lock");
+}
 
-bool Mutex::try_lock() {
+template <bool Recursive>
+bool RobustMutex<Recursive>::try_lock() {
     int rc = pthread_mutex_trylock(&m_);
     if (rc == EBUSY) return false;
     after_acquire(rc, "try_lock");
     return true;
 }
 
-bool Mutex::timed_lock(const detail::Deadline& d) {
+template <bool Recursive>
+bool RobustMutex<Recursive>::timed_lock(const Deadline& d) {
     if (d.infinite) {
         lock();
         return true;
@@ -78,18 +99,25 @@ bool Mutex::timed_lock(const detail::Deadline& d) {
     return true;
 }
 
-bool Mutex::held_by_caller() const noexcept {
+template <bool Recursive>
+bool RobustMutex<Recursive>::held_by_caller() const noexcept {
     // glibc keeps the holder's tid in __owner (FUTEX_TID_MASK bits for
     // robust mutexes). Read-only use of a stable ABI field.
     return (m_.__data.__owner & 0x3fffffff) == platform::current_tid();
 }
 
-void Mutex::unlock() {
-    if (!held_by_caller()) mutex_fail(EPERM, "unlock");
-    owner_pid_.store(0, std::memory_order_relaxed);
-    recovered_.store(0, std::memory_order_relaxed);
+template <bool Recursive>
+void RobustMutex<Recursive>::unlock() {
+    if (!held_by_caller()) mutex_fail<Recursive>(EPERM, "unlock");
+    if (outermost()) {
+        owner_pid_.store(0, std::memory_order_relaxed);
+        recovered_.store(0, std::memory_order_relaxed);
+    }
     int rc = pthread_mutex_unlock(&m_);
-    if (rc != 0) mutex_fail(rc, "unlock");
+    if (rc != 0) mutex_fail<Recursive>(rc, "unlock");
 }
 
-}  // namespace shm
+template class RobustMutex<false>;
+template class RobustMutex<true>;
+
+}  // namespace shm::detail

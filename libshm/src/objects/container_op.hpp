@@ -23,6 +23,7 @@
 #include "objects/container_layout.hpp"
 #include "objects/container_value.hpp"
 #include "shm/container.hpp"
+#include "shm/hash.hpp"
 #include "shm/segment.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
@@ -43,12 +44,9 @@ inline std::uint64_t rd(const Word& w) { return w.load(std::memory_order_relaxed
 inline void raw(Word& w, std::uint64_t v) { w.store(v, std::memory_order_relaxed); }  // fresh blocks only
 
 inline std::uint64_t hash_key(std::string_view k) {
-    // FNV-1a: stable across processes and builds (the table is shared).
-    std::uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : k) {
-        h ^= c;
-        h *= 1099511628211ull;
-    }
+    // FNV-1a (shm/hash.hpp): stable across processes and builds (the table
+    // is shared), its high bits folded into the low ones the table indexes by.
+    const std::uint64_t h = detail::fnv1a(k);
     return h ^ (h >> 29);
 }
 

@@ -23,83 +23,11 @@
 
 namespace shm {
 
-namespace {
-
-[[noreturn]] void rmutex_fail(int rc, const char* op) {
-    std::string where = std::string("shm::RecursiveMutex::") + op;
-    if (rc == EPERM) throw lock_error(rc, where + ": the calling thread does not hold this mutex");
-    if (rc == EAGAIN) throw lock_error(rc, where + ": recursion depth limit reached");
-    if (rc == ENOTRECOVERABLE) throw lock_error(rc, where + ": mutex was left unrecoverable by a foreign user");
-    throw error(rc, where + ": " + std::strerror(rc));
-}
-
-}  // namespace
-
 // ---- RecursiveMutex -------------------------------------------------------
-
-RecursiveMutex::RecursiveMutex() {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
-    int rc = pthread_mutex_init(&m_, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0) throw error(rc, std::string("shm::RecursiveMutex: pthread_mutex_init: ") + std::strerror(rc));
-}
-
-RecursiveMutex::~RecursiveMutex() { pthread_mutex_destroy(&m_); }
-
-void RecursiveMutex::after_acquire(int rc, const char* op) {
-    if (rc == EOWNERDEAD) {
-        // glibc resets the recursion count to 1 for the new owner.
-        pthread_mutex_consistent(&m_);
-        recovered_.store(1, std::memory_order_relaxed);
-        recoveries_.fetch_add(1, std::memory_order_relaxed);
-    } else if (rc == 0) {
-        if (m_.__data.__count == 1) recovered_.store(0, std::memory_order_relaxed);
-    } else {
-        rmutex_fail(rc, op);
-    }
-    owner_pid_.store(platform::current_pid(), std::memory_order_relaxed);
-}
-
-void RecursiveMutex::lock() { after_acquire(pthread_mutex_lock(&m_), "lock"); }
-
-bool RecursiveMutex::try_lock() {
-    int rc = pthread_mutex_trylock(&m_);
-    if (rc == EBUSY) return false;
-    after_acquire(rc, "try_lock");
-    return true;
-}
-
-bool RecursiveMutex::timed_lock(const detail::Deadline& d) {
-    if (d.infinite) {
-        lock();
-        return true;
-    }
-    int rc = core::lock_until(&m_, d);
-    if (rc == ETIMEDOUT) return false;
-    after_acquire(rc, "try_lock_until");
-    return true;
-}
-
-bool RecursiveMutex::held_by_caller() const noexcept {
-    return (m_.__data.__owner & 0x3fffffff) == platform::current_tid();
-}
+// Locking and unlocking are the robust mutex's (core/mutex.cpp).
 
 unsigned RecursiveMutex::depth() const noexcept {
     return held_by_caller() ? m_.__data.__count : 0;
-}
-
-void RecursiveMutex::unlock() {
-    if (!held_by_caller()) rmutex_fail(EPERM, "unlock");
-    if (m_.__data.__count == 1) {
-        owner_pid_.store(0, std::memory_order_relaxed);
-        recovered_.store(0, std::memory_order_relaxed);
-    }
-    int rc = pthread_mutex_unlock(&m_);
-    if (rc != 0) rmutex_fail(rc, "unlock");
 }
 
 // ---- Semaphore -------------------------------------------------------------

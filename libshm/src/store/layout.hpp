@@ -165,6 +165,19 @@ inline AttachSlot* slots(Header* h) {
 inline off_t slot_lock_byte(const Header* h, std::uint32_t i) {
     return static_cast<off_t>(h->attach_offset + i * kSlotSize);
 }
+// What slot i says of its process (pid, start time, uid, when it
+// attached), for Segment::attachments() and admin alike; false if the slot
+// is free. Whether that process is alive is the slot's lock's to say.
+inline bool slot_info(const AttachSlot& s, std::uint32_t i, AttachInfo& a) noexcept {
+    const std::int32_t pid = s.pid.load(std::memory_order_acquire);
+    if (pid == 0) return false;
+    a.slot = i;
+    a.pid = pid;
+    a.uid = s.uid;
+    a.start_time = s.start_time.load(std::memory_order_relaxed);
+    a.attached_at_ns = s.attached_at_ns.load(std::memory_order_relaxed);
+    return true;
+}
 
 inline std::uint64_t journal_offset_for(std::uint32_t max_attach) {
     std::uint64_t end = kHeaderSize + std::uint64_t(max_attach) * kSlotSize;

@@ -21,11 +21,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <thread>
 
+#include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "platform/testing.hpp"
 #include "shm/mutex.hpp"
@@ -73,19 +73,15 @@ bool says_ready(int fd) {
 // holder be a creator, perhaps writing a large segment or stopped: poll
 // then, bounded by the deadline.
 bool lock_meta_for_attach(int fd, std::chrono::steady_clock::time_point& deadline) {
-    auto pause = std::chrono::microseconds(20);
-    for (;;) {
+    auto locked = [&] {
         if (platform::ofd_try_lock(fd, layout::kMetaLockByte)) return true;
-        if (says_ready(fd)) {
-            auto queued = std::chrono::steady_clock::now();
-            platform::ofd_lock_wait(fd, layout::kMetaLockByte);
-            deadline += std::chrono::steady_clock::now() - queued;
-            return true;
-        }
-        if (std::chrono::steady_clock::now() >= deadline) return false;
-        std::this_thread::sleep_for(pause);
-        pause = std::min(pause * 2, std::chrono::microseconds(5000));
-    }
+        if (!says_ready(fd)) return false;  // perhaps a creator at work: poll
+        auto queued = std::chrono::steady_clock::now();
+        platform::ofd_lock_wait(fd, layout::kMetaLockByte);
+        deadline += std::chrono::steady_clock::now() - queued;
+        return true;
+    };
+    return core::wait_until(locked, core::Deadline::at(deadline), core::kMetaLockPoll) == core::Waited::ready;
 }
 
 }  // namespace
@@ -332,11 +328,9 @@ std::shared_ptr<detail::SegmentState> attach_locked(Request& rq, Fd& fd, bool ma
     if (kind == Kind::uninitialised) {
         if (rq.mode == Mode::open) {
             // Its creator holds no lock: either it has not taken it yet
-            // (microseconds after creating the file) or it died. A file
-            // nobody changed for a second is abandoned.
-            timespec now;
-            ::clock_gettime(CLOCK_REALTIME, &now);
-            if (now.tv_sec - st.st_ctim.tv_sec > 1)
+            // (microseconds after creating the file) or it died: the rule
+            // of layout::abandoned().
+            if (layout::abandoned(st))
                 throw not_a_segment(rq.what + " (" + rq.path +
                                     ") was left half-initialised by a creator that died; create() or "
                                     "open_or_create() replaces it, shmctl gc removes it");

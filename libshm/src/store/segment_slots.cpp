@@ -14,9 +14,10 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
-#include <thread>
 #include <vector>
 
+#include "core/liveness.hpp"
+#include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
 #include "store/segment_internal.hpp"
@@ -52,13 +53,8 @@ MetaLock::~MetaLock() { platform::ofd_unlock(fd, layout::kMetaLockByte); }
 // Meta lock with a deadline (a racing creator may hold it while it
 // initialises a large segment).
 bool meta_lock_until(int fd, std::chrono::steady_clock::time_point deadline) {
-    auto pause = std::chrono::microseconds(20);
-    for (;;) {
-        if (platform::ofd_try_lock(fd, layout::kMetaLockByte)) return true;
-        if (std::chrono::steady_clock::now() >= deadline) return false;
-        std::this_thread::sleep_for(pause);
-        pause = std::min(pause * 2, std::chrono::microseconds(5000));
-    }
+    return core::wait_until([&] { return platform::ofd_try_lock(fd, layout::kMetaLockByte); },
+                            core::Deadline::at(deadline), core::kMetaLockPoll) == core::Waited::ready;
 }
 
 void unlink_if_same(const std::string& path, int fd) {
@@ -68,7 +64,7 @@ void unlink_if_same(const std::string& path, int fd) {
 }
 
 bool slot_alive(int fd, Header* h, std::uint32_t i) {
-    return platform::ofd_is_locked(fd, layout::slot_lock_byte(h, i));
+    return core::liveness::holds_lock(fd, layout::slot_lock_byte(h, i));
 }
 
 void clear_slot(layout::AttachSlot& s) {
@@ -286,10 +282,9 @@ void reap_unready(store::Kind k, const store::Map& m, const struct stat& st, con
                   ReapReport& r) {
     if (k == store::Kind::uninitialised) {
         // We hold the meta lock, so nobody is initialising it. Give a creator
-        // that has not yet taken the lock a moment, then reclaim.
-        timespec now;
-        ::clock_gettime(CLOCK_REALTIME, &now);
-        if (now.tv_sec - st.st_ctim.tv_sec > 1) {
+        // that has not yet taken the lock a moment (layout::abandoned()),
+        // then reclaim.
+        if (layout::abandoned(st)) {
             if (m.p) m.hdr()->state.store(layout::kDead, std::memory_order_release);
             store::unlink_if_same(path, fd);
             r.unlinked = true;
@@ -359,14 +354,8 @@ std::vector<AttachInfo> Segment::attachments() const {
     std::vector<AttachInfo> out;
     layout::AttachSlot* s = layout::slots(h);
     for (std::uint32_t i = 0; i < h->max_attach; ++i) {
-        std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
-        if (pid == 0) continue;
         AttachInfo a;
-        a.slot = i;
-        a.pid = pid;
-        a.start_time = s[i].start_time.load(std::memory_order_relaxed);
-        a.uid = s[i].uid;
-        a.attached_at_ns = s[i].attached_at_ns.load(std::memory_order_relaxed);
+        if (!layout::slot_info(s[i], i, a)) continue;
         a.self = i == st.slot;
         a.alive = a.self || store::slot_alive(st.fd, h, i);
         out.push_back(a);
