@@ -122,9 +122,10 @@ struct SegmentState;  // a segment's attachment, shared by handles (segment.hpp)
 
 // A shared array or scalar as a binding sees it: everything needed to wrap
 // its bytes (a memoryview of `count` elements of `element_size` bytes in
-// the format typecode(), at `data`) and its lock. `attachment` keeps the
-// mapping alive: data and lock stay valid while this object (or a copy)
-// lives, whatever happens to the Segment handle.
+// the struct format typecode() at `data`; for a C++ type, typecode() is
+// '\0': plain bytes) and its lock. `attachment` keeps the mapping alive:
+// data and lock stay valid while this object (or a copy) lives, whatever
+// happens to the Segment handle.
 struct SharedArrayInfo {
     std::string name;
     ElementType type = ElementType::other;
@@ -166,8 +167,8 @@ SharedArrayInfo open_or_create_shared_scalar(Segment& seg, std::string_view name
 // shm::corrupted if its header is damaged.
 SharedArrayInfo open_shared_array(Segment& seg, std::string_view name);
 // Destroy the array or scalar named `name` and free its memory; false if
-// there was none. Handles still open keep pointing at freed memory: destroy
-// only what nobody uses.
+// there was none, shm::error (EBUSY) while its lock is held. Handles still
+// open keep pointing at freed memory: destroy only what nobody uses.
 bool destroy_shared_array(Segment& seg, std::string_view name);
 
 namespace detail {
