@@ -11,8 +11,8 @@ folder owns):
               mutex (the heap lock is one; RecursiveMutex's locking too);
               shm/mutex.hpp
   3 store     libshm/src/store: layout, heap, segments; shm/segment.hpp
-  4 objects   libshm/src/objects: sync, queue, containers;
-              shm/sync.hpp, queue.hpp, container.hpp
+  4 objects   libshm/src/objects: sync, queue, containers, shared arrays;
+              shm/sync.hpp, queue.hpp, container.hpp, shared_array.hpp
   4 client    libshm/src/client: the daemon client and its protocol
   5 admin     libshm/src/admin: inspection, gc, rm, status; shm/admin.hpp
   6 umbrella  shm/shm.hpp (for programs, never for the library itself)
@@ -30,7 +30,7 @@ import sys
 
 BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp", "hash.hpp"}
 PUBLIC = {"segment.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
-          "container.hpp": "objects", "admin.hpp": "admin", "shm.hpp": "umbrella"}
+          "container.hpp": "objects", "shared_array.hpp": "objects", "admin.hpp": "admin", "shm.hpp": "umbrella"}
 RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "umbrella": 6}
 SIBLINGS = {("objects", "client"), ("client", "objects")}
 INCLUDE = re.compile(r'^\s*#\s*include\s+[<"]([^>"]+)[>"]', re.M)

@@ -123,7 +123,11 @@ void make_dead_segment(const std::string& name, bool hold_mutex = false) {
     pid_t c = test::spawn([&] {
         auto s = shm::Segment::create(name, kSize);
         auto& m = s.construct<shm::Mutex>("lock");
-        if (hold_mutex) m.lock();
+        auto a = shm::SharedArray<std::int32_t>::create(s, "array", 4);
+        if (hold_mutex) {
+            m.lock();
+            a.get_lock().lock();
+        }
         ::raise(SIGKILL);
         return 0;
     });
@@ -197,7 +201,10 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
     (void)q.get();
     const std::uint64_t queue_bytes = q.bytes_used();  // (also frees what the get released)
     REQUIRE(queue_bytes == 16);                         // two 4-byte items, 8 bytes each
+    auto weights = shm::SharedArray<double>::create(live, "weights", 1000);
+    shm::SharedScalar<std::int32_t>::create(live, "count", 7, false);
     lock.lock();
+    weights.get_lock().lock();
     rlock.lock();
     rlock.lock();
 
@@ -264,7 +271,7 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(s.at("attachments")[0].at("alive") == true);
         CHECK(s.at("objects_read") == true);
         CHECK(s.at("directory_busy") == false);
-        REQUIRE(s.at("objects").size() == 11);
+        REQUIRE(s.at("objects").size() == 13);
         CHECK(s.at("objects")[0].at("name") == "lock");  // in creation order
         json m = object_of(st, "lock");
         CHECK(m.at("kind") == "mutex");
@@ -300,6 +307,23 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(qs.at("state").at("bytes_used") == queue_bytes);
         CHECK(qs.at("state").at("closed") == false);
         CHECK(qs.at("state").at("repairs") == 0);
+        json w = object_of(st, "weights");
+        CHECK(w.at("kind") == "shared_array");
+        CHECK(w.at("state").at("element_type") == "c_double");
+        CHECK(w.at("state").at("typecode") == "d");
+        CHECK(w.at("state").at("element_size") == 8);
+        CHECK(w.at("state").at("length") == 1000);
+        CHECK(w.at("state").at("has_lock") == true);
+        CHECK(w.at("state").at("held") == true);
+        CHECK(w.at("state").at("owner_pid") == ::getpid());
+        CHECK(w.at("state").at("owner_alive") == true);
+        json c = object_of(st, "count");
+        CHECK(c.at("kind") == "shared_scalar");
+        CHECK(c.at("state").at("element_type") == "c_int");
+        CHECK(c.at("state").at("typecode") == "i");
+        CHECK(c.at("state").at("length") == 1);
+        CHECK(c.at("state").at("has_lock") == false);
+        CHECK_FALSE(c.at("state").contains("held"));
 
         Run h = shmctl({"stat", "libshm.live"});
         INFO(describe(h));
@@ -311,6 +335,8 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(h.out.find("2 keys") != std::string::npos);
         CHECK(h.out.find("5 items") != std::string::npos);
         CHECK(h.out.find("2 of 16 items") != std::string::npos);
+        CHECK(h.out.find("1000 × c_double ('d'), lock held by pid " + std::to_string(::getpid())) != std::string::npos);
+        CHECK(h.out.find("c_int ('i'), no lock") != std::string::npos);
     }
     SECTION("stat of a dead segment: its Mutex's owner died holding it") {
         json st = parse(shmctl({"stat", "dead", "--json"}));
@@ -322,8 +348,14 @@ TEST_CASE("shmctl ls, stat and df on live, dead and persistent segments", "[shmc
         CHECK(m.at("state").at("owner_died") == true);
         CHECK(m.at("state").at("held") == false);
         CHECK(m.at("state").at("owner_pid") == s.at("creator").at("pid"));
+        json a = object_of(st, "array");
+        CHECK(a.at("kind") == "shared_array");
+        CHECK(a.at("state").at("owner_died") == true);
+        CHECK(a.at("state").at("held") == false);
+        CHECK(a.at("state").at("owner_pid") == s.at("creator").at("pid"));
         Run h = shmctl({"stat", "dead"});
         CHECK(h.out.find("died holding it") != std::string::npos);
+        CHECK(h.out.find("4 × c_int ('i'), lock free; its owner (pid") != std::string::npos);
         CHECK(h.out.find("0 alive, 1 dead") != std::string::npos);
     }
     SECTION("stat of nothing") {

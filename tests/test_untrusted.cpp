@@ -1,6 +1,7 @@
 // A segment file is input from anyone who can write to the shm directory.
 // Damage every structure the library follows (the header, the attach table,
-// the object directory, a dict and a list, a queue's control block) and
+// the object directory, a dict and a list, a queue's control block, a
+// shared array's header and lock) and
 // check that every reader either works or refuses with a shm::error that
 // says the file is bad: never a signal, never a hang. Each case runs in a
 // forked child, so that a crash fails the test instead of the runner.
@@ -15,6 +16,7 @@
 #include "store/heap.hpp"
 #include "objects/container_layout.hpp"
 #include "objects/queue_layout.hpp"
+#include "objects/shared_array_layout.hpp"
 #include "support.hpp"
 #include "untrusted.hpp"
 
@@ -80,6 +82,9 @@ struct Map {
     std::vector<std::uint64_t> entries;  // directory entries
     std::uint64_t dict = 0, list = 0;    // container headers
     std::uint64_t queue = 0, queue_size = 0;
+    std::uint64_t array = 0, array_size = 0;    // "a": c_int x 5, with a lock
+    std::uint64_t scalar = 0, scalar_size = 0;  // "v": c_double, without
+    std::uint64_t objects_end = 0;              // past the last object
 };
 Map map_of(const std::string& img) {
     Map m;
@@ -97,6 +102,15 @@ Map map_of(const std::string& img) {
             m.queue = d.object_offset;
             m.queue_size = d.object_size;
         }
+        if (name == "a") {
+            m.array = d.object_offset;
+            m.array_size = d.object_size;
+        }
+        if (name == "v") {
+            m.scalar = d.object_offset;
+            m.scalar_size = d.object_size;
+        }
+        m.objects_end = std::max(m.objects_end, d.object_offset + d.object_size);
     }
     return m;
 }
@@ -114,10 +128,12 @@ TEST_CASE("a fresh image drives cleanly", "[untrusted]") {
         return o.unexpected.empty() && o.refused == 1;
     });
     Map m = map_of(img);
-    CHECK(m.entries.size() == 3);
+    CHECK(m.entries.size() == 5);
     CHECK(m.dict != 0);
     CHECK(m.list != 0);
     CHECK(m.queue != 0);
+    CHECK(m.array != 0);
+    CHECK(m.scalar != 0);
 }
 
 TEST_CASE("the reported headers: attach table offset and directory head", "[untrusted]") {
@@ -196,7 +212,7 @@ TEST_CASE("every directory entry, damaged", "[untrusted]") {
     test::ShmDir dir;
     const std::string img = untrusted::make_image();
     Map m = map_of(img);
-    REQUIRE(m.entries.size() == 3);
+    REQUIRE(m.entries.size() == 5);
     for (std::uint64_t e : m.entries)
         isolated([&] { return corrupt_each_word(img, e, e + sizeof(shm::heap::DirEntry), "directory entry"); });
 }
@@ -226,6 +242,121 @@ TEST_CASE("a queue's control block and slots, damaged", "[untrusted]") {
     isolated([&] { return corrupt_each_word(img, slots, slots + 8 * sizeof(shm::detail::QueueSlot), "queue slots"); });
 }
 
+TEST_CASE("a shared array's and a shared scalar's header and lock, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    REQUIRE(m.array != 0);
+    REQUIRE(m.scalar != 0);
+    using namespace shm::detail;
+    // Header, lock and the first elements; the scalar's header and value.
+    isolated([&] { return corrupt_each_word(img, m.array, m.array + data_offset(kHasLock) + 16, "shared array"); });
+    isolated([&] { return corrupt_each_word(img, m.scalar, m.scalar + m.scalar_size, "shared scalar"); });
+}
+
+TEST_CASE("a shared array's header, damaged: each check refuses with corrupted, naming what is wrong",
+          "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    const Map m = map_of(img);
+    using namespace shm::detail;
+    using H = SharedArrayHeader;
+    struct Case {
+        const char* what;
+        const char* object;  // "a" (the array) or "v" (the scalar)
+        std::function<void(std::string&)> damage;
+        const char* says;
+    };
+    auto put8 = [](std::string& b, std::size_t off, std::uint8_t v) { b[off] = static_cast<char>(v); };
+    const std::uint64_t a = m.array, v = m.scalar;
+    const std::size_t lock_word = kLockOffset + offsetof(pthread_mutex_t, __data.__lock);
+    const std::size_t lock_kind = kLockOffset + offsetof(pthread_mutex_t, __data.__kind);
+    const std::vector<Case> cases = {
+        {"bad magic", "a", [&](std::string& b) { put64(b, a + offsetof(H, magic), 1); }, "bad magic"},
+        {"count past its block", "a", [&](std::string& b) { put64(b, a + offsetof(H, count), 6); },
+         "do not fill its block"},
+        {"count short of its block", "a", [&](std::string& b) { put64(b, a + offsetof(H, count), 4); },
+         "do not fill its block"},
+        {"count × size overflowing", "a",
+         [&](std::string& b) { put64(b, a + offsetof(H, count), (std::uint64_t(1) << 62) + 5); },
+         "do not fill its block"},
+        {"an element size that is not its type's", "a",
+         [&](std::string& b) { put32(b, a + offsetof(H, element_size), 8); }, "does not match its element type"},
+        {"a type of another size", "a", [&](std::string& b) { put8(b, a + offsetof(H, element_type), 'd'); },
+         "does not match its element type"},
+        {"an unknown type", "a", [&](std::string& b) { put8(b, a + offsetof(H, element_type), 'x'); },
+         "not one this libshm knows"},
+        {"other, without a key", "a", [&](std::string& b) { put8(b, a + offsetof(H, element_type), 0); },
+         "no size or no key"},
+        {"a typecode and a key", "a", [&](std::string& b) { put64(b, a + offsetof(H, type_key), 99); },
+         "both a typecode"},
+        {"unknown flags", "a", [&](std::string& b) { put8(b, a + offsetof(H, flags), kHasLock | 0x80); }, "flags"},
+        {"reserved bytes", "a", [&](std::string& b) { put8(b, a + offsetof(H, reserved), 1); }, "flags"},
+        {"a scalar of five", "a", [&](std::string& b) { put8(b, a + offsetof(H, flags), kHasLock | kScalar); },
+         "scalar of other than one element"},
+        {"a lock it has no room for", "v", [&](std::string& b) { put8(b, v + offsetof(H, flags), kHasLock | kScalar); },
+         "smaller than its header and lock"},
+        {"a lock that is not a RecursiveMutex", "a", [&](std::string& b) { put32(b, a + lock_kind, 0); },
+         "not a libshm RecursiveMutex"},
+        // A lock word naming a thread that cannot exist (over pid_max):
+        // nobody would ever release it.
+        {"a lock held by nobody", "a", [&](std::string& b) { put32(b, a + lock_word, 0x3ffffff0); }, "stays held"},
+    };
+    for (const Case& c : cases) {
+        INFO(c.what);
+        std::string bad = img;
+        c.damage(bad);
+        isolated([&] {
+            untrusted::write_file(bad);
+            auto seg = shm::Segment::open(untrusted::kName);
+            const char* name = c.object;
+            // Type-erased, then typed: both refuse.
+            for (int k = 0; k < 2; ++k) {
+                try {
+                    if (k == 0)
+                        (void)shm::open_shared_array(seg, name);
+                    else if (*name == 'a')
+                        (void)shm::SharedArray<std::int32_t>::open(seg, name);
+                    else
+                        (void)shm::SharedScalar<double>::open(seg, name);
+                    std::fprintf(stderr, "%s: opened\n", c.what);
+                    return false;
+                } catch (const shm::corrupted& e) {
+                    if (!std::strstr(e.what(), c.says)) {
+                        std::fprintf(stderr, "%s: %s\n", c.what, e.what());
+                        return false;
+                    }
+                }
+            }
+            // shmctl stat says so too, from the same checks.
+            shm::admin::SegmentInfo si = shm::admin::inspect_segment(untrusted::path(), true);
+            for (const auto& o : si.objects)
+                // (It reads a lock's holder without judging it.)
+                if (o.info.name == name && std::strcmp(c.says, "stays held") != 0 &&
+                    o.error.message.find(c.says) == std::string::npos) {
+                    std::fprintf(stderr, "%s: inspect says '%s'\n", c.what, o.error.message.c_str());
+                    return false;
+                }
+            return true;
+        });
+    }
+    // Its element type changed to another of the same size: a typed open
+    // is refused as the wrong type; a type-erased one sees the new type.
+    std::string other = img;
+    put8(other, m.array + offsetof(H, element_type), 'f');
+    isolated([&] {
+        untrusted::write_file(other);
+        auto seg = shm::Segment::open(untrusted::kName);
+        try {
+            (void)shm::SharedArray<std::int32_t>::open(seg, "a");
+            return false;
+        } catch (const shm::type_mismatch&) {
+        }
+        return shm::open_shared_array(seg, "a").type == shm::ElementType::c_float &&
+               shm::SharedArray<float>::open(seg, "a").size() == 5;
+    });
+}
+
 TEST_CASE("random damage to the header and the heap, fixed seed", "[untrusted]") {
     test::ShmDir dir;
     const std::string img = untrusted::make_image();
@@ -241,8 +372,8 @@ TEST_CASE("random damage to the header and the heap, fixed seed", "[untrusted]")
                 std::string mtd = img;
                 const int changes = 1 + static_cast<int>(rng() % 8);
                 // Half the iterations in the header, half anywhere up to the
-                // end of the objects (directory, containers, queue).
-                const std::size_t limit = i % 2 ? sizeof(shm::layout::Header) : std::size_t(m.queue + m.queue_size);
+                // end of the objects (directory, containers, queue, arrays).
+                const std::size_t limit = i % 2 ? sizeof(shm::layout::Header) : std::size_t(m.objects_end);
                 for (int k = 0; k < changes; ++k) {
                     std::size_t off = (i % 2 ? 0 : m.heap_offset) + rng() % (limit - (i % 2 ? 0 : m.heap_offset));
                     if (rng() % 2)

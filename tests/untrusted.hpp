@@ -1,9 +1,10 @@
 // A segment file as untrusted input: build a small valid one, write any
 // bytes under its name, and drive everything that reads such a file (the
-// library's open, objects, Dict/List, Queue, verify; shmctl's inspection;
-// gc's reap). Every call may work or refuse with a shm::error; none may end
-// in a signal, a hang or a sanitizer report. Shared by test_untrusted.cpp
-// and the fuzzer (tests/fuzz/), so both drive the same calls.
+// library's open, objects, Dict/List, Queue, SharedArray/SharedScalar,
+// verify; shmctl's inspection; gc's reap). Every call may work or refuse
+// with a shm::error; none may end in a signal, a hang or a sanitizer
+// report. Shared by test_untrusted.cpp and the fuzzer (tests/fuzz/), so
+// both drive the same calls.
 #pragma once
 
 #include <fcntl.h>
@@ -49,9 +50,10 @@ inline std::string read_file() {
 }
 
 // A fresh persistent segment of `size` bytes (in $SHM_DIR) with a dict "d"
-// (an int, a string, a nested list), a list "l" (three items, one a dict)
-// and a queue "q" holding three items; returns the file's bytes. The file
-// stays (persistent) until the caller removes it.
+// (an int, a string, a nested list), a list "l" (three items, one a dict),
+// a queue "q" holding three items, a shared array "a" (five c_int, with a
+// lock) and a shared scalar "v" (a c_double, without); returns the file's
+// bytes. The file stays (persistent) until the caller removes it.
 inline std::string make_image(std::size_t size = 128 * 1024) {
     shm::SegmentOptions o;
     o.persistent = true;
@@ -73,6 +75,9 @@ inline std::string make_image(std::size_t size = 128 * 1024) {
         q.put("first");
         q.put("second item");
         q.put(std::string(40, 'x'));
+        const std::int32_t ints[] = {10, -20, 30, -40, 50};
+        shm::SharedArray<std::int32_t>::create(seg, "a", ints, 5);
+        shm::SharedScalar<double>::create(seg, "v", 2.5, false);
     }
     return read_file();
 }
@@ -146,6 +151,24 @@ inline Outcome drive() {
             (void)q.qsize();
             (void)q.bytes_used();
             for (int i = 0; i < 4; ++i) call(o, "Queue::try_get", [&] { (void)q.try_get(); });
+        });
+        call(o, "SharedArray", [&] {
+            auto a = shm::SharedArray<std::int32_t>::open(seg, "a");
+            std::int64_t sum = 0;
+            for (std::int32_t x : a) sum += x;
+            volatile std::int64_t read = sum;  // every element read, not optimised away
+            (void)read;
+            if (a.has_lock() && a.get_lock().try_lock()) a.get_lock().unlock();
+        });
+        call(o, "SharedScalar", [&] { (void)shm::SharedScalar<double>::open(seg, "v").load(); });
+        call(o, "open_shared_array", [&] {
+            for (const char* n : {"a", "v"}) {
+                shm::SharedArrayInfo i = shm::open_shared_array(seg, n);
+                unsigned sum = 0;
+                for (std::size_t k = 0; k < i.bytes(); ++k) sum += static_cast<const unsigned char*>(i.data)[k];
+                volatile unsigned read = sum;
+                (void)read;
+            }
         });
         call(o, "verify", [&] { (void)seg.verify(); });
     });

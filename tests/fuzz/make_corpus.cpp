@@ -1,9 +1,10 @@
 // Writes the fuzzer's seed corpus: a fresh 96 KiB segment with a dict, a
-// list and a queue (tests/untrusted.hpp), and mutants of it that each break
-// one thing the readers follow. (Not a forged heap lock: open() gives such
-// a lock 100 ms to be released, and every mutant of that seed would pay it;
-// test_untrusted covers it.) Usage: make_corpus DIR (the committed
-// corpus is tests/fuzz/corpus/segment; ./dev fuzz --seed-corpus remakes it).
+// list, a queue, a shared array and a shared scalar (tests/untrusted.hpp),
+// and mutants of it that each break one thing the readers follow. (Not a
+// forged heap lock, nor a forged lock of the array: opening gives such a
+// lock 100 ms to be released, and every mutant of that seed would pay it;
+// test_untrusted covers them.) Usage: make_corpus DIR (the committed corpus
+// is tests/fuzz/corpus/segment; ./dev fuzz --seed-corpus remakes it).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include "store/heap.hpp"
 #include "store/layout.hpp"
 #include "objects/queue_layout.hpp"
+#include "objects/shared_array_layout.hpp"
 
 namespace {
 using shm::layout::Header;
@@ -51,7 +53,7 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(tmpl);
 
     // Where the objects are, read from the image.
-    std::uint64_t dict = 0, list = 0, queue = 0;
+    std::uint64_t dict = 0, list = 0, queue = 0, array = 0, scalar = 0;
     for (std::uint64_t e = get64(img, offsetof(Header, dir_head)); e;
          e = get64(img, e + offsetof(shm::heap::DirEntry, next))) {
         const char* name = img.data() + e + offsetof(shm::heap::DirEntry, name);
@@ -59,8 +61,11 @@ int main(int argc, char** argv) {
         if (std::strcmp(name, "d") == 0) dict = get64(img, obj);
         if (std::strcmp(name, "l") == 0) list = get64(img, obj);
         if (std::strcmp(name, "q") == 0) queue = obj;
+        if (std::strcmp(name, "a") == 0) array = obj;
+        if (std::strcmp(name, "v") == 0) scalar = obj;
     }
-    if (!dict || !list || !queue) return 1;
+    if (!dict || !list || !queue || !array || !scalar) return 1;
+    using shm::detail::SharedArrayHeader;
     using shm::container_layout::CHdr;
     using shm::detail::QueueControl;
     const std::uint64_t heap = get64(img, offsetof(Header, heap_offset));
@@ -77,6 +82,9 @@ int main(int argc, char** argv) {
         {"queue-capacity-3", with32(img, queue + offsetof(QueueControl, capacity), 3)},
         {"queue-item-outside",
          with64(img, queue + sizeof(QueueControl) + offsetof(shm::detail::QueueSlot, item), ~std::uint64_t(0) >> 1)},
+        {"array-count-huge", with64(img, array + offsetof(SharedArrayHeader, count), std::uint64_t(1) << 40)},
+        {"array-lock-kind", with32(img, array + shm::detail::kLockOffset + offsetof(pthread_mutex_t, __data.__kind), 0)},
+        {"scalar-size-wrong", with32(img, scalar + offsetof(SharedArrayHeader, element_size), 4)},
     };
     for (const auto& [name, bytes] : seeds) {
         std::ofstream f(out / name, std::ios::binary | std::ios::trunc);

@@ -40,8 +40,18 @@ std::string queue_text(const admin::ObjectState& o) {
     return fmt::format("{}", fmt::join(parts, ", "));
 }
 
+// "1000 × c_double ('d'), lock free; 0 recoveries", "c_int ('i'), no lock".
+std::string shared_array_text(const admin::ObjectState& o) {
+    std::string type = o.typecode && !o.typecode->empty()
+                           ? fmt::format("{} ('{}')", o.element_type.value_or("?"), *o.typecode)
+                           : fmt::format("{}-byte C++ type", o.element_size.value_or(0));
+    std::string s = o.info.kind == shm::ObjectKind::shared_scalar ? type : fmt::format("{} × {}", o.length.value_or(0), type);
+    return s + ", " + (o.lock ? "lock " + lock_text(*o.lock) : std::string("no lock"));
+}
+
 std::string object_text(const admin::ObjectState& o) {
     if (o.error) return o.error.message;
+    if (o.element_type) return shared_array_text(o);
     if (o.lock) return lock_text(*o.lock);
     if (o.info.kind == shm::ObjectKind::queue && o.value && o.capacity) return queue_text(o);
     std::vector<std::string> parts;
@@ -84,6 +94,10 @@ json object_json(const admin::ObjectState& o) {
     if (o.bytes_used) st["bytes_used"] = *o.bytes_used;
     if (o.closed) st["closed"] = *o.closed;
     if (o.repairs) st["repairs"] = *o.repairs;
+    if (o.element_type) st["element_type"] = *o.element_type;
+    if (o.typecode) st["typecode"] = *o.typecode;
+    if (o.element_size) st["element_size"] = *o.element_size;
+    if (o.has_lock) st["has_lock"] = *o.has_lock;
     return {{"name", o.info.name},
             {"kind", shm::to_string(o.info.kind)},
             {"offset", o.info.offset},

@@ -128,7 +128,7 @@ struct LockState {
 struct ObjectState {
     ObjectInfo info;  // name, kind, offset, size
     Error error;      // why its state could not be read (empty when it was)
-    std::optional<LockState> lock;                  // mutex, recursive_mutex
+    std::optional<LockState> lock;                  // mutex, recursive_mutex; shared_array, shared_scalar with a lock
     std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore; queue: items in it
     std::optional<std::uint32_t> bound;             // bounded_semaphore
     std::optional<std::uint32_t> waiters;           // semaphores, condition, event (a hint)
@@ -137,13 +137,17 @@ struct ObjectState {
     std::optional<std::uint32_t> n_waiting;         // barrier
     std::optional<std::uint32_t> generation;        // barrier
     std::optional<bool> broken;                     // barrier
-    std::optional<std::uint64_t> length;            // dict, list: number of items
+    std::optional<std::uint64_t> length;            // dict, list: number of items; shared_array, shared_scalar: elements
     std::optional<std::uint32_t> capacity;          // queue
     std::optional<std::uint32_t> max_item_size;     // queue
     std::optional<std::uint64_t> max_bytes;         // queue: the byte budget
     std::optional<std::uint64_t> bytes_used;        // queue: payload bytes held (queued, being put or got)
     std::optional<bool> closed;                     // queue
     std::optional<std::uint64_t> repairs;           // queue: slots of dead processes repaired
+    std::optional<std::string> element_type;        // shared_array, shared_scalar: "c_int", ... ("other": a C++ type)
+    std::optional<std::string> typecode;            // shared_array, shared_scalar: "i", ... ("" for a C++ type)
+    std::optional<std::uint32_t> element_size;      // shared_array, shared_scalar: bytes per element
+    std::optional<bool> has_lock;                   // shared_array, shared_scalar: made with a lock
 };
 
 struct SegmentInfo {

@@ -1,6 +1,10 @@
 // What kind of object a named entry of a segment holds, recorded in the
 // segment's directory so that tools (shmctl stat) can show live state without
 // knowing the program's types.
+//
+// A kind is only ever added: a libshm that does not know a kind shows such
+// an object without its state, and cannot open it (its type key differs),
+// so adding one leaves the layout version as it is.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +23,8 @@ enum class ObjectKind : std::uint32_t {
     dict = 8,              // shm::Dict (its root)
     list = 9,              // shm::List (its root)
     queue = 10,            // shm::Queue
+    shared_array = 11,     // shm::SharedArray<T> (Python's Array)
+    shared_scalar = 12,    // shm::SharedScalar<T> (Python's Value)
 };
 
 const char* to_string(ObjectKind k) noexcept;

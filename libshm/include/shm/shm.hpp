@@ -9,5 +9,6 @@
 #include "shm/object_kind.hpp"
 #include "shm/queue.hpp"
 #include "shm/segment.hpp"
+#include "shm/shared_array.hpp"
 #include "shm/sync.hpp"
 #include "shm/version.hpp"

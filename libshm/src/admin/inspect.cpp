@@ -113,6 +113,20 @@ std::string read_queue(const inspect::ReadAt& read, const inspect::Place& at, Ob
     return {};
 }
 
+std::string read_shared_array(const inspect::ReadAt& read, const inspect::Place& at,
+                              const std::vector<AttachInfo>& attached, ObjectState& s) {
+    inspect::SharedArrayState a;
+    std::string problem = inspect::shared_array_state(read, at, a);
+    if (!problem.empty()) return problem;
+    s.element_type = a.element_type;
+    s.typecode = a.typecode ? std::string(1, a.typecode) : std::string();
+    s.element_size = a.element_size;
+    s.length = a.count;
+    s.has_lock = a.has_lock;
+    if (a.lock) s.lock = lock_state(*a.lock, attached);
+    return {};
+}
+
 std::string read_sync(const inspect::ReadAt& read, const inspect::Place& at, const std::vector<AttachInfo>& attached,
                       ObjectState& s) {
     inspect::SyncState y;
@@ -140,6 +154,8 @@ void read_object_state(int fd, const std::vector<AttachInfo>& attached, ObjectSt
         if (problem.empty()) s.length = length;
     } else if (s.info.kind == ObjectKind::queue) {
         problem = read_queue(read, at, s);
+    } else if (inspect::is_shared_array_kind(s.info.kind)) {
+        problem = read_shared_array(read, at, attached, s);
     } else if (inspect::is_sync_kind(s.info.kind)) {
         problem = read_sync(read, at, attached, s);
     } else if (s.info.kind != ObjectKind::raw && std::strcmp(to_string(s.info.kind), "unknown") == 0) {

@@ -7,6 +7,7 @@
 //                        Condition, Event, Barrier (shm/mutex.hpp, shm/sync.hpp)
 //   container_state.cpp  Dict and List (container_layout.hpp)
 //   queue_state.cpp      Queue (queue_layout.hpp)
+//   shared_array_state.cpp  SharedArray, SharedScalar (shared_array_layout.hpp)
 //
 // They never touch a mapping: every byte comes through a ReadAt, which
 // copies it out of the file (pread), so a file that other processes change
@@ -82,5 +83,19 @@ struct QueueState {
     std::uint64_t repairs = 0;      // slots of dead processes repaired
 };
 std::string queue_state(const ReadAt& read, const Place& at, QueueState& out);
+
+// A SharedArray's or SharedScalar's element type, length and lock.
+// (shared_array_state.cpp)
+struct SharedArrayState {
+    std::string element_type;       // ctypes' name: "c_int", ...; "other" for a C++ type
+    char typecode = 0;              // Python's typecode: 'i', ...; 0 for a C++ type
+    std::uint32_t element_size = 0;
+    std::uint64_t count = 0;
+    bool scalar = false;            // a SharedScalar (Python's Value)
+    bool has_lock = false;
+    std::optional<LockWord> lock;   // when it has one
+};
+bool is_shared_array_kind(ObjectKind kind) noexcept;
+std::string shared_array_state(const ReadAt& read, const Place& at, SharedArrayState& out);
 
 }  // namespace shm::inspect

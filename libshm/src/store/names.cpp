@@ -85,6 +85,8 @@ const char* to_string(ObjectKind k) noexcept {
         case ObjectKind::dict: return "dict";
         case ObjectKind::list: return "list";
         case ObjectKind::queue: return "queue";
+        case ObjectKind::shared_array: return "shared_array";
+        case ObjectKind::shared_scalar: return "shared_scalar";
     }
     return "unknown";
 }

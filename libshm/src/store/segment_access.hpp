@@ -22,7 +22,7 @@ struct SegmentAccess {
         return seg.state_;
     }
 
-    // A named object of variable size (a queue's block), through the
+    // A named object of variable size (a queue's block, a shared array), through the
     // segment's directory: see Segment::named_op. Its type key is T's.
     using Init = Segment::Init;
     template <class T>
@@ -31,6 +31,12 @@ struct SegmentAccess {
                              bool* constructed, std::size_t* found_size) {
         return seg.named_op(name, Segment::type_key<T>(), type_name, kind, size, align, init, ctx, op, constructed,
                             found_size);
+    }
+    // Destroy such a block (see Segment::named_destroy); false if absent.
+    using Fini = Segment::Fini;
+    template <class T>
+    static bool named_destroy(Segment& seg, std::string_view name, const char* type_name, Fini fini) {
+        return seg.named_destroy(name, Segment::type_key<T>(), type_name, fini);
     }
 };
 

@@ -32,6 +32,7 @@
 #include "shm/version.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
+#include "store/lock_holder.hpp"
 #include "store/segment_internal.hpp"
 
 namespace shm::store {
@@ -126,25 +127,16 @@ namespace {
 // is released within a moment (transactions last microseconds); else the
 // segment is refused as corrupt.
 void check_heap_lock(int fd, Header* h, const std::string& what) {
-    constexpr unsigned kTidMask = 0x3fffffff, kOwnerDied = 0x40000000;  // FUTEX_TID_MASK, FUTEX_OWNER_DIED
     const auto* pm = reinterpret_cast<const pthread_mutex_t*>(h->heap_lock_storage);
-    const unsigned word = __atomic_load_n(reinterpret_cast<const unsigned*>(&pm->__data.__lock), __ATOMIC_ACQUIRE);
-    const unsigned tid = word & kTidMask;
-    // Free, or its holder died: the next locker recovers it. Any other word
-    // (also one with only the waiters bit) makes a locker wait.
-    if (word == 0 || (word & kOwnerDied)) return;
-    if (tid == static_cast<unsigned>(platform::current_tid()))
-        throw corrupted(what + " has an inconsistent header: its heap lock names this thread, which does not hold it");
-    auto thread_of = [tid](long pid) {
-        char p[64];
-        std::snprintf(p, sizeof p, "/proc/%ld/task/%u", pid, tid);
-        return ::access(p, F_OK) == 0;
-    };
-    if (thread_of(::getpid())) return;  // another handle of ours, in a transaction
-    layout::AttachSlot* s = layout::slots(h);
-    for (std::uint32_t i = 0; i < h->max_attach; ++i) {
-        const std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
-        if (pid > 0 && slot_alive(fd, h, i) && thread_of(pid)) return;
+    pid_t tid = 0;
+    switch (lock_holder(fd, h, pm, &tid)) {
+        case LockHolder::free:
+        case LockHolder::owner_died:
+        case LockHolder::this_process:  // another handle of ours, in a transaction
+        case LockHolder::attached: return;
+        case LockHolder::this_thread:
+            throw corrupted(what + " has an inconsistent header: its heap lock names this thread, which does not hold it");
+        case LockHolder::unknown: break;
     }
     Mutex& m = layout::heap_lock(h);
     if (m.try_lock_for(std::chrono::milliseconds(100))) {

@@ -20,6 +20,7 @@
 #include "core/wait.hpp"
 #include "platform/platform.hpp"
 #include "store/layout.hpp"
+#include "store/lock_holder.hpp"
 #include "store/segment_internal.hpp"
 #include "store/segment_state.hpp"
 
@@ -65,6 +66,30 @@ void unlink_if_same(const std::string& path, int fd) {
 
 bool slot_alive(int fd, Header* h, std::uint32_t i) {
     return core::liveness::holds_lock(fd, layout::slot_lock_byte(h, i));
+}
+
+LockHolder lock_holder(int fd, Header* h, const pthread_mutex_t* m, pid_t* tid_out) {
+    constexpr unsigned kTidMask = 0x3fffffff, kOwnerDied = 0x40000000;  // FUTEX_TID_MASK, FUTEX_OWNER_DIED
+    const unsigned word = __atomic_load_n(reinterpret_cast<const unsigned*>(&m->__data.__lock), __ATOMIC_ACQUIRE);
+    const unsigned tid = word & kTidMask;
+    if (tid_out) *tid_out = static_cast<pid_t>(tid);
+    // Free, or its holder died: the next locker gets it. Any other word
+    // (also one with only the waiters bit) makes a locker wait.
+    if (word == 0) return LockHolder::free;
+    if (word & kOwnerDied) return LockHolder::owner_died;
+    if (tid == static_cast<unsigned>(platform::current_tid())) return LockHolder::this_thread;
+    auto thread_of = [tid](long pid) {
+        char p[64];
+        std::snprintf(p, sizeof p, "/proc/%ld/task/%u", pid, tid);
+        return tid != 0 && ::access(p, F_OK) == 0;
+    };
+    if (thread_of(::getpid())) return LockHolder::this_process;
+    layout::AttachSlot* s = layout::slots(h);
+    for (std::uint32_t i = 0; i < h->max_attach; ++i) {
+        const std::int32_t pid = s[i].pid.load(std::memory_order_acquire);
+        if (pid > 0 && slot_alive(fd, h, i) && thread_of(pid)) return LockHolder::attached;
+    }
+    return LockHolder::unknown;
 }
 
 void clear_slot(layout::AttachSlot& s) {
