@@ -16,12 +16,14 @@ from ._core import (AlreadyExists, Corrupted, Error, NotFound, OutOfSpace, Owner
 from ._core import version as __version__
 from .managers import DictProxy, ListProxy, dict, list
 from .queues import JoinableQueue, Queue, SimpleQueue
+from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
                           Semaphore)
 
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue",
     "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
+    "Value", "Array", "RawValue", "RawArray",
     "dict", "list", "DictProxy", "ListProxy", "Manager",
     "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
     "OwnerDiedWarning",
@@ -59,3 +61,5 @@ class Manager:
     Condition = staticmethod(Condition)
     Event = staticmethod(Event)
     Barrier = staticmethod(Barrier)
+    Value = staticmethod(Value)
+    Array = staticmethod(Array)

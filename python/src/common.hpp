@@ -65,7 +65,32 @@ struct Where {
     std::string object;
 };
 
+// A named object in a segment, and the segment it lives in.
+template <class T>
+struct Handle {
+    SegmentPtr seg;
+    T* obj;
+    std::string name;
+
+    template <class... Args>
+    static Handle create(const SegmentPtr& s, const std::string& name, Args... args) {
+        py::gil_scoped_release nogil;
+        return Handle{s, &s->construct<T>(name, args...), name};
+    }
+    static Handle open(const SegmentPtr& s, const std::string& name) {
+        T* o;
+        {
+            py::gil_scoped_release nogil;
+            o = s->find<T>(name);
+        }
+        if (!o) throw shm::not_found("libshm: no " + std::string(shm::to_string(shm::object_kind_of<T>::value)) +
+                                     " '" + name + "' in segment '" + s->name() + "'");
+        return Handle{s, o, name};
+    }
+};
+
 void bind_segment(py::module_& m);
+void bind_shared(py::module_& m);
 void bind_sync(py::module_& m);
 void bind_queue(py::module_& m);
 void bind_containers(py::module_& m);

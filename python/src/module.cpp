@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
     pyshm::bind_sync(m);
     pyshm::bind_queue(m);
     pyshm::bind_containers(m);
+    pyshm::bind_shared(m);
 }

@@ -13,30 +13,6 @@ namespace pyshm {
 namespace {
 using namespace pybind11::literals;
 
-// A named object in a segment, and the segment it lives in.
-template <class T>
-struct Handle {
-    SegmentPtr seg;
-    T* obj;
-    std::string name;
-
-    template <class... Args>
-    static Handle create(const SegmentPtr& s, const std::string& name, Args... args) {
-        py::gil_scoped_release nogil;
-        return Handle{s, &s->construct<T>(name, args...), name};
-    }
-    static Handle open(const SegmentPtr& s, const std::string& name) {
-        T* o;
-        {
-            py::gil_scoped_release nogil;
-            o = s->find<T>(name);
-        }
-        if (!o) throw shm::not_found("libshm: no " + std::string(shm::to_string(shm::object_kind_of<T>::value)) +
-                                     " '" + name + "' in segment '" + s->name() + "'");
-        return Handle{s, o, name};
-    }
-};
-
 PyObject* owner_died_warning = nullptr;
 
 // A lock whose previous holder died: say so once, as a warning the program

@@ -51,6 +51,21 @@ def _locked_increments(lock, d, n):
             d["n"] = d.get("n", 0) + 1
 
 
+def _add_under_lock(v, a, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+        with a.get_lock():
+            a[0] += 1
+
+
+def _hold_value_lock_forever(v, held):
+    v.get_lock().acquire()
+    v.value = -1  # half-way through an update
+    held.set()
+    time.sleep(CAP)
+
+
 def _get_forever(q, got):
     while True:
         got.put(q.get())
@@ -168,6 +183,25 @@ class Basics(ShmDirTest):
         lst.sort()
         self.assertEqual(lst[:3], [0, 1, 1])
 
+    def test_value_and_array(self):
+        import ctypes
+        v = libshm.Value("i", 7)
+        self.assertEqual(v.value, 7)
+        self.assertEqual(v.get_obj().value, 7)
+        a = libshm.Array("d", [1.5, 2.5])
+        self.assertEqual(a[:], [1.5, 2.5])
+        a[1:] = [9.0]
+        self.assertEqual(a[1], 9.0)
+        s = libshm.Array("c", b"hello")
+        self.assertEqual(s.value, b"hello")
+        raw = libshm.RawArray(ctypes.c_uint16, 3)
+        self.assertEqual(list(raw), [0, 0, 0])
+        self.assertIsInstance(libshm.Value("q", 1, lock=False), ctypes.c_longlong)
+        shared_lock = libshm.RLock()
+        self.assertIs(libshm.Value("i", lock=shared_lock).get_lock(), shared_lock)
+        self.assertRaises(AttributeError, libshm.Value, "i", 0, lock=object())
+        self.assertRaises(TypeError, libshm.Value, "not a typecode")
+
     def test_pickle_by_name(self):
         for obj in (libshm.Queue(), libshm.Lock(), libshm.dict(a=1), libshm.Event()):
             again = pickle.loads(pickle.dumps(obj))
@@ -205,6 +239,40 @@ class Processes(ShmDirTest):
         p.join(CAP)
         self.assertEqual(p.exitcode, 0)
         self.assertEqual(files(), before)
+
+
+class SharedValues(ShmDirTest):
+    def test_four_processes_add_exactly(self):
+        for method in ("fork", "spawn"):
+            with self.subTest(method=method):
+                ctx = mp.get_context(method)
+                v, a = libshm.Value("l", 0), libshm.Array("i", 3)
+                ps = [ctx.Process(target=_add_under_lock, args=(v, a, 500)) for _ in range(4)]
+                for p in ps:
+                    p.start()
+                for p in ps:
+                    p.join(CAP)
+                    self.assertEqual(p.exitcode, 0)
+                self.assertEqual(v.value, 2000)
+                self.assertEqual(a[:], [2000, 0, 0])
+
+    def test_value_lock_holder_killed(self):
+        ctx = mp.get_context("fork")
+        v = libshm.Value("i", 0)
+        for _ in range(50):
+            held = libshm.Event()
+            p = ctx.Process(target=_hold_value_lock_forever, args=(v, held))
+            p.start()
+            self.assertTrue(held.wait(CAP))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(CAP)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with v.get_lock():
+                    self.assertTrue(v.get_lock().previous_owner_died)
+                    self.assertEqual(v.value, -1)  # what the dead holder left: the caller repairs
+                    v.value = 0
+            self.assertTrue(any(issubclass(w.category, libshm.OwnerDiedWarning) for w in caught))
 
 
 class Crashes(ShmDirTest):
