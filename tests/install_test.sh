@@ -13,6 +13,10 @@
 #   SAN_CXXFLAGS SAN_LDFLAGS         this build's sanitizer (and warning)
 #                                    flags: an ASan-built libshm.a only links
 #                                    into programs built with them
+#   PYTHON PYTHON_DIR SANITIZE       with the Python package: its interpreter,
+#                                    its install directory under the prefix
+#                                    (SHM_PYTHON_INSTALL_DIR) and SHM_SANITIZE
+#                                    (a sanitized extension is not imported)
 set -euo pipefail
 
 fail() { echo "install test: FAILED: $*" >&2; exit 1; }
@@ -23,6 +27,11 @@ for v in CMAKE CXX GENERATOR VERSION BUILD_DIR SOURCE_DIR LIBDIR BINDIR INCLUDED
 done
 if [[ "${UNIT_DIR:-}" == /* ]]; then
     echo "install test: SHM_SYSTEMD_UNIT_DIR is absolute ($UNIT_DIR): installing would write outside the temporary prefix; skipped"
+    exit 77
+fi
+
+if [[ "${PYTHON_DIR:-}" == /* ]]; then
+    echo "install test: SHM_PYTHON_INSTALL_DIR is absolute ($PYTHON_DIR): installing would write outside the temporary prefix; skipped"
     exit 77
 fi
 
@@ -67,6 +76,14 @@ if [ -n "${UNIT_DIR:-}" ]; then
     grep -qxF "ExecStart=$prefix/$BINDIR/shmctl gc" "$prefix/$UNIT_DIR/shmctl-gc.service" ||
         fail "shmctl-gc.service does not start $prefix/$BINDIR/shmctl gc: $(grep ExecStart "$prefix/$UNIT_DIR/shmctl-gc.service")"
 fi
+if [ -n "${PYTHON:-}" ]; then
+    for f in __init__.py queues.py synchronize.py managers.py _arena.py __init__.pyi py.typed; do
+        expect "$PYTHON_DIR/libshm/$f"
+    done
+    core=$(cd "$prefix" && find "$PYTHON_DIR/libshm" -name '_core*.so')
+    [ -n "$core" ] || fail "not installed: the extension $PYTHON_DIR/libshm/_core*.so"
+    echo "  $core"
+fi
 
 # Segments of the programs run below go to a private directory, on the shm
 # tmpfs when there is one, removed at the end.
@@ -77,6 +94,29 @@ else
     mkdir "$shmdir"
 fi
 export SHM_DIR="$shmdir"
+
+if [ -n "${PYTHON:-}" ] && [ -z "${SANITIZE:-}" ]; then
+    step "import libshm with PYTHONPATH=$prefix/$PYTHON_DIR ($PYTHON, SHM_DIR=$shmdir)"
+    (cd "$tmp" && PYTHONPATH="$prefix/$PYTHON_DIR" "$PYTHON" - "$prefix" <<'PY') || fail "importing the installed package"
+import os
+import sys
+
+import libshm
+
+prefix = os.path.realpath(sys.argv[1])
+where = os.path.realpath(libshm.__file__)
+assert where.startswith(prefix + os.sep), f"libshm came from {where}, not from {prefix}"
+q = libshm.Queue()
+q.put({"item": [1, "two"]})
+got = q.get(timeout=60)
+assert got == {"item": [1, "two"]}, got
+with libshm.Lock():
+    pass
+print(f"  libshm {libshm.__version__} from {where}: put and got {got!r}")
+PY
+    left=$(ls -A "$shmdir")
+    [ -z "$left" ] || fail "the Python program left files in its shm directory: $left"
+fi
 
 step "examples/ built out of tree against the installed package"
 build="$tmp/examples"

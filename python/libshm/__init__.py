@@ -1,5 +1,5 @@
-"""libshm: multiprocessing's Queue, locks, Value/Array and Manager dict/list
-in shared memory, safe against killed processes.
+"""libshm: multiprocessing's Queue, locks, Barrier, Value/Array and Manager
+dict/list in shared memory, safe against killed processes.
 
 Replace the imports and keep the program::
 
@@ -8,7 +8,7 @@ Replace the imports and keep the program::
 
 Processes themselves still come from multiprocessing (Process, Pool and the
 start methods); the objects above pass to them under fork, spawn and
-forkserver.
+forkserver. Manager().Namespace is not provided.
 """
 
 from ._core import (AlreadyExists, Corrupted, Error, NotFound, OutOfSpace, OwnerDiedWarning,
@@ -31,18 +31,24 @@ __all__ = [
 
 
 class Manager:
-    """Manager() without a server process: the same factory methods, made
-    by this process in shared memory. Usable as a context manager; start()
-    and shutdown() have nothing to do."""
+    """multiprocessing.Manager() without a server process.
+
+    dict(), list(), Queue(), JoinableQueue(), Lock(), RLock(), Semaphore(),
+    BoundedSemaphore(), Condition(), Event(), Barrier(), Value() and Array()
+    make libshm's objects (in shared memory, by this process) instead of
+    proxies to a server's; Namespace() and Pool() are not provided.
+    Usable as a context manager. Leaving it does not destroy what it made:
+    each object lives as long as some process uses it."""
 
     def __init__(self, *args, **kwargs):
-        pass
+        """Takes and ignores multiprocessing.Manager()'s arguments."""
 
     def start(self, *args, **kwargs):
-        pass
+        """Nothing to start: there is no server."""
 
     def shutdown(self):
-        pass
+        """Nothing to stop: there is no server, and the objects made stay
+        usable (a Manager's proxies stop working)."""
 
     def __enter__(self):
         return self

@@ -39,11 +39,22 @@ class _Container:
 
     @property
     def name(self):
+        """Not in multiprocessing: (segment name, object name), what another
+        program opens (C++: shm::Dict::open / shm::List::open in that segment)."""
         return (self._h.segment.name, self._h.name)
 
 
 class DictProxy(_Container, MutableMapping):
-    """A dict shared by processes; every operation is atomic."""
+    """Manager().dict() without a server: a dict shared by processes,
+    every operation one atomic step in shared memory.
+
+    Differs from a Manager's dict: it iterates (keys(), values(), items(),
+    popitem()) in its table's order, not insertion order; name= opens or
+    makes a dict of that name; increment() is an extension. str, int and
+    bytes keys are stored as such, other keys pickled: keys that are equal
+    but differ in type (1 and 1.0) are different keys here. Values that map
+    onto C++ (None, bool, int, float, str, bytes, plain lists and dicts of
+    them) are stored as such, other values pickled."""
     _core_type = _core.Dict
 
     def __init__(self, *args, name=None, **kwargs):
@@ -67,6 +78,8 @@ class DictProxy(_Container, MutableMapping):
         return len(self._h)
 
     def __iter__(self):
+        """The keys of a snapshot, in table order; RuntimeError if the
+        dict's size changes meanwhile, as for a dict."""
         keys = self._h._raw_keys()
         size = len(keys)
         for k in keys:
@@ -77,21 +90,28 @@ class DictProxy(_Container, MutableMapping):
             raise RuntimeError("dictionary changed size during iteration")
 
     def keys(self):
+        """A list of the keys, as a Manager's dict gives (not a view)."""
         return self._h._raw_keys()
 
     def values(self):
+        """A list of the values, as a Manager's dict gives (not a view)."""
         return self._h.values()
 
     def items(self):
+        """A list of (key, value) pairs, as a Manager's dict gives (not a view)."""
         return self._h.items()
 
     def get(self, key, default=None):
+        """As dict.get()."""
         return self._h.get(key, default)
 
     def pop(self, key, *default):
+        """As dict.pop(), atomically."""
         return self._h.pop(key, *default)
 
     def popitem(self):
+        """Remove and return a (key, value) pair: the first in table order,
+        where dict.popitem() takes the last inserted."""
         for k in self._h._raw_keys():
             try:
                 return (k, self._h.pop(k))
@@ -100,6 +120,7 @@ class DictProxy(_Container, MutableMapping):
         raise KeyError("popitem(): dictionary is empty")
 
     def setdefault(self, key, default=None):
+        """As dict.setdefault(), atomically (one process sets it)."""
         return self._h.setdefault(key, default)
 
     def update(self, *args, **kwargs):
@@ -119,14 +140,17 @@ class DictProxy(_Container, MutableMapping):
         self._h._update_items(items)
 
     def increment(self, key, n=1):
-        """Add n to the number at key (0 if missing), atomically; returns the new value."""
+        """Not in multiprocessing: add n to the number at key (0 if missing),
+        atomically; returns the new value (a float if n is one). Unlike
+        d[key] += n, no update from another process is lost."""
         return self._h.increment(key, n)
 
     def clear(self):
+        """As dict.clear(), atomically."""
         self._h.clear()
 
     def copy(self):
-        """A plain dict with the same items."""
+        """A plain dict with the same items (a snapshot), as a Manager's dict gives."""
         return self._h.copy()
 
     def __eq__(self, other):
@@ -141,7 +165,14 @@ class DictProxy(_Container, MutableMapping):
 
 
 class ListProxy(_Container, MutableSequence):
-    """A list shared by processes; every operation is atomic."""
+    """Manager().list() without a server: a list shared by processes.
+
+    Each operation is one atomic step in shared memory, except those that
+    rewrite the whole list (slice assignment and deletion, reverse(),
+    sort(), *=): they take a copy, change it, and put it back, so an
+    update from another process in between is lost, and a reader may see
+    the list empty for a moment. Guard them with a libshm.Lock when others
+    write too. name= opens or makes a list of that name."""
     _core_type = _core.List
 
     def __init__(self, iterable=(), *, name=None):
@@ -186,42 +217,53 @@ class ListProxy(_Container, MutableSequence):
             i += 1
 
     def insert(self, i, value):
+        """As list.insert(), atomically."""
         self._h.insert(i, value)
 
     def append(self, value):
+        """As list.append(), atomically."""
         self._h.append(value)
 
     def extend(self, values):
+        """As list.extend(), in one atomic step."""
         self._h.extend(values)
 
     def pop(self, i=-1):
+        """As list.pop(), atomically."""
         return self._h.pop(i)
 
     def remove(self, value):
+        """As list.remove(), atomically."""
         self._h.remove(value)
 
     def index(self, value, *args):
+        """As list.index(); atomic without start and stop."""
         if args:
             return self._h.copy().index(value, *args)
         return self._h.index(value)
 
     def count(self, value):
+        """As list.count()."""
         return self._h.count(value)
 
     def clear(self):
+        """As list.clear(), atomically."""
         self._h.clear()
 
     def reverse(self):
+        """As list.reverse(), but not atomic (see the class)."""
         items = self._h.copy()
         items.reverse()
         self._replace(items)
 
     def sort(self, *, key=None, reverse=False):
+        """As list.sort(), but not atomic (see the class)."""
         items = self._h.copy()
         items.sort(key=key, reverse=reverse)
         self._replace(items)
 
     def copy(self):
+        """A plain list with the same items (a snapshot)."""
         return self._h.copy()
 
     def __iadd__(self, values):

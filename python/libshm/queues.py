@@ -35,13 +35,14 @@ def _rebuild(cls, segment, name, raw, options):
 
 
 class Queue:
-    """multiprocessing.Queue(maxsize=0).
+    """multiprocessing.Queue(maxsize=0), without a feeder thread.
 
-    Keyword-only extras: name= (a segment and queue of that name, opened if
-    it exists: C++ programs open it with shm::Queue::open(seg, name)),
-    raw=True (bytes only, no tag byte: what C++ puts and gets),
-    max_item_size= and max_bytes= (the ring), heap_bytes= (room for items
-    larger than max_item_size)."""
+    maxsize is at most 2**24; 0 (unbounded in multiprocessing) means up to
+    DEFAULT_CAPACITY items. Keyword-only extras: name= (a segment and
+    queue of that name, opened if it exists: C++ programs open it with
+    shm::Queue::open(seg, name)), raw=True (bytes only, no tag byte: what
+    C++ puts and gets), max_item_size= and max_bytes= (the ring),
+    heap_bytes= (room for items larger than max_item_size)."""
 
     def __init__(self, maxsize=0, *, name=None, raw=False, max_item_size=DEFAULT_ITEM_SIZE,
                  max_bytes=None, heap_bytes=DEFAULT_HEAP):
@@ -74,6 +75,8 @@ class Queue:
         _arena.track(self)
 
     def _bind(self):
+        # The handle's methods straight on the instance, saving a Python call
+        # per item; the methods below document them and stand in when unbound.
         h = self._h
         self.put = h.put
         self.get = h.get
@@ -83,6 +86,47 @@ class Queue:
         self.empty = h.empty
         self.full = h.full
 
+    def put(self, obj, block=True, timeout=None):
+        """As multiprocessing.Queue.put(), except that there is no feeder
+        thread: the item is in the queue when put() returns, and an object
+        that cannot be pickled raises here rather than in a background
+        thread. bytes and str go in as they are, without pickling. An item
+        larger than max_item_size waits in the segment's heap (room set by
+        heap_bytes). Raises queue.Full when block is false or the timeout
+        passes; ValueError after close() (of this object) or shutdown() (by
+        any process)."""
+        self._h.put(obj, block, timeout)
+
+    def get(self, block=True, timeout=None):
+        """As multiprocessing.Queue.get(). The item leaves the queue as
+        get() returns it: a process killed after that loses it. Raises
+        queue.Empty when block is false or the timeout passes; ValueError
+        after close() (of this object), or once the queue was shut down
+        (shutdown()) and is empty."""
+        return self._h.get(block, timeout)
+
+    def put_nowait(self, obj, /):
+        """put(obj, False)."""
+        self._h.put_nowait(obj)
+
+    def get_nowait(self):
+        """get(False)."""
+        return self._h.get_nowait()
+
+    def qsize(self):
+        """The number of items in the queue, a snapshot as in
+        multiprocessing; unlike it, implemented on every platform."""
+        return self._h.qsize()
+
+    def empty(self):
+        """True if the queue holds no item (a snapshot, as in multiprocessing)."""
+        return self._h.empty()
+
+    def full(self):
+        """True if a put() would block now: maxsize items, or its byte budget
+        (max_bytes) used up (a snapshot, as in multiprocessing)."""
+        return self._h.full()
+
     def __reduce__(self):
         # Shared now (with a process, or stored in a dict or list): this
         # process keeps its segment attached until it exits, so the name
@@ -91,28 +135,39 @@ class Queue:
         return (_rebuild, (type(self), self._h.segment.name, self._h.name, self._raw, self._options))
 
     def close(self):
-        """No more put() or get() in this process (others go on)."""
+        """No more put() or get() through this object, as in multiprocessing
+        (other processes go on; shutdown() stops them all). Items already
+        put stay in the queue: there is no feeder thread to flush."""
         self._h.close()
 
     def join_thread(self):
-        """Nothing to wait for: put() has finished when it returns."""
+        """Nothing to wait for: put() has finished when it returns. As in
+        multiprocessing, only after close() (AssertionError before)."""
         if not self._h.is_closed:
             raise AssertionError("join_thread() before close()")
 
     def cancel_join_thread(self):
-        """Nothing to cancel: there is no feeder thread."""
+        """Nothing to cancel: there is no feeder thread, and a process can
+        always exit without waiting for its items to be flushed."""
 
     def shutdown(self):
-        """Close the queue for every process: put() raises ValueError; get()
-        drains what is left, then raises ValueError."""
+        """Not in multiprocessing (like queue.Queue.shutdown() of Python
+        3.13): close the queue for every process that uses it. put() raises
+        ValueError; get() drains what is left, then raises ValueError, and
+        blocked getters wake up to do so."""
         self._h.shutdown()
 
     @property
     def name(self):
+        """Not in multiprocessing: (segment name, queue name), what another
+        program opens (C++: shm::Queue::open(shm::Segment::open(segment),
+        queue))."""
         return (self._h.segment.name, self._h.name)
 
     @property
     def maxsize(self):
+        """The maxsize given (0: unbounded, which here means up to
+        DEFAULT_CAPACITY items)."""
         return self._options[1]
 
     def __repr__(self):
@@ -129,22 +184,36 @@ class JoinableQueue(Queue):
         super()._bind()
         self.task_done = self._h.task_done
 
+    def task_done(self):
+        """As multiprocessing.JoinableQueue.task_done(): an item got is
+        done. ValueError if called more times than items were got."""
+        self._h.task_done()
+
     def join(self, timeout=None):
-        """Wait until every item put has been got and marked done. With a
-        timeout (an extension), False if it passed first."""
+        """Wait until every item put has been got and marked done, as in
+        multiprocessing; items got by a process that died count as done.
+        The timeout is an extension: False if it passed first, else True."""
         return self._h.join(timeout)
 
 
 class SimpleQueue(Queue):
-    """multiprocessing.SimpleQueue: get(), put(), empty(), close()."""
+    """multiprocessing.SimpleQueue: get(), put(), empty(), close().
+
+    A Queue without a maxsize (it holds up to DEFAULT_CAPACITY items; put()
+    blocks beyond). The extras of Queue (name=, raw=, the size arguments,
+    qsize(), shutdown()) work here too."""
 
     def __init__(self, *, name=None, **kw):
         super().__init__(0, name=name, **kw)
 
     def put(self, obj):
+        """As multiprocessing.SimpleQueue.put(), which blocks while its pipe
+        is full: this one blocks while the queue is (DEFAULT_CAPACITY items,
+        or its byte budget)."""
         self._h.put(obj)
 
     def get(self):
+        """As multiprocessing.SimpleQueue.get()."""
         return self._h.get()
 
     def _bind(self):

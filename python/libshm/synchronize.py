@@ -49,7 +49,8 @@ class _Named:
 
     @property
     def name(self):
-        """(segment, object) names: what another process opens."""
+        """Not in multiprocessing: (segment name, object name), what another
+        process opens."""
         return (self._h.segment.name, self._h.name)
 
     def __repr__(self):
@@ -57,7 +58,11 @@ class _Named:
 
 
 class Lock(_Named):
-    """multiprocessing.Lock: acquire(block=True, timeout=None), release()."""
+    """multiprocessing.Lock: acquire(block=True, timeout=None), release().
+
+    A robust lock: a holder that dies does not block the others (see
+    acquire()). Only the thread that holds it may release it, where
+    multiprocessing's, a semaphore, can be released by anyone."""
     _core_type = _core.Lock
 
     def __init__(self, *, name=None):
@@ -69,10 +74,29 @@ class Lock(_Named):
         self._bind()
 
     def _bind(self):
+        # The handle's methods straight on the instance (one Python call
+        # less); the methods below document them.
         h = self._h
         self.acquire = h.acquire
         self.release = h.release
         self.__enter__ = h.__enter__
+
+    def acquire(self, block=True, timeout=None):
+        """As multiprocessing's acquire(): True once taken, False if block
+        is false or the timeout passed. If the holder died holding it, the
+        acquire succeeds, warns with libshm.OwnerDiedWarning (which a
+        program may turn into an error with the warnings module: the lock is
+        then released again), and previous_owner_died is True until this
+        caller releases it. A thread acquiring a Lock it already holds gets
+        RuntimeError where multiprocessing's would wait forever; with a
+        timeout it waits that long and returns False, as there."""
+        return self._h.acquire(block, timeout)
+
+    def release(self):
+        """Release the lock: only by the thread holding it, ValueError
+        otherwise (multiprocessing's Lock lets any thread or process release
+        it, and raises ValueError only when it is not locked)."""
+        self._h.release()
 
     def __enter__(self):
         return self._h.__enter__()
@@ -82,7 +106,9 @@ class Lock(_Named):
 
     @property
     def previous_owner_died(self):
-        """True while held by a caller whose acquire found the previous holder dead."""
+        """Not in multiprocessing: True while held by a caller whose
+        acquire found the previous holder dead. The data the lock guards may
+        be half-updated: check or repair it before releasing."""
         return self._h.previous_owner_died
 
     def __repr__(self):
@@ -91,12 +117,28 @@ class Lock(_Named):
 
 
 class RLock(Lock):
-    """multiprocessing.RLock: re-entrant; only the holder may release it."""
+    """multiprocessing.RLock: re-entrant; only the holder may release it.
+
+    Robust like Lock: after its holder died, the next acquire() takes it
+    (at depth 1) and warns with libshm.OwnerDiedWarning."""
     _core_type = _core.RLock
+
+    def acquire(self, block=True, timeout=None):
+        """As multiprocessing's RLock.acquire(), with a dead holder handled
+        as by Lock.acquire()."""
+        return self._h.acquire(block, timeout)
+
+    def release(self):
+        """Release one level. RuntimeError if this thread does not hold it,
+        where multiprocessing raises AssertionError."""
+        self._h.release()
 
 
 class Semaphore(_Named):
-    """multiprocessing.Semaphore(value=1): acquire(block, timeout), release(), get_value()."""
+    """multiprocessing.Semaphore(value=1): acquire(block, timeout), release(), get_value().
+
+    As in multiprocessing (a POSIX semaphore), the units held by a process
+    that dies are not given back: a semaphore has no owner."""
     _core_type = _core.Semaphore
 
     def __init__(self, value=1, *, name=None):
@@ -110,10 +152,26 @@ class Semaphore(_Named):
         self._bind()
 
     def _bind(self):
+        # The handle's methods straight on the instance (one Python call
+        # less); the methods below document them.
         h = self._h
         self.acquire = h.acquire
         self.release = h.release
         self.get_value = h.get_value
+
+    def acquire(self, block=True, timeout=None):
+        """As multiprocessing's: take a unit; False if block is false or the
+        timeout passed."""
+        return self._h.acquire(block, timeout)
+
+    def release(self):
+        """As multiprocessing's: give a unit back (any process may)."""
+        self._h.release()
+
+    def get_value(self):
+        """The number of units free now, a snapshot; unlike
+        multiprocessing's, implemented on every platform."""
+        return self._h.get_value()
 
     def __enter__(self):
         return self._h.acquire()
@@ -129,9 +187,17 @@ class BoundedSemaphore(Semaphore):
     """multiprocessing.BoundedSemaphore: release() above the initial value raises ValueError."""
     _core_type = _core.BoundedSemaphore
 
+    def release(self):
+        """As multiprocessing's: ValueError if that would go above the
+        initial value."""
+        self._h.release()
+
 
 class Condition(_Named):
-    """multiprocessing.Condition(lock=None): an RLock unless a Lock or RLock is given."""
+    """multiprocessing.Condition(lock=None): an RLock unless a Lock or RLock is given.
+
+    The lock must be a libshm.Lock or libshm.RLock (TypeError otherwise).
+    acquire(), release() and the with statement are the lock's."""
     _core_type = _core.Condition
 
     def __init__(self, lock=None, *, name=None):
@@ -153,6 +219,14 @@ class Condition(_Named):
         self.acquire = self._lock.acquire
         self.release = self._lock.release
 
+    def acquire(self, block=True, timeout=None):
+        """The lock's acquire() (see Lock.acquire())."""
+        return self._lock.acquire(block, timeout)
+
+    def release(self):
+        """The lock's release()."""
+        self._lock.release()
+
     def __enter__(self):
         return self._lock.__enter__()
 
@@ -164,12 +238,16 @@ class Condition(_Named):
             raise AssertionError(f"must acquire() condition before using {what}()")
 
     def wait(self, timeout=None):
-        """Release the lock, wait for a notify (or the timeout), take it back.
-        Returns False if the timeout passed."""
+        """As multiprocessing's: release the lock, wait for a notify (or the
+        timeout), take it back; False if the timeout passed.
+        AssertionError without holding the lock. Taking the lock back warns
+        with libshm.OwnerDiedWarning if its holder meanwhile died."""
         self._check_owned("wait")
         return self._h.wait(self._lock._h, timeout)
 
     def wait_for(self, predicate, timeout=None):
+        """As multiprocessing's: wait() until predicate() is true, or the
+        timeout passed; returns the predicate's last value."""
         result = predicate()
         if result:
             return result
@@ -187,10 +265,13 @@ class Condition(_Named):
         return result
 
     def notify(self, n=1):
+        """As multiprocessing's: wake up to n waiters, holding the lock
+        (AssertionError otherwise)."""
         self._check_owned("notify")
         self._h.notify(n)
 
     def notify_all(self):
+        """As multiprocessing's: wake every waiter, holding the lock."""
         self._check_owned("notify_all")
         self._h.notify_all()
 
@@ -199,7 +280,10 @@ class Condition(_Named):
 
 
 class Event(_Named):
-    """multiprocessing.Event: is_set(), set(), clear(), wait(timeout=None)."""
+    """multiprocessing.Event: is_set(), set(), clear(), wait(timeout=None).
+
+    The same behaviour; set() and clear() take no lock, so a process killed
+    in either leaves the event usable."""
     _core_type = _core.Event
 
     def __init__(self, *, name=None):
@@ -211,11 +295,30 @@ class Event(_Named):
         self._bind()
 
     def _bind(self):
+        # The handle's methods straight on the instance (one Python call
+        # less); the methods below document them.
         h = self._h
         self.is_set = h.is_set
         self.set = h.set
         self.clear = h.clear
         self.wait = h.wait
+
+    def is_set(self):
+        """As multiprocessing's."""
+        return self._h.is_set()
+
+    def set(self):
+        """As multiprocessing's: set the flag, wake every waiter."""
+        self._h.set()
+
+    def clear(self):
+        """As multiprocessing's."""
+        self._h.clear()
+
+    def wait(self, timeout=None):
+        """As multiprocessing's: wait until the flag is set, or the timeout
+        passed; returns the flag."""
+        return self._h.wait(timeout)
 
     def __repr__(self):
         state = "set" if self._h.is_set() else "unset"
@@ -252,6 +355,11 @@ class Barrier(_Named):
         self._gate = self._core_type.open(seg, name + ".gate") if action is not None else None
 
     def wait(self, timeout=None):
+        """As multiprocessing's: wait for every party; returns this party's
+        arrival index (0 to parties - 1). threading.BrokenBarrierError if the
+        barrier is or becomes broken: by abort(), a timeout, a failing
+        action, Ctrl-C in a waiter, or (unlike multiprocessing, where the
+        others would wait forever) a party killed while waiting."""
         if timeout is None:
             timeout = self._timeout
         index = self._h.wait(timeout)
@@ -268,25 +376,31 @@ class Barrier(_Named):
         return index
 
     def reset(self):
+        """As multiprocessing's: back to the empty state; parties waiting
+        get BrokenBarrierError."""
         self._h.reset()
         if self._gate is not None:
             self._gate.reset()
 
     def abort(self):
+        """As multiprocessing's: break the barrier."""
         self._h.abort()
         if self._gate is not None:
             self._gate.abort()
 
     @property
     def parties(self):
+        """As multiprocessing's."""
         return self._h.parties
 
     @property
     def n_waiting(self):
+        """As multiprocessing's: parties waiting now (a snapshot)."""
         return self._h.n_waiting
 
     @property
     def broken(self):
+        """As multiprocessing's."""
         return self._h.broken or (self._gate is not None and self._gate.broken)
 
     def __repr__(self):
