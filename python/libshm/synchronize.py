@@ -22,6 +22,9 @@ def _rebuild(cls, segment, name, *args):
 class _Named:
     """An object in a segment, pickled as (segment, object name)."""
     _core_type = None
+    # The handle's methods put straight on the instance (one Python call
+    # less on the hot path); the class's methods of the same names document them.
+    _fast = ()
 
     def _make(self, name, create_args, segment_name=None):
         if name is None:
@@ -33,6 +36,7 @@ class _Named:
             except _core.NotFound:
                 self._h = self._create(seg, name, *create_args)
         _arena.track(self)
+        self._bind()
 
     def _create(self, seg, name, *args):
         return self._core_type.create(seg, name, *args)
@@ -40,6 +44,12 @@ class _Named:
     def _open(self, seg, name, *args):
         self._h = self._core_type.open(seg, name)
         _arena.track(self)
+        self._bind()
+
+    def _bind(self):
+        h = self._h
+        for method in self._fast:
+            setattr(self, method, getattr(h, method))
 
     def _state(self):
         return ()
@@ -64,22 +74,10 @@ class Lock(_Named):
     acquire()). Only the thread that holds it may release it, where
     multiprocessing's, a semaphore, can be released by anyone."""
     _core_type = _core.Lock
+    _fast = ("acquire", "release", "__enter__")
 
     def __init__(self, *, name=None):
         self._make(name, ())
-        self._bind()
-
-    def _open(self, seg, name, *args):
-        super()._open(seg, name)
-        self._bind()
-
-    def _bind(self):
-        # The handle's methods straight on the instance (one Python call
-        # less); the methods below document them.
-        h = self._h
-        self.acquire = h.acquire
-        self.release = h.release
-        self.__enter__ = h.__enter__
 
     def acquire(self, block=True, timeout=None):
         """As multiprocessing's acquire(): True once taken, False if block
@@ -140,24 +138,12 @@ class Semaphore(_Named):
     As in multiprocessing (a POSIX semaphore), the units held by a process
     that dies are not given back: a semaphore has no owner."""
     _core_type = _core.Semaphore
+    _fast = ("acquire", "release", "get_value")
 
     def __init__(self, value=1, *, name=None):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._make(name, (value,))
-        self._bind()
-
-    def _open(self, seg, name, *args):
-        super()._open(seg, name)
-        self._bind()
-
-    def _bind(self):
-        # The handle's methods straight on the instance (one Python call
-        # less); the methods below document them.
-        h = self._h
-        self.acquire = h.acquire
-        self.release = h.release
-        self.get_value = h.get_value
 
     def acquire(self, block=True, timeout=None):
         """As multiprocessing's: take a unit; False if block is false or the
@@ -205,15 +191,13 @@ class Condition(_Named):
         if not isinstance(self._lock, Lock):
             raise TypeError("libshm.Condition needs a libshm.Lock or libshm.RLock")
         self._make(name, ())
-        self._bind()
 
     def _state(self):
         return (self._lock,)
 
     def _open(self, seg, name, lock=None):
-        super()._open(seg, name)
         self._lock = lock
-        self._bind()
+        super()._open(seg, name)
 
     def _bind(self):
         self.acquire = self._lock.acquire
@@ -285,23 +269,10 @@ class Event(_Named):
     The same behaviour; set() and clear() take no lock, so a process killed
     in either leaves the event usable."""
     _core_type = _core.Event
+    _fast = ("is_set", "set", "clear", "wait")
 
     def __init__(self, *, name=None):
         self._make(name, ())
-        self._bind()
-
-    def _open(self, seg, name, *args):
-        super()._open(seg, name)
-        self._bind()
-
-    def _bind(self):
-        # The handle's methods straight on the instance (one Python call
-        # less); the methods below document them.
-        h = self._h
-        self.is_set = h.is_set
-        self.set = h.set
-        self.clear = h.clear
-        self.wait = h.wait
 
     def is_set(self):
         """As multiprocessing's."""
