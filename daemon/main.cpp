@@ -57,7 +57,8 @@ std::string default_socket() {
 
 // The options as given on the command line or in the config file.
 struct Args {
-    std::string socket, shm_dir, sweep = "30s", reserve, quota, foreign_age = "5m", level = "info";
+    std::string socket, shm_dir, sweep = "30s", reserve, quota, foreign_age = "5m", level = "info",
+        reservation_life = "10s";
     bool foreign = false, no_notify = false;
     std::size_t max_clients = 4096;
 };
@@ -76,6 +77,10 @@ void add_options(CLI::App& app, Args& a) {
     app.add_option("--reserve", a.reserve,
                    "keep this much of the shm filesystem free: refuse creates that would eat into it "
                    "(e.g. 10%, 512M)");
+    app.add_option("--reservation-life", a.reservation_life,
+                   "how long room asked for before a create counts against the reserve and quotas if the "
+                   "create never comes (e.g. 10s); at most 1024 such reservations per user at once")
+        ->capture_default_str();
     app.add_option("--user-quota", a.quota, "bytes each user (except root) may hold in the shm directory (e.g. 2G)");
     app.add_flag("--reclaim-foreign", a.foreign,
                  "the sweep also removes files libshm did not create (Python, PyTorch, ...) that no live "
@@ -104,6 +109,8 @@ std::string to_options(const Args& a, shmd::Options& o) {
     o.shm_dir = shm::shm_directory().string();
     if (!shm::admin::parse_duration(a.sweep, o.sweep_interval))
         return "--sweep-interval: '" + a.sweep + "' is not a duration (e.g. 30s, 5m)";
+    if (!shm::admin::parse_duration(a.reservation_life, o.reservation_life) || o.reservation_life.count() <= 0)
+        return "--reservation-life: '" + a.reservation_life + "' is not a positive duration (e.g. 10s)";
     if (!shm::admin::parse_duration(a.foreign_age, o.foreign_min_age))
         return "--foreign-min-age: '" + a.foreign_age + "' is not a duration (e.g. 5m, 1h)";
     if (!a.reserve.empty() && !parse_reserve(a.reserve, o.reserve_fraction, o.reserve_bytes))

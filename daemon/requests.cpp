@@ -28,7 +28,6 @@ using admin::human_bytes;
 namespace {
 
 constexpr std::size_t kMaxSegmentsPerConn = 65536;
-constexpr auto kPendingLife = std::chrono::seconds(10);
 constexpr std::size_t kMaxPendingPerUser = 1024;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -116,7 +115,7 @@ void Server::on_reserve(Conn& c, const proto::Request& r) {
         return refuse(c, r, proto::code::limit,
                       "uid " + std::to_string(c.uid) + " has " + std::to_string(mine) +
                           " creates asked for and not yet made; try again in a few seconds");
-    pending_.push_back({c.uid, r.segment, r.bytes, now + kPendingLife});
+    pending_.push_back({c.uid, r.segment, r.bytes, now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(opt_.reservation_life)});
     // If the creator dies before it registers the segment, its exit makes
     // us look at the name.
     if (Proc* p = adopt(c.pid, 0)) p->segments.insert(r.segment);

@@ -44,6 +44,9 @@ struct Options {
     std::uint64_t user_quota = 0;        // bytes per user (root exempt); 0 = none
     bool reclaim_foreign = false;
     std::chrono::nanoseconds foreign_min_age = std::chrono::minutes(5);
+    // How long a reservation (room asked for before a create) lasts if the
+    // create never comes.
+    std::chrono::nanoseconds reservation_life = std::chrono::seconds(10);
     std::size_t max_clients = 4096;
     bool notify = true;                  // talk to systemd when NOTIFY_SOCKET is set
 };

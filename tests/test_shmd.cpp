@@ -421,7 +421,10 @@ TEST_CASE("shmd: another user can neither detach nor remove root's segments", "[
 
 TEST_CASE("shmd: bad requests get an error, the connection closes, others are served", "[shmd]") {
     test::ShmDir dir;
-    Daemon d(dir.path());
+    // Reservations that outlive the test: the limit below is a count, however
+    // slowly the 1024 requests go (a sanitizer build takes more than the
+    // default 10 s).
+    Daemon d(dir.path(), {"--reservation-life", "1h"});
     Raw good(d.socket());
     {
         Raw r(d.socket());
@@ -667,6 +670,9 @@ TEST_CASE("shmd: options from a config file, and clear errors for bad ones", "[s
     CHECK_THAT(o2, Catch::Contains("is not a duration"));
     auto [c3, o3] = run({"--user-quota", "12X"});
     CHECK(c3 == 2);
+    auto [c6, o6] = run({"--reservation-life", "0"});
+    CHECK(c6 == 2);
+    CHECK_THAT(o6, Catch::Contains("--reservation-life: '0' is not a positive duration"));
     auto [c4, o4] = run({"--config", "/nonexistent/shmd.conf"});
     CHECK(c4 != 0);
     // A second daemon on a socket in use refuses to start and says why.
