@@ -173,18 +173,24 @@ py::list to_pylist(const std::vector<shm::Value>& vs) {
     return out;
 }
 
+// open_or_create() and open() of a Dict or List handle H over container C.
+template <class H, class C>
+py::class_<H> container_class(py::module_& m, const char* name) {
+    py::class_<H> cls(m, name);
+    cls.def_static("open_or_create",
+                   [](const SegmentPtr& s, const std::string& n) {
+                       py::gil_scoped_release nogil;
+                       return H{s, C::open_or_create(*s, n), n};
+                   })
+        .def_static("open", [](const SegmentPtr& s, const std::string& n) {
+            py::gil_scoped_release nogil;
+            return H{s, C::open(*s, n), n};
+        });
+    return cls;
+}
+
 void bind_dict(py::module_& m) {
-    py::class_<PyDict>(m, "Dict")
-        .def_static("open_or_create",
-                    [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyDict{s, shm::Dict::open_or_create(*s, name), name};
-                    })
-        .def_static("open",
-                    [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyDict{s, shm::Dict::open(*s, name), name};
-                    })
+    container_class<PyDict, shm::Dict>(m, "Dict")
         .def("__getitem__",
              [](const PyDict& h, const py::handle& k) {
                  const std::string key = encode_key(k);
@@ -259,17 +265,7 @@ void bind_dict(py::module_& m) {
 }
 
 void bind_list(py::module_& m) {
-    py::class_<PyList>(m, "List")
-        .def_static("open_or_create",
-                    [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyList{s, shm::List::open_or_create(*s, name), name};
-                    })
-        .def_static("open",
-                    [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyList{s, shm::List::open(*s, name), name};
-                    })
+    container_class<PyList, shm::List>(m, "List")
         .def("__len__", [](const PyList& h) { return h.l.size(); })
         .def("__getitem__",
              [](const PyList& h, std::int64_t i) {

@@ -309,6 +309,13 @@ class Interrupts(ShmDirTest):
                 p = ctx.Process(target=_blocked_then_interrupted, args=(kind, obj, ready, result))
                 p.start()
                 self.assertTrue(ready.wait(CAP))
+                if kind == "barrier":
+                    # In the barrier before the signal, so that it must break it.
+                    for _ in range(CAP * 100):
+                        if obj.n_waiting == 1:
+                            break
+                        time.sleep(0.01)
+                    self.assertEqual(obj.n_waiting, 1)
                 # SIGINT until the child reports: the first may come before it blocks.
                 got = None
                 for _ in range(CAP * 10):
