@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include <shm/shm.hpp>
 
@@ -1316,6 +1317,45 @@ TEST_CASE("Condition with a RecursiveMutex held twice: the wait releases both le
     // Without the lock held: a clear error.
     std::unique_lock<shm::RecursiveMutex> none(m, std::defer_lock);
     CHECK_THROWS_AS(cv.wait_for(none, 1ms), shm::lock_error);
+}
+
+TEST_CASE("Condition: a notify that wakes a waiter is not lost when the waiter gets the mutex back late",
+          "[sync][condition]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvlate", kSize);
+    auto& m = seg.construct<shm::Mutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+
+    // The notifier keeps the mutex until the waiter's deadline has passed,
+    // so the waiter it woke takes the mutex back after its time has run
+    // out. Only rounds in which the notify came before that deadline count
+    // (on a machine slow enough, it may not).
+    int counted = 0, reported = 0;
+    for (int round = 0; round < 20 && counted < 3; ++round) {
+        const auto deadline = std::chrono::steady_clock::now() + 300ms;
+        bool woken = false;
+        std::thread waiter([&] {
+            std::unique_lock<shm::Mutex> lk(m);
+            woken = cv.wait_until(lk, deadline);
+        });
+        // Counted, then the mutex let go: the waiter is in its wait.
+        REQUIRE(test::eventually([&] { return cv.waiters() == 1; }, 30s));
+        bool in_time;
+        {
+            std::lock_guard<shm::Mutex> g(m);
+            cv.notify_one();
+            in_time = std::chrono::steady_clock::now() < deadline;
+            while (std::chrono::steady_clock::now() <= deadline) std::this_thread::sleep_for(5ms);
+        }
+        waiter.join();
+        if (in_time) {
+            ++counted;
+            if (woken) ++reported;
+        }
+    }
+    REQUIRE(counted > 0);
+    CHECK(reported == counted);
+    CHECK(cv.waiters() == 0);
 }
 
 TEST_CASE("Barrier: a waiter whose stop() says so breaks the barrier for everyone", "[sync][barrier]") {

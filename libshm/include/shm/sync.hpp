@@ -110,7 +110,9 @@ public:
 // are possible, as with std::condition_variable; use the predicate forms.
 // Every wait ends by relocking the mutex: if its holder died meanwhile,
 // lock.mutex()->previous_owner_died() is true on return (and inside the
-// predicate), which is where the caller repairs the guarded data.
+// predicate), which is where the caller repairs the guarded data. A timed
+// wait that a notify woke returns true, even if its time ran out while it
+// took the mutex back: the notify is not lost to a time-out.
 class Condition {
 public:
     Condition() = default;
@@ -159,6 +161,9 @@ private:
     struct Layout;
     bool wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d);
     bool wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d);
+    // The one wait: `hold` lets go of the mutex and takes it back (sync.cpp).
+    template <class Hold>
+    bool wait_released(Hold& hold, const detail::Deadline& d);
     template <class Pred>
     bool wait_pred(std::unique_lock<Mutex>& lock, const detail::Deadline& d, Pred& pred) {
         while (!pred())

@@ -20,7 +20,9 @@
 //                 instead, for a pause that doubles from pause_min to
 //                 pause_max. Then disarm(), and back to step 1; after a
 //                 futex sleep that ends past the deadline, time out at once
-//                 (a waiter that wants a last try makes it).
+//                 (a waiter that wants a last try makes it; one that must
+//                 know whether a wake ended its sleep, even so, asks
+//                 through Sleep::woken).
 //
 // A waiter is any type with
 //     bool ready();        step 1
@@ -115,6 +117,7 @@ struct Sleep {
     std::uint32_t expected = 0;                        // sleep only while *word == expected
     bool skip = false;                                 // ready already: do not sleep
     std::chrono::milliseconds poll{0};                 // if set, a shorter poll for this sleep
+    bool* woken = nullptr;                             // if set, told whether a wake (not the time) ended it
 };
 
 struct Waiter {
@@ -180,6 +183,7 @@ Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
             std::chrono::milliseconds poll = p.poll;
             if (s.poll.count() > 0 && (poll.count() == 0 || s.poll < poll)) poll = s.poll;
             woken = sleep(s, poll.count() > 0 ? earlier(d, poll) : d, pause);
+            if (s.woken) *s.woken = woken;
             if (!s.word && pause < p.pause_max) pause = pause * 2 < p.pause_max ? pause * 2 : p.pause_max;
         }
         w.disarm();
