@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -1356,6 +1357,110 @@ TEST_CASE("Condition: a notify that wakes a waiter is not lost when the waiter g
     REQUIRE(counted > 0);
     CHECK(reported == counted);
     CHECK(cv.waiters() == 0);
+}
+
+TEST_CASE("Condition::wait_stoppable: the caller stays a waiter while stop() runs", "[sync][condition]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvstop", kSize);
+    auto& m = seg.construct<shm::RecursiveMutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+
+    SECTION("a notify made while stop() runs ends the wait") {
+        std::atomic<int> stops{0};
+        std::atomic<bool> notified{false}, got_lock{false};
+        std::thread notifier([&] {
+            if (!test::eventually([&] { return stops.load() >= 1; }, 30s)) return;
+            // Only possible if the wait let go of both levels.
+            std::lock_guard<shm::RecursiveMutex> g(m);
+            got_lock = true;
+            cv.notify_one();
+            notified = true;
+        });
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        m.lock();  // depth 2
+        const bool woken = cv.wait_stoppable(lk, std::nullopt, [&] {
+            if (++stops == 1) test::eventually([&] { return notified.load(); }, 30s);
+            return stops.load() > 1000;  // against a hang only
+        });
+        notifier.join();
+        CHECK(got_lock.load());
+        CHECK(woken);
+        CHECK(stops.load() == 1);
+        CHECK(m.depth() == 2);
+        CHECK(cv.waiters() == 0);
+        m.unlock();
+    }
+    SECTION("stop() returning true ends the wait as a time-out") {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        int stops = 0;
+        CHECK_FALSE(cv.wait_stoppable(lk, std::nullopt, [&] { return ++stops == 3; }));
+        CHECK(stops == 3);
+        CHECK(m.depth() == 1);
+        CHECK(cv.waiters() == 0);
+    }
+    SECTION("time-outs, with and without stop()") {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        CHECK_FALSE(cv.wait_stoppable(lk, 30ms, [] { return false; }));
+        CHECK_FALSE(cv.wait_stoppable(lk, 30ms, {}));
+        CHECK_FALSE(cv.wait_stoppable(lk, 0ms, {}));
+        CHECK(m.depth() == 1);
+        CHECK(cv.waiters() == 0);
+    }
+    SECTION("with a Mutex, and without holding it") {
+        auto& plain = seg.construct<shm::Mutex>("plain");
+        std::unique_lock<shm::Mutex> lk(plain);
+        CHECK_FALSE(cv.wait_stoppable(lk, 1ms, [] { return true; }));
+        CHECK(lk.owns_lock());
+        lk.unlock();
+        CHECK_THROWS_AS(cv.wait_stoppable(lk, 1ms, {}), shm::lock_error);
+        std::unique_lock<shm::RecursiveMutex> none(m, std::defer_lock);
+        CHECK_THROWS_AS(cv.wait_stoppable(none, 1ms, {}), shm::lock_error);
+    }
+}
+
+TEST_CASE("Condition with a RecursiveMutex: a waiting thread and a process forked meanwhile each get one of two notifies",
+          "[sync][condition]") {
+    // Python's Condition (an RLock by default): a thread waits first, then
+    // a forked process; each notify wakes one. Both wait as the binding
+    // does, looking for Ctrl-C every 50 ms; the notifies fall anywhere
+    // between those looks.
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvfork", kSize);
+    auto& m = seg.construct<shm::RecursiveMutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+    auto& sleeping = seg.construct<shm::Semaphore>("sleeping", 0u);
+    auto& woken = seg.construct<shm::Semaphore>("woken", 0u);
+    Kids kids;
+
+    auto waiter = [&]() -> int {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        sleeping.release();
+        int looks = 0;
+        if (!cv.wait_stoppable(lk, std::nullopt, [&] { return ++looks > 1200; })) return 2;  // a minute: a hang
+        if (!lk.owns_lock() || m.depth() != 1) return 3;
+        woken.release();
+        return 0;
+    };
+    for (int round = 0; round < 10; ++round) {
+        INFO("round " << round);
+        int thread_rc = -1;
+        std::thread t([&] { thread_rc = waiter(); });
+        REQUIRE(sleeping.try_acquire_for(30s));
+        pid_t p = kids.add(test::spawn(waiter));
+        REQUIRE(sleeping.try_acquire_for(30s));
+        for (int n = 1; n <= 2; ++n) {
+            random_pause(120000);
+            {
+                std::lock_guard<shm::RecursiveMutex> g(m);  // both are in their waits
+                cv.notify_one();
+            }
+            REQUIRE(woken.try_acquire_for(30s));  // a lost notify: nobody wakes
+        }
+        t.join();
+        CHECK(thread_rc == 0);
+        kids.finish(p);
+        CHECK(cv.waiters() == 0);
+    }
 }
 
 TEST_CASE("Barrier: a waiter whose stop() says so breaks the barrier for everyone", "[sync][barrier]") {

@@ -152,6 +152,19 @@ public:
         return wait_until_deadline(lock, detail::Deadline::in(d));
     }
 
+    // For a caller that must stay responsive while it waits (the Python
+    // binding, which looks for Ctrl-C): waits as wait() (no timeout) or
+    // wait_for() do, and calls stop() about every 50 ms, without the mutex;
+    // when stop() returns true the wait ends as on a time-out. The caller
+    // stays a waiter throughout: a notify made meanwhile, even while stop()
+    // runs, ends the wait, where a loop of short wait_for() calls misses one
+    // made between two of them. A null stop waits as wait() and wait_for().
+    // Returns true if woken, false on time-out or stop.
+    bool wait_stoppable(std::unique_lock<Mutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                        const std::function<bool()>& stop);
+    bool wait_stoppable(std::unique_lock<RecursiveMutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                        const std::function<bool()>& stop);
+
     void notify_one();
     void notify_all();
     // A hint: also counts waiters killed while waiting (see Semaphore).
@@ -163,7 +176,7 @@ private:
     bool wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d);
     // The one wait: `hold` lets go of the mutex and takes it back (sync.cpp).
     template <class Hold>
-    bool wait_released(Hold& hold, const detail::Deadline& d);
+    bool wait_released(Hold& hold, const detail::Deadline& d, const std::function<bool()>* stop);
     template <class Pred>
     bool wait_pred(std::unique_lock<Mutex>& lock, const detail::Deadline& d, Pred& pred) {
         while (!pred())

@@ -89,6 +89,9 @@ inline constexpr WaitPolicy kSemaphoreWait{64, 0, true, {}, Recheck::never, {}, 
 inline constexpr WaitPolicy kEventWait{64, 0, false, {}, Recheck::never, {}, {}};
 // Condition: one sleep, no spin (the caller holds a mutex until it sleeps).
 inline constexpr WaitPolicy kConditionWait{};
+// Condition with a stop(): still one waiter, whose sleeps last at most
+// 50 ms; stop() is asked after each.
+inline constexpr WaitPolicy kConditionPoll{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
 // Barrier: a party killed while waiting wakes nobody: the waiters check
 // each other every 50 ms.
 inline constexpr WaitPolicy kBarrierWait{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};

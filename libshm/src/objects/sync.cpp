@@ -89,10 +89,10 @@ void Semaphore::release(std::uint32_t n) {
 // ---- Condition -------------------------------------------------------------
 // A waiter reads seq_, counts itself and lets go of the mutex, then sleeps
 // on seq_ until a notify changes it and wakes it. It stays counted, with the
-// mutex let go, until the wait ends. It returns whether a wake ended its
-// sleep, even if the deadline had passed by the time it had the mutex back:
-// else a notify that woke it at the last moment would be lost, since no
-// other waiter gets it.
+// mutex let go, until the wait ends: through every poll of a stoppable wait
+// too. It returns whether a wake ended one of its sleeps, even if the
+// deadline had passed by the time it had the mutex back: else a notify that
+// woke it at the last moment would be lost, since no other waiter gets it.
 
 namespace {
 // How a wait lets go of the mutex and takes it back: a Mutex once; a
@@ -120,26 +120,49 @@ void require_held(std::unique_lock<L>& lock) {
     if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
         throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
 }
+
+detail::Deadline deadline_of(std::optional<std::chrono::nanoseconds> timeout) {
+    return timeout ? detail::Deadline::in(*timeout) : detail::Deadline::never();
+}
 }  // namespace
 
 template <class Hold>
-bool Condition::wait_released(Hold& hold, const detail::Deadline& d) {
+bool Condition::wait_released(Hold& hold, const detail::Deadline& d, const std::function<bool()>* stop) {
     struct W : core::Waiter {
         std::atomic<std::uint32_t>& seq;
+        const std::function<bool()>* stop;
         std::uint32_t seen = 0;
-        bool woken = false;
-        explicit W(std::atomic<std::uint32_t>& s) : seq(s) {}
-        bool ready() const { return woken; }
+        bool woken = false, stopped = false;
+        W(std::atomic<std::uint32_t>& s, const std::function<bool()>* st) : seq(s), stop(st) {}
+        bool ready() const { return woken || stopped; }
+        // After a poll. Notifies made while this waiter slept went to other
+        // waiters (a wake would have ended its sleep), so it sleeps on from
+        // the value seq_ has now, read at once, before stop() runs: a
+        // notify made while stop() runs ends the next sleep at once (if it
+        // also woke another waiter, one of the two wakes spuriously). Only
+        // one made in the instant between the end of the sleep and this
+        // read, with no other waiter asleep, would be missed.
+        bool recheck() {
+            seen = seq.load(std::memory_order_seq_cst);
+            stopped = (*stop)();
+            return stopped;
+        }
         core::Sleep arm() {
             core::Sleep s{&seq, seen};
             s.woken = &woken;
             return s;
         }
-    } w(seq_);
+    } w(seq_, stop);
     w.seen = seq_.load(std::memory_order_seq_cst);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     hold.release();
-    core::wait(w, d, core::kConditionWait);
+    try {
+        core::wait(w, d, stop ? core::kConditionPoll : core::kConditionWait);
+    } catch (...) {  // from stop(); a forced unwind too
+        waiters_.fetch_sub(1, std::memory_order_seq_cst);
+        hold.retake();
+        throw;
+    }
     waiters_.fetch_sub(1, std::memory_order_seq_cst);
     hold.retake();
     return w.woken;
@@ -150,7 +173,7 @@ void Condition::wait(std::unique_lock<Mutex>& lock) { wait_until_deadline(lock, 
 bool Condition::wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d) {
     require_held(lock);
     HoldMutex h{lock};
-    return wait_released(h, d);
+    return wait_released(h, d, nullptr);
 }
 
 void Condition::wait(std::unique_lock<RecursiveMutex>& lock) {
@@ -160,7 +183,21 @@ void Condition::wait(std::unique_lock<RecursiveMutex>& lock) {
 bool Condition::wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d) {
     require_held(lock);
     HoldRecursive h{*lock.mutex()};
-    return wait_released(h, d);
+    return wait_released(h, d, nullptr);
+}
+
+bool Condition::wait_stoppable(std::unique_lock<Mutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                               const std::function<bool()>& stop) {
+    require_held(lock);
+    HoldMutex h{lock};
+    return wait_released(h, deadline_of(timeout), stop ? &stop : nullptr);
+}
+
+bool Condition::wait_stoppable(std::unique_lock<RecursiveMutex>& lock,
+                               std::optional<std::chrono::nanoseconds> timeout, const std::function<bool()>& stop) {
+    require_held(lock);
+    HoldRecursive h{*lock.mutex()};
+    return wait_released(h, deadline_of(timeout), stop ? &stop : nullptr);
 }
 
 void Condition::notify_one() {
