@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include <shm/shm.hpp>
 
@@ -1316,6 +1318,149 @@ TEST_CASE("Condition with a RecursiveMutex held twice: the wait releases both le
     // Without the lock held: a clear error.
     std::unique_lock<shm::RecursiveMutex> none(m, std::defer_lock);
     CHECK_THROWS_AS(cv.wait_for(none, 1ms), shm::lock_error);
+}
+
+TEST_CASE("Condition: a notify that wakes a waiter is not lost when the waiter gets the mutex back late",
+          "[sync][condition]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvlate", kSize);
+    auto& m = seg.construct<shm::Mutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+
+    // The notifier keeps the mutex until the waiter's deadline has passed,
+    // so the waiter it woke takes the mutex back after its time has run
+    // out. Only rounds in which the notify came before that deadline count
+    // (on a machine slow enough, it may not).
+    int counted = 0, reported = 0;
+    for (int round = 0; round < 20 && counted < 3; ++round) {
+        const auto deadline = std::chrono::steady_clock::now() + 300ms;
+        bool woken = false;
+        std::thread waiter([&] {
+            std::unique_lock<shm::Mutex> lk(m);
+            woken = cv.wait_until(lk, deadline);
+        });
+        // Counted, then the mutex let go: the waiter is in its wait.
+        REQUIRE(test::eventually([&] { return cv.waiters() == 1; }, 30s));
+        bool in_time;
+        {
+            std::lock_guard<shm::Mutex> g(m);
+            cv.notify_one();
+            in_time = std::chrono::steady_clock::now() < deadline;
+            while (std::chrono::steady_clock::now() <= deadline) std::this_thread::sleep_for(5ms);
+        }
+        waiter.join();
+        if (in_time) {
+            ++counted;
+            if (woken) ++reported;
+        }
+    }
+    REQUIRE(counted > 0);
+    CHECK(reported == counted);
+    CHECK(cv.waiters() == 0);
+}
+
+TEST_CASE("Condition::wait_stoppable: the caller stays a waiter while stop() runs", "[sync][condition]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvstop", kSize);
+    auto& m = seg.construct<shm::RecursiveMutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+
+    SECTION("a notify made while stop() runs ends the wait") {
+        std::atomic<int> stops{0};
+        std::atomic<bool> notified{false}, got_lock{false};
+        std::thread notifier([&] {
+            if (!test::eventually([&] { return stops.load() >= 1; }, 30s)) return;
+            // Only possible if the wait let go of both levels.
+            std::lock_guard<shm::RecursiveMutex> g(m);
+            got_lock = true;
+            cv.notify_one();
+            notified = true;
+        });
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        m.lock();  // depth 2
+        const bool woken = cv.wait_stoppable(lk, std::nullopt, [&] {
+            if (++stops == 1) test::eventually([&] { return notified.load(); }, 30s);
+            return stops.load() > 1000;  // against a hang only
+        });
+        notifier.join();
+        CHECK(got_lock.load());
+        CHECK(woken);
+        CHECK(stops.load() == 1);
+        CHECK(m.depth() == 2);
+        CHECK(cv.waiters() == 0);
+        m.unlock();
+    }
+    SECTION("stop() returning true ends the wait as a time-out") {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        int stops = 0;
+        CHECK_FALSE(cv.wait_stoppable(lk, std::nullopt, [&] { return ++stops == 3; }));
+        CHECK(stops == 3);
+        CHECK(m.depth() == 1);
+        CHECK(cv.waiters() == 0);
+    }
+    SECTION("time-outs, with and without stop()") {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        CHECK_FALSE(cv.wait_stoppable(lk, 30ms, [] { return false; }));
+        CHECK_FALSE(cv.wait_stoppable(lk, 30ms, {}));
+        CHECK_FALSE(cv.wait_stoppable(lk, 0ms, {}));
+        CHECK(m.depth() == 1);
+        CHECK(cv.waiters() == 0);
+    }
+    SECTION("with a Mutex, and without holding it") {
+        auto& plain = seg.construct<shm::Mutex>("plain");
+        std::unique_lock<shm::Mutex> lk(plain);
+        CHECK_FALSE(cv.wait_stoppable(lk, 1ms, [] { return true; }));
+        CHECK(lk.owns_lock());
+        lk.unlock();
+        CHECK_THROWS_AS(cv.wait_stoppable(lk, 1ms, {}), shm::lock_error);
+        std::unique_lock<shm::RecursiveMutex> none(m, std::defer_lock);
+        CHECK_THROWS_AS(cv.wait_stoppable(none, 1ms, {}), shm::lock_error);
+    }
+}
+
+TEST_CASE("Condition with a RecursiveMutex: a waiting thread and a process forked meanwhile each get one of two notifies",
+          "[sync][condition]") {
+    // Python's Condition (an RLock by default): a thread waits first, then
+    // a forked process; each notify wakes one. Both wait as the binding
+    // does, looking for Ctrl-C every 50 ms; the notifies fall anywhere
+    // between those looks.
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cvfork", kSize);
+    auto& m = seg.construct<shm::RecursiveMutex>("m");
+    auto& cv = seg.construct<shm::Condition>("cv");
+    auto& sleeping = seg.construct<shm::Semaphore>("sleeping", 0u);
+    auto& woken = seg.construct<shm::Semaphore>("woken", 0u);
+    Kids kids;
+
+    auto waiter = [&]() -> int {
+        std::unique_lock<shm::RecursiveMutex> lk(m);
+        sleeping.release();
+        int looks = 0;
+        if (!cv.wait_stoppable(lk, std::nullopt, [&] { return ++looks > 1200; })) return 2;  // a minute: a hang
+        if (!lk.owns_lock() || m.depth() != 1) return 3;
+        woken.release();
+        return 0;
+    };
+    for (int round = 0; round < 10; ++round) {
+        INFO("round " << round);
+        int thread_rc = -1;
+        std::thread t([&] { thread_rc = waiter(); });
+        REQUIRE(sleeping.try_acquire_for(30s));
+        pid_t p = kids.add(test::spawn(waiter));
+        REQUIRE(sleeping.try_acquire_for(30s));
+        for (int n = 1; n <= 2; ++n) {
+            random_pause(120000);
+            {
+                std::lock_guard<shm::RecursiveMutex> g(m);  // both are in their waits
+                cv.notify_one();
+            }
+            REQUIRE(woken.try_acquire_for(30s));  // a lost notify: nobody wakes
+        }
+        t.join();
+        CHECK(thread_rc == 0);
+        kids.finish(p);
+        CHECK(cv.waiters() == 0);
+    }
 }
 
 TEST_CASE("Barrier: a waiter whose stop() says so breaks the barrier for everyone", "[sync][barrier]") {

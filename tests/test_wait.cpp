@@ -140,6 +140,46 @@ TEST_CASE("wait: a waker wakes a sleeper in another process", "[core][wait]") {
     unshare(sh);
 }
 
+TEST_CASE("wait: Sleep::woken tells a sleep a wake ended from one the time ended", "[core][wait]") {
+    using shm::core::Deadline;
+    // Ready only once told of a wake. arm() may first let a deadline pass.
+    struct Told : shm::core::Waiter {
+        std::atomic<std::uint32_t>& word;
+        std::uint32_t expected;
+        const Deadline* arm_after = nullptr;
+        bool woken = false;
+        int sleeps = 0;
+        Told(std::atomic<std::uint32_t>& w, std::uint32_t e) : word(w), expected(e) {}
+        bool ready() const { return woken; }
+        shm::core::Sleep arm() {
+            while (arm_after && !arm_after->passed()) std::this_thread::sleep_for(1ms);
+            ++sleeps;
+            shm::core::Sleep s{&word, expected};
+            s.woken = &woken;
+            return s;
+        }
+    };
+    std::atomic<std::uint32_t> word{0};
+    // The time ends it.
+    Told timed(word, 0);
+    CHECK(shm::core::wait(timed, Deadline::in(20ms), shm::core::kConditionWait) == shm::core::Waited::timeout);
+    CHECK_FALSE(timed.woken);
+    CHECK(timed.sleeps == 1);
+    // The word no longer holds what it expects: as a wake, at once.
+    Told changed(word, 1);
+    CHECK(shm::core::wait(changed, Deadline::in(kCap), shm::core::kConditionWait) == shm::core::Waited::ready);
+    CHECK(changed.woken);
+    CHECK(changed.sleeps == 1);
+    // Woken once its deadline has passed: the wait times out, and the
+    // waiter still knows that a wake ended its sleep.
+    Told late(word, 1);
+    const Deadline d = Deadline::in(20ms);
+    late.arm_after = &d;
+    CHECK(shm::core::wait(late, d, shm::core::kConditionWait) == shm::core::Waited::timeout);
+    CHECK(late.woken);
+    CHECK(late.sleeps == 1);
+}
+
 TEST_CASE("wait: a sleeper notices its blocker's death at the next poll", "[core][wait]") {
     struct Shared {
         std::atomic<std::uint32_t> word{0};

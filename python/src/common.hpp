@@ -34,6 +34,13 @@ inline std::optional<std::chrono::nanoseconds> to_timeout(const py::object& time
     return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
 }
 
+// Whether this thread runs Python's signal handlers (the main thread; in
+// any other PyErr_CheckSignals() does nothing). With the GIL.
+inline bool handles_signals() {
+    const py::object main = py::module_::import("threading").attr("main_thread")();
+    return PyThread_get_thread_ident() == main.attr("ident").cast<unsigned long>();
+}
+
 // Run attempt(slice) without the GIL until it returns true or the timeout
 // passes, in slices of at most kSlice; between slices, with the GIL, raise
 // what a signal handler raised (KeyboardInterrupt). attempt must be a timed

@@ -2,6 +2,7 @@
 // for Python, on shm::Mutex, RecursiveMutex, Semaphore, Condition, Event and
 // Barrier. The Python classes (libshm/synchronize.py) add pickling and the
 // multiprocessing signatures that need no speed.
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -130,16 +131,30 @@ void bind_condition(py::module_& m) {
         using L = std::remove_reference_t<decltype(*lock.obj)>;
         if (!lock.obj->held_by_caller()) throw py::value_error("libshm.Condition: wait() without holding the lock");
         std::unique_lock<L> lk(*lock.obj, std::adopt_lock);
-        // One wait: a notify ends it; Python's wait() returns False on time-out.
-        bool woken = false;
+        // One wait, in which this thread stays a waiter: a notify made at
+        // any moment ends it (a loop of short waits misses one made between
+        // two of them). Meanwhile the main thread looks for Ctrl-C every
+        // 50 ms; other threads run no signal handlers and wait in one piece.
+        // Python's wait() returns False on time-out.
         const auto t = to_timeout(timeout);
+        bool interrupted = false;
+        std::function<bool()> stop;
+        if (handles_signals())
+            stop = [&] {
+                py::gil_scoped_acquire gil;
+                interrupted = PyErr_CheckSignals() != 0;
+                return interrupted;
+            };
+        bool woken = false;
         try {
-            wait_sliced(t, [&](std::chrono::nanoseconds d) { return woken = h.obj->wait_for(lk, d); });
+            py::gil_scoped_release nogil;
+            woken = h.obj->wait_stoppable(lk, t, stop);
         } catch (...) {
             lk.release();  // the caller holds it again, as Python's wait() leaves it
             throw;
         }
         lk.release();
+        if (interrupted) throw py::error_already_set();
         after_acquire(lock);
         return woken;
     };

@@ -85,6 +85,13 @@ def _blocked_then_interrupted(kind, obj, ready, result):
         result.put(type(e).__name__)
 
 
+def _wait_once(cond, sleeping, woken):
+    with cond:
+        sleeping.release()
+        if cond.wait(CAP):
+            woken.release()
+
+
 def _get_forever(q, got):
     while True:
         got.put(q.get())
@@ -175,6 +182,36 @@ class Basics(ShmDirTest):
             self.assertFalse(c.wait(0.01))
             self.assertEqual(c.wait_for(lambda: 5, 0.01), 5)
 
+    def test_condition_wait_ends_on_a_signal_handler_exception(self):
+        # As Ctrl-C does: the main thread's wait ends and the exception
+        # comes out, the lock held again until the with block releases it.
+        class Interrupted(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Interrupted()
+
+        cond = libshm.Condition()
+
+        def interrupt():
+            # Only possible once the main thread's wait has let go of the lock.
+            if cond.acquire(timeout=CAP):
+                cond.release()
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+        old = signal.signal(signal.SIGUSR1, handler)
+        try:
+            t = threading.Thread(target=interrupt)
+            with self.assertRaises(Interrupted):
+                with cond:
+                    t.start()
+                    cond.wait(CAP)
+            t.join(CAP)
+        finally:
+            signal.signal(signal.SIGUSR1, old)
+        self.assertTrue(cond.acquire(False))
+        cond.release()
+
     def test_dict_and_list(self):
         d = libshm.dict(a=1)
         d[65] = "A"
@@ -258,6 +295,30 @@ class Processes(ShmDirTest):
         p.join(CAP)
         self.assertEqual(p.exitcode, 0)
         self.assertEqual(files(), before)
+
+    def test_condition_notify_reaches_a_thread_and_a_forked_process(self):
+        # The default RLock; a thread waits first, then a process forked
+        # meanwhile. Each notify wakes one of them. The process looks for
+        # Ctrl-C every 50 ms while it waits; the notifies come a whole
+        # number of those periods after it started waiting, where waits made
+        # of 50 ms slices lost them.
+        ctx = mp.get_context("fork")
+        for _ in range(3):
+            cond, sleeping, woken = libshm.Condition(), libshm.Semaphore(0), libshm.Semaphore(0)
+            t = threading.Thread(target=_wait_once, args=(cond, sleeping, woken), daemon=True)
+            t.start()
+            self.assertTrue(sleeping.acquire(timeout=CAP))
+            p = ctx.Process(target=_wait_once, args=(cond, sleeping, woken), daemon=True)
+            p.start()
+            self.assertTrue(sleeping.acquire(timeout=CAP))
+            for pause in (0.1, 0.3):
+                time.sleep(pause)
+                with cond:
+                    cond.notify()
+                self.assertTrue(woken.acquire(timeout=CAP))  # a lost notify wakes nobody
+            t.join(CAP)
+            p.join(CAP)
+            self.assertEqual(p.exitcode, 0)
 
 
 class SharedValues(ShmDirTest):

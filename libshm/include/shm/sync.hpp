@@ -110,7 +110,9 @@ public:
 // are possible, as with std::condition_variable; use the predicate forms.
 // Every wait ends by relocking the mutex: if its holder died meanwhile,
 // lock.mutex()->previous_owner_died() is true on return (and inside the
-// predicate), which is where the caller repairs the guarded data.
+// predicate), which is where the caller repairs the guarded data. A timed
+// wait that a notify woke returns true, even if its time ran out while it
+// took the mutex back: the notify is not lost to a time-out.
 class Condition {
 public:
     Condition() = default;
@@ -150,6 +152,19 @@ public:
         return wait_until_deadline(lock, detail::Deadline::in(d));
     }
 
+    // For a caller that must stay responsive while it waits (the Python
+    // binding, which looks for Ctrl-C): waits as wait() (no timeout) or
+    // wait_for() do, and calls stop() about every 50 ms, without the mutex;
+    // when stop() returns true the wait ends as on a time-out. The caller
+    // stays a waiter throughout: a notify made meanwhile, even while stop()
+    // runs, ends the wait, where a loop of short wait_for() calls misses one
+    // made between two of them. A null stop waits as wait() and wait_for().
+    // Returns true if woken, false on time-out or stop.
+    bool wait_stoppable(std::unique_lock<Mutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                        const std::function<bool()>& stop);
+    bool wait_stoppable(std::unique_lock<RecursiveMutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                        const std::function<bool()>& stop);
+
     void notify_one();
     void notify_all();
     // A hint: also counts waiters killed while waiting (see Semaphore).
@@ -159,6 +174,9 @@ private:
     struct Layout;
     bool wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d);
     bool wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d);
+    // The one wait: `hold` lets go of the mutex and takes it back (sync.cpp).
+    template <class Hold>
+    bool wait_released(Hold& hold, const detail::Deadline& d, const std::function<bool()>* stop);
     template <class Pred>
     bool wait_pred(std::unique_lock<Mutex>& lock, const detail::Deadline& d, Pred& pred) {
         while (!pred())

@@ -20,7 +20,9 @@
 //                 instead, for a pause that doubles from pause_min to
 //                 pause_max. Then disarm(), and back to step 1; after a
 //                 futex sleep that ends past the deadline, time out at once
-//                 (a waiter that wants a last try makes it).
+//                 (a waiter that wants a last try makes it; one that must
+//                 know whether a wake ended its sleep, even so, asks
+//                 through Sleep::woken).
 //
 // A waiter is any type with
 //     bool ready();        step 1
@@ -87,6 +89,9 @@ inline constexpr WaitPolicy kSemaphoreWait{64, 0, true, {}, Recheck::never, {}, 
 inline constexpr WaitPolicy kEventWait{64, 0, false, {}, Recheck::never, {}, {}};
 // Condition: one sleep, no spin (the caller holds a mutex until it sleeps).
 inline constexpr WaitPolicy kConditionWait{};
+// Condition with a stop(): still one waiter, whose sleeps last at most
+// 50 ms; stop() is asked after each.
+inline constexpr WaitPolicy kConditionPoll{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
 // Barrier: a party killed while waiting wakes nobody: the waiters check
 // each other every 50 ms.
 inline constexpr WaitPolicy kBarrierWait{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
@@ -115,6 +120,7 @@ struct Sleep {
     std::uint32_t expected = 0;                        // sleep only while *word == expected
     bool skip = false;                                 // ready already: do not sleep
     std::chrono::milliseconds poll{0};                 // if set, a shorter poll for this sleep
+    bool* woken = nullptr;                             // if set, told whether a wake (not the time) ended it
 };
 
 struct Waiter {
@@ -180,6 +186,7 @@ Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
             std::chrono::milliseconds poll = p.poll;
             if (s.poll.count() > 0 && (poll.count() == 0 || s.poll < poll)) poll = s.poll;
             woken = sleep(s, poll.count() > 0 ? earlier(d, poll) : d, pause);
+            if (s.woken) *s.woken = woken;
             if (!s.word && pause < p.pause_max) pause = pause * 2 < p.pause_max ? pause * 2 : p.pause_max;
         }
         w.disarm();

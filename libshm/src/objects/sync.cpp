@@ -87,32 +87,93 @@ void Semaphore::release(std::uint32_t n) {
 }
 
 // ---- Condition -------------------------------------------------------------
+// A waiter reads seq_, counts itself and lets go of the mutex, then sleeps
+// on seq_ until a notify changes it and wakes it. It stays counted, with the
+// mutex let go, until the wait ends: through every poll of a stoppable wait
+// too. It returns whether a wake ended one of its sleeps, even if the
+// deadline had passed by the time it had the mutex back: else a notify that
+// woke it at the last moment would be lost, since no other waiter gets it.
+
+namespace {
+// How a wait lets go of the mutex and takes it back: a Mutex once; a
+// RecursiveMutex at every level its holder holds.
+struct HoldMutex {
+    std::unique_lock<Mutex>& lock;
+    void release() { lock.unlock(); }
+    void retake() { lock.lock(); }  // a dead holder: lock.mutex()->previous_owner_died()
+};
+struct HoldRecursive {
+    RecursiveMutex& m;
+    unsigned depth = 0;
+    void release() {
+        depth = m.depth();
+        for (unsigned i = 0; i < depth; ++i) m.unlock();
+    }
+    void retake() {
+        // A dead holder is reported by previous_owner_died() after the first lock.
+        for (unsigned i = 0; i < depth; ++i) m.lock();
+    }
+};
+
+template <class L>
+void require_held(std::unique_lock<L>& lock) {
+    if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
+        throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
+}
+
+detail::Deadline deadline_of(std::optional<std::chrono::nanoseconds> timeout) {
+    return timeout ? detail::Deadline::in(*timeout) : detail::Deadline::never();
+}
+}  // namespace
+
+template <class Hold>
+bool Condition::wait_released(Hold& hold, const detail::Deadline& d, const std::function<bool()>* stop) {
+    struct W : core::Waiter {
+        std::atomic<std::uint32_t>& seq;
+        const std::function<bool()>* stop;
+        std::uint32_t seen = 0;
+        bool woken = false, stopped = false;
+        W(std::atomic<std::uint32_t>& s, const std::function<bool()>* st) : seq(s), stop(st) {}
+        bool ready() const { return woken || stopped; }
+        // After a poll. Notifies made while this waiter slept went to other
+        // waiters (a wake would have ended its sleep), so it sleeps on from
+        // the value seq_ has now, read at once, before stop() runs: a
+        // notify made while stop() runs ends the next sleep at once (if it
+        // also woke another waiter, one of the two wakes spuriously). Only
+        // one made in the instant between the end of the sleep and this
+        // read, with no other waiter asleep, would be missed.
+        bool recheck() {
+            seen = seq.load(std::memory_order_seq_cst);
+            stopped = (*stop)();
+            return stopped;
+        }
+        core::Sleep arm() {
+            core::Sleep s{&seq, seen};
+            s.woken = &woken;
+            return s;
+        }
+    } w(seq_, stop);
+    w.seen = seq_.load(std::memory_order_seq_cst);
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    hold.release();
+    try {
+        core::wait(w, d, stop ? core::kConditionPoll : core::kConditionWait);
+    } catch (...) {  // from stop(); a forced unwind too
+        waiters_.fetch_sub(1, std::memory_order_seq_cst);
+        hold.retake();
+        throw;
+    }
+    waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    hold.retake();
+    return w.woken;
+}
 
 void Condition::wait(std::unique_lock<Mutex>& lock) { wait_until_deadline(lock, detail::Deadline::never()); }
 
 bool Condition::wait_until_deadline(std::unique_lock<Mutex>& lock, const detail::Deadline& d) {
-    if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
-        throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
-    // One sleep: a notify (or a spurious wake-up) ends the wait.
-    struct W : core::Waiter {
-        Condition& c;
-        std::unique_lock<Mutex>& lock;
-        bool slept = false;
-        W(Condition& cond, std::unique_lock<Mutex>& l) : c(cond), lock(l) {}
-        bool ready() const { return slept; }
-        core::Sleep arm() {
-            const std::uint32_t seen = c.seq_.load(std::memory_order_seq_cst);
-            c.waiters_.fetch_add(1, std::memory_order_seq_cst);
-            lock.unlock();
-            return core::Sleep{&c.seq_, seen};
-        }
-        void disarm() {
-            c.waiters_.fetch_sub(1, std::memory_order_seq_cst);
-            lock.lock();  // a dead holder is reported by lock.mutex()->previous_owner_died()
-            slept = true;
-        }
-    } w(*this, lock);
-    return core::wait(w, d, core::kConditionWait) == core::Waited::ready;
+    require_held(lock);
+    HoldMutex h{lock};
+    return wait_released(h, d, nullptr);
 }
 
 void Condition::wait(std::unique_lock<RecursiveMutex>& lock) {
@@ -120,31 +181,23 @@ void Condition::wait(std::unique_lock<RecursiveMutex>& lock) {
 }
 
 bool Condition::wait_until_deadline(std::unique_lock<RecursiveMutex>& lock, const detail::Deadline& d) {
-    if (!lock.owns_lock() || !lock.mutex()->held_by_caller())
-        throw lock_error(EPERM, "shm::Condition::wait: the caller must hold the mutex (through the unique_lock)");
-    // As above, releasing every level of the caller's hold before the sleep.
-    struct W : core::Waiter {
-        Condition& c;
-        RecursiveMutex& m;
-        unsigned depth = 0;
-        bool slept = false;
-        W(Condition& cond, RecursiveMutex& mutex) : c(cond), m(mutex) {}
-        bool ready() const { return slept; }
-        core::Sleep arm() {
-            const std::uint32_t seen = c.seq_.load(std::memory_order_seq_cst);
-            c.waiters_.fetch_add(1, std::memory_order_seq_cst);
-            depth = m.depth();
-            for (unsigned i = 0; i < depth; ++i) m.unlock();
-            return core::Sleep{&c.seq_, seen};
-        }
-        void disarm() {
-            c.waiters_.fetch_sub(1, std::memory_order_seq_cst);
-            // A dead holder is reported by previous_owner_died() after the first lock.
-            for (unsigned i = 0; i < depth; ++i) m.lock();
-            slept = true;
-        }
-    } w(*this, *lock.mutex());
-    return core::wait(w, d, core::kConditionWait) == core::Waited::ready;
+    require_held(lock);
+    HoldRecursive h{*lock.mutex()};
+    return wait_released(h, d, nullptr);
+}
+
+bool Condition::wait_stoppable(std::unique_lock<Mutex>& lock, std::optional<std::chrono::nanoseconds> timeout,
+                               const std::function<bool()>& stop) {
+    require_held(lock);
+    HoldMutex h{lock};
+    return wait_released(h, deadline_of(timeout), stop ? &stop : nullptr);
+}
+
+bool Condition::wait_stoppable(std::unique_lock<RecursiveMutex>& lock,
+                               std::optional<std::chrono::nanoseconds> timeout, const std::function<bool()>& stop) {
+    require_held(lock);
+    HoldRecursive h{*lock.mutex()};
+    return wait_released(h, deadline_of(timeout), stop ? &stop : nullptr);
 }
 
 void Condition::notify_one() {
