@@ -69,16 +69,14 @@ class Lock(_Named):
         self._bind()
 
     def _bind(self):
-        h = self._h
-        self.acquire = h.acquire
-        self.release = h.release
-        self.__enter__ = h.__enter__
+        # The handle's plain builtins, called with nothing in between.
+        self.acquire, self.release, self._enter, self._exit = self._h._fast()
 
     def __enter__(self):
-        return self._h.__enter__()
+        return self._enter()
 
     def __exit__(self, *exc):
-        self._h.release()
+        self._exit()
 
     @property
     def previous_owner_died(self):

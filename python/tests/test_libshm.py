@@ -117,6 +117,34 @@ class Basics(ShmDirTest):
             r.release()
         self.assertRaises(RuntimeError, r.release)
 
+    def test_lock_call_forms(self):
+        # acquire() and release() are plain builtins with an argument parser
+        # of their own: multiprocessing's forms, by position and by keyword.
+        for lock in (libshm.Lock(), libshm.RLock()):
+            self.assertTrue(lock.acquire(block=True, timeout=None))
+            lock.release()
+            self.assertTrue(lock.acquire(timeout=CAP, block=1))
+            lock.release()
+            self.assertTrue(lock.acquire(False))
+            lock.release()
+            with lock:
+                again = lock.acquire(block=False)
+                self.assertEqual(again, isinstance(lock, libshm.RLock))
+                if again:
+                    lock.release()
+            self.assertRaises(TypeError, lock.acquire, True, None, 1)
+            self.assertRaises(TypeError, lock.acquire, blocking=True)
+            self.assertRaises(TypeError, lock.acquire, True, block=True)
+            self.assertRaises(TypeError, lock.acquire, "yes")
+            self.assertRaises(TypeError, lock.release, 1)
+        lock = libshm.Lock()
+        lock.acquire()
+        self.assertRaises(TypeError, lock.acquire, True, "1")
+        self.assertFalse(lock.acquire(timeout=0))
+        lock.release()
+        self.assertTrue(lock.acquire(block=0))
+        lock.release()
+
     def test_semaphores_event_barrier_condition(self):
         s = libshm.BoundedSemaphore(2)
         self.assertTrue(s.acquire())
