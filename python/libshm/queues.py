@@ -49,7 +49,9 @@ class Queue:
             maxsize = 0
         if maxsize > (1 << 24):
             raise ValueError("libshm.Queue: maxsize must be at most 2**24")
-        capacity = maxsize or DEFAULT_CAPACITY
+        # The ring holds 2 items at least; maxsize=1 is exact all the same
+        # (the C++ queue's max_items).
+        capacity = max(maxsize, 2) if maxsize else DEFAULT_CAPACITY
         if max_bytes is None:
             max_bytes = min(DEFAULT_RING, max(capacity * 64, 64 << 10))
             max_bytes = max(max_bytes, max_item_size)

@@ -76,6 +76,14 @@ class Basics(ShmDirTest):
         self.assertRaises(queue.Full, q.put, 3, True, 0.01)
         self.assertEqual(q.qsize(), 3)
 
+    def test_queue_of_one(self):
+        q = libshm.Queue(1)
+        q.put("only")
+        self.assertTrue(q.full())
+        self.assertRaises(queue.Full, q.put_nowait, "another")
+        self.assertEqual(q.get_nowait(), "only")
+        self.assertEqual(q.maxsize, 1)
+
     def test_closed_queue(self):
         q = libshm.Queue()
         q.close()
