@@ -2,6 +2,7 @@
 // for Python, on shm::Mutex, RecursiveMutex, Semaphore, Condition, Event and
 // Barrier. The Python classes (libshm/synchronize.py) add pickling and the
 // multiprocessing signatures that need no speed.
+#include <cerrno>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -55,36 +56,50 @@ void after_acquire(const Handle<M>& h) {
 template <class M>
 bool lock_acquire(Handle<M>& h, bool block, py::handle timeout) {
     M& m = *h.obj;
-    if constexpr (std::is_same_v<M, shm::Mutex>) {
-        if (m.held_by_caller()) {
-            // Python's Lock would wait for itself: as long as the timeout
-            // allows, and forever is refused.
-            const auto t = to_timeout(timeout);
-            if (block && !t) {
-                PyErr_SetString(PyExc_RuntimeError, "libshm.Lock: this thread already holds it (acquiring it again would wait forever)");
-                throw py::error_already_set();
-            }
-            if (block) wait_sliced(t, [](std::chrono::nanoseconds d) {
-                    std::this_thread::sleep_for(d);
-                    return false;
-                });
-            return false;
-        }
+    // The uncontended path is try_lock() alone; whether the caller holds it
+    // already is asked only when that fails. (An error-checking robust
+    // mutex's trylock says EDEADLK to its holder, which try_lock throws.)
+    bool got = false;
+    try {
+        got = m.try_lock();
+    } catch (const shm::lock_error& e) {
+        if (!std::is_same_v<M, shm::Mutex> || e.code().value() != EDEADLK) throw;
     }
-    bool got = m.try_lock();
-    if (!got && block) got = wait_sliced(to_timeout(timeout), [&](std::chrono::nanoseconds d) { return m.try_lock_for(d); });
+    if (!got) {
+        if constexpr (std::is_same_v<M, shm::Mutex>) {
+            if (m.held_by_caller()) {
+                // Python's Lock would wait for itself: as long as the
+                // timeout allows, and forever is refused.
+                const auto t = to_timeout(timeout);
+                if (block && !t) {
+                    PyErr_SetString(PyExc_RuntimeError, "libshm.Lock: this thread already holds it (acquiring it again would wait forever)");
+                    throw py::error_already_set();
+                }
+                if (block) wait_sliced(t, [](std::chrono::nanoseconds d) {
+                        std::this_thread::sleep_for(d);
+                        return false;
+                    });
+                return false;
+            }
+        }
+        if (block) got = wait_sliced(to_timeout(timeout), [&](std::chrono::nanoseconds d) { return m.try_lock_for(d); });
+    }
     if (got) after_acquire(h);
     return got;
 }
 
+// Unlocking checks that the caller holds it (shm::lock_error, EPERM, if
+// not): one check, turned into Python's error.
 template <class M>
 void lock_release(Handle<M>& h) {
-    if (!h.obj->held_by_caller()) {
+    try {
+        h.obj->unlock();
+    } catch (const shm::lock_error& e) {
+        if (e.code().value() != EPERM) throw;
         if constexpr (std::is_same_v<M, shm::Mutex>) throw py::value_error("libshm.Lock: released without being held by this thread");
         PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
         throw py::error_already_set();
     }
-    h.obj->unlock();
 }
 
 // The fast methods (common.hpp): acquire(block=True, timeout=None),
