@@ -17,9 +17,12 @@ Cases, and their implementations (impl):
                          and one call cost, without any binding
   py.queue.1to1.pyobj    items/s: the same with the tuple (1, "abc", 2.5)
       libshm, python_mp_queue   as above (both pickle it)
-      pickle_floor       the same two loops, the producer calling
+      pickle_floor       the pickling alone: one process running the same
+                         loop over pickle.loads(pickle.dumps(item))
+      pickle_split_floor the same two loops, the producer calling
                          pickle.dumps(item), the consumer pickle.loads() on
-                         its pickle: the pickling alone
+                         its pickle: the pickling alone, in parallel as a
+                         queue between two processes can do it
   py.dict.get            ops/s, one process: d[k] over the keys k0 .. k999
   py.dict.set            ops/s, one process: d[k] = n over the same keys
       libshm             libshm.dict()
@@ -34,12 +37,13 @@ warm-up passes of 1024 items or pairs (1000 operations for the dict, one
 pass over its keys), doubling the count until the warm-up time is spent;
 the last pass gives its rate, from which the measured count (a multiple of
 that unit, about --seconds worth) is set; that count is run once and timed
-with CLOCK_MONOTONIC read at its start and end, never in between. The queue cases fork the producer and the consumer once,
-and tell them each count through a pipe (the consumer first, so that it
-waits in get()); the time is from the earlier start to the later end. Every
-1024th item carries its number and the consumer checks it, so items lost,
-doubled or out of order fail the run, as does a queue left non-empty; the
-dict and lock cases check the dict's values and that the lock is free.
+with CLOCK_MONOTONIC read at its start and end, never in between. The
+two-process cases fork the producer and the consumer once, and tell them
+each count through a pipe (the consumer first, so that it waits in get());
+the time is from the earlier start to the later end. Every 1024th item
+carries its number and the consumer checks it, so items lost, doubled or
+out of order fail the run, as does a queue left non-empty; the dict and
+lock cases check the dict's values and that the lock is free.
 
 Prints one JSON object a line, as every benchmark program does (run.py):
 {"bench": CASE, "impl": IMPL, "value": NUMBER, "unit": UNIT, "note": HOW}.
@@ -100,6 +104,15 @@ def consume(first, blocks, get, mark):
             get()
         if get() != mark(j):
             raise RuntimeError(f"item {j * BLOCK + BLOCK - 1} is not the one put there: lost, doubled or reordered")
+
+
+def pickle_round_trips(first, blocks, filler, mark, dumps=pickle.dumps, loads=pickle.loads):
+    inner = INNER
+    for j in range(first, first + blocks):
+        for _ in inner:
+            loads(dumps(filler))
+        if loads(dumps(mark(j))) != mark(j):
+            raise RuntimeError("pickle.loads(pickle.dumps(x)) != x")
 
 
 def _worker(conn, loop, *args):
@@ -191,6 +204,18 @@ def queue_case(case, impl, seconds, warmup):
     from libshm import _core
     objects = case.endswith(".pyobj")
     filler, mark = (OBJ_FILLER, obj_mark) if objects else (BYTES_FILLER, bytes_mark)
+    if impl == "pickle_floor":  # one process, no pair
+        done = 0
+
+        def run(n):
+            nonlocal done
+            t0 = monotonic()
+            pickle_round_trips(done, n // BLOCK, filler, mark)
+            done += n // BLOCK
+            return monotonic() - t0
+
+        n, dt = measure(run, seconds, warmup)
+        return n / dt
     q = None
     if impl == "libshm":
         q = libshm.Queue(maxsize=CAPACITY)
@@ -202,7 +227,7 @@ def queue_case(case, impl, seconds, warmup):
     elif impl == "noop_call_floor":
         consumer = (_core._noop, lambda j: None)
         producer = (_core._noop, filler, mark)
-    elif impl == "pickle_floor":
+    elif impl == "pickle_split_floor":
         consumer = (functools.partial(pickle.loads, pickle.dumps(filler, pickle.HIGHEST_PROTOCOL)), lambda j: filler)
         producer = (pickle.dumps, filler, mark)
     else:
@@ -301,11 +326,12 @@ QUEUE_NOTE = {
     "libshm": "libshm.Queue(maxsize=1024), put() / get()",
     "python_mp_queue": "multiprocessing.Queue(maxsize=1024), put() / get()",
     "noop_call_floor": "the same loops calling a C no-op (_core._noop) instead",
-    "pickle_floor": "the same loops calling pickle.dumps() / pickle.loads() alone",
+    "pickle_floor": "pickle.loads(pickle.dumps(x)) alone, one process",
+    "pickle_split_floor": "the same two loops calling pickle.dumps() / pickle.loads() instead",
 }
 PLAN = {
     "py.queue.1to1.bytes64": (["libshm", "python_mp_queue", "noop_call_floor"], "items/s"),
-    "py.queue.1to1.pyobj": (["libshm", "python_mp_queue", "pickle_floor"], "items/s"),
+    "py.queue.1to1.pyobj": (["libshm", "python_mp_queue", "pickle_floor", "pickle_split_floor"], "items/s"),
     "py.dict.get": (["libshm", "python_manager", "python_dict"], "ops/s"),
     "py.dict.set": (["libshm", "python_manager", "python_dict"], "ops/s"),
     "py.lock": (["libshm", "python_mp_lock"], "ns"),
