@@ -39,13 +39,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_IMPL = "libshm"
 
 
+def package_python(build_dir):
+    """The interpreter the Python package in build_dir is built for (its
+    CMake cache's SHM_PYTHON), or None when the package is not built."""
+    if not os.path.exists(os.path.join(build_dir, "python", "libshm", "__init__.py")):
+        return None
+    try:
+        with open(os.path.join(build_dir, "CMakeCache.txt")) as f:
+            for line in f:
+                if line.startswith("SHM_PYTHON:"):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return "/usr/bin/python3"
+
+
 def programs(build_dir):
-    """The benchmark programs: (label, argv). Add new ones here."""
+    """The benchmark programs: (label, argv, extra environment). Add new ones here."""
     b = os.path.join(build_dir, "bench")
     # Built only when the daemon is (see bench/CMakeLists.txt).
     shmd = os.path.join(b, "bench_shmd_reclaim")
     shmd_progs = [("shmd: SIGKILL to unlink (and shmctl gc)", [shmd])] if os.path.exists(shmd) else []
-    return [
+    # The Python package's cases (py.*), with the interpreter it is built for.
+    py = package_python(build_dir)
+    py_progs = [("Python: libshm, multiprocessing, floors", [py, os.path.join(ROOT, "bench", "python_libshm.py")],
+                 {"PYTHONPATH": os.path.join(os.path.abspath(build_dir), "python")})] if py else []
+    progs = [
         ("libshm Dict/List", [os.path.join(b, "bench_containers_libshm")]),
         ("floor: Boost map under a robust mutex", [os.path.join(b, "bench_containers_floor")]),
         ("Python Manager", [sys.executable, os.path.join(ROOT, "bench", "python_manager.py")]),
@@ -57,6 +76,7 @@ def programs(build_dir):
         ("Python multiprocessing.Queue", [sys.executable, os.path.join(ROOT, "bench", "python_mp_queue.py")]),
         ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
     ] + shmd_progs
+    return [p if len(p) == 3 else p + (None,) for p in progs] + py_progs
 
 
 def base_impl(bench):
@@ -83,6 +103,16 @@ def targets(cases):
          ["queue.pingpong.64B.p50"]),
         ("libshm 1 MiB items within 2x of one memcpy's bandwidth", "memcpy", "libshm", "<=", 2.0,
          ["queue.1to1.1MiB"]),
+        ("Python: libshm.Queue at least 20x multiprocessing.Queue on bytes", "libshm", "python_mp_queue", ">=", 20.0,
+         ["py.queue.1to1.bytes64"]),
+        ("Python: libshm.Queue at least 5x multiprocessing.Queue on pickled objects", "libshm", "python_mp_queue",
+         ">=", 5.0, ["py.queue.1to1.pyobj"]),
+        ("Python: libshm.Queue of pickled objects within 2x of pickle.loads(pickle.dumps(x)) alone", "pickle_floor",
+         "libshm", "<=", 2.0, ["py.queue.1to1.pyobj"]),
+        ("Python: libshm.dict() at least 50x Manager().dict()", "libshm", "python_manager", ">=", 50.0,
+         ["py.dict.get", "py.dict.set"]),
+        ("Python: libshm.Lock's acquire + release within 1.5x of multiprocessing.Lock's", "libshm", "python_mp_lock",
+         "<=", 1.5, ["py.lock"]),
     ]
 
 
@@ -162,10 +192,11 @@ class Rounds:
         return median(rs) if rs else None
 
 
-def run_program(label, argv, extra, timeout):
+def run_program(label, argv, env, extra, timeout):
     """Run one program in its own process group; returns (results, ok)."""
     try:
-        p = subprocess.Popen(argv + extra, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        p = subprocess.Popen(argv + extra, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                             env=dict(os.environ, **env) if env else None)
     except OSError as e:
         print(f"bench: {label}: cannot run {argv[0]}: {e} (build it first: ./dev build)", file=sys.stderr)
         return [], False
@@ -217,17 +248,18 @@ def main():
         ap.error("--rounds must be 1 .. 20")
 
     ok = True
-    progs = []  # (label, argv, cases)
+    progs = []  # (label, argv, env, cases)
     order = []  # every case once, in the programs' order
-    for label, argv in programs(a.build_dir):
+    for label, argv, env in programs(a.build_dir):
         try:
-            p = subprocess.run(argv + ["--list"], stdout=subprocess.PIPE, text=True, timeout=30)
+            p = subprocess.run(argv + ["--list"], stdout=subprocess.PIPE, text=True, timeout=30,
+                               env=dict(os.environ, **env) if env else None)
         except (FileNotFoundError, subprocess.TimeoutExpired) as e:
             print(f"bench: {label}: cannot run {argv[-1]}: {e}", file=sys.stderr)
             ok = False
             continue
         cases = [c for c in p.stdout.split() if not a.only or any(c.startswith(o) or belongs(o, c) for o in a.only)]
-        progs.append((label, argv, cases))
+        progs.append((label, argv, env, cases))
         order += [c for c in cases if c not in order]
 
     rounds = Rounds()
@@ -235,11 +267,11 @@ def main():
         for rnd in range(a.rounds):
             print(f"bench: {case}" + (f" (round {rnd + 1} of {a.rounds})" if a.rounds > 1 else ""),
                   file=sys.stderr, flush=True)
-            for label, argv, cases in progs:
+            for label, argv, env, cases in progs:
                 if case not in cases:
                     continue
                 extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
-                got, fine = run_program(label, argv, extra, timeout=60 + 3 * (a.seconds + a.warmup))
+                got, fine = run_program(label, argv, env, extra, timeout=60 + 3 * (a.seconds + a.warmup))
                 for r in got:
                     if belongs(r["bench"], case):
                         rounds.add(rnd, r)
@@ -264,8 +296,8 @@ def main():
     print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {a.rounds} round{'s' if a.rounds > 1 else ''} "
           f"taken in turn, {os.cpu_count()} CPUs. value = median of the rounds; ratio = median of "
           "value / libshm's value (shmd's for shmd.*) within each round; compare ratios within one run only.")
-    print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds) "
-          "and delays (ms): lower is better.")
+    print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds), "
+          "delays (ms) and times per operation (ns): lower is better.")
     print()
     head = f"{'case':<24} {'impl':<20} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
     print(head)

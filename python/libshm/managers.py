@@ -19,7 +19,7 @@ _builtin_list = list
 
 def _rebuild(cls, segment, name):
     obj = cls.__new__(cls)
-    obj._h = cls._core_type.open(_arena.segment(segment), name)
+    obj._set_handle(cls._core_type.open(_arena.segment(segment), name))
     return _arena.track(obj)
 
 
@@ -28,11 +28,15 @@ class _Container:
 
     def _make(self, name):
         if name is None:
-            self._h = _arena.place(lambda seg, n: self._core_type.open_or_create(seg, n))
+            h = _arena.place(lambda seg, n: self._core_type.open_or_create(seg, n))
         else:
             seg = _arena.open_or_create(name, _arena.arena_size())
-            self._h = self._core_type.open_or_create(seg, name)
+            h = self._core_type.open_or_create(seg, name)
+        self._set_handle(h)
         _arena.track(self)
+
+    def _set_handle(self, h):
+        self._h = h
 
     def __reduce__(self):
         return (_rebuild, (type(self), self._h.segment.name, self._h.name))
@@ -62,11 +66,16 @@ class DictProxy(_Container, MutableMapping):
         if args or kwargs:
             self.update(*args, **kwargs)
 
+    def _set_handle(self, h):
+        self._h = h
+        # The handle's plain builtins, the one call under d[key].
+        self._getitem, self._setitem = h._fast()
+
     def __getitem__(self, key):
-        return self._h[key]
+        return self._getitem(key)
 
     def __setitem__(self, key, value):
-        self._h[key] = value
+        self._setitem(key, value)
 
     def __delitem__(self, key):
         del self._h[key]

@@ -50,7 +50,9 @@ class Queue:
             maxsize = 0
         if maxsize > (1 << 24):
             raise ValueError("libshm.Queue: maxsize must be at most 2**24")
-        capacity = maxsize or DEFAULT_CAPACITY
+        # The ring holds 2 items at least; maxsize=1 is exact all the same
+        # (the C++ queue's max_items).
+        capacity = max(maxsize, 2) if maxsize else DEFAULT_CAPACITY
         if max_bytes is None:
             max_bytes = min(DEFAULT_RING, max(capacity * 64, 64 << 10))
             max_bytes = max(max_bytes, max_item_size)
@@ -78,10 +80,8 @@ class Queue:
         # The handle's methods straight on the instance, saving a Python call
         # per item; the methods below document them and stand in when unbound.
         h = self._h
-        self.put = h.put
-        self.get = h.get
-        self.put_nowait = h.put_nowait
-        self.get_nowait = h.get_nowait
+        # The handle's plain builtins, called with nothing in between.
+        self.put, self.get, self.put_nowait, self.get_nowait = h._fast()
         self.qsize = h.qsize
         self.empty = h.empty
         self.full = h.full

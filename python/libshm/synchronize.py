@@ -24,7 +24,7 @@ class _Named:
     _core_type = None
     # The handle's methods put straight on the instance (one Python call
     # less on the hot path); the class's methods of the same names document them.
-    _fast = ()
+    _hot = ()
 
     def _make(self, name, create_args, segment_name=None):
         if name is None:
@@ -48,7 +48,7 @@ class _Named:
 
     def _bind(self):
         h = self._h
-        for method in self._fast:
+        for method in self._hot:
             setattr(self, method, getattr(h, method))
 
     def _state(self):
@@ -74,7 +74,6 @@ class Lock(_Named):
     acquire()). Only the thread that holds it may release it, where
     multiprocessing's, a semaphore, can be released by anyone."""
     _core_type = _core.Lock
-    _fast = ("acquire", "release", "__enter__")
 
     def __init__(self, *, name=None):
         self._make(name, ())
@@ -96,11 +95,15 @@ class Lock(_Named):
         it, and raises ValueError only when it is not locked)."""
         self._h.release()
 
+    def _bind(self):
+        # The handle's plain builtins, called with nothing in between.
+        self.acquire, self.release, self._enter, self._exit = self._h._fast()
+
     def __enter__(self):
-        return self._h.__enter__()
+        return self._enter()
 
     def __exit__(self, *exc):
-        self._h.release()
+        self._exit()
 
     @property
     def previous_owner_died(self):
@@ -138,7 +141,7 @@ class Semaphore(_Named):
     As in multiprocessing (a POSIX semaphore), the units held by a process
     that dies are not given back: a semaphore has no owner."""
     _core_type = _core.Semaphore
-    _fast = ("acquire", "release", "get_value")
+    _hot = ("acquire", "release", "get_value")
 
     def __init__(self, value=1, *, name=None):
         if value < 0:
@@ -269,7 +272,7 @@ class Event(_Named):
     The same behaviour; set() and clear() take no lock, so a process killed
     in either leaves the event usable."""
     _core_type = _core.Event
-    _fast = ("is_set", "set", "clear", "wait")
+    _hot = ("is_set", "set", "clear", "wait")
 
     def __init__(self, *, name=None):
         self._make(name, ())

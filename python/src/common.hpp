@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <chrono>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,10 +26,11 @@ using SegmentPtr = std::shared_ptr<shm::Segment>;
 inline constexpr std::chrono::milliseconds kSlice{50};
 
 // Python's timeout argument: None waits forever; a negative one is 0, as
-// multiprocessing treats it.
-inline std::optional<std::chrono::nanoseconds> to_timeout(const py::object& timeout) {
+// multiprocessing treats it. Anything float() takes is a number of seconds.
+inline std::optional<std::chrono::nanoseconds> to_timeout(py::handle timeout) {
     if (timeout.is_none()) return std::nullopt;
-    const double s = timeout.cast<double>();
+    const double s = PyFloat_AsDouble(timeout.ptr());
+    if (s == -1.0 && PyErr_Occurred()) throw py::error_already_set();
     if (!(s > 0)) return std::chrono::nanoseconds(0);
     if (s > 1e9) return std::nullopt;  // beyond 30 years: forever
     return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
@@ -65,6 +67,61 @@ bool wait_sliced(std::optional<std::chrono::nanoseconds> timeout, Attempt&& atte
         if (timeout && clock::now() >= end) return false;
     }
 }
+
+// ---- fast methods ------------------------------------------------------------
+// The hot calls (a lock's acquire and release, a queue's put and get) cost
+// less than pybind11's dispatcher around them (a type lookup, argument
+// vectors allocated and freed, a tuple per call). So they are also
+// offered as plain CPython builtins (METH_FASTCALL) bound to a capsule that
+// holds the C++ handle and a reference to the Python object owning it: the
+// Python classes take them from the handle's _fast() and call them
+// directly. They share the C++ code with the pybind11 methods of the same
+// names and raise the same exceptions.
+
+// The capsule of fast methods for the handle `owner` (a T), and the handle
+// back from it.
+template <class T>
+py::tuple fast_methods(const py::object& owner, std::initializer_list<PyMethodDef*> defs) {
+    T* handle = owner.cast<T*>();
+    PyObject* cap = PyCapsule_New(handle, nullptr, [](PyObject* c) {
+        Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(c)));
+    });
+    if (!cap) throw py::error_already_set();
+    py::object capsule = py::reinterpret_steal<py::object>(cap);
+    PyCapsule_SetContext(cap, owner.inc_ref().ptr());
+    py::tuple out(defs.size());
+    std::size_t i = 0;
+    for (PyMethodDef* d : defs) {
+        PyObject* f = PyCFunction_NewEx(d, cap, nullptr);
+        if (!f) throw py::error_already_set();
+        PyTuple_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i++), f);
+    }
+    return out;
+}
+template <class T>
+T& fast_self(PyObject* capsule) noexcept {
+    return *static_cast<T*>(PyCapsule_GetPointer(capsule, nullptr));
+}
+
+// A PyMethodDef for f(capsule, args, nargs, kwnames).
+#define PYSHM_FAST_METHOD(name, fn, doc) \
+    PyMethodDef { name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn)), METH_FASTCALL | METH_KEYWORDS, doc }
+
+// The arguments of a fast method called f(names...): out[i] is the one
+// named names[i] (borrowed), or stays null when not given. The first
+// `required` are required. False, with TypeError set, on a wrong call.
+bool parse_args(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                std::initializer_list<const char*> names, std::size_t required, PyObject** out);
+
+// A bool argument as pybind11 takes one: True, False, None (false) or
+// anything with __bool__. False, with TypeError set, otherwise.
+bool to_bool(PyObject* o, const char* what, bool* out);
+
+// Set the Python exception for the C++ exception being handled (in a
+// catch block), as pybind11 would for a bound function: shm's errors as
+// errors.cpp translates them, pybind11's and the standard ones as pybind11
+// does.
+void raise_current() noexcept;
 
 // The segment's name and the object's name: what a handle pickles as.
 struct Where {

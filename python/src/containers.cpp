@@ -189,21 +189,59 @@ py::class_<H> container_class(py::module_& m, const char* name) {
     return cls;
 }
 
+py::object dict_getitem(const PyDict& h, py::handle k) {
+    std::optional<shm::Value> v = h.d.find(encode_key(k));
+    if (!v) throw py::key_error(py::repr(k));
+    return from_value(*v);
+}
+
+void dict_setitem(PyDict& h, py::handle k, py::handle v) { h.d.set(encode_key(k), to_value(v)); }
+
+// The fast methods (common.hpp): __getitem__(key) and __setitem__(key,
+// value), as the pybind11 ones below.
+PyObject* fast_getitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    if (nargs != 1 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "__getitem__() takes exactly one argument");
+        return nullptr;
+    }
+    try {
+        return dict_getitem(fast_self<PyDict>(self), args[0]).release().ptr();
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+PyObject* fast_setitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    if (nargs != 2 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "__setitem__() takes exactly two arguments");
+        return nullptr;
+    }
+    try {
+        dict_setitem(fast_self<PyDict>(self), args[0], args[1]);
+        Py_RETURN_NONE;
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+py::tuple dict_fast_methods(const py::object& self) {
+    static PyMethodDef getitem = PYSHM_FAST_METHOD("__getitem__", fast_getitem, "d[key]");
+    static PyMethodDef setitem = PYSHM_FAST_METHOD("__setitem__", fast_setitem, "d[key] = value");
+    return fast_methods<PyDict>(self, {&getitem, &setitem});
+}
+
 void bind_dict(py::module_& m) {
     container_class<PyDict, shm::Dict>(m, "Dict")
-        .def("__getitem__",
-             [](const PyDict& h, const py::handle& k) {
-                 const std::string key = encode_key(k);
-                 std::optional<shm::Value> v = h.d.find(key);
-                 if (!v) throw py::key_error(py::repr(k));
-                 return from_value(*v);
-             })
+        .def("__getitem__", &dict_getitem)
         .def("get",
              [](const PyDict& h, const py::handle& k, const py::object& dflt) {
                  std::optional<shm::Value> v = h.d.find(encode_key(k));
                  return v ? from_value(*v) : dflt;
              }, "key"_a, "default"_a = py::none())
-        .def("__setitem__", [](PyDict& h, const py::handle& k, const py::handle& v) { h.d.set(encode_key(k), to_value(v)); })
+        .def("__setitem__", &dict_setitem)
+        .def("_fast", &dict_fast_methods, "(__getitem__, __setitem__) as plain builtins: the fast path")
         .def("__delitem__",
              [](PyDict& h, const py::handle& k) {
                  if (!h.d.erase(encode_key(k))) throw py::key_error(py::repr(k));

@@ -2,6 +2,9 @@
 // and queue.Full, threading.BrokenBarrierError, KeyError, IndexError,
 // ValueError for a closed queue; the rest as libshm.Error (an OSError with
 // the errno) or one of its subclasses.
+#include <new>
+#include <stdexcept>
+
 #include "common.hpp"
 
 namespace pyshm {
@@ -27,7 +30,78 @@ void raise_os(PyObject* type, const shm::error& e) {
     py::object err = py::reinterpret_borrow<py::object>(type)(e.code().value(), e.what());
     PyErr_SetObject(type, err.ptr());
 }
+
+// Set the Python exception for the C++ exception being handled when it is
+// one of shm's; false for any other.
+bool set_shm_error() {
+    try {
+        throw;
+    } catch (const shm::key_error& e) {
+        PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const shm::index_error& e) {
+        PyErr_SetString(PyExc_IndexError, e.what());
+    } catch (const shm::value_type_error& e) {
+        PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const shm::empty&) {
+        PyErr_SetNone(types->queue_empty);
+    } catch (const shm::full&) {
+        PyErr_SetNone(types->queue_full);
+    } catch (const shm::closed& e) {
+        PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const shm::broken_barrier&) {
+        PyErr_SetNone(types->broken_barrier);
+    } catch (const shm::not_found& e) {
+        raise_os(types->not_found, e);
+    } catch (const shm::already_exists& e) {
+        raise_os(types->already_exists, e);
+    } catch (const shm::out_of_space& e) {
+        raise_os(types->out_of_space, e);
+    } catch (const shm::type_mismatch& e) {
+        raise_os(types->type_mismatch, e);
+    } catch (const shm::corrupted& e) {
+        raise_os(types->corrupted, e);
+    } catch (const shm::error& e) {
+        raise_os(types->error, e);
+    } catch (...) {
+        return false;
+    }
+    return true;
+}
 }  // namespace
+
+void raise_current() noexcept {
+    try {
+        throw;
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const py::builtin_exception& e) {
+        e.set_error();
+    } catch (...) {
+        if (set_shm_error()) return;
+        // The rest as pybind11's default translator has them.
+        try {
+            throw;
+        } catch (const std::bad_alloc& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const std::out_of_range& e) {
+            PyErr_SetString(PyExc_IndexError, e.what());
+        } catch (const std::overflow_error& e) {
+            PyErr_SetString(PyExc_OverflowError, e.what());
+        } catch (const std::domain_error& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const std::invalid_argument& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const std::length_error& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const std::range_error& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        } catch (...) {
+            PyErr_SetString(PyExc_RuntimeError, "Caught an unknown exception!");
+        }
+    }
+}
 
 void bind_errors(py::module_& m) {
     py::module_ queue = py::module_::import("queue");
@@ -59,32 +133,8 @@ void bind_errors(py::module_& m) {
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
-        } catch (const shm::key_error& e) {
-            PyErr_SetString(PyExc_KeyError, e.what());
-        } catch (const shm::index_error& e) {
-            PyErr_SetString(PyExc_IndexError, e.what());
-        } catch (const shm::value_type_error& e) {
-            PyErr_SetString(PyExc_TypeError, e.what());
-        } catch (const shm::empty&) {
-            PyErr_SetNone(types->queue_empty);
-        } catch (const shm::full&) {
-            PyErr_SetNone(types->queue_full);
-        } catch (const shm::closed& e) {
-            PyErr_SetString(PyExc_ValueError, e.what());
-        } catch (const shm::broken_barrier&) {
-            PyErr_SetNone(types->broken_barrier);
-        } catch (const shm::not_found& e) {
-            raise_os(types->not_found, e);
-        } catch (const shm::already_exists& e) {
-            raise_os(types->already_exists, e);
-        } catch (const shm::out_of_space& e) {
-            raise_os(types->out_of_space, e);
-        } catch (const shm::type_mismatch& e) {
-            raise_os(types->type_mismatch, e);
-        } catch (const shm::corrupted& e) {
-            raise_os(types->corrupted, e);
-        } catch (const shm::error& e) {
-            raise_os(types->error, e);
+        } catch (...) {
+            if (!set_shm_error()) throw;  // not shm's: the next translator's
         }
     });
 }

@@ -11,6 +11,7 @@
 // A raw queue (raw=True) carries bytes alone, with no tag: what a C++
 // program puts and gets with shm::Queue.
 #include <cstring>
+#include <string_view>
 
 #include "common.hpp"
 
@@ -21,7 +22,7 @@ using namespace pybind11::literals;
 
 struct Codec {
     py::object dumps, loads;
-    int protocol;
+    py::object protocol;  // pickle.HIGHEST_PROTOCOL
 };
 Codec* codec = nullptr;
 
@@ -37,33 +38,66 @@ void check_open(const PyQueue& h) {
     if (h.closed) throw py::value_error("Queue '" + h.name + "' is closed");
 }
 
-std::string encode(const PyQueue& h, const py::handle& obj) {
-    std::string out;
+// The buffer an item is encoded into. The puts of one thread reuse one, so
+// that a put allocates nothing once it has grown to the items' size
+// (kept up to kKeep bytes); a put that starts while another is under way on
+// the same thread (in a signal handler, or in an object's __reduce__ while
+// pickling) gets a string of its own.
+class ItemBuffer {
+public:
+    ItemBuffer() : reused_(!shared().busy) {
+        if (reused_) shared().busy = true;
+    }
+    ~ItemBuffer() {
+        if (!reused_) return;
+        Shared& s = shared();
+        s.busy = false;
+        if (s.buf.capacity() > kKeep) std::string().swap(s.buf);
+    }
+    ItemBuffer(const ItemBuffer&) = delete;
+    ItemBuffer& operator=(const ItemBuffer&) = delete;
+    std::string& str() { return reused_ ? shared().buf : own_; }
+
+private:
+    static constexpr std::size_t kKeep = 64 << 10;
+    struct Shared {
+        std::string buf;
+        bool busy = false;
+    };
+    static Shared& shared() {
+        thread_local Shared s;
+        return s;
+    }
+    bool reused_;
+    std::string own_;
+};
+
+// The item for obj: a view of obj's own bytes in a raw queue, else of out,
+// which gets the tag and the payload.
+std::string_view encode(const PyQueue& h, const py::handle& obj, std::string& out) {
     auto tagged = [&](char tag, const char* p, Py_ssize_t n) {
-        out.resize(static_cast<std::size_t>(n) + 1);
-        out[0] = tag;
-        std::memcpy(out.data() + 1, p, static_cast<std::size_t>(n));
+        out.clear();
+        out.reserve(static_cast<std::size_t>(n) + 1);
+        out.push_back(tag);
+        out.append(p, static_cast<std::size_t>(n));
+        return std::string_view(out);
     };
     if (h.raw) {
         if (!PyBytes_Check(obj.ptr())) throw py::type_error("a raw libshm.Queue carries bytes only");
-        out.assign(PyBytes_AS_STRING(obj.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr())));
-        return out;
+        // The caller holds obj, and bytes do not change: no copy.
+        return {PyBytes_AS_STRING(obj.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr()))};
     }
-    if (PyBytes_CheckExact(obj.ptr())) {
-        tagged('b', PyBytes_AS_STRING(obj.ptr()), PyBytes_GET_SIZE(obj.ptr()));
-        return out;
-    }
+    if (PyBytes_CheckExact(obj.ptr())) return tagged('b', PyBytes_AS_STRING(obj.ptr()), PyBytes_GET_SIZE(obj.ptr()));
     if (PyUnicode_CheckExact(obj.ptr())) {
         Py_ssize_t n = 0;
-        if (const char* p = PyUnicode_AsUTF8AndSize(obj.ptr(), &n)) {
-            tagged('s', p, n);
-            return out;
-        }
+        if (const char* p = PyUnicode_AsUTF8AndSize(obj.ptr(), &n)) return tagged('s', p, n);
         PyErr_Clear();  // lone surrogates: pickle it
     }
-    py::object b = codec->dumps(obj, codec->protocol);
-    tagged('p', PyBytes_AS_STRING(b.ptr()), PyBytes_GET_SIZE(b.ptr()));
-    return out;
+    PyObject* argv[2] = {obj.ptr(), codec->protocol.ptr()};
+    py::object b = py::reinterpret_steal<py::object>(PyObject_Vectorcall(codec->dumps.ptr(), argv, 2, nullptr));
+    if (!b) throw py::error_already_set();
+    if (!PyBytes_Check(b.ptr())) throw py::type_error("pickle.dumps returned no bytes");
+    return tagged('p', PyBytes_AS_STRING(b.ptr()), PyBytes_GET_SIZE(b.ptr()));
 }
 
 py::object decode(const char* p, std::size_t n, bool raw) {
@@ -77,7 +111,14 @@ py::object decode(const char* p, std::size_t n, bool raw) {
         if (!s) throw py::error_already_set();
         return py::reinterpret_steal<py::object>(s);
     }
-    case 'p': return codec->loads(py::memoryview::from_memory(p + 1, len));
+    case 'p': {
+        py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromMemory(const_cast<char*>(p + 1), len, PyBUF_READ));
+        if (!view) throw py::error_already_set();
+        PyObject* argv[1] = {view.ptr()};
+        PyObject* o = PyObject_Vectorcall(codec->loads.ptr(), argv, 1, nullptr);
+        if (!o) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(o);
+    }
     default:
         throw shm::corrupted("libshm.Queue: an item with the unknown tag " + std::to_string(static_cast<unsigned char>(p[0])) +
                              " (made with raw=True on the other side?)");
@@ -86,7 +127,7 @@ py::object decode(const char* p, std::size_t n, bool raw) {
 
 // An item over the queue's largest goes into a heap block; the queue
 // carries where it is. Returns the descriptor, and the block in *block.
-std::string to_large(PyQueue& h, const std::string& item, void** block) {
+std::string to_large(PyQueue& h, std::string_view item, void** block) {
     void* p;
     {
         py::gil_scoped_release nogil;
@@ -121,13 +162,16 @@ py::object from_item(PyQueue& h, const std::string& item) {
     return decode(c, len, false);
 }
 
-void put(PyQueue& h, const py::handle& obj, bool block, const py::object& timeout) {
+void put(PyQueue& h, py::handle obj, bool block, py::handle timeout) {
     check_open(h);
-    std::string item = encode(h, obj);
+    ItemBuffer buf;
+    std::string_view item = encode(h, obj, buf.str());
     void* block_mem = nullptr;
+    std::string large;
     if (item.size() > h.q.max_item_size()) {
         if (h.raw) throw shm::error(EMSGSIZE, "libshm.Queue '" + h.name + "': item over max_item_size");
-        item = to_large(h, item, &block_mem);
+        large = to_large(h, item, &block_mem);
+        item = large;
     }
     bool ok = false;
     try {
@@ -144,7 +188,7 @@ void put(PyQueue& h, const py::handle& obj, bool block, const py::object& timeou
     }
 }
 
-py::object get(PyQueue& h, bool block, const py::object& timeout) {
+py::object get(PyQueue& h, bool block, py::handle timeout) {
     check_open(h);
     std::optional<std::string> item = h.q.try_get();
     if (!item && block && !h.q.closed())
@@ -157,6 +201,69 @@ py::object get(PyQueue& h, bool block, const py::object& timeout) {
         throw shm::empty("empty");
     }
     return from_item(h, *item);
+}
+
+// The fast methods (common.hpp): put(obj, block=True, timeout=None),
+// get(block=True, timeout=None), put_nowait(obj) and get_nowait(), as the
+// pybind11 ones below.
+PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    try {
+        PyObject* a[3];
+        if (!parse_args("put", args, nargs, kwnames, {"obj", "block", "timeout"}, 1, a)) return nullptr;
+        bool block = true;
+        if (a[1] && !to_bool(a[1], "block", &block)) return nullptr;
+        put(fast_self<PyQueue>(self), a[0], block, a[2] ? a[2] : Py_None);
+        Py_RETURN_NONE;
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+PyObject* fast_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    try {
+        PyObject* a[2] = {nullptr, nullptr};
+        if ((nargs || kwnames) && !parse_args("get", args, nargs, kwnames, {"block", "timeout"}, 0, a)) return nullptr;
+        bool block = true;
+        if (a[0] && !to_bool(a[0], "block", &block)) return nullptr;
+        return get(fast_self<PyQueue>(self), block, a[1] ? a[1] : Py_None).release().ptr();
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+PyObject* fast_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    try {
+        PyObject* a[1];
+        if (!parse_args("put_nowait", args, nargs, kwnames, {"obj"}, 1, a)) return nullptr;
+        put(fast_self<PyQueue>(self), a[0], false, Py_None);
+        Py_RETURN_NONE;
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+PyObject* fast_get_nowait(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    if (nargs || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "get_nowait() takes no arguments");
+        return nullptr;
+    }
+    try {
+        return get(fast_self<PyQueue>(self), false, Py_None).release().ptr();
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+py::tuple queue_fast_methods(const py::object& self) {
+    static PyMethodDef put_def = PYSHM_FAST_METHOD("put", fast_put, "put(obj, block=True, timeout=None)");
+    static PyMethodDef get_def = PYSHM_FAST_METHOD("get", fast_get, "get(block=True, timeout=None)");
+    static PyMethodDef put_nowait_def = PYSHM_FAST_METHOD("put_nowait", fast_put_nowait, "put(obj, False)");
+    static PyMethodDef get_nowait_def = PYSHM_FAST_METHOD("get_nowait", fast_get_nowait, "get(False)");
+    return fast_methods<PyQueue>(self, {&put_def, &get_def, &put_nowait_def, &get_nowait_def});
 }
 
 PyQueue make(const SegmentPtr& s, const std::string& name, std::uint32_t capacity, std::uint32_t max_items,
@@ -175,7 +282,7 @@ void bind_queue(py::module_& m) {
     py::module_ pickle = py::module_::import("pickle");
     // Never freed: a static py::object would be released after the
     // interpreter has gone.
-    codec = new Codec{pickle.attr("dumps"), pickle.attr("loads"), pickle.attr("HIGHEST_PROTOCOL").cast<int>()};
+    codec = new Codec{pickle.attr("dumps"), pickle.attr("loads"), pickle.attr("HIGHEST_PROTOCOL")};
 
     py::class_<PyQueue>(m, "Queue")
         .def_static(
@@ -193,6 +300,7 @@ void bind_queue(py::module_& m) {
         .def("put_nowait", [](PyQueue& h, const py::handle& o) { put(h, o, false, py::none()); })
         .def("get", &get, "block"_a = true, "timeout"_a = py::none())
         .def("get_nowait", [](PyQueue& h) { return get(h, false, py::none()); })
+        .def("_fast", &queue_fast_methods, "(put, get, put_nowait, get_nowait) as plain builtins: the fast path")
         .def("qsize", [](const PyQueue& h) { return h.q.qsize(); })
         .def("empty", [](const PyQueue& h) { return h.q.empty(); })
         .def("full", [](const PyQueue& h) { return h.q.full(); })

@@ -2,6 +2,7 @@
 // for Python, on shm::Mutex, RecursiveMutex, Semaphore, Condition, Event and
 // Barrier. The Python classes (libshm/synchronize.py) add pickling and the
 // multiprocessing signatures that need no speed.
+#include <cerrno>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -30,28 +31,106 @@ void after_acquire(const Handle<M>& h) {
 }
 
 template <class M>
-bool lock_acquire(Handle<M>& h, bool block, const py::object& timeout) {
+bool lock_acquire(Handle<M>& h, bool block, py::handle timeout) {
     M& m = *h.obj;
-    if constexpr (std::is_same_v<M, shm::Mutex>) {
-        if (m.held_by_caller()) {
-            // Python's Lock would wait for itself: as long as the timeout
-            // allows, and forever is refused.
-            const auto t = to_timeout(timeout);
-            if (block && !t) {
-                PyErr_SetString(PyExc_RuntimeError, "libshm.Lock: this thread already holds it (acquiring it again would wait forever)");
-                throw py::error_already_set();
-            }
-            if (block) wait_sliced(t, [](std::chrono::nanoseconds d) {
-                    std::this_thread::sleep_for(d);
-                    return false;
-                });
-            return false;
-        }
+    // The uncontended path is try_lock() alone; whether the caller holds it
+    // already is asked only when that fails. (An error-checking robust
+    // mutex's trylock says EDEADLK to its holder, which try_lock throws.)
+    bool got = false;
+    try {
+        got = m.try_lock();
+    } catch (const shm::lock_error& e) {
+        if (!std::is_same_v<M, shm::Mutex> || e.code().value() != EDEADLK) throw;
     }
-    bool got = m.try_lock();
-    if (!got && block) got = wait_sliced(to_timeout(timeout), [&](std::chrono::nanoseconds d) { return m.try_lock_for(d); });
+    if (!got) {
+        if constexpr (std::is_same_v<M, shm::Mutex>) {
+            if (m.held_by_caller()) {
+                // Python's Lock would wait for itself: as long as the
+                // timeout allows, and forever is refused.
+                const auto t = to_timeout(timeout);
+                if (block && !t) {
+                    PyErr_SetString(PyExc_RuntimeError, "libshm.Lock: this thread already holds it (acquiring it again would wait forever)");
+                    throw py::error_already_set();
+                }
+                if (block) wait_sliced(t, [](std::chrono::nanoseconds d) {
+                        std::this_thread::sleep_for(d);
+                        return false;
+                    });
+                return false;
+            }
+        }
+        if (block) got = wait_sliced(to_timeout(timeout), [&](std::chrono::nanoseconds d) { return m.try_lock_for(d); });
+    }
     if (got) after_acquire(h);
     return got;
+}
+
+// Unlocking checks that the caller holds it (shm::lock_error, EPERM, if
+// not): one check, turned into Python's error.
+template <class M>
+void lock_release(Handle<M>& h) {
+    try {
+        h.obj->unlock();
+    } catch (const shm::lock_error& e) {
+        if (e.code().value() != EPERM) throw;
+        if constexpr (std::is_same_v<M, shm::Mutex>) throw py::value_error("libshm.Lock: released without being held by this thread");
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        throw py::error_already_set();
+    }
+}
+
+// The fast methods (common.hpp): acquire(block=True, timeout=None),
+// release(), __enter__() and __exit__(*args), as the pybind11 ones below.
+template <class M>
+PyObject* fast_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    try {
+        PyObject* a[2] = {nullptr, nullptr};
+        if ((nargs || kwnames) && !parse_args("acquire", args, nargs, kwnames, {"block", "timeout"}, 0, a)) return nullptr;
+        bool block = true;
+        if (a[0] && !to_bool(a[0], "block", &block)) return nullptr;
+        return PyBool_FromLong(lock_acquire<M>(fast_self<Handle<M>>(self), block, a[1] ? a[1] : Py_None));
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+template <class M>
+PyObject* fast_enter(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    if (nargs || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
+        return nullptr;
+    }
+    try {
+        return PyBool_FromLong(lock_acquire<M>(fast_self<Handle<M>>(self), true, Py_None));
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+template <class M, bool AnyArgs>
+PyObject* fast_release(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+    if (!AnyArgs && (nargs || kwnames)) {
+        PyErr_SetString(PyExc_TypeError, "release() takes no arguments");
+        return nullptr;
+    }
+    try {
+        lock_release<M>(fast_self<Handle<M>>(self));
+        Py_RETURN_NONE;
+    } catch (...) {
+        raise_current();
+        return nullptr;
+    }
+}
+
+template <class M>
+py::tuple lock_fast_methods(const py::object& self) {
+    static PyMethodDef acquire = PYSHM_FAST_METHOD("acquire", fast_acquire<M>, "Take the lock; False if not taken (block=False, or the timeout passed).");
+    static PyMethodDef release = PYSHM_FAST_METHOD("release", (fast_release<M, false>), "Release the lock.");
+    static PyMethodDef enter = PYSHM_FAST_METHOD("__enter__", fast_enter<M>, "acquire()");
+    static PyMethodDef exit = PYSHM_FAST_METHOD("__exit__", (fast_release<M, true>), "release()");
+    return fast_methods<Handle<M>>(self, {&acquire, &release, &enter, &exit});
 }
 
 template <class M, class Cls>
@@ -61,6 +140,9 @@ void bind_lock_common(Cls& c) {
         .def("acquire", &lock_acquire<M>, "block"_a = true, "timeout"_a = py::none(),
              "Take the lock; False if not taken (block=False, or the timeout passed).")
         .def("__enter__", [](Handle<M>& h) { return lock_acquire<M>(h, true, py::none()); })
+        .def("release", &lock_release<M>)
+        .def("__exit__", [](Handle<M>& h, const py::args&) { lock_release<M>(h); })
+        .def("_fast", &lock_fast_methods<M>, "(acquire, release, __enter__, __exit__) as plain builtins: the fast path")
         .def_property_readonly("previous_owner_died", [](const Handle<M>& h) { return h.obj->previous_owner_died(); },
                                "True while held by a caller whose acquire found the previous holder dead.")
         .def_property_readonly("owner_pid", [](const Handle<M>& h) { return h.obj->owner_pid(); })
@@ -70,28 +152,13 @@ void bind_lock_common(Cls& c) {
 }
 
 void bind_locks(py::module_& m) {
-    using H = Handle<shm::Mutex>;
-    py::class_<H> lock(m, "Lock");
+    py::class_<Handle<shm::Mutex>> lock(m, "Lock");
     bind_lock_common<shm::Mutex>(lock);
-    auto release = [](H& h) {
-        if (!h.obj->held_by_caller()) throw py::value_error("libshm.Lock: released without being held by this thread");
-        h.obj->unlock();
-    };
-    lock.def("release", release).def("__exit__", [release](H& h, py::args) { release(h); });
 
     using R = Handle<shm::RecursiveMutex>;
     py::class_<R> rlock(m, "RLock");
     bind_lock_common<shm::RecursiveMutex>(rlock);
-    auto rrelease = [](R& h) {
-        if (!h.obj->held_by_caller()) {
-            PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
-            throw py::error_already_set();
-        }
-        h.obj->unlock();
-    };
-    rlock.def("release", rrelease)
-        .def("__exit__", [rrelease](R& h, py::args) { rrelease(h); })
-        .def_property_readonly("depth", [](const R& h) { return h.obj->depth(); });
+    rlock.def_property_readonly("depth", [](const R& h) { return h.obj->depth(); });
 }
 
 template <class S>

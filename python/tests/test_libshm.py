@@ -117,6 +117,14 @@ class Basics(ShmDirTest):
         self.assertRaises(queue.Full, q.put, 3, True, 0.01)
         self.assertEqual(q.qsize(), 3)
 
+    def test_queue_of_one(self):
+        q = libshm.Queue(1)
+        q.put("only")
+        self.assertTrue(q.full())
+        self.assertRaises(queue.Full, q.put_nowait, "another")
+        self.assertEqual(q.get_nowait(), "only")
+        self.assertEqual(q.maxsize, 1)
+
     def test_closed_queue(self):
         q = libshm.Queue()
         q.close()
@@ -143,6 +151,49 @@ class Basics(ShmDirTest):
         self.assertEqual(q.get(), b"\x01\x02")
         self.assertRaises(TypeError, q.put, "str")
 
+    def test_queue_call_forms(self):
+        # put() and get() are plain builtins with an argument parser of
+        # their own: multiprocessing's forms, by position and by keyword.
+        q = libshm.Queue(2)
+        q.put(1, True, None)
+        q.put(obj=2, timeout=CAP, block=True)
+        self.assertRaises(queue.Full, q.put, 3, block=False)
+        self.assertRaises(queue.Full, q.put, 3, True, 0)
+        self.assertRaises(queue.Full, q.put_nowait, 3)
+        self.assertEqual(q.get(block=True, timeout=CAP), 1)
+        self.assertEqual(q.get(False), 2)
+        self.assertRaises(queue.Empty, q.get, timeout=0)
+        self.assertRaises(queue.Empty, q.get_nowait)
+        self.assertRaises(TypeError, q.put)
+        self.assertRaises(TypeError, q.put, 1, item=2)
+        self.assertRaises(TypeError, q.put, 1, True, None, 4)
+        self.assertRaises(TypeError, q.get, True, None, 1)
+        self.assertRaises(TypeError, q.get, block="yes")
+        self.assertRaises(TypeError, q.get_nowait, 1)
+        self.assertRaises(TypeError, q.put_nowait)
+
+    def test_put_from_a_signal_handler_while_a_put_waits(self):
+        # A put waiting for room runs signal handlers between its waits; a
+        # put in one must leave the waiting put's item as it was.
+        q, other = libshm.Queue(2), libshm.Queue()
+        q.put("first")
+        q.put("next")
+
+        def handler(signum, frame):
+            other.put("x" * 100)
+            q.get()  # room for the waiting put
+
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            q.put("second, which waited", timeout=CAP)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.assertEqual(q.get_nowait(), "next")
+        self.assertEqual(q.get_nowait(), "second, which waited")
+        self.assertEqual(other.get_nowait(), "x" * 100)
+
     def test_locks(self):
         lock = libshm.Lock()
         self.assertTrue(lock.acquire())
@@ -157,6 +208,34 @@ class Basics(ShmDirTest):
         for _ in range(3):
             r.release()
         self.assertRaises(RuntimeError, r.release)
+
+    def test_lock_call_forms(self):
+        # acquire() and release() are plain builtins with an argument parser
+        # of their own: multiprocessing's forms, by position and by keyword.
+        for lock in (libshm.Lock(), libshm.RLock()):
+            self.assertTrue(lock.acquire(block=True, timeout=None))
+            lock.release()
+            self.assertTrue(lock.acquire(timeout=CAP, block=1))
+            lock.release()
+            self.assertTrue(lock.acquire(False))
+            lock.release()
+            with lock:
+                again = lock.acquire(block=False)
+                self.assertEqual(again, isinstance(lock, libshm.RLock))
+                if again:
+                    lock.release()
+            self.assertRaises(TypeError, lock.acquire, True, None, 1)
+            self.assertRaises(TypeError, lock.acquire, blocking=True)
+            self.assertRaises(TypeError, lock.acquire, True, block=True)
+            self.assertRaises(TypeError, lock.acquire, "yes")
+            self.assertRaises(TypeError, lock.release, 1)
+        lock = libshm.Lock()
+        lock.acquire()
+        self.assertRaises(TypeError, lock.acquire, True, "1")
+        self.assertFalse(lock.acquire(timeout=0))
+        lock.release()
+        self.assertTrue(lock.acquire(block=0))
+        lock.release()
 
     def test_semaphores_event_barrier_condition(self):
         s = libshm.BoundedSemaphore(2)
