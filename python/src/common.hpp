@@ -72,17 +72,22 @@ struct Where {
     std::string object;
 };
 
-// A named object in a segment, and the segment it lives in.
+// A named object in a segment, and the segment it lives in. `attachment`
+// keeps obj's mapping while the handle lives: the Segment may be detached
+// meanwhile (libshm._arena detaches every segment at exit, while a daemon
+// thread may still be blocked in a wait on obj).
 template <class T>
 struct Handle {
     SegmentPtr seg;
     T* obj;
     std::string name;
+    std::shared_ptr<const void> attachment;
 
     template <class... Args>
     static Handle create(const SegmentPtr& s, const std::string& name, Args... args) {
         py::gil_scoped_release nogil;
-        return Handle{s, &s->construct<T>(name, args...), name};
+        T* o = &s->construct<T>(name, args...);
+        return Handle{s, o, name, s->share()};
     }
     static Handle open(const SegmentPtr& s, const std::string& name) {
         T* o;
@@ -92,7 +97,7 @@ struct Handle {
         }
         if (!o) throw shm::not_found("libshm: no " + std::string(shm::to_string(shm::object_kind_of<T>::value)) +
                                      " '" + name + "' in segment '" + s->name() + "'");
-        return Handle{s, o, name};
+        return Handle{s, o, name, s->share()};
     }
 };
 

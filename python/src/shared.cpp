@@ -53,7 +53,7 @@ void bind_shared(py::module_& m) {
         .def("lock",
              [](const Block& b) {
                  if (!b.info.lock) throw py::attribute_error("libshm: this shared value was made with lock=False");
-                 return Handle<shm::RecursiveMutex>{b.seg, b.info.lock, b.info.name};
+                 return Handle<shm::RecursiveMutex>{b.seg, b.info.lock, b.info.name, b.info.attachment};
              },
              "The array's own RecursiveMutex, as an RLock handle.");
 }

@@ -193,6 +193,32 @@ class Basics(ShmDirTest):
         self.assertTrue(cond.acquire(False))
         cond.release()
 
+    def test_objects_outlive_a_detach_of_their_segment(self):
+        # libshm detaches every segment at exit, while a daemon thread may
+        # still be waiting on an object in it: an object stays usable (its
+        # memory mapped) for as long as it lives, and the segment goes with
+        # the last of them.
+        core = libshm._core
+        name = "detached-" + str(os.getpid())
+        seg = core.Segment.create(name, 1 << 20)
+        lock, rlock = core.Lock.create(seg, "l"), core.RLock.create(seg, "r")
+        sem, cond = core.Semaphore.create(seg, "s", 1), core.Condition.create(seg, "c")
+        event, barrier = core.Event.create(seg, "e"), core.Barrier.create(seg, "b", 1)
+        seg.detach()
+        self.assertFalse(seg.attached)
+        self.assertTrue(lock.acquire(timeout=CAP))
+        lock.release()
+        self.assertTrue(rlock.acquire(timeout=CAP))
+        self.assertFalse(cond.wait(rlock, 0.01))
+        rlock.release()
+        self.assertTrue(sem.acquire(timeout=CAP))
+        event.set()
+        self.assertTrue(event.wait(CAP))
+        self.assertEqual(barrier.wait(CAP), 0)
+        self.assertIn("libshm." + name, files())
+        del lock, rlock, sem, cond, event, barrier
+        self.assertNotIn("libshm." + name, files())
+
     def test_dict_and_list(self):
         d = libshm.dict(a=1)
         d[65] = "A"
