@@ -177,13 +177,11 @@ void bind_dict(py::module_& m) {
     py::class_<PyDict>(m, "Dict")
         .def_static("open_or_create",
                     [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyDict{s, shm::Dict::open_or_create(*s, name), name};
+                        return without_gil([&] { return PyDict{s, shm::Dict::open_or_create(*s, name), name}; });
                     })
         .def_static("open",
                     [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyDict{s, shm::Dict::open(*s, name), name};
+                        return without_gil([&] { return PyDict{s, shm::Dict::open(*s, name), name}; });
                     })
         .def("__getitem__",
              [](const PyDict& h, const py::handle& k) {
@@ -262,13 +260,11 @@ void bind_list(py::module_& m) {
     py::class_<PyList>(m, "List")
         .def_static("open_or_create",
                     [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyList{s, shm::List::open_or_create(*s, name), name};
+                        return without_gil([&] { return PyList{s, shm::List::open_or_create(*s, name), name}; });
                     })
         .def_static("open",
                     [](const SegmentPtr& s, const std::string& name) {
-                        py::gil_scoped_release nogil;
-                        return PyList{s, shm::List::open(*s, name), name};
+                        return without_gil([&] { return PyList{s, shm::List::open(*s, name), name}; });
                     })
         .def("__len__", [](const PyList& h) { return h.l.size(); })
         .def("__getitem__",

@@ -87,12 +87,11 @@ py::object decode(const char* p, std::size_t n, bool raw) {
 // An item over the queue's largest goes into a heap block; the queue
 // carries where it is. Returns the descriptor, and the block in *block.
 std::string to_large(PyQueue& h, const std::string& item, void** block) {
-    void* p;
-    {
-        py::gil_scoped_release nogil;
-        p = h.seg->allocate(item.size());
-        std::memcpy(p, item.data(), item.size());
-    }
+    void* p = without_gil([&] {
+        void* b = h.seg->allocate(item.size());
+        std::memcpy(b, item.data(), item.size());
+        return b;
+    });
     *block = p;
     std::string d(17, '\0');
     d[0] = 'L';
@@ -166,8 +165,7 @@ PyQueue make(const SegmentPtr& s, const std::string& name, std::uint32_t capacit
     o.max_items = max_items;
     o.max_item_size = max_item_size;
     o.max_bytes = max_bytes;
-    py::gil_scoped_release nogil;
-    return PyQueue{s, create ? shm::Queue::create(*s, name, o) : shm::Queue::open(*s, name), name, raw};
+    return without_gil([&] { return PyQueue{s, create ? shm::Queue::create(*s, name, o) : shm::Queue::open(*s, name), name, raw}; });
 }
 }  // namespace
 

@@ -147,8 +147,7 @@ void bind_condition(py::module_& m) {
             };
         bool woken = false;
         try {
-            py::gil_scoped_release nogil;
-            woken = h.obj->wait_stoppable(lk, t, stop);
+            woken = without_gil([&] { return h.obj->wait_stoppable(lk, t, stop); });
         } catch (...) {
             lk.release();  // the caller holds it again, as Python's wait() leaves it
             throw;
@@ -204,16 +203,17 @@ void bind_barrier(py::module_& m) {
                 const auto t = to_timeout(timeout);
                 bool interrupted = false;
                 try {
-                    py::gil_scoped_release nogil;
-                    if (t) return h.obj->arrive_and_wait_for(*t);
-                    // Look for Ctrl-C about every 50 ms: a signal breaks the
-                    // barrier, as an exception in threading.Barrier.wait does.
-                    std::function<bool()> stop = [&] {
-                        py::gil_scoped_acquire gil;
-                        interrupted = PyErr_CheckSignals() != 0;
-                        return interrupted;
-                    };
-                    return h.obj->arrive_and_wait(stop);
+                    return without_gil([&] {
+                        if (t) return h.obj->arrive_and_wait_for(*t);
+                        // Look for Ctrl-C about every 50 ms: a signal breaks the
+                        // barrier, as an exception in threading.Barrier.wait does.
+                        std::function<bool()> stop = [&] {
+                            py::gil_scoped_acquire gil;
+                            interrupted = PyErr_CheckSignals() != 0;
+                            return interrupted;
+                        };
+                        return h.obj->arrive_and_wait(stop);
+                    });
                 } catch (const shm::broken_barrier&) {
                     if (interrupted) throw py::error_already_set();
                     throw;

@@ -8,6 +8,9 @@ import os
 import pickle
 import queue
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -360,6 +363,63 @@ class SharedValues(ShmDirTest):
                     self.assertEqual(v.value, -1)  # what the dead holder left: the caller repairs
                     v.value = 0
             self.assertTrue(any(issubclass(w.category, libshm.OwnerDiedWarning) for w in caught))
+
+
+# A process whose daemon threads are still waiting on a Lock, a Semaphore
+# and a Condition when it exits. The Lock and Semaphore waits wake every
+# 50 ms (to look for Ctrl-C): first while an exit handler sleeps after
+# libshm's own has detached every segment, then while an object's __del__
+# sleeps with the interpreter finalizing, when taking the GIL back ends
+# the thread (pthread_exit).
+_EXIT_WHILE_WAITING = """
+import atexit, time
+atexit.register(time.sleep, 0.3)  # runs after libshm's exit handler, registered later
+import os, sys, threading, types
+import libshm
+
+class Linger:
+    def __del__(self, sleep=time.sleep):
+        sleep(0.3)
+
+lock, sem, cond, started = libshm.Lock(), libshm.Semaphore(0), libshm.Condition(), libshm.Semaphore(0)
+lock.acquire()
+
+def in_lock():
+    started.release()
+    lock.acquire()
+
+def in_semaphore():
+    started.release()
+    sem.acquire()
+
+def in_condition():
+    with cond:
+        started.release()
+        cond.wait()
+
+for f in (in_lock, in_semaphore, in_condition):
+    threading.Thread(target=f, daemon=True).start()
+for _ in range(3):
+    started.acquire()
+# Held by a module of its own, which goes once the interpreter finalizes.
+holder = types.ModuleType("linger")
+holder.linger = Linger()
+sys.modules["linger"] = holder
+print("exiting", flush=True)
+"""
+
+
+class Exit(unittest.TestCase):
+    def test_daemon_threads_waiting_at_exit(self):
+        # Its own shm directory: the threads keep their segment, which the
+        # process therefore leaves for shmd or shmctl gc.
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+            env = dict(os.environ, SHM_DIR=d)
+            r = subprocess.run([sys.executable, "-c", _EXIT_WHILE_WAITING], env=env, capture_output=True,
+                               text=True, timeout=CAP)
+        self.assertEqual(r.stdout, "exiting\n")
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(r.returncode, 0)
 
 
 class Crashes(ShmDirTest):
