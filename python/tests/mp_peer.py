@@ -56,8 +56,7 @@ _MIXINS = {"processes": LibshmProcessesMixin, "manager": LibshmManagerMixin}
 # The tests that do not pass, each with the reason (the README lists them).
 KNOWN = {
     "test_notify": "pokes at Condition._sleeping_count and _woken_count, private semaphores of "
-                   "the standard implementation; also waits with a thread and a forked process "
-                   "on an RLock condition, where one notify can be lost (under investigation)",
+                   "the standard implementation",
     "test_notify_all": "pokes at Condition._sleeping_count and _woken_count (private)",
     "test_notify_n": "pokes at Condition._sleeping_count and _woken_count (private)",
     "test_queue_feeder_donot_stop_onexc": "tests the feeder thread, which libshm's Queue does not "
