@@ -1,10 +1,13 @@
-// Handle lifetimes: Dict, List, Queue and nested container handles keep the
-// segment's mapping (and its attach slot) alive on their own, whatever
-// happens to the Segment handle they were made from: moved (a growing
-// vector, a return from a function), detached or destroyed. The slot and,
-// for a non-persistent segment, the file go when the last holder goes.
+// Handle lifetimes: Dict, List, Queue and nested container handles, and a
+// Segment::share(), keep the segment's mapping (and its attach slot) alive
+// on their own, whatever happens to the Segment handle they were made from:
+// moved (a growing vector, a return from a function), detached or
+// destroyed. The slot and, for a non-persistent segment, the file go when
+// the last holder goes.
+#include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -190,6 +193,28 @@ TEST_CASE("the segment is reclaimed when the last of its holders goes", "[handle
     CHECK_FALSE(dir.has("last"));
     CHECK(dir.files().empty());
     CHECK_THROWS_AS(shm::Segment::open("last"), shm::not_found);
+}
+
+TEST_CASE("a share of the attachment keeps objects found in the segment usable", "[handles][lifetime]") {
+    test::ShmDir dir;
+    std::optional<shm::Segment> seg(shm::Segment::create("share", kSize));
+    auto& m = seg->construct<shm::Mutex>("m");
+    auto& n = seg->construct<std::atomic<int>>("n", 7);
+    std::shared_ptr<const void> share = seg->share();
+    SECTION("detach") { seg->detach(); }
+    SECTION("destroy") { seg.reset(); }
+    CHECK(dir.has("share"));
+    CHECK(live_slots("share") == 1);
+    {
+        std::lock_guard<shm::Mutex> g(m);
+        CHECK(++n == 8);
+    }
+    share.reset();  // the last holder
+    CHECK_FALSE(dir.has("share"));
+    // A handle that holds no attachment has none to share.
+    auto other = shm::Segment::create("share2", kSize);
+    other.detach();
+    CHECK_THROWS_AS(other.share(), shm::error);
 }
 
 TEST_CASE("a persistent segment is only detached when its last holder goes", "[handles][lifetime]") {

@@ -1,14 +1,21 @@
 // The binding's shared pieces: the GIL, blocking in slices that Ctrl-C can
-// interrupt, and the handles that keep a segment alive.
+// interrupt, and the handles that keep a segment alive. Nothing here or
+// elsewhere in the binding takes the GIL back in a destructor (see
+// without_gil()).
 #pragma once
 
 #include <pybind11/pybind11.h>
+
+#ifdef __GLIBCXX__
+#include <cxxabi.h>
+#endif
 
 #include <chrono>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include <shm/shm.hpp>
 
@@ -36,6 +43,35 @@ inline std::optional<std::chrono::nanoseconds> to_timeout(py::handle timeout) {
     return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
 }
 
+// f() without the GIL; returns what f() returns. The GIL is taken back by
+// a plain call, never in a destructor (as pybind11's gil_scoped_release
+// does): once the interpreter finalizes, a daemon thread that takes it back
+// (its wait has ended) is ended by pthread_exit(), whose forced unwinding
+// calls std::terminate() when it leaves a noexcept destructor. Here it
+// unwinds through the caller, whose catch (...) blocks rethrow it, up to
+// the thread's start.
+template <class F>
+auto without_gil(F&& f) -> std::invoke_result_t<F&> {
+    PyThreadState* ts = PyEval_SaveThread();
+    try {
+        if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+            f();
+            PyEval_RestoreThread(ts);
+        } else {
+            auto r = f();
+            PyEval_RestoreThread(ts);
+            return r;
+        }
+#ifdef __GLIBCXX__
+    } catch (abi::__forced_unwind&) {
+        throw;  // the thread is ending (in PyEval_RestoreThread): no GIL to take back
+#endif
+    } catch (...) {
+        PyEval_RestoreThread(ts);
+        throw;
+    }
+}
+
 // Whether this thread runs Python's signal handlers (the main thread; in
 // any other PyErr_CheckSignals() does nothing). With the GIL.
 inline bool handles_signals() {
@@ -57,12 +93,7 @@ bool wait_sliced(std::optional<std::chrono::nanoseconds> timeout, Attempt&& atte
             const auto left = end - clock::now();
             if (left < slice) slice = left > std::chrono::nanoseconds(0) ? left : std::chrono::nanoseconds(0);
         }
-        bool done;
-        {
-            py::gil_scoped_release nogil;
-            done = attempt(slice);
-        }
-        if (done) return true;
+        if (without_gil([&] { return attempt(slice); })) return true;
         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
         if (timeout && clock::now() >= end) return false;
     }
@@ -123,33 +154,56 @@ bool to_bool(PyObject* o, const char* what, bool* out);
 // does.
 void raise_current() noexcept;
 
+// The catch blocks that end a fast method's try block: any exception
+// becomes the Python error and the method returns null, except a forced
+// unwind (the thread ending at exit, see without_gil()), which goes on.
+// Fast methods are therefore not noexcept.
+#ifdef __GLIBCXX__
+#define PYSHM_FAST_CATCH                  \
+    catch (abi::__forced_unwind&) {       \
+        throw;                            \
+    }                                     \
+    catch (...) {                         \
+        raise_current();                  \
+        return nullptr;                   \
+    }
+#else
+#define PYSHM_FAST_CATCH                  \
+    catch (...) {                         \
+        raise_current();                  \
+        return nullptr;                   \
+    }
+#endif
+
 // The segment's name and the object's name: what a handle pickles as.
 struct Where {
     std::string segment;
     std::string object;
 };
 
-// A named object in a segment, and the segment it lives in.
+// A named object in a segment, and the segment it lives in. `attachment`
+// keeps obj's mapping while the handle lives: the Segment may be detached
+// meanwhile (libshm._arena detaches every segment at exit, while a daemon
+// thread may still be blocked in a wait on obj).
 template <class T>
 struct Handle {
     SegmentPtr seg;
     T* obj;
     std::string name;
+    std::shared_ptr<const void> attachment;
 
     template <class... Args>
     static Handle create(const SegmentPtr& s, const std::string& name, Args... args) {
-        py::gil_scoped_release nogil;
-        return Handle{s, &s->construct<T>(name, args...), name};
+        return without_gil([&] {
+            T* o = &s->construct<T>(name, args...);
+            return Handle{s, o, name, s->share()};
+        });
     }
     static Handle open(const SegmentPtr& s, const std::string& name) {
-        T* o;
-        {
-            py::gil_scoped_release nogil;
-            o = s->find<T>(name);
-        }
+        T* o = without_gil([&] { return s->find<T>(name); });
         if (!o) throw shm::not_found("libshm: no " + std::string(shm::to_string(shm::object_kind_of<T>::value)) +
                                      " '" + name + "' in segment '" + s->name() + "'");
-        return Handle{s, o, name};
+        return Handle{s, o, name, s->share()};
     }
 };
 

@@ -179,12 +179,10 @@ py::class_<H> container_class(py::module_& m, const char* name) {
     py::class_<H> cls(m, name);
     cls.def_static("open_or_create",
                    [](const SegmentPtr& s, const std::string& n) {
-                       py::gil_scoped_release nogil;
-                       return H{s, C::open_or_create(*s, n), n};
+                       return without_gil([&] { return H{s, C::open_or_create(*s, n), n}; });
                    })
         .def_static("open", [](const SegmentPtr& s, const std::string& n) {
-            py::gil_scoped_release nogil;
-            return H{s, C::open(*s, n), n};
+            return without_gil([&] { return H{s, C::open(*s, n), n}; });
         });
     return cls;
 }
@@ -199,20 +197,18 @@ void dict_setitem(PyDict& h, py::handle k, py::handle v) { h.d.set(encode_key(k)
 
 // The fast methods (common.hpp): __getitem__(key) and __setitem__(key,
 // value), as the pybind11 ones below.
-PyObject* fast_getitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_getitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     if (nargs != 1 || kwnames) {
         PyErr_SetString(PyExc_TypeError, "__getitem__() takes exactly one argument");
         return nullptr;
     }
     try {
         return dict_getitem(fast_self<PyDict>(self), args[0]).release().ptr();
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
-PyObject* fast_setitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_setitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     if (nargs != 2 || kwnames) {
         PyErr_SetString(PyExc_TypeError, "__setitem__() takes exactly two arguments");
         return nullptr;
@@ -220,10 +216,8 @@ PyObject* fast_setitem(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
     try {
         dict_setitem(fast_self<PyDict>(self), args[0], args[1]);
         Py_RETURN_NONE;
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
 py::tuple dict_fast_methods(const py::object& self) {

@@ -128,12 +128,11 @@ py::object decode(const char* p, std::size_t n, bool raw) {
 // An item over the queue's largest goes into a heap block; the queue
 // carries where it is. Returns the descriptor, and the block in *block.
 std::string to_large(PyQueue& h, std::string_view item, void** block) {
-    void* p;
-    {
-        py::gil_scoped_release nogil;
-        p = h.seg->allocate(item.size());
-        std::memcpy(p, item.data(), item.size());
-    }
+    void* p = without_gil([&] {
+        void* b = h.seg->allocate(item.size());
+        std::memcpy(b, item.data(), item.size());
+        return b;
+    });
     *block = p;
     std::string d(17, '\0');
     d[0] = 'L';
@@ -206,7 +205,7 @@ py::object get(PyQueue& h, bool block, py::handle timeout) {
 // The fast methods (common.hpp): put(obj, block=True, timeout=None),
 // get(block=True, timeout=None), put_nowait(obj) and get_nowait(), as the
 // pybind11 ones below.
-PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     try {
         PyObject* a[3];
         if (!parse_args("put", args, nargs, kwnames, {"obj", "block", "timeout"}, 1, a)) return nullptr;
@@ -214,48 +213,40 @@ PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyOb
         if (a[1] && !to_bool(a[1], "block", &block)) return nullptr;
         put(fast_self<PyQueue>(self), a[0], block, a[2] ? a[2] : Py_None);
         Py_RETURN_NONE;
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
-PyObject* fast_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     try {
         PyObject* a[2] = {nullptr, nullptr};
         if ((nargs || kwnames) && !parse_args("get", args, nargs, kwnames, {"block", "timeout"}, 0, a)) return nullptr;
         bool block = true;
         if (a[0] && !to_bool(a[0], "block", &block)) return nullptr;
         return get(fast_self<PyQueue>(self), block, a[1] ? a[1] : Py_None).release().ptr();
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
-PyObject* fast_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     try {
         PyObject* a[1];
         if (!parse_args("put_nowait", args, nargs, kwnames, {"obj"}, 1, a)) return nullptr;
         put(fast_self<PyQueue>(self), a[0], false, Py_None);
         Py_RETURN_NONE;
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
-PyObject* fast_get_nowait(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_get_nowait(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
     if (nargs || kwnames) {
         PyErr_SetString(PyExc_TypeError, "get_nowait() takes no arguments");
         return nullptr;
     }
     try {
         return get(fast_self<PyQueue>(self), false, Py_None).release().ptr();
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
 py::tuple queue_fast_methods(const py::object& self) {
@@ -273,8 +264,7 @@ PyQueue make(const SegmentPtr& s, const std::string& name, std::uint32_t capacit
     o.max_items = max_items;
     o.max_item_size = max_item_size;
     o.max_bytes = max_bytes;
-    py::gil_scoped_release nogil;
-    return PyQueue{s, create ? shm::Queue::create(*s, name, o) : shm::Queue::open(*s, name), name, raw};
+    return without_gil([&] { return PyQueue{s, create ? shm::Queue::create(*s, name, o) : shm::Queue::open(*s, name), name, raw}; });
 }
 }  // namespace
 

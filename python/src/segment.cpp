@@ -11,22 +11,19 @@ void bind_segment(py::module_& m) {
             [](const std::string& name, std::size_t size, bool persistent) {
                 shm::SegmentOptions o;
                 o.persistent = persistent;
-                py::gil_scoped_release nogil;
-                return std::make_shared<shm::Segment>(shm::Segment::create(name, size, o));
+                return without_gil([&] { return std::make_shared<shm::Segment>(shm::Segment::create(name, size, o)); });
             },
             "name"_a, "size"_a, "persistent"_a = false)
         .def_static(
             "open",
             [](const std::string& name) {
-                py::gil_scoped_release nogil;
-                return std::make_shared<shm::Segment>(shm::Segment::open(name));
+                return without_gil([&] { return std::make_shared<shm::Segment>(shm::Segment::open(name)); });
             },
             "name"_a)
         .def_static(
             "open_or_create",
             [](const std::string& name, std::size_t size) {
-                py::gil_scoped_release nogil;
-                return std::make_shared<shm::Segment>(shm::Segment::open_or_create(name, size));
+                return without_gil([&] { return std::make_shared<shm::Segment>(shm::Segment::open_or_create(name, size)); });
             },
             "name"_a, "size"_a)
         .def_static("unlink", &shm::Segment::unlink, "name"_a)

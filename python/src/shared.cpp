@@ -28,16 +28,16 @@ void bind_shared(py::module_& m) {
             [](const SegmentPtr& s, const std::string& name, const std::string& typecode, std::size_t count,
                bool with_lock, bool scalar) {
                 const shm::ElementType t = element_type(typecode);
-                py::gil_scoped_release nogil;
-                return Block{s, scalar ? shm::create_shared_scalar(*s, name, t, with_lock)
-                                       : shm::create_shared_array(*s, name, t, count, with_lock)};
+                return without_gil([&] {
+                    return Block{s, scalar ? shm::create_shared_scalar(*s, name, t, with_lock)
+                                           : shm::create_shared_array(*s, name, t, count, with_lock)};
+                });
             },
             "segment"_a, "name"_a, "typecode"_a, "count"_a, "lock"_a, "scalar"_a)
         .def_static(
             "open",
             [](const SegmentPtr& s, const std::string& name) {
-                py::gil_scoped_release nogil;
-                return Block{s, shm::open_shared_array(*s, name)};
+                return without_gil([&] { return Block{s, shm::open_shared_array(*s, name)}; });
             },
             "segment"_a, "name"_a)
         .def_buffer([](Block& b) {
@@ -53,7 +53,7 @@ void bind_shared(py::module_& m) {
         .def("lock",
              [](const Block& b) {
                  if (!b.info.lock) throw py::attribute_error("libshm: this shared value was made with lock=False");
-                 return Handle<shm::RecursiveMutex>{b.seg, b.info.lock, b.info.name};
+                 return Handle<shm::RecursiveMutex>{b.seg, b.info.lock, b.info.name, b.info.attachment};
              },
              "The array's own RecursiveMutex, as an RLock handle.");
 }

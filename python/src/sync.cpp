@@ -82,35 +82,31 @@ void lock_release(Handle<M>& h) {
 // The fast methods (common.hpp): acquire(block=True, timeout=None),
 // release(), __enter__() and __exit__(*args), as the pybind11 ones below.
 template <class M>
-PyObject* fast_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     try {
         PyObject* a[2] = {nullptr, nullptr};
         if ((nargs || kwnames) && !parse_args("acquire", args, nargs, kwnames, {"block", "timeout"}, 0, a)) return nullptr;
         bool block = true;
         if (a[0] && !to_bool(a[0], "block", &block)) return nullptr;
         return PyBool_FromLong(lock_acquire<M>(fast_self<Handle<M>>(self), block, a[1] ? a[1] : Py_None));
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
 template <class M>
-PyObject* fast_enter(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_enter(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
     if (nargs || kwnames) {
         PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
         return nullptr;
     }
     try {
         return PyBool_FromLong(lock_acquire<M>(fast_self<Handle<M>>(self), true, Py_None));
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
 template <class M, bool AnyArgs>
-PyObject* fast_release(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+PyObject* fast_release(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
     if (!AnyArgs && (nargs || kwnames)) {
         PyErr_SetString(PyExc_TypeError, "release() takes no arguments");
         return nullptr;
@@ -118,10 +114,8 @@ PyObject* fast_release(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObj
     try {
         lock_release<M>(fast_self<Handle<M>>(self));
         Py_RETURN_NONE;
-    } catch (...) {
-        raise_current();
-        return nullptr;
     }
+    PYSHM_FAST_CATCH
 }
 
 template <class M>
@@ -214,8 +208,7 @@ void bind_condition(py::module_& m) {
             };
         bool woken = false;
         try {
-            py::gil_scoped_release nogil;
-            woken = h.obj->wait_stoppable(lk, t, stop);
+            woken = without_gil([&] { return h.obj->wait_stoppable(lk, t, stop); });
         } catch (...) {
             lk.release();  // the caller holds it again, as Python's wait() leaves it
             throw;
@@ -271,16 +264,17 @@ void bind_barrier(py::module_& m) {
                 const auto t = to_timeout(timeout);
                 bool interrupted = false;
                 try {
-                    py::gil_scoped_release nogil;
-                    if (t) return h.obj->arrive_and_wait_for(*t);
-                    // Look for Ctrl-C about every 50 ms: a signal breaks the
-                    // barrier, as an exception in threading.Barrier.wait does.
-                    std::function<bool()> stop = [&] {
-                        py::gil_scoped_acquire gil;
-                        interrupted = PyErr_CheckSignals() != 0;
-                        return interrupted;
-                    };
-                    return h.obj->arrive_and_wait(stop);
+                    return without_gil([&] {
+                        if (t) return h.obj->arrive_and_wait_for(*t);
+                        // Look for Ctrl-C about every 50 ms: a signal breaks the
+                        // barrier, as an exception in threading.Barrier.wait does.
+                        std::function<bool()> stop = [&] {
+                            py::gil_scoped_acquire gil;
+                            interrupted = PyErr_CheckSignals() != 0;
+                            return interrupted;
+                        };
+                        return h.obj->arrive_and_wait(stop);
+                    });
                 } catch (const shm::broken_barrier&) {
                     if (interrupted) throw py::error_already_set();
                     throw;

@@ -8,6 +8,9 @@ import os
 import pickle
 import queue
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -291,6 +294,32 @@ class Basics(ShmDirTest):
         self.assertTrue(cond.acquire(False))
         cond.release()
 
+    def test_objects_outlive_a_detach_of_their_segment(self):
+        # libshm detaches every segment at exit, while a daemon thread may
+        # still be waiting on an object in it: an object stays usable (its
+        # memory mapped) for as long as it lives, and the segment goes with
+        # the last of them.
+        core = libshm._core
+        name = "detached-" + str(os.getpid())
+        seg = core.Segment.create(name, 1 << 20)
+        lock, rlock = core.Lock.create(seg, "l"), core.RLock.create(seg, "r")
+        sem, cond = core.Semaphore.create(seg, "s", 1), core.Condition.create(seg, "c")
+        event, barrier = core.Event.create(seg, "e"), core.Barrier.create(seg, "b", 1)
+        seg.detach()
+        self.assertFalse(seg.attached)
+        self.assertTrue(lock.acquire(timeout=CAP))
+        lock.release()
+        self.assertTrue(rlock.acquire(timeout=CAP))
+        self.assertFalse(cond.wait(rlock, 0.01))
+        rlock.release()
+        self.assertTrue(sem.acquire(timeout=CAP))
+        event.set()
+        self.assertTrue(event.wait(CAP))
+        self.assertEqual(barrier.wait(CAP), 0)
+        self.assertIn("libshm." + name, files())
+        del lock, rlock, sem, cond, event, barrier
+        self.assertNotIn("libshm." + name, files())
+
     def test_dict_and_list(self):
         d = libshm.dict(a=1)
         d[65] = "A"
@@ -468,6 +497,63 @@ class Interrupts(ShmDirTest):
                 p.join(CAP)
                 self.assertEqual(got, "KeyboardInterrupt")
         self.assertTrue(cases["barrier"].broken)  # as threading.Barrier after an exception
+
+
+# A process whose daemon threads are still waiting on a Lock, a Semaphore
+# and a Condition when it exits. The Lock and Semaphore waits wake every
+# 50 ms (to look for Ctrl-C): first while an exit handler sleeps after
+# libshm's own has detached every segment, then while an object's __del__
+# sleeps with the interpreter finalizing, when taking the GIL back ends
+# the thread (pthread_exit).
+_EXIT_WHILE_WAITING = """
+import atexit, time
+atexit.register(time.sleep, 0.3)  # runs after libshm's exit handler, registered later
+import os, sys, threading, types
+import libshm
+
+class Linger:
+    def __del__(self, sleep=time.sleep):
+        sleep(0.3)
+
+lock, sem, cond, started = libshm.Lock(), libshm.Semaphore(0), libshm.Condition(), libshm.Semaphore(0)
+lock.acquire()
+
+def in_lock():
+    started.release()
+    lock.acquire()
+
+def in_semaphore():
+    started.release()
+    sem.acquire()
+
+def in_condition():
+    with cond:
+        started.release()
+        cond.wait()
+
+for f in (in_lock, in_semaphore, in_condition):
+    threading.Thread(target=f, daemon=True).start()
+for _ in range(3):
+    started.acquire()
+# Held by a module of its own, which goes once the interpreter finalizes.
+holder = types.ModuleType("linger")
+holder.linger = Linger()
+sys.modules["linger"] = holder
+print("exiting", flush=True)
+"""
+
+
+class Exit(unittest.TestCase):
+    def test_daemon_threads_waiting_at_exit(self):
+        # Its own shm directory: the threads keep their segment, which the
+        # process therefore leaves for shmd or shmctl gc.
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+            env = dict(os.environ, SHM_DIR=d)
+            r = subprocess.run([sys.executable, "-c", _EXIT_WHILE_WAITING], env=env, capture_output=True,
+                               text=True, timeout=CAP)
+        self.assertEqual(r.stdout, "exiting\n")
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(r.returncode, 0)
 
 
 class Crashes(ShmDirTest):

@@ -161,6 +161,12 @@ public:
     // throws shm::error (EBADF) on either.
     void detach() noexcept;
     bool attached() const noexcept;  // this handle holds a usable attachment
+    // A share in this handle's attachment, for references into the segment
+    // kept apart from any handle (the Python binding's locks keep one): it
+    // holds the attachment as a Dict, List or Queue made from this segment
+    // does, so the mapping stays, whatever happens to this handle, until
+    // the last holder goes. shm::error (EBADF) if this handle holds none.
+    std::shared_ptr<const void> share() const;
 
     const std::string& name() const noexcept;
     std::string path() const;

@@ -53,6 +53,10 @@ detail::SegmentState& Segment::attachment() const {
 }
 
 void Segment::detach() noexcept { state_.reset(); }
+std::shared_ptr<const void> Segment::share() const {
+    attachment();
+    return state_;
+}
 bool Segment::attached() const noexcept { return state_ && state_->attached; }
 const std::string& Segment::name() const noexcept { return name_; }
 std::string Segment::path() const { return path_; }
