@@ -14,7 +14,9 @@ __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 1 << 16   # items an unbounded queue holds
 DEFAULT_ITEM_SIZE = 16 << 10 # items up to this size go in the ring; larger ones in the heap
-DEFAULT_RING = 4 << 20       # bytes of small items queued at most
+DEFAULT_RING = 4 << 20       # bytes of small items an unbounded queue holds
+ITEM_BUDGET = 256            # ring bytes per item of maxsize, by default
+MAX_RING = 64 << 20          # ... up to this
 DEFAULT_HEAP = 16 << 20      # room for large items waiting to be got
 
 
@@ -38,7 +40,13 @@ class Queue:
     """multiprocessing.Queue(maxsize=0), without a feeder thread.
 
     maxsize is at most 2**24; 0 (unbounded in multiprocessing) means up to
-    DEFAULT_CAPACITY items. Keyword-only extras: name= (a segment and
+    DEFAULT_CAPACITY items. Besides maxsize, the ring has a byte budget,
+    max_bytes: by default ITEM_BUDGET (256) bytes per item of maxsize (at
+    least 64 KiB, at most 64 MiB; 4 MiB for an unbounded queue). An item
+    takes its length plus a tag byte (none when raw), rounded up to 8 bytes,
+    and one larger than max_item_size takes 24 (it waits in the heap), so a
+    queue of items up to 248 bytes holds exactly maxsize; with larger items
+    it may be full() sooner: give max_bytes to size it. Keyword-only extras: name= (a segment and
     queue of that name, opened if it exists: C++ programs open it with
     shm::Queue::open(seg, name)), raw=True (bytes only, no tag byte: what
     C++ puts and gets), max_item_size= and max_bytes= (the ring),
@@ -54,7 +62,7 @@ class Queue:
         # (the C++ queue's max_items).
         capacity = max(maxsize, 2) if maxsize else DEFAULT_CAPACITY
         if max_bytes is None:
-            max_bytes = min(DEFAULT_RING, max(capacity * 64, 64 << 10))
+            max_bytes = min(MAX_RING if maxsize else DEFAULT_RING, max(capacity * ITEM_BUDGET, 64 << 10))
             max_bytes = max(max_bytes, max_item_size)
         self._raw = raw
         self._options = (capacity, maxsize, max_item_size, max_bytes)

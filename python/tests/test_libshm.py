@@ -120,6 +120,22 @@ class Basics(ShmDirTest):
         self.assertRaises(queue.Full, q.put, 3, True, 0.01)
         self.assertEqual(q.qsize(), 3)
 
+    def test_queue_maxsize_counts_items_not_bytes(self):
+        # 64-byte bytes and str items, small tuples, and items up to 248
+        # bytes (with the tag byte, 249 round up to 256): maxsize of each.
+        for maxsize in (1024, 5000):
+            for item in (b"x" * 64, "y" * 64, ("tuple", 12345, 6.5), b"z" * 247):
+                with self.subTest(maxsize=maxsize, item=type(item).__name__ + str(len(item))):
+                    q = libshm.Queue(maxsize)
+                    for i in range(maxsize):
+                        q.put_nowait(item)
+                    self.assertTrue(q.full())
+                    self.assertRaises(queue.Full, q.put_nowait, item)
+                    self.assertEqual(q.qsize(), maxsize)
+                    for i in range(maxsize):
+                        self.assertEqual(q.get_nowait(), item)
+                    self.assertRaises(queue.Empty, q.get_nowait)
+
     def test_queue_of_one(self):
         q = libshm.Queue(1)
         q.put("only")
