@@ -1,5 +1,6 @@
 // shm::Dict, shm::List and shm::Value: behaviour, processes sharing them,
 // out of space, and SIGKILL at random moments and at every crash point.
+#include <algorithm>
 #include <map>
 
 #include <shm/shm.hpp>
@@ -269,6 +270,88 @@ TEST_CASE("concurrent increments from 4 processes end exact", "[container][proce
     for (int k = 0; k < 10; ++k) CHECK(d.get<int>("k" + std::to_string(k)) == 4000);
     CHECK(l.size() == 400);
     CHECK(clean(d.verify()));
+}
+
+TEST_CASE("List::assign and assign_if replace the whole list in one step", "[container][list]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("assign", kSize);
+    List l = List::open_or_create(seg, "l");
+    l.extend({3, "one", Value::new_list({1, 2}), 2.5});
+    std::vector<Value> before = l.snapshot();
+
+    SECTION("assign") {
+        l.assign({"a", Value::new_dict({{"k", 1}}), 7});
+        REQUIRE(l.size() == 3);
+        CHECK(l.get<std::string>(0) == "a");
+        CHECK(l.get(1).as_dict().get<int>("k") == 1);
+        CHECK(l.get<int>(2) == 7);
+        l.assign({});
+        CHECK(l.empty());
+    }
+    SECTION("assign_if against the snapshot it was computed from") {
+        std::vector<Value> reversed(before.rbegin(), before.rend());
+        CHECK(l.assign_if(before, reversed));
+        REQUIRE(l.size() == 4);
+        CHECK(l.get<double>(0) == 2.5);
+        // The nested list was copied in (as extend() copies a handle), so
+        // it is a new container with the same items.
+        CHECK(l.get(1).as_list().snapshot() == std::vector<Value>{1, 2});
+        CHECK(l.get<std::string>(2) == "one");
+        CHECK(l.get<int>(3) == 3);
+    }
+    SECTION("assign_if refuses, changing nothing, once the list has changed") {
+        std::size_t used = seg.used_memory();
+        l.append(4);
+        std::vector<Value> now = l.snapshot();
+        used = seg.used_memory();
+        CHECK_FALSE(l.assign_if(before, {"x"}));
+        CHECK(l.snapshot() == now);
+        CHECK(seg.used_memory() == used);
+        l.set(0, 30);  // same length, one item differs
+        now = l.snapshot();
+        CHECK_FALSE(l.assign_if(std::vector<Value>(now.begin(), now.end() - 1), {"x"}));
+        std::vector<Value> stale = now;
+        stale[0] = 3;
+        CHECK_FALSE(l.assign_if(stale, {"x"}));
+        CHECK(l.snapshot() == now);
+    }
+    CHECK(clean(l.verify()));
+}
+
+TEST_CASE("assign_if loses no append made by other processes meanwhile", "[container][processes]") {
+    // One process appends; another rewrites the list again and again (a
+    // reversal computed from a snapshot, written with assign_if, retried
+    // when it changed). Every append survives every rewrite.
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("cas", kSize);
+    List l = List::open_or_create(seg, "l");
+    constexpr int kAppends = 3000;
+    pid_t appender = test::spawn([] {
+        auto s = shm::Segment::open("cas");
+        List ll = List::open(s, "l");
+        for (int i = 0; i < kAppends; ++i) ll.append(i);
+        return 0;
+    });
+    pid_t rewriter = test::spawn([] {
+        auto s = shm::Segment::open("cas");
+        List ll = List::open(s, "l");
+        for (int r = 0; r < 300; ++r) {
+            for (;;) {
+                std::vector<Value> snap = ll.snapshot();
+                std::vector<Value> rev(snap.rbegin(), snap.rend());
+                if (ll.assign_if(snap, rev)) break;
+            }
+        }
+        return 0;
+    });
+    test::require_exit_ok(appender, 120s);
+    test::require_exit_ok(rewriter, 120s);
+    std::vector<int> got;
+    for (auto& v : l.snapshot()) got.push_back(v.as<int>());
+    std::sort(got.begin(), got.end());
+    REQUIRE(got.size() == std::size_t(kAppends));
+    for (int i = 0; i < kAppends; ++i) CHECK(got[std::size_t(i)] == i);
+    CHECK(clean(l.verify()));
 }
 
 TEST_CASE("snapshots are consistent while another process writes", "[container][processes]") {

@@ -220,6 +220,9 @@ std::vector<Refusal> refusals(std::size_t free) {
          [too_many](auto&, Dict&, List& l) { l.append(Value::new_list(strings(too_many(48), 32))); }, oos},
         {"nested list extend too large",
          [too_many](auto&, Dict&, List& l) { l.get(5).as_list().extend(strings(too_many(48), 32)); }, oos},
+        {"list assign too large", [too_many](auto&, Dict&, List& l) { l.assign(strings(too_many(48), 32)); }, oos},
+        {"list assign_if too large",
+         [too_many](auto&, Dict&, List& l) { l.assign_if(l.snapshot(), strings(too_many(48), 32)); }, oos},
     };
 }
 
@@ -432,6 +435,9 @@ struct Big {
 std::vector<Big> big_ops() {
     return {
         {"extend 2000 strings", [](Dict&, List& l) { l.extend(strings(2000, 24)); }},
+        {"assign_if 2000 strings over 100", [](Dict&, List& l) {
+             if (!l.assign_if(l.snapshot(), strings(2000, 24))) throw std::logic_error("assign_if refused");
+         }},
         {"update 2000 items, half replacing", [](Dict& d, List&) {
              auto kv = items(1000, 30, "k");  // k0..k999 exist: their strings are dropped
              auto more = items(1000, 20, "new");

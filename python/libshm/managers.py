@@ -176,12 +176,13 @@ class DictProxy(_Container, MutableMapping):
 class ListProxy(_Container, MutableSequence):
     """Manager().list() without a server: a list shared by processes.
 
-    Each operation is one atomic step in shared memory, except those that
-    rewrite the whole list (slice assignment and deletion, reverse(),
-    sort(), *=): they take a copy, change it, and put it back, so an
-    update from another process in between is lost, and a reader may see
-    the list empty for a moment. Guard them with a libshm.Lock when others
-    write too. name= opens or makes a list of that name."""
+    Each operation is one atomic step in shared memory. Those that rewrite
+    the whole list (slice assignment and deletion, reverse(), sort(), *=)
+    change a copy, with no lock held, and put it back in one
+    compare-and-set: if another process changed the list meanwhile, they
+    start again from a new copy, so no update is lost (and a sort key
+    function may run more than once). name= opens or makes a list of that
+    name."""
     _core_type = _core.List
 
     def __init__(self, iterable=(), *, name=None):
@@ -197,23 +198,24 @@ class ListProxy(_Container, MutableSequence):
 
     def __setitem__(self, i, value):
         if isinstance(i, slice):
-            items = self._h.copy()
-            items[i] = value
-            self._replace(items)
+            value = _builtin_list(value)  # an iterator is read once, whatever the retries
+            self._rewrite(lambda items: items.__setitem__(i, value))
         else:
             self._h[i] = value
 
     def __delitem__(self, i):
         if isinstance(i, slice):
-            items = self._h.copy()
-            del items[i]
-            self._replace(items)
+            self._rewrite(lambda items: items.__delitem__(i))
         else:
             del self._h[i]
 
-    def _replace(self, items):
-        self._h.clear()
-        self._h.extend(items)
+    def _rewrite(self, change):
+        # change(items) changes a plain copy in place; the result replaces
+        # the list in one compare-and-set (retried if the list changed).
+        def changed(items):
+            change(items)
+            return items
+        self._h._rewrite(changed)
 
     def __iter__(self):
         # Reads each item as it goes, as a Manager's list proxy does.
@@ -260,16 +262,13 @@ class ListProxy(_Container, MutableSequence):
         self._h.clear()
 
     def reverse(self):
-        """As list.reverse(), but not atomic (see the class)."""
-        items = self._h.copy()
-        items.reverse()
-        self._replace(items)
+        """As list.reverse(), in one atomic step (see the class)."""
+        self._rewrite(lambda items: items.reverse())
 
     def sort(self, *, key=None, reverse=False):
-        """As list.sort(), but not atomic (see the class)."""
-        items = self._h.copy()
-        items.sort(key=key, reverse=reverse)
-        self._replace(items)
+        """As list.sort(), in one atomic step (see the class); key may be
+        called again if another process changes the list meanwhile."""
+        self._rewrite(lambda items: items.sort(key=key, reverse=reverse))
 
     def copy(self):
         """A plain list with the same items (a snapshot)."""
@@ -280,8 +279,7 @@ class ListProxy(_Container, MutableSequence):
         return self
 
     def __imul__(self, n):
-        items = self._h.copy()
-        self._replace(items * n)
+        self._rewrite(lambda items: items.__imul__(n))
         return self
 
     def __add__(self, other):

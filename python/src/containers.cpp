@@ -367,6 +367,18 @@ void bind_list(py::module_& m) {
         .def("count", [](const PyList& h, const py::handle& v) { return h.l.count(to_value(v)); })
         .def("clear", [](PyList& h) { h.l.clear(); })
         .def("copy", [](const PyList& h) { return to_pylist(h.l.snapshot()); })
+        .def("_rewrite",
+             [](PyList& h, const py::function& fn) {
+                 // fn(a copy) computes the new items; they replace the
+                 // list's in one step if it still holds what was copied,
+                 // else again from a new copy. fn runs with no lock held.
+                 for (;;) {
+                     std::vector<shm::Value> snap = h.l.snapshot();
+                     py::list items(fn(to_pylist(snap)));
+                     if (h.l.assign_if(snap, to_values(items, 0))) return;
+                 }
+             },
+             "Replace the items with fn(copy of the items), as one compare-and-set (retried)")
         .def_readonly("segment", &PyList::seg)
         .def_readonly("name", &PyList::name);
 }

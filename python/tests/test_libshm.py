@@ -95,6 +95,20 @@ def _wait_once(cond, sleeping, woken):
             woken.release()
 
 
+def _append_range(lst, n, go):
+    go.wait(CAP)
+    for i in range(n):
+        lst.append(i)
+
+
+def _rewrite_forever(lst, started):
+    started.set()
+    while True:
+        lst.sort(reverse=True)
+        lst.reverse()
+        lst[:] = lst[::-1]
+
+
 def _get_forever(q, got):
     while True:
         got.put(q.get())
@@ -335,6 +349,49 @@ class Basics(ShmDirTest):
         self.assertIn("libshm." + name, files())
         del lock, rlock, sem, cond, event, barrier
         self.assertNotIn("libshm." + name, files())
+
+    def test_list_rewrites_lose_no_concurrent_append(self):
+        # Another process appends while this one sorts, reverses and
+        # slice-assigns: every append is there at the end.
+        ctx = mp.get_context("fork")
+        lst, go = libshm.list(), libshm.Event()
+        p = ctx.Process(target=_append_range, args=(lst, 3000, go))
+        p.start()
+        go.set()
+        # Until the appender is done (at least 300 rewrites; the cap only
+        # stops a hang). Each third one puts a -1 in front by slice
+        # assignment.
+        inserted = 0
+        for r in range(1_000_000):
+            if r % 3 == 2:
+                lst[:0] = [-1]
+                inserted += 1
+            else:
+                [lst.sort, lst.reverse][r % 3]()
+            if r >= 300 and not p.is_alive():
+                break
+        p.join(CAP)
+        self.assertEqual(p.exitcode, 0)
+        self.assertEqual(sorted(lst.copy()), [-1] * inserted + list(range(3000)))
+
+    def test_list_rewrites(self):
+        lst = libshm.list([3, 1, 2])
+        lst.sort()
+        self.assertEqual(lst.copy(), [1, 2, 3])
+        lst.sort(key=lambda x: -x)
+        self.assertEqual(lst.copy(), [3, 2, 1])
+        lst.reverse()
+        lst[1:2] = iter(["a", "b"])  # an iterator, read once
+        self.assertEqual(lst.copy(), [1, "a", "b", 3])
+        del lst[::2]
+        self.assertEqual(lst.copy(), ["a", 3])
+        lst *= 2
+        self.assertEqual(lst.copy(), ["a", 3, "a", 3])
+        # A refused rewrite changes nothing.
+        self.assertRaises(TypeError, lst.sort)  # str < int
+        self.assertRaises(ValueError, lst.__setitem__, slice(None, None, 2), [1, 2, 3])
+        self.assertRaises(ZeroDivisionError, lst.sort, key=lambda x: 1 / 0)
+        self.assertEqual(lst.copy(), ["a", 3, "a", 3])
 
     def test_dict_and_list(self):
         d = libshm.dict(a=1)
@@ -625,6 +682,24 @@ class Crashes(ShmDirTest):
         # Lost: at most the one item each killed consumer had taken.
         self.assertGreaterEqual(len(everything), rounds * 300 - rounds)
         self.assertTrue(all(tag == "item" for tag, _ in seen + rest))
+
+    def test_list_rewriters_killed(self):
+        """A process sorting, reversing and slice-assigning a list, killed
+        at varied points: the list always holds the same items, never a
+        part of them (each rewrite is one step)."""
+        ctx = mp.get_context("fork")
+        lst = libshm.list(["item %04d" % i for i in range(1000)])
+        want = sorted(lst.copy())
+        for r in range(self.ROUNDS // 2):
+            started = libshm.Event()
+            p = ctx.Process(target=_rewrite_forever, args=(lst, started))
+            p.start()
+            self.assertTrue(started.wait(CAP))
+            time.sleep(0.0005 * (r % 11))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(CAP)
+            self.assertEqual(sorted(lst.copy()), want)
+        self.assertEqual(lst._h.segment.verify(), [])
 
     def test_dict_updater_killed(self):
         ctx = mp.get_context("fork")

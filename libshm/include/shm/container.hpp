@@ -252,6 +252,14 @@ public:
     std::vector<Value> slice(std::int64_t start, std::int64_t stop) const;
     // Atomically replace the item at index with fn(item); returns it.
     Value update(std::int64_t index, const std::function<Value(const Value&)>& fn);
+    // Replace every item with `items`, in one step: a crash or a refusal
+    // (out of space) leaves the old list, whole.
+    void assign(const std::vector<Value>& items);
+    // As assign(), but only while the list's items are still `expected`
+    // (compared as == does: a nested container by identity), typically a
+    // snapshot() the new items were computed from: a compare-and-set of the
+    // whole list. False, changing nothing, if it changed in between.
+    bool assign_if(const std::vector<Value>& expected, const std::vector<Value>& items);
 
     std::vector<std::string> verify() const;
     const ContainerRef& ref() const noexcept { return ref_; }

@@ -189,6 +189,49 @@ std::size_t List::size() const {
     return read(ref_.seg, [&](Op& op) { return static_cast<std::size_t>(rd(op.hdr(ref_.offset, kListMagic)->count)); });
 }
 
+namespace {
+// The items, made storable (outside the transaction: a nested handle is
+// read into a copy).
+std::vector<Value> prepared(const std::vector<Value>& vs) {
+    std::vector<Value> out;
+    out.reserve(vs.size());
+    for (auto& v : vs) {
+        Value scratch;
+        const Value& pv = prepare(v, scratch);
+        out.push_back(&pv == &v ? v : std::move(scratch));
+    }
+    return out;
+}
+
+// Inside a transaction: the list's items become `items` (prepared).
+void replace_all(Op& op, std::uint64_t coff, const std::vector<Value>& items) {
+    op.batch = true;
+    CHdr* c = op.hdr(coff, kListMagic);
+    op.detach_contents(c);
+    op.list_reserve(c, items.size());
+    for (auto& v : items) op.list_append(coff, v);
+}
+}  // namespace
+
+void List::assign(const std::vector<Value>& items) {
+    std::vector<Value> ps = prepared(items);
+    run(ref_.seg, [&](Op& op) { replace_all(op, ref_.offset, ps); });
+}
+
+bool List::assign_if(const std::vector<Value>& expected, const std::vector<Value>& items) {
+    std::vector<Value> ps = prepared(items);
+    return run(ref_.seg, [&](Op& op) {
+        CHdr* c = op.hdr(ref_.offset, kListMagic);
+        const std::uint64_t n = rd(c->count);
+        if (n != expected.size()) return false;
+        Cell* cs = n ? op.cells(c) : nullptr;
+        for (std::uint64_t i = 0; i < n; ++i)
+            if (!(op.decode(cs[i]) == expected[i])) return false;
+        replace_all(op, ref_.offset, ps);
+        return true;
+    });
+}
+
 void List::clear() {
     run(ref_.seg, [&](Op& op) { op.detach_contents(op.hdr(ref_.offset, kListMagic)); });
 }
