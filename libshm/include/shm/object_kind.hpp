@@ -25,6 +25,7 @@ enum class ObjectKind : std::uint32_t {
     queue = 10,            // shm::Queue
     shared_array = 11,     // shm::SharedArray<T> (Python's Array)
     shared_scalar = 12,    // shm::SharedScalar<T> (Python's Value)
+    work_queue = 13,       // shm::WorkQueue (its root)
 };
 
 const char* to_string(ObjectKind k) noexcept;

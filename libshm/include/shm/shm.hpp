@@ -12,3 +12,4 @@
 #include "shm/shared_array.hpp"
 #include "shm/sync.hpp"
 #include "shm/version.hpp"
+#include "shm/work_queue.hpp"

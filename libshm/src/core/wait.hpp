@@ -104,6 +104,11 @@ inline constexpr WaitPolicy kQueueWait{100, 8, false, std::chrono::milliseconds(
 inline constexpr std::chrono::milliseconds kQueueUnfencedPoll{2};
 // A queue claimant waiting for its own ticket after an ABA claim naps 1 ms.
 inline constexpr WaitPolicy kQueueNap{100, 8, false, std::chrono::milliseconds(1), Recheck::before_sleep, {}, {}};
+// WorkQueue put and get: as the Queue's; a sleeper looks for dead
+// consumers before every sleep and every 50 ms (recover()).
+inline constexpr WaitPolicy kWorkQueueWait{100, 8, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {}};
+// WorkQueue join: no spin; dead consumers looked for every 50 ms.
+inline constexpr WaitPolicy kWorkQueueJoin{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
 // Queue join: no spin.
 inline constexpr WaitPolicy kQueueJoin{0, 0, false, std::chrono::milliseconds(50), Recheck::never, {}, {}};
 // A lock that can only be tried (a pthread mutex under ThreadSanitizer).

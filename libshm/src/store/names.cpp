@@ -87,6 +87,7 @@ const char* to_string(ObjectKind k) noexcept {
         case ObjectKind::queue: return "queue";
         case ObjectKind::shared_array: return "shared_array";
         case ObjectKind::shared_scalar: return "shared_scalar";
+        case ObjectKind::work_queue: return "work_queue";
     }
     return "unknown";
 }
