@@ -84,6 +84,7 @@ struct Map {
     std::uint64_t queue = 0, queue_size = 0;
     std::uint64_t array = 0, array_size = 0;    // "a": c_int x 5, with a lock
     std::uint64_t scalar = 0, scalar_size = 0;  // "v": c_double, without
+    std::uint64_t work_root = 0, work = 0;      // "w": a WorkQueue's root and its state
     std::uint64_t objects_end = 0;              // past the last object
 };
 Map map_of(const std::string& img) {
@@ -105,6 +106,10 @@ Map map_of(const std::string& img) {
         if (name == "a") {
             m.array = d.object_offset;
             m.array_size = d.object_size;
+        }
+        if (name == "w") {
+            m.work_root = d.object_offset;
+            m.work = get64(img, d.object_offset + 8);  // WorkQueueRoot::state
         }
         if (name == "v") {
             m.scalar = d.object_offset;
@@ -128,7 +133,8 @@ TEST_CASE("a fresh image drives cleanly", "[untrusted]") {
         return o.unexpected.empty() && o.refused == 1;
     });
     Map m = map_of(img);
-    CHECK(m.entries.size() == 5);
+    CHECK(m.entries.size() == 6);
+    CHECK(m.work != 0);
     CHECK(m.dict != 0);
     CHECK(m.list != 0);
     CHECK(m.queue != 0);
@@ -212,7 +218,7 @@ TEST_CASE("every directory entry, damaged", "[untrusted]") {
     test::ShmDir dir;
     const std::string img = untrusted::make_image();
     Map m = map_of(img);
-    REQUIRE(m.entries.size() == 5);
+    REQUIRE(m.entries.size() == 6);
     for (std::uint64_t e : m.entries)
         isolated([&] { return corrupt_each_word(img, e, e + sizeof(shm::heap::DirEntry), "directory entry"); });
 }
@@ -240,6 +246,24 @@ TEST_CASE("a queue's control block and slots, damaged", "[untrusted]") {
     isolated([&] { return corrupt_each_word(img, m.queue, m.queue + 512, "queue control"); });
     const std::uint64_t slots = m.queue + sizeof(shm::detail::QueueControl);
     isolated([&] { return corrupt_each_word(img, slots, slots + 8 * sizeof(shm::detail::QueueSlot), "queue slots"); });
+}
+
+TEST_CASE("a work queue's root, state, ring, leases and items, damaged", "[untrusted]") {
+    test::ShmDir dir;
+    const std::string img = untrusted::make_image();
+    Map m = map_of(img);
+    REQUIRE(m.work != 0);
+    // The root; the state (16 words: work_queue.cpp); then its ring, lease
+    // records and dead letters (capacity 4), and the items they name.
+    isolated([&] { return corrupt_each_word(img, m.work_root, m.work_root + 32, "work queue root"); });
+    isolated([&] { return corrupt_each_word(img, m.work, m.work + 128, "work queue state"); });
+    for (int k : {2, 5, 7}) {  // ring, leases, dead letters
+        const std::uint64_t a = get64(img, m.work + 8 * k);
+        isolated([&] { return corrupt_each_word(img, a, a + (k == 5 ? 4 * 32 : 4 * 8), "work queue array"); });
+    }
+    const std::uint64_t ring = get64(img, m.work + 16), head = get64(img, m.work + 24);
+    const std::uint64_t item = get64(img, ring + 8 * head);
+    isolated([&] { return corrupt_each_word(img, item, item + 48, "work queue item"); });
 }
 
 TEST_CASE("a shared array's and a shared scalar's header and lock, damaged", "[untrusted]") {

@@ -1,6 +1,6 @@
 // A segment file as untrusted input: build a small valid one, write any
 // bytes under its name, and drive everything that reads such a file (the
-// library's open, objects, Dict/List, Queue, SharedArray/SharedScalar,
+// library's open, objects, Dict/List, Queue, WorkQueue, SharedArray/SharedScalar,
 // verify; shmctl's inspection; gc's reap). Every call may work or refuse
 // with a shm::error; none may end in a signal, a hang or a sanitizer
 // report. Shared by test_untrusted.cpp and the fuzzer (tests/fuzz/), so
@@ -78,6 +78,12 @@ inline std::string make_image(std::size_t size = 128 * 1024) {
         const std::int32_t ints[] = {10, -20, 30, -40, 50};
         shm::SharedArray<std::int32_t>::create(seg, "a", ints, 5);
         shm::SharedScalar<double>::create(seg, "v", 2.5, false);
+        shm::WorkQueue w = shm::WorkQueue::create(seg, "w", {4, 2});
+        w.put("job one");
+        w.put("job two");
+        w.put("job three");
+        w.get();  // leased, never acknowledged
+        w.get().ack();
     }
     return read_file();
 }
@@ -151,6 +157,18 @@ inline Outcome drive() {
             (void)q.qsize();
             (void)q.bytes_used();
             for (int i = 0; i < 4; ++i) call(o, "Queue::try_get", [&] { (void)q.try_get(); });
+        });
+        call(o, "WorkQueue", [&] {
+            shm::WorkQueue w = shm::WorkQueue::open(seg, "w");
+            (void)w.qsize();
+            (void)w.unfinished();
+            call(o, "WorkQueue::recover", [&] { (void)w.recover(); });
+            for (int i = 0; i < 3; ++i)
+                call(o, "WorkQueue::try_get", [&] {
+                    if (auto l = w.try_get()) l->ack();
+                });
+            call(o, "WorkQueue::try_get_dead", [&] { (void)w.try_get_dead(); });
+            call(o, "WorkQueue::verify", [&] { (void)w.verify(); });
         });
         call(o, "SharedArray", [&] {
             auto a = shm::SharedArray<std::int32_t>::open(seg, "a");

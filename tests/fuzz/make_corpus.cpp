@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(tmpl);
 
     // Where the objects are, read from the image.
-    std::uint64_t dict = 0, list = 0, queue = 0, array = 0, scalar = 0;
+    std::uint64_t dict = 0, list = 0, queue = 0, array = 0, scalar = 0, work = 0;
     for (std::uint64_t e = get64(img, offsetof(Header, dir_head)); e;
          e = get64(img, e + offsetof(shm::heap::DirEntry, next))) {
         const char* name = img.data() + e + offsetof(shm::heap::DirEntry, name);
@@ -63,8 +63,9 @@ int main(int argc, char** argv) {
         if (std::strcmp(name, "q") == 0) queue = obj;
         if (std::strcmp(name, "a") == 0) array = obj;
         if (std::strcmp(name, "v") == 0) scalar = obj;
+        if (std::strcmp(name, "w") == 0) work = get64(img, obj + 8);  // WorkQueueRoot::state
     }
-    if (!dict || !list || !queue || !array || !scalar) return 1;
+    if (!dict || !list || !queue || !array || !scalar || !work) return 1;
     using shm::detail::SharedArrayHeader;
     using shm::container_layout::CHdr;
     using shm::detail::QueueControl;
@@ -85,6 +86,9 @@ int main(int argc, char** argv) {
         {"array-count-huge", with64(img, array + offsetof(SharedArrayHeader, count), std::uint64_t(1) << 40)},
         {"array-lock-kind", with32(img, array + shm::detail::kLockOffset + offsetof(pthread_mutex_t, __data.__kind), 0)},
         {"scalar-size-wrong", with32(img, scalar + offsetof(SharedArrayHeader, element_size), 4)},
+        // The WorkQueue's state (work_queue.cpp): word 2 the ring, word 4 the waiting count.
+        {"workqueue-ring-outside", with64(img, work + 2 * 8, ~std::uint64_t(0) >> 1)},
+        {"workqueue-waiting-huge", with64(img, work + 4 * 8, std::uint64_t(1) << 40)},
     };
     for (const auto& [name, bytes] : seeds) {
         std::ofstream f(out / name, std::ios::binary | std::ios::trunc);
