@@ -15,6 +15,7 @@ from ._core import (AlreadyExists, Corrupted, Error, NotFound, OutOfSpace, Owner
                     TypeMismatch)
 from ._core import version as __version__
 from .managers import DictProxy, ListProxy, dict, list
+from .pool import Pool, ProcessPoolExecutor, WorkerLostError
 from .queues import JoinableQueue, Queue, SimpleQueue
 from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
@@ -25,6 +26,7 @@ __all__ = [
     "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
     "Value", "Array", "RawValue", "RawArray",
     "dict", "list", "DictProxy", "ListProxy", "Manager",
+    "Pool", "ProcessPoolExecutor", "WorkerLostError",
     "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
     "OwnerDiedWarning",
 ]

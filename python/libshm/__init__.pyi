@@ -7,6 +7,7 @@ from typing_extensions import Self
 
 from . import queues as _queues, synchronize as _synchronize
 from .managers import DictProxy as DictProxy, ListProxy as ListProxy, dict as dict, list as list
+from .pool import Pool as Pool, ProcessPoolExecutor as ProcessPoolExecutor, WorkerLostError as WorkerLostError
 from .queues import JoinableQueue as JoinableQueue, Queue as Queue, SimpleQueue as SimpleQueue
 from .sharedctypes import Array as Array, RawArray as RawArray, RawValue as RawValue, Value as Value
 from .synchronize import (Barrier as Barrier, BoundedSemaphore as BoundedSemaphore, Condition as Condition,
@@ -19,6 +20,7 @@ __all__ = [
     "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
     "Value", "Array", "RawValue", "RawArray",
     "dict", "list", "DictProxy", "ListProxy", "Manager",
+    "Pool", "ProcessPoolExecutor", "WorkerLostError",
     "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
     "OwnerDiedWarning",
 ]

@@ -209,6 +209,7 @@ struct Handle {
 
 void bind_segment(py::module_& m);
 void bind_shared(py::module_& m);
+void bind_work_queue(py::module_& m);
 void bind_sync(py::module_& m);
 void bind_queue(py::module_& m);
 void bind_containers(py::module_& m);

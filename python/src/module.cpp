@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
     pyshm::bind_queue(m);
     pyshm::bind_containers(m);
     pyshm::bind_shared(m);
+    pyshm::bind_work_queue(m);
 }

@@ -3,8 +3,8 @@
 test/_test_multiprocessing.py (Debian: libpython3.11-testsuite) takes the
 classes under test from a mixin. This module builds its test classes with
 a mixin that supplies libshm's Queue, JoinableQueue, Lock, RLock,
-Semaphore, BoundedSemaphore, Condition, Event, Barrier, Value, Array and
-dict/list, under the start method in LIBSHM_PEER_START (fork by default).
+Semaphore, BoundedSemaphore, Condition, Event, Barrier, Value, Array,
+dict/list and Pool, under the start method in LIBSHM_PEER_START (fork by default).
 Processes still come from multiprocessing.
 
     LIBSHM_PEER_START=spawn python3 -m unittest mp_peer
@@ -22,7 +22,10 @@ START_METHOD = os.environ.get("LIBSHM_PEER_START", "fork")
 
 # The test classes of the standard module that cover what libshm provides.
 COVERED = ["_TestQueue", "_TestLock", "_TestSemaphore", "_TestCondition", "_TestEvent",
-           "_TestBarrier", "_TestValue", "_TestArray", "_TestContainers"]
+           "_TestBarrier", "_TestValue", "_TestArray", "_TestContainers", "_TestPool"]
+# The types each class runs as here, where not every one it allows: a
+# Manager's Pool is the standard one, served by the manager.
+TYPES = {"_TestPool": ("processes",)}
 
 
 def _libshm(name):
@@ -43,7 +46,7 @@ class LibshmManagerMixin(peer.BaseMixin):
 
 
 for _name in ["Queue", "JoinableQueue", "Lock", "RLock", "Semaphore", "BoundedSemaphore",
-              "Condition", "Event", "Barrier", "Value", "Array", "RawValue", "RawArray"]:
+              "Condition", "Event", "Barrier", "Value", "Array", "RawValue", "RawArray", "Pool"]:
     _obj = _libshm(_name)
     if _obj is not None:
         setattr(LibshmProcessesMixin, _name, _obj)
@@ -67,7 +70,7 @@ KNOWN = {
 
 for _cls_name in COVERED:
     _base = getattr(peer, _cls_name)
-    for _type in _base.ALLOWED_TYPES:
+    for _type in TYPES.get(_cls_name, _base.ALLOWED_TYPES):
         # The objects themselves: "processes" (a Manager's proxies of them
         # are not what libshm replaces), and "manager" for dict and list.
         if _type not in _MIXINS or (_type == "manager" and _cls_name != "_TestContainers"):
