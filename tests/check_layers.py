@@ -31,8 +31,9 @@ import sys
 BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp", "hash.hpp"}
 PUBLIC = {"segment.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
           "container.hpp": "objects", "shared_array.hpp": "objects", "work_queue.hpp": "objects",
-          "admin.hpp": "admin", "shm.hpp": "umbrella"}
-RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "umbrella": 6}
+          "admin.hpp": "admin", "pool.hpp": "pool", "shm.hpp": "umbrella"}
+RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "pool": 5,
+        "umbrella": 6}
 SIBLINGS = {("objects", "client"), ("client", "objects")}
 INCLUDE = re.compile(r'^\s*#\s*include\s+[<"]([^>"]+)[>"]', re.M)
 

@@ -7,6 +7,7 @@
 #include "shm/mutex.hpp"
 #include "shm/names.hpp"
 #include "shm/object_kind.hpp"
+#include "shm/pool.hpp"
 #include "shm/queue.hpp"
 #include "shm/segment.hpp"
 #include "shm/shared_array.hpp"
