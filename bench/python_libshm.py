@@ -63,7 +63,8 @@ import sys
 import tempfile
 import time
 
-CASES = ["py.queue.1to1.bytes64", "py.queue.1to1.pyobj", "py.dict.get", "py.dict.set", "py.lock"]
+CASES = ["py.queue.1to1.bytes64", "py.queue.1to1.pyobj", "py.dict.get", "py.dict.set", "py.lock",
+         "py.pool.map.tiny.c1", "py.pool.map.tiny.default"]
 BLOCK = 1024                 # items between two checked ones; every count is a multiple
 INNER = range(BLOCK - 1)
 CAPACITY = 1024              # the queues' maxsize, as in the C++ queue cases
@@ -322,6 +323,59 @@ def lock_case(impl, seconds, warmup):
     return dt / n * 1e9
 
 
+# ---- py.pool.map.tiny: map() of a function that returns its argument ----------
+
+POOL_CALLS = 100_000  # per map (at --seconds 1); the executor, far slower at chunksize 1, does a tenth
+POOL_PROCESSES = 2
+
+
+def identity(x):
+    return x
+
+
+def pool_case(case, impl, seconds, warmup):
+    """Calls per second of one map() of POOL_CALLS calls, on a pool of
+    POOL_PROCESSES made (and warmed up) beforehand."""
+    import concurrent.futures
+
+    import libshm
+    chunksize = 1 if case.endswith(".c1") else None
+    # POOL_CALLS at --seconds 1 (the default); fewer for a shorter run (the smoke test).
+    n = max(1000, int(POOL_CALLS * min(1.0, seconds)))
+    if impl == "python_executor":
+        n //= 10
+    if impl == "python_executor":
+        pool = concurrent.futures.ProcessPoolExecutor(POOL_PROCESSES)
+
+        def run(k):
+            return list(pool.map(identity, range(k), chunksize=chunksize or 1))
+    else:
+        pool = libshm.Pool(POOL_PROCESSES) if impl == "libshm" else mp.Pool(POOL_PROCESSES)
+
+        def run(k):
+            return pool.map(identity, range(k), chunksize=chunksize)
+    try:
+        run(1000)
+        t = time.perf_counter()
+        out = run(n)
+        dt = time.perf_counter() - t
+        if len(out) != n or out[-1] != n - 1:
+            raise RuntimeError("wrong results")
+        return n / dt
+    finally:
+        if impl == "python_executor":
+            pool.shutdown()
+        else:
+            pool.terminate()
+            pool.join()
+
+
+POOL_NOTE = {
+    "libshm": "libshm.Pool(2).map(f, range(N), chunksize)",
+    "python_mp_pool": "multiprocessing.Pool(2).map(f, range(N), chunksize)",
+    "python_executor": "concurrent.futures.ProcessPoolExecutor(2).map(f, range(N // 10), chunksize)",
+}
+
 QUEUE_NOTE = {
     "libshm": "libshm.Queue(maxsize=1024), put() / get()",
     "python_mp_queue": "multiprocessing.Queue(maxsize=1024), put() / get()",
@@ -335,6 +389,8 @@ PLAN = {
     "py.dict.get": (["libshm", "python_manager", "python_dict"], "ops/s"),
     "py.dict.set": (["libshm", "python_manager", "python_dict"], "ops/s"),
     "py.lock": (["libshm", "python_mp_lock"], "ns"),
+    "py.pool.map.tiny.c1": (["libshm", "python_mp_pool", "python_executor"], "calls/s"),
+    "py.pool.map.tiny.default": (["libshm", "python_mp_pool", "python_executor"], "calls/s"),
 }
 NOTE = {
     "python_manager": "multiprocessing.Manager().dict()",
@@ -344,6 +400,8 @@ NOTE = {
 
 
 def note_for(case, impl):
+    if case.startswith("py.pool."):
+        return POOL_NOTE[impl] + (", chunksize=1" if case.endswith(".c1") else ", default chunksize")
     if case.startswith("py.queue."):
         return QUEUE_NOTE[impl]
     if impl == "libshm":
@@ -352,6 +410,8 @@ def note_for(case, impl):
 
 
 def run_case(case, impl, seconds, warmup):
+    if case.startswith("py.pool."):
+        return pool_case(case, impl, seconds, warmup)
     if case.startswith("py.queue."):
         return queue_case(case, impl, seconds, warmup)
     if case.startswith("py.dict."):

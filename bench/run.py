@@ -113,6 +113,10 @@ def targets(cases):
          ["py.dict.get", "py.dict.set"]),
         ("Python: libshm.Lock's acquire + release within 1.5x of multiprocessing.Lock's", "libshm", "python_mp_lock",
          "<=", 1.5, ["py.lock"]),
+        ("Python: libshm.Pool's map at least 10x multiprocessing.Pool's at chunksize=1", "libshm", "python_mp_pool",
+         ">=", 10.0, ["py.pool.map.tiny.c1"]),
+        ("Python: libshm.Pool's map at least 2x multiprocessing.Pool's at its default chunk size", "libshm",
+         "python_mp_pool", ">=", 2.0, ["py.pool.map.tiny.default"]),
     ]
 
 
