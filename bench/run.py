@@ -75,6 +75,7 @@ def programs(build_dir):
         ("POSIX message queue", [os.path.join(b, "bench_queue_posix_mq")]),
         ("Python multiprocessing.Queue", [sys.executable, os.path.join(ROOT, "bench", "python_mp_queue.py")]),
         ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
+        ("libshm Pool, and the WorkQueue round trip", [os.path.join(b, "bench_pool_libshm")]),
     ] + shmd_progs
     return [p if len(p) == 3 else p + (None,) for p in progs] + py_progs
 
@@ -113,6 +114,8 @@ def targets(cases):
          ["py.dict.get", "py.dict.set"]),
         ("Python: libshm.Lock's acquire + release within 1.5x of multiprocessing.Lock's", "libshm", "python_mp_lock",
          "<=", 1.5, ["py.lock"]),
+        ("shm::Pool's time per task within 2x of the WorkQueue round trip it is built on", "workqueue_round_trip",
+         "libshm", "<=", 2.0, ["pool.map.tiny"]),
         ("Python: libshm.Pool's map at least 10x multiprocessing.Pool's at chunksize=1", "libshm", "python_mp_pool",
          ">=", 10.0, ["py.pool.map.tiny.c1"]),
         ("Python: libshm.Pool's map at least 2x multiprocessing.Pool's at its default chunk size", "libshm",
