@@ -2,8 +2,9 @@
 // and at every task, a task that kills its worker every time, and the
 // pool's process killed.
 #include <filesystem>
-#include <fstream>
 #include <set>
+
+#include <fcntl.h>
 #include <thread>
 
 #include <signal.h>
@@ -21,9 +22,15 @@ namespace {
 std::string echo(std::string_view t) { return "r:" + std::string(t); }
 
 bool running(pid_t pid) {
-    // Alive and not a zombie.
-    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    // Alive and not a zombie. (read(2): the process may go between open and
+    // read, which fails with ESRCH.)
+    std::string s(4096, '\0');
+    int fd = ::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = ::read(fd, s.data(), s.size());
+    ::close(fd);
+    if (n <= 0) return false;
+    s.resize(static_cast<std::size_t>(n));
     auto p = s.rfind(')');
     return p != std::string::npos && p + 2 < s.size() && s[p + 2] != 'Z';
 }
