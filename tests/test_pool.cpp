@@ -113,6 +113,27 @@ TEST_CASE("Pool: threads of the pool's process submit at once", "[pool]") {
     CHECK(wrong == 0);
 }
 
+TEST_CASE("Pool: imap_unordered from two threads at once, each gets its own results", "[pool]") {
+    test::ShmDir dir;
+    shm::Pool pool(echo, workers(2));
+    std::atomic<int> wrong{0};
+    auto run = [&](const std::string& tag) {
+        std::vector<std::string> tasks;
+        for (int i = 0; i < 300; ++i) tasks.push_back(tag + std::to_string(i));
+        std::vector<int> seen(tasks.size(), 0);
+        pool.imap_unordered(tasks, [&](std::size_t i, std::future<std::string>& r) {
+            if (r.get() != "r:" + tasks[i]) ++wrong;
+            ++seen[i];
+        });
+        for (int n : seen)
+            if (n != 1) ++wrong;
+    };
+    std::thread a(run, "a"), b(run, "b");
+    a.join();
+    b.join();
+    CHECK(wrong == 0);
+}
+
 TEST_CASE("Pool: max_tasks_per_child replaces workers", "[pool]") {
     test::ShmDir dir;
     shm::PoolOptions o;

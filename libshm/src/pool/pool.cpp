@@ -200,15 +200,13 @@ struct Pool::Impl {
           results(WorkQueue::create(seg, "results", {opt.capacity, 1})) {}
 
     void settle(std::uint64_t id, bool ok, std::string value) {
+        if (!ok) return fail(id, std::make_exception_ptr(task_error(value)));
         std::function<void()> done;
         {
             std::lock_guard<std::mutex> g(mu);
             auto it = pending.find(id);
             if (it == pending.end()) return;  // a second result of a task that ran twice
-            if (ok)
-                it->second.promise.set_value(std::move(value));
-            else
-                it->second.promise.set_exception(std::make_exception_ptr(task_error(value)));
+            it->second.promise.set_value(std::move(value));
             done = std::move(it->second.done);
             pending.erase(it);
         }
@@ -216,13 +214,22 @@ struct Pool::Impl {
         if (done) done();
     }
 
+    // The promises of failed tasks, kept until a submitting thread (or the
+    // pool's destructor) lets go of them: the exception a future carries is
+    // then freed by the thread that submitted, not by the supervisor, after
+    // the future's reader is done with it. (Freed by the supervisor, its
+    // last reference would be dropped inside libstdc++'s exception_ptr,
+    // which ThreadSanitizer cannot see, and it would report the reader.)
+    std::vector<std::promise<std::string>> failed;
+
     void fail(std::uint64_t id, std::exception_ptr e) {
         std::function<void()> done;
         {
             std::lock_guard<std::mutex> g(mu);
             auto it = pending.find(id);
             if (it == pending.end()) return;
-            it->second.promise.set_exception(e);
+            it->second.promise.set_exception(std::move(e));
+            failed.push_back(std::move(it->second.promise));
             done = std::move(it->second.done);
             pending.erase(it);
         }
@@ -231,6 +238,30 @@ struct Pool::Impl {
     }
 
     void ask_spawn() { send_msg(fd, Msg{kSpawn, 0, 0}); }
+
+    // Queue a task; `done` (if any) runs once its future is set.
+    std::future<std::string> submit(const std::string& task, std::function<void()> done) {
+        std::uint64_t id;
+        std::future<std::string> f;
+        std::vector<std::promise<std::string>> drop;  // freed here, after the lock
+        {
+            std::lock_guard<std::mutex> g(mu);
+            drop.swap(failed);
+            if (closing || stopping) throw closed("shm::Pool: closed");
+            id = next_id++;
+            Pending& p = pending[id];
+            p.done = std::move(done);
+            f = p.promise.get_future();
+        }
+        try {
+            tasks.put(encode_id(id, 't', task));
+        } catch (...) {
+            std::lock_guard<std::mutex> g(mu);
+            pending.erase(id);
+            throw;
+        }
+        return f;
+    }
 
     // The supervisor: results, deaths, replacements.
     void run() {
@@ -355,25 +386,7 @@ Pool::~Pool() {
     if (impl_ && !impl_->joined) terminate();
 }
 
-std::future<std::string> Pool::submit(std::string task) {
-    Impl& im = *impl_;
-    std::uint64_t id;
-    std::future<std::string> f;
-    {
-        std::lock_guard<std::mutex> g(im.mu);
-        if (im.closing || im.stopping) throw closed("shm::Pool: closed");
-        id = im.next_id++;
-        f = im.pending[id].promise.get_future();
-    }
-    try {
-        im.tasks.put(encode_id(id, 't', task));
-    } catch (...) {
-        std::lock_guard<std::mutex> g(im.mu);
-        im.pending.erase(id);
-        throw;
-    }
-    return f;
-}
+std::future<std::string> Pool::submit(std::string task) { return impl_->submit(task, nullptr); }
 
 std::vector<std::string> Pool::map(const std::vector<std::string>& tasks) {
     std::vector<std::future<std::string>> fs;
@@ -396,18 +409,11 @@ void Pool::imap_unordered(const std::vector<std::string>& tasks,
     auto done = std::make_shared<Done>();
     std::vector<std::future<std::string>> fs(tasks.size());
     for (std::size_t i = 0; i < tasks.size(); ++i) {
-        fs[i] = submit(tasks[i]);
-        std::lock_guard<std::mutex> g(im.mu);
-        auto it = im.pending.find(im.next_id - 1);
-        auto note = [done, i] {
-            std::lock_guard<std::mutex> g2(done->mu);
+        fs[i] = im.submit(tasks[i], [done, i] {
+            std::lock_guard<std::mutex> g(done->mu);
             done->ready.push_back(i);
             done->cv.notify_all();
-        };
-        if (it != im.pending.end())
-            it->second.done = note;
-        else
-            note();  // already settled
+        });
     }
     for (std::size_t n = 0; n < tasks.size(); ++n) {
         std::size_t i;
