@@ -74,7 +74,8 @@ public:
     // Queue a task; blocks while `capacity` tasks are queued or running.
     // shm::closed after close() or terminate().
     std::future<std::string> submit(std::string task);
-    // Every task's result, in order; throws the first failure (in order).
+    // Every task's result, in order. Once all have settled, throws the
+    // first failure (in order), if any.
     std::vector<std::string> map(const std::vector<std::string>& tasks);
     // Each task's result as it comes: fn(index, result), or fn(index, error)
     // with the exception; returns once all have come.

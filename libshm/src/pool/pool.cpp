@@ -32,6 +32,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <unordered_map>
 #include <string>
 #include <utility>
 
@@ -183,12 +184,23 @@ struct Pool::Impl {
     std::thread supervisor;
 
     mutable std::mutex mu;
-    std::condition_variable cv;
-    struct Pending {
-        std::promise<std::string> promise;
-        std::function<void()> done;  // after the promise is set (imap_unordered)
+    // The tasks of one map() or imap_unordered(): each result settles into
+    // its slot, with no promise per task (a promise costs an allocation and,
+    // in libstdc++, a system call to set).
+    struct Batch {
+        std::vector<std::string> out;
+        std::vector<std::exception_ptr> err;  // a failed task's error, by index
+        std::vector<std::size_t> ready;       // settled, not yet handed out (imap_unordered)
+        std::size_t left = 0;                 // not yet settled
+        bool each = false;                    // wake the reader at each result, not only the last
+        std::condition_variable cv;           // under Impl::mu
     };
-    std::map<std::uint64_t, Pending> pending;
+    struct Pending {
+        std::promise<std::string> promise;  // submit()
+        std::shared_ptr<Batch> batch;       // or a batch's slot
+        std::size_t index = 0;
+    };
+    std::unordered_map<std::uint64_t, Pending> pending;
     std::set<pid_t> live;
     std::map<pid_t, int> exits;  // wait statuses of workers that died
     std::uint64_t next_id = 0;
@@ -199,21 +211,6 @@ struct Pool::Impl {
           tasks(WorkQueue::create(seg, "tasks", {opt.capacity, opt.max_retries + 1})),
           results(WorkQueue::create(seg, "results", {opt.capacity, 1})) {}
 
-    void settle(std::uint64_t id, bool ok, std::string value) {
-        if (!ok) return fail(id, std::make_exception_ptr(task_error(value)));
-        std::function<void()> done;
-        {
-            std::lock_guard<std::mutex> g(mu);
-            auto it = pending.find(id);
-            if (it == pending.end()) return;  // a second result of a task that ran twice
-            it->second.promise.set_value(std::move(value));
-            done = std::move(it->second.done);
-            pending.erase(it);
-        }
-        cv.notify_all();
-        if (done) done();
-    }
-
     // The promises of failed tasks, kept until a submitting thread (or the
     // pool's destructor) lets go of them: the exception a future carries is
     // then freed by the thread that submitted, not by the supervisor, after
@@ -222,45 +219,83 @@ struct Pool::Impl {
     // which ThreadSanitizer cannot see, and it would report the reader.)
     std::vector<std::promise<std::string>> failed;
 
-    void fail(std::uint64_t id, std::exception_ptr e) {
-        std::function<void()> done;
+    // A task's outcome: its value, or (value ignored) the error e.
+    void settle(std::uint64_t id, std::string value, std::exception_ptr e = nullptr) {
+        // The batch's reference is dropped under the lock, so that its
+        // reader, who waits for that lock, drops the last one (and frees
+        // the errors it holds: see `failed`).
         {
             std::lock_guard<std::mutex> g(mu);
             auto it = pending.find(id);
-            if (it == pending.end()) return;
-            it->second.promise.set_exception(std::move(e));
-            failed.push_back(std::move(it->second.promise));
-            done = std::move(it->second.done);
+            if (it == pending.end()) return;  // a second result of a task that ran twice
+            Pending& p = it->second;
+            if (p.batch) {
+                Batch& b = *p.batch;
+                if (e) b.err[p.index] = std::move(e);
+                else b.out[p.index] = std::move(value);
+                --b.left;
+                if (b.each) b.ready.push_back(p.index);
+                if (b.each || b.left == 0) b.cv.notify_all();
+            } else if (e) {
+                p.promise.set_exception(std::move(e));
+                failed.push_back(std::move(p.promise));
+            } else {
+                p.promise.set_value(std::move(value));
+            }
             pending.erase(it);
         }
-        cv.notify_all();
-        if (done) done();
     }
+    // Make `e` in a statement of its own, before this call: make_exception_ptr
+    // copies the exception it is given, and the copy shares the original's
+    // reference-counted message. An original still alive here would be
+    // destroyed after the error is published, perhaps after its reader has
+    // dropped the copy, and would then free the message in this thread with
+    // a decrement ThreadSanitizer cannot see (inside libstdc++).
+    void fail(std::uint64_t id, std::exception_ptr e) { settle(id, {}, std::move(e)); }
 
     void ask_spawn() { send_msg(fd, Msg{kSpawn, 0, 0}); }
 
-    // Queue a task; `done` (if any) runs once its future is set.
-    std::future<std::string> submit(const std::string& task, std::function<void()> done) {
+    // Queue a task: its future, or (with a batch) its slot `index` there.
+    std::future<std::string> submit(const std::string& task, const std::shared_ptr<Batch>& batch = nullptr,
+                                    std::size_t index = 0) {
         std::uint64_t id;
         std::future<std::string> f;
         std::vector<std::promise<std::string>> drop;  // freed here, after the lock
         {
             std::lock_guard<std::mutex> g(mu);
-            drop.swap(failed);
+            if (!failed.empty()) drop.swap(failed);
             if (closing || stopping) throw closed("shm::Pool: closed");
             id = next_id++;
             Pending& p = pending[id];
-            p.done = std::move(done);
-            f = p.promise.get_future();
+            if (batch) {
+                p.batch = batch;
+                p.index = index;
+                ++batch->left;
+            } else {
+                f = p.promise.get_future();
+            }
         }
         try {
             tasks.put(encode_id(id, 't', task));
         } catch (...) {
             std::lock_guard<std::mutex> g(mu);
+            if (batch) --batch->left;
             pending.erase(id);
             throw;
         }
         return f;
+    }
+
+    // Submit every task into a new batch. If a submit fails, the tasks
+    // already submitted still settle into the batch (which they keep alive).
+    std::shared_ptr<Batch> submit_all(const std::vector<std::string>& ts, bool each) {
+        auto b = std::make_shared<Batch>();
+        b->out.resize(ts.size());
+        b->err.resize(ts.size());
+        b->each = each;
+        if (each) b->ready.reserve(ts.size());
+        for (std::size_t i = 0; i < ts.size(); ++i) submit(ts[i], b, i);
+        return b;
     }
 
     // The supervisor: results, deaths, replacements.
@@ -270,7 +305,14 @@ struct Pool::Impl {
                 std::uint64_t id;
                 char tag;
                 std::string_view body;
-                if (decode_id(r->item(), &id, &tag, &body)) settle(id, tag == 'r', std::string(body));
+                if (decode_id(r->item(), &id, &tag, &body)) {
+                    if (tag == 'r') {
+                        settle(id, std::string(body));
+                    } else {
+                        std::exception_ptr e = std::make_exception_ptr(task_error(std::string(body)));
+                        fail(id, std::move(e));  // (see fail())
+                    }
+                }
                 r->ack();
                 // The rest (the server's news, dead letters) every 32
                 // results while they flow, and whenever they pause.
@@ -325,12 +367,13 @@ struct Pool::Impl {
             std::uint64_t id;
             char tag;
             std::string_view body;
-            if (decode_id(h.d.item, &id, &tag, &body))
-                fail(id, std::make_exception_ptr(worker_lost(
-                             "shm::Pool: task " + std::to_string(id) + ": its worker (pid " +
-                             std::to_string(h.d.last_pid) + ") was " + (status ? describe_status(*status) : "gone") +
-                             ", on each of " + std::to_string(h.d.deliveries) + " tries (max_retries " +
-                             std::to_string(opt.max_retries) + ")")));
+            if (decode_id(h.d.item, &id, &tag, &body)) {
+                std::exception_ptr e = std::make_exception_ptr(worker_lost(
+                    "shm::Pool: task " + std::to_string(id) + ": its worker (pid " + std::to_string(h.d.last_pid) +
+                    ") was " + (status ? describe_status(*status) : "gone") + ", on each of " +
+                    std::to_string(h.d.deliveries) + " tries (max_retries " + std::to_string(opt.max_retries) + ")"));
+                fail(id, std::move(e));  // (see fail())
+            }
             held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
         }
     }
@@ -386,44 +429,37 @@ Pool::~Pool() {
     if (impl_ && !impl_->joined) terminate();
 }
 
-std::future<std::string> Pool::submit(std::string task) { return impl_->submit(task, nullptr); }
+std::future<std::string> Pool::submit(std::string task) { return impl_->submit(task); }
 
 std::vector<std::string> Pool::map(const std::vector<std::string>& tasks) {
-    std::vector<std::future<std::string>> fs;
-    fs.reserve(tasks.size());
-    for (const auto& t : tasks) fs.push_back(submit(t));
-    std::vector<std::string> out;
-    out.reserve(tasks.size());
-    for (auto& f : fs) out.push_back(f.get());
-    return out;
+    Impl& im = *impl_;
+    auto b = im.submit_all(tasks, false);
+    {
+        std::unique_lock<std::mutex> g(im.mu);
+        b->cv.wait(g, [&] { return b->left == 0; });
+    }
+    for (auto& e : b->err)
+        if (e) std::rethrow_exception(e);
+    return std::move(b->out);
 }
 
 void Pool::imap_unordered(const std::vector<std::string>& tasks,
                           const std::function<void(std::size_t, std::future<std::string>&)>& fn) {
     Impl& im = *impl_;
-    struct Done {
-        std::mutex mu;
-        std::condition_variable cv;
-        std::vector<std::size_t> ready;
-    };
-    auto done = std::make_shared<Done>();
-    std::vector<std::future<std::string>> fs(tasks.size());
-    for (std::size_t i = 0; i < tasks.size(); ++i) {
-        fs[i] = im.submit(tasks[i], [done, i] {
-            std::lock_guard<std::mutex> g(done->mu);
-            done->ready.push_back(i);
-            done->cv.notify_all();
-        });
-    }
+    auto b = im.submit_all(tasks, true);
     for (std::size_t n = 0; n < tasks.size(); ++n) {
         std::size_t i;
+        std::promise<std::string> p;
         {
-            std::unique_lock<std::mutex> g(done->mu);
-            done->cv.wait(g, [&] { return !done->ready.empty(); });
-            i = done->ready.back();
-            done->ready.pop_back();
+            std::unique_lock<std::mutex> g(im.mu);
+            b->cv.wait(g, [&] { return !b->ready.empty(); });
+            i = b->ready.back();
+            b->ready.pop_back();
+            if (b->err[i]) p.set_exception(std::move(b->err[i]));
+            else p.set_value(std::move(b->out[i]));
         }
-        fn(i, fs[i]);
+        std::future<std::string> f = p.get_future();
+        fn(i, f);
     }
 }
 
@@ -473,7 +509,10 @@ void Pool::terminate() {
         std::lock_guard<std::mutex> g(im.mu);
         for (auto& [id, p] : im.pending) left.push_back(id);
     }
-    for (std::uint64_t id : left) im.fail(id, std::make_exception_ptr(closed("shm::Pool: terminated")));
+    for (std::uint64_t id : left) {
+        std::exception_ptr e = std::make_exception_ptr(closed("shm::Pool: terminated"));
+        im.fail(id, std::move(e));  // (see Impl::fail())
+    }
 }
 
 unsigned Pool::processes() const noexcept { return impl_->opt.processes; }
