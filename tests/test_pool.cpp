@@ -97,6 +97,59 @@ TEST_CASE("Pool: map in order, submit, errors for their task alone, imap_unorder
     CHECK(pool.worker_pids().empty());
 }
 
+namespace {
+struct Point {
+    double x, y;
+};
+struct Label {  // not trivially copyable: its codec is below
+    std::string text;
+};
+}  // namespace
+
+template <>
+struct shm::queue_codec<Label> {
+    static std::string encode(const Label& l) { return "label:" + l.text; }
+    static Label decode(std::string_view b) {
+        if (b.substr(0, 6) != "label:") throw shm::error(EINVAL, "not a label");
+        return Label{std::string(b.substr(6))};
+    }
+};
+
+TEST_CASE("TypedPool: tasks and results through their codecs", "[pool]") {
+    test::ShmDir dir;
+    shm::TypedPool<Point, double> norms([](const Point& p) {
+        if (p.x < 0) throw std::runtime_error("negative x");
+        return p.x * p.x + p.y * p.y;
+    }, workers(2));
+    std::vector<Point> pts;
+    for (int i = 0; i < 300; ++i) pts.push_back({double(i), 0.5});
+    std::vector<double> out = norms.map(pts);
+    REQUIRE(out.size() == 300);
+    for (int i = 0; i < 300; ++i) CHECK(out[std::size_t(i)] == double(i) * i + 0.25);
+    CHECK(norms.submit({3, 4}).get() == 25.0);
+    auto bad = norms.submit({-1, 0});
+    CHECK_THROWS_WITH(bad.get(), Catch::Contains("negative x"));
+    std::vector<int> seen(50, 0);
+    norms.imap_unordered(std::vector<Point>(pts.begin(), pts.begin() + 50), [&](std::size_t i, std::future<double>& r) {
+        CHECK(r.get() == double(i) * i + 0.25);
+        ++seen[i];
+    });
+    for (int n : seen) CHECK(n == 1);
+    norms.close();
+    norms.join();
+
+    // A type with a codec of its own; a task that does not decode fails alone.
+    shm::TypedPool<Label, std::string> upper([](const Label& l) {
+        std::string s = l.text;
+        for (char& c : s) c = char(std::toupper(static_cast<unsigned char>(c)));
+        return s;
+    }, workers(1));
+    CHECK(upper.map({Label{"a"}, Label{"bc"}}) == std::vector<std::string>{"A", "BC"});
+    auto raw = upper.raw().submit("no prefix");
+    CHECK_THROWS_AS(raw.get(), shm::task_error);
+    CHECK(upper.submit(Label{"after"}).get() == "AFTER");
+}
+
 TEST_CASE("Pool: threads of the pool's process submit at once", "[pool]") {
     test::ShmDir dir;
     shm::Pool pool(echo, workers(3));

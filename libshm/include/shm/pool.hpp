@@ -4,7 +4,8 @@
 //     std::future<std::string> f = pool.submit("photo 17");
 //     std::vector<std::string> out = pool.map(tasks);      // in order
 //
-// Tasks and results are byte strings. The task function is registered
+// Tasks and results are byte strings (shm::Pool), or values of any types
+// with a shm::queue_codec (shm::TypedPool, below). The task function is registered
 // before the workers start: workers are processes forked from a fork
 // server, itself forked by the constructor before the pool starts any
 // thread, so a worker is a copy of the program as it was then (construct a
@@ -36,6 +37,7 @@
 #include <vector>
 
 #include "shm/error.hpp"
+#include "shm/queue.hpp"  // queue_codec
 
 namespace shm {
 
@@ -96,6 +98,67 @@ public:
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
+};
+
+// A Pool of typed tasks and results, each turned into bytes and back by its
+// shm::queue_codec (queue.hpp: trivially copyable types and std::string are
+// provided; specialise it for others):
+//
+//     shm::TypedPool<Point, double> pool([](const Point& p) { return std::hypot(p.x, p.y); });
+//     std::vector<double> d = pool.map(points);
+//
+// A task or result that does not decode fails that task alone
+// (shm::task_error), as an exception of the function does.
+template <class Task, class Result>
+class TypedPool {
+public:
+    template <class F>  // Result(const Task&)
+    explicit TypedPool(F fn, PoolOptions opt = {})
+        : pool_(
+              [fn = std::move(fn)](std::string_view task) -> std::string {
+                  const Result r = fn(queue_codec<Task>::decode(task));
+                  return std::string(queue_codec<Result>::encode(r));
+              },
+              std::move(opt)) {}
+
+    std::future<Result> submit(const Task& task) {
+        return decoded(pool_.submit(std::string(queue_codec<Task>::encode(task))));
+    }
+    std::vector<Result> map(const std::vector<Task>& tasks) {
+        std::vector<Result> out;
+        out.reserve(tasks.size());
+        for (std::string& r : pool_.map(encoded(tasks))) out.push_back(queue_codec<Result>::decode(r));
+        return out;
+    }
+    void imap_unordered(const std::vector<Task>& tasks,
+                        const std::function<void(std::size_t, std::future<Result>&)>& fn) {
+        pool_.imap_unordered(encoded(tasks), [&](std::size_t i, std::future<std::string>& r) {
+            std::future<Result> f = decoded(std::move(r));
+            fn(i, f);
+        });
+    }
+
+    void close() { pool_.close(); }
+    void join() { pool_.join(); }
+    void terminate() { pool_.terminate(); }
+    unsigned processes() const noexcept { return pool_.processes(); }
+    std::vector<int> worker_pids() const { return pool_.worker_pids(); }
+    std::uint64_t redeliveries() const { return pool_.redeliveries(); }
+    Pool& raw() noexcept { return pool_; }
+
+private:
+    static std::vector<std::string> encoded(const std::vector<Task>& tasks) {
+        std::vector<std::string> out;
+        out.reserve(tasks.size());
+        for (const Task& t : tasks) out.emplace_back(queue_codec<Task>::encode(t));
+        return out;
+    }
+    // The result decoded when the future is read, by its reader.
+    static std::future<Result> decoded(std::future<std::string> f) {
+        return std::async(std::launch::deferred,
+                          [f = std::move(f)]() mutable { return queue_codec<Result>::decode(f.get()); });
+    }
+    Pool pool_;
 };
 
 }  // namespace shm
