@@ -18,6 +18,7 @@ Workers are started with multiprocessing's start method (``context=``, as
 multiprocessing.Pool takes it), and exit when the pool's process dies.
 """
 
+import collections
 import concurrent.futures
 import ctypes
 import itertools
@@ -42,6 +43,31 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _MAP, _STARMAP, _APPLY = 0, 1, 2
 _POLL = 0.05  # how often the pool's thread looks at its workers
 
+# Parcels. The feeder sends a job's chunks to the workers in parcels of
+# several consecutive chunks, one task queue item each, so that a tiny task
+# does not pay a queue round trip of its own; the worker returns a parcel's
+# results in one message. A parcel is sized from what the job's chunks have
+# cost so far (as joblib's auto batching does): about _PARCEL_SECONDS of
+# work, at most _PARCEL_CHUNKS chunks and _PARCEL_BYTES bytes, and at most
+# an eighth of what is left of the job per worker, so that the last chunks
+# still spread over the workers. A job's first chunks go one to a parcel,
+# until one of them has come back with its cost; a chunk that takes longer
+# than _PARCEL_SECONDS always goes alone.
+#
+# Retries stay per chunk. A worker writes, in its slot of a shared array,
+# which chunk of which parcel it is running. The task queue delivers a
+# parcel once (max_deliveries 1): when its worker dies, the parcel becomes a
+# dead letter, and the pool's thread reads the dead worker's slot: the chunk
+# it was running is charged one try and sent again alone; the chunks before
+# and after it are sent again, uncharged, together. (A worker that died
+# outside any chunk, between taking the parcel and starting it or while
+# sending its results, charges every chunk of it, and they go alone.)
+_PARCEL_SECONDS = 0.002
+_PARCEL_CHUNKS = 1024
+_PARCEL_BYTES = 64 << 10
+_SLOT_SHIFT = 16      # a slot holds parcel id << 16 | the chunk's place in it
+_SLOT_OUTSIDE = 0xFFFF  # ... or this place: not in any chunk
+
 
 class WorkerLostError(Exception):
     """A task whose worker died every time it ran it (max_retries + 1 times)."""
@@ -60,18 +86,52 @@ def _die_with_parent(parent):
         os._exit(1)
 
 
-def _run(kind, func, chunk):
-    if kind == _MAP:
-        return [func(x) for x in chunk]
-    if kind == _STARMAP:
-        return [func(*x) for x in chunk]
-    args, kwds = chunk
-    return func(*args, **kwds)
+def _run_parcel(slots, w, parcel, kind, func, n, items, cs):
+    """(values, errors): the values of the chunks that succeeded, in order,
+    and {place: exception} of those that raised."""
+    base = parcel << _SLOT_SHIFT
+    values = []
+    errors = None
+    if kind == _APPLY:
+        slots[w] = base
+        args, kwds = items[0]
+        try:
+            values.append(func(*args, **kwds))
+        except Exception as e:
+            errors = {0: ExceptionWithTraceback(e, e.__traceback__)}
+        return values, errors
+    star = kind == _STARMAP
+    append = values.append
+    for j in range(n):
+        slots[w] = base + j
+        mark = len(values)
+        try:
+            if cs == 1:
+                append(func(*items[j]) if star else func(items[j]))
+            else:
+                chunk = items[j * cs:(j + 1) * cs]
+                values.extend(itertools.starmap(func, chunk) if star else map(func, chunk))
+        except Exception as e:
+            del values[mark:]
+            if errors is None:
+                errors = {}
+            errors[j] = ExceptionWithTraceback(e, e.__traceback__)
+    return values, errors
 
 
-def _worker(segment, tasks_name, results, parent, initializer, initargs, maxtasks):
+def _chunk_lengths(kind, n, items, cs, errors):
+    """How many values each chunk of a parcel gave (0 for one that raised)."""
+    if kind == _APPLY:
+        return [0 if errors else 1]
+    return [0 if errors and j in errors else len(items[j * cs:(j + 1) * cs]) for j in range(n)]
+
+
+def _worker(segment, tasks_name, results, parent, slot, initializer, initargs, maxtasks):
     _die_with_parent(parent)
-    tasks = _core.WorkQueue.open(_arena.segment(segment), tasks_name)
+    seg = _arena.segment(segment)
+    tasks = _core.WorkQueue.open(seg, tasks_name)
+    slots = memoryview(_core.SharedBlock.open(seg, "slots")).cast("q")
+    slots[slot] = _SLOT_OUTSIDE
     if initializer is not None:
         initializer(*initargs)
     done = 0
@@ -82,37 +142,111 @@ def _worker(segment, tasks_name, results, parent, initializer, initargs, maxtask
             break
         except queue.Empty:  # pragma: no cover (a blocking get returns an item or raises ValueError)
             continue
-        job, index, kind, func, chunk = pickle.loads(data)
+        parcel, job, kind, func, first, n, items, cs, _tries = pickle.loads(data)
+        t0 = time.perf_counter()
+        values, errors = _run_parcel(slots, slot, parcel, kind, func, n, items, cs)
+        spent = time.perf_counter() - t0
+        slots[slot] = parcel << _SLOT_SHIFT | _SLOT_OUTSIDE
         try:
-            out = (True, _run(kind, func, chunk))
-        except Exception as e:
-            out = (False, ExceptionWithTraceback(e, e.__traceback__))
-        try:
-            results.put((job, index, out))
-        except Exception as e:  # the result does not pickle
-            wrapped = MaybeEncodingError(e, out[1])
-            results.put((job, index, (False, ExceptionWithTraceback(wrapped, None))))
+            lengths = _chunk_lengths(kind, n, items, cs, errors) if errors else None
+            results.put((job, first, n, cs, values, errors, lengths, spent))
+        except Exception:  # a result does not pickle: that chunk fails with MaybeEncodingError
+            lengths = _chunk_lengths(kind, n, items, cs, errors)
+            kept, errors, at = [], dict(errors or {}), 0
+            for j, k in enumerate(lengths):
+                part = values[at:at + k]
+                at += k
+                if j in errors:
+                    continue
+                try:
+                    pickle.dumps(part, pickle.HIGHEST_PROTOCOL)
+                    kept.extend(part)
+                except Exception as e:
+                    value = part[0] if kind == _APPLY else part
+                    errors[j] = ExceptionWithTraceback(MaybeEncodingError(e, value), None)
+            results.put((job, first, n, cs, kept, errors, _chunk_lengths(kind, n, items, cs, errors), spent))
         tasks.ack(lease)
-        done += 1
+        done += n
+        slots[slot] = _SLOT_OUTSIDE
 
 
 # ---- results ------------------------------------------------------------------------
 
-class AsyncResult:
+class _Job:
+    """What every kind of result has: its id in the pool, which of its
+    chunks have come (each is taken once: a chunk that ran twice sends two),
+    and what its chunks cost."""
+
+    def _register(self, pool):
+        self._job = next(pool._job_ids)
+        self._arrived = bytearray()
+        self._cost = None   # seconds per chunk, once one has come
+        self._cost_known = None  # an Event, while the feeder waits for _cost
+        pool._jobs[self._job] = self
+
+    def _has(self, index):
+        return index < len(self._arrived) and self._arrived[index]
+
+    def _fresh(self, first, n):
+        """Mark chunks first..first+n as come; the list of those new, or True if all are."""
+        a = self._arrived
+        if len(a) < first + n:
+            a.extend(bytes(first + n - len(a)))
+        if a.find(1, first, first + n) < 0:
+            a[first:first + n] = b"\x01" * n
+            return True
+        new = {j for j in range(n) if not a[first + j]}
+        for j in new:
+            a[first + j] = 1
+        return new
+
+    def _set_parcel(self, first, n, cs, values, errors, lengths, spent):
+        """A parcel's results: the values of chunks first..first+n (of
+        `lengths` values each; None: cs each, the last one the rest) except
+        those in `errors`."""
+        cost = spent / n
+        self._cost = cost if self._cost is None else 0.5 * (self._cost + cost)
+        waiter = self._cost_known
+        if waiter is not None:
+            waiter.set()
+        fresh = self._fresh(first, n)
+        if fresh is True and not errors and self._take_run(first, n, values):
+            return
+        if lengths is None:
+            lengths = [cs] * (n - 1) + [len(values) - (n - 1) * cs]
+        at = 0
+        for j, k in enumerate(lengths):
+            part = values[at:at + k]
+            at += k
+            if fresh is True or j in fresh:
+                if errors and j in errors:
+                    self._set(first + j, False, errors[j])
+                else:
+                    self._set(first + j, True, part)
+
+    def _take_run(self, first, n, values):
+        """Take n consecutive chunks' values at once, if this kind can."""
+        return False
+
+    def _fail(self, index, error):
+        """A chunk that cannot be done (its workers died, or its input failed)."""
+        if not self._has(index):
+            self._fresh(index, 1)
+            self._set(index, False, error)
+
+
+class AsyncResult(_Job):
     """multiprocessing.pool.AsyncResult: get(timeout), wait(timeout), ready(), successful()."""
 
-    def __init__(self, pool, callback, error_callback, parts):
+    def __init__(self, pool, callback, error_callback, parts=1, value=None):
         self._pool = pool
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
-        self._parts = parts          # how many results make this one
-        self._values = [None] * parts
-        self._seen = [False] * parts
         self._left = parts
+        self._value = value
         self._error = None
-        self._job = next(pool._job_ids)
-        pool._jobs[self._job] = self
+        self._register(pool)
         if parts == 0:
             self._finish()
 
@@ -133,26 +267,23 @@ class AsyncResult:
             raise multiprocessing.TimeoutError
         if self._error is not None:
             raise self._error
-        return self._value()
-
-    def _value(self):
-        return self._values[0]
+        return self._value
 
     def _set(self, index, ok, value):
-        """A result from a worker, taken once (a task that ran twice sends two)."""
-        if self._seen[index] or self.ready():
+        """Chunk `index`'s outcome: for apply, a list of its one value."""
+        if self.ready():
             return
-        self._seen[index] = True
-        if ok:
-            self._values[index] = value
-        elif self._error is None:
+        if not ok:
             self._error = value
+            self._finish()
+            return
+        self._store(index, value)
         self._left -= 1
-        if self._left == 0 or (not ok and self._fail_fast()):
+        if self._left == 0:
             self._finish()
 
-    def _fail_fast(self):
-        return False
+    def _store(self, index, values):
+        self._value = values[0]
 
     def _finish(self):
         self._pool._jobs.pop(self._job, None)
@@ -160,7 +291,7 @@ class AsyncResult:
         try:
             if self._error is None:
                 if self._callback is not None:
-                    self._callback(self._value())
+                    self._callback(self._value)
             elif self._error_callback is not None:
                 self._error_callback(self._error)
         finally:
@@ -171,17 +302,30 @@ ApplyResult = AsyncResult
 
 
 class MapResult(AsyncResult):
-    def __init__(self, pool, chunks, callback, error_callback):
-        super().__init__(pool, callback, error_callback, chunks)
+    """map_async()'s result: the values of `items` items in chunks of
+    `chunksize`, in one list; the first error is the result, as in
+    multiprocessing."""
 
-    def _value(self):
-        return list(itertools.chain.from_iterable(self._values))
+    def __init__(self, pool, chunks, callback, error_callback, items=0, chunksize=1):
+        self._chunksize = chunksize
+        super().__init__(pool, callback, error_callback, chunks, [None] * items)
 
-    def _fail_fast(self):
-        return True  # the first error is the result, as multiprocessing's map has it
+    def _store(self, index, values):
+        at = index * self._chunksize
+        self._value[at:at + len(values)] = values
+
+    def _take_run(self, first, n, values):
+        if self.ready():
+            return True
+        at = first * self._chunksize
+        self._value[at:at + len(values)] = values
+        self._left -= n
+        if self._left == 0:
+            self._finish()
+        return True
 
 
-class IMapIterator:
+class IMapIterator(_Job):
     """multiprocessing.pool.IMapIterator: results in order, next(timeout)."""
 
     _ordered = True
@@ -194,26 +338,30 @@ class IMapIterator:
         self._next = 0         # the next chunk to hand out
         self._buffer = []      # values of the chunk being handed out
         self._chunks = None    # set once every chunk has been submitted
-        self._seen = set()
-        self._job = next(pool._job_ids)
-        pool._jobs[self._job] = self
+        self._count = 0        # chunks come
+        self._register(pool)
 
     def __iter__(self):
         return self
 
     def _set(self, index, ok, value):
         with self._cond:
-            if index in self._seen:
-                return
-            self._seen.add(index)
             self._ready[index] = (ok, value)
             self._order.append(index)
+            self._count += 1
+            self._all_came()
             self._cond.notify_all()
 
     def _set_length(self, chunks):
         with self._cond:
             self._chunks = chunks
+            self._all_came()
             self._cond.notify_all()
+
+    def _all_came(self):
+        # Then the pool forgets it (as multiprocessing's does), read or not.
+        if self._chunks is not None and self._count >= self._chunks:
+            self._pool._jobs.pop(self._job, None)
 
     def _done(self):
         return self._chunks is not None and self._next >= self._chunks
@@ -223,7 +371,6 @@ class IMapIterator:
         with self._cond:
             while not self._buffer:
                 if self._done():
-                    self._pool._jobs.pop(self._job, None)
                     raise StopIteration
                 key = self._next if self._ordered else (self._order[0] if self._order else None)
                 if key is not None and key in self._ready:
@@ -276,11 +423,18 @@ class Pool:
         self._state = _RUN
         self._jobs = {}
         self._job_ids = itertools.count()
-        self._exits = {}  # pid -> exit code, of workers that have gone
+        self._parcel_ids = itertools.count(1)
+        self._largest_parcel = 0  # chunks (for the tests)
+        self._exits = {}       # pid -> exit code, of workers that have gone
+        self._last_slot = {}   # pid -> its slot's last value, of workers that have gone
+        self._requeue = collections.deque()  # parcels to send again, when there is room
         capacity = max(1024, 64 * processes)
         seg = _arena.new_segment(_arena.new_name("pool"), (64 << 20) + capacity * 64)
         self._segment = seg.name
-        self._tasks = _core.WorkQueue.open_or_create(seg, "tasks", capacity, max_retries + 1)
+        self._tasks = _core.WorkQueue.open_or_create(seg, "tasks", capacity, 1)
+        self._slots_block = _core.SharedBlock.create(seg, "slots", "q", processes, False, False)
+        self._slots = memoryview(self._slots_block).cast("q")
+        self._free_slots = list(range(processes))
         self._results = _Queue()
         self._pool = []
         for _ in range(processes):
@@ -297,35 +451,91 @@ class Pool:
 
     # ---- workers ----
     def _start_worker(self):
+        slot = self._free_slots.pop()
         p = self._ctx.Process(target=_worker, daemon=True,
-                              args=(self._segment, "tasks", self._results, os.getpid(), self._initializer,
+                              args=(self._segment, "tasks", self._results, os.getpid(), slot, self._initializer,
                                     self._initargs, self._maxtasks))
         p.name = p.name.replace("Process", "PoolWorker")
         p.start()
+        p._libshm_slot = slot
         self._pool.append(p)
 
     def _check_workers(self):
-        """Reap workers that have gone: deliver a dead one's task again (or
-        fail it, past max_retries), and start another in its place."""
+        """Reap workers that have gone, send again the chunks a dead one
+        held (or fail them, past max_retries), and start workers in their
+        place."""
         gone = [p for p in self._pool if p.exitcode is not None]
-        if not gone:
-            return
         for p in gone:
             self._pool.remove(p)
             self._exits[p.pid] = p.exitcode
+            self._last_slot[p.pid] = self._slots[p._libshm_slot]
+            self._free_slots.append(p._libshm_slot)
             p.join()
-        self._tasks.recover()
+        if gone:
+            self._tasks.recover()
         while True:
             dead = self._tasks.get_dead()
             if dead is None:
                 break
-            self._fail_dead_letter(*dead)
-        if self._state == _RUN or (self._state == _CLOSE and self._tasks.unfinished):
-            while len(self._pool) < self._processes:
-                self._start_worker()
+            self._resend(*dead)
+        self._flush_requeue()
+        if self._state == _RUN or (self._state == _CLOSE and not self._tasks.closed) or self._tasks.unfinished:
+            if self._state != _TERMINATE:
+                while len(self._pool) < self._processes:
+                    self._start_worker()
 
-    def _fail_dead_letter(self, data, deliveries, pid):
-        job, index, _kind, _func, _chunk = pickle.loads(data)
+    def _slot_of(self, pid):
+        if pid in self._last_slot:
+            return self._last_slot[pid]
+        for p in self._pool:  # dead, not yet reaped: its slot is not yet another's
+            if p.pid == pid:
+                return self._slots[p._libshm_slot]
+        return None
+
+    def _resend(self, data, _deliveries, pid):
+        """A parcel whose worker died: charge the chunk it was running one
+        try, and send it again alone, and the others again together."""
+        parcel, job, kind, func, first, n, items, cs, tries = pickle.loads(data)
+        target = self._jobs.get(job)
+        if target is None:
+            return  # done already (failed, or every chunk came)
+        tries = list(tries) if tries else [0] * n
+        at = self._slot_of(pid)
+        if at is not None and at >> _SLOT_SHIFT == parcel and (at & _SLOT_OUTSIDE) < n:
+            culprits = {at & _SLOT_OUTSIDE}
+        else:
+            culprits = set(range(n))
+        for j in culprits:
+            tries[j] += 1
+        run = []  # consecutive uncharged chunks, sent together
+
+        def send(js):
+            if js:
+                a, b = js[0], js[-1] + 1
+                part = items[0:1] if kind == _APPLY else items[a * cs:b * cs]
+                t = tuple(tries[a:b])
+                self._requeue.append(pickle.dumps(
+                    (next(self._parcel_ids), job, kind, func, first + a, b - a, part, cs, t if any(t) else None),
+                    pickle.HIGHEST_PROTOCOL))
+
+        for j in range(n):
+            if target._has(first + j) or (run and self._maxtasks is not None):
+                send(run)  # (one chunk a parcel, under maxtasksperchild)
+                run = []
+            if target._has(first + j):
+                continue
+            elif j in culprits:
+                send(run)
+                run = []
+                if tries[j] > self.max_retries:
+                    target._fail(first + j, self._lost(job, first + j, pid, tries[j]))
+                else:
+                    send([j])
+            else:
+                run.append(j)
+        send(run)
+
+    def _lost(self, job, index, pid, tries):
         code = self._exits.get(pid)
         if code is not None and code < 0:
             how = f"killed by {signal.Signals(-code).name}"
@@ -333,11 +543,23 @@ class Pool:
             how = f"exited with code {code}"
         else:
             how = "gone"
-        err = WorkerLostError(f"task {index} of job {job}: its worker (pid {pid}) was {how}, on each of "
-                              f"{deliveries} tries (max_retries={self.max_retries})")
-        target = self._jobs.get(job)
-        if target is not None:
-            target._set(index, False, err)
+        return WorkerLostError(f"task {index} of job {job}: its worker (pid {pid}) was {how}, on each of "
+                               f"{tries} tries (max_retries={self.max_retries})")
+
+    def _flush_requeue(self):
+        while self._requeue:
+            data = self._requeue[0]
+            try:
+                self._tasks.put(data, False)
+            except queue.Full:
+                return
+            except Exception as e:  # no room in the heap, say: those chunks fail
+                _parcel, job, _kind, _func, first, n, _items, _cs, _tries = pickle.loads(data)
+                target = self._jobs.get(job)
+                if target is not None:
+                    for j in range(n):
+                        target._fail(first + j, e)
+            self._requeue.popleft()
 
     # ---- threads ----
     def _feed_tasks(self):
@@ -347,66 +569,138 @@ class Pool:
                 return
             item = None  # nothing of a job kept once it is fed
 
-    def _feed_job(self, job, kind, func, chunks):
-        """Put a job's chunks on the task queue; False if the pool was terminated meanwhile."""
+    def _put(self, data):
+        """Put a parcel, waiting for room (the parcels sent again first);
+        False if the pool was terminated meanwhile."""
+        while True:
+            if self._state == _TERMINATE:
+                return False
+            if self._requeue:
+                time.sleep(_POLL / 10)
+                continue
+            try:
+                self._tasks.put(data, True, _POLL)
+                return True
+            except queue.Full:
+                pass
+
+    def _parcel_size(self, job, left):
+        """How many chunks the next parcel of `job` takes (`left`: chunks
+        not yet sent, or None if unknown)."""
+        if self._maxtasks is not None or job._cost is None:
+            return 1
+        k = int(_PARCEL_SECONDS / max(job._cost, 1e-9))
+        if left is not None:
+            k = min(k, left // (8 * self._processes))  # (so 1 while left < 16 per worker)
+        return max(1, min(k, _PARCEL_CHUNKS))
+
+    def _feed_job(self, job, kind, func, iterable, chunksize, chunks):
+        """Put a job's chunks on the task queue, in parcels; False if the
+        pool was terminated meanwhile. `chunks`: how many, if known."""
         ordered = isinstance(job, IMapIterator)
-        n = 0
-        try:
-            for n, chunk in enumerate(chunks, 1):
-                data = pickle.dumps((job._job, n - 1, kind, func, chunk), pickle.HIGHEST_PROTOCOL)
-                while True:
-                    try:
-                        self._tasks.put(data, True, _POLL)
-                        break
-                    except queue.Full:
-                        if self._state == _TERMINATE:
-                            return False
-        except Exception as e:  # the iterable, or pickling, failed: that job fails
-            job._set(n if ordered else 0, False, e)
-            if ordered:
-                job._set_length(n + 1)
-            return True
+        cs = chunksize
+        if kind == _APPLY:
+            data = pickle.dumps((next(self._parcel_ids), job._job, kind, func, 0, 1, [iterable], 1, None),
+                                pickle.HIGHEST_PROTOCOL)
+            return self._put(data)
+        sliceable = isinstance(iterable, (list, tuple, range))
+        total = len(iterable) if sliceable else None
+        it = None if sliceable else iter(iterable)
+        sent = 0        # chunks
+        unknown = 0     # chunks sent before the job's cost was known
+        per_chunk = 64  # bytes, as pickled
+        while True:
+            # (A job too short for parcels of more than one chunk need not wait.)
+            if job._cost is None and unknown >= 2 * self._processes and self._maxtasks is None \
+                    and (chunks is None or chunks - sent >= 16 * self._processes) and not self._wait_for_cost(job):
+                return False
+            k = self._parcel_size(job, None if chunks is None else chunks - sent)
+            k = max(1, min(k, _PARCEL_BYTES // max(1, per_chunk)))
+            error = None
+            if sliceable:
+                items = iterable[sent * cs:(sent + k) * cs]
+                n = (len(items) + cs - 1) // cs
+            else:
+                items = []
+                try:
+                    for _ in range(k):
+                        part = tuple(itertools.islice(it, cs))
+                        if not part:
+                            break
+                        items.extend(part)
+                except Exception as e:  # the iterable failed: that chunk fails, and the job ends there
+                    error = e
+                n = (len(items) + cs - 1) // cs
+            if n:
+                try:
+                    data = pickle.dumps((next(self._parcel_ids), job._job, kind, func, sent, n, items, cs, None),
+                                        pickle.HIGHEST_PROTOCOL)
+                except Exception as e:  # pickling failed: that job fails
+                    error = e
+                    n = 0
+                else:
+                    per_chunk = max(1, len(data) // n)
+                    self._largest_parcel = max(self._largest_parcel, n)
+                    if not self._put(data):
+                        return False
+                    sent += n
+                    if job._cost is None:
+                        unknown += n
+            if error is not None:
+                job._fail(sent, error)
+                if ordered:
+                    job._set_length(sent + 1)
+                return True
+            if n == 0 or (total is not None and sent * cs >= total):
+                break
         if ordered:
-            job._set_length(n)
+            job._set_length(sent)
+        return True
+
+    def _wait_for_cost(self, job):
+        """Until a chunk of the job has come back (or it is over); False if
+        the pool was terminated meanwhile."""
+        job._cost_known = threading.Event()
+        while job._cost is None and job._job in self._jobs:
+            if self._state == _TERMINATE:
+                return False
+            job._cost_known.wait(_POLL)
+        job._cost_known = None
         return True
 
     def _handle(self):
         last = 0.0
         while True:
             try:
-                job, index, (ok, value) = self._results.get(timeout=_POLL)
+                job, first, n, cs, values, errors, lengths, spent = self._results.get(timeout=_POLL)
                 target = self._jobs.get(job)
                 if target is not None:
-                    target._set(index, ok, value)
-                del target, value  # a result is kept by its job alone
+                    target._set_parcel(first, n, cs, values, errors, lengths, spent)
+                del target, values  # a result is kept by its job alone
             except queue.Empty:
                 pass
             now = time.monotonic()
-            if now - last >= _POLL:
+            if now - last >= _POLL or self._requeue:
                 last = now
                 self._check_workers()
                 if self._state == _TERMINATE:
                     return
-                if self._state == _CLOSE and not self._pool and self._results.empty():
-                    return
+                if self._state == _CLOSE:
+                    # Every chunk of every job has come: the workers may go.
+                    if not self._jobs and not self._requeue and not self._feeder.is_alive() \
+                            and not self._tasks.closed:
+                        self._tasks.close()
+                    if not self._pool and self._results.empty():
+                        return
 
     # ---- submitting ----
     def _check_running(self):
         if self._state != _RUN:
             raise ValueError("Pool not running")
 
-    def _submit(self, job, kind, func, chunks):
-        self._feed.put((job, kind, func, chunks))
+    def _submit(self, job, kind, func, iterable, chunksize=1, chunks=None):
+        self._feed.put((job, kind, func, iterable, chunksize, chunks))
         return job
-
-    @staticmethod
-    def _chunks(iterable, chunksize):
-        it = iter(iterable)
-        while True:
-            chunk = tuple(itertools.islice(it, chunksize))
-            if not chunk:
-                return
-            yield chunk
 
     def _map_async(self, func, iterable, kind, chunksize, callback, error_callback):
         self._check_running()
@@ -418,14 +712,15 @@ class Pool:
                 chunksize += 1
         if chunksize < 1:
             chunksize = 1
-        chunks = (len(iterable) + chunksize - 1) // chunksize
-        job = MapResult(self, chunks, callback, error_callback)
-        return self._submit(job, kind, func, self._chunks(iterable, chunksize))
+        items = len(iterable)
+        chunks = (items + chunksize - 1) // chunksize
+        job = MapResult(self, chunks, callback, error_callback, items, chunksize)
+        return self._submit(job, kind, func, iterable, chunksize, chunks)
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
         self._check_running()
         job = AsyncResult(self, callback, error_callback, 1)
-        return self._submit(job, _APPLY, func, iter([(tuple(args), dict(kwds))]))
+        return self._submit(job, _APPLY, func, (tuple(args), dict(kwds)))
 
     def apply(self, func, args=(), kwds={}):
         return self.apply_async(func, args, kwds).get()
@@ -442,12 +737,12 @@ class Pool:
     def starmap(self, func, iterable, chunksize=None):
         return self._map_async(func, iterable, _STARMAP, chunksize, None, None).get()
 
-    def _imap(self, cls, func, iterable, chunksize):
+    def _imap(self, cls, func, iterable, chunksize, kind=_MAP):
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         job = cls(self)
-        return self._submit(job, _MAP, func, self._chunks(iterable, chunksize))
+        return self._submit(job, kind, func, iterable, chunksize)
 
     def imap(self, func, iterable, chunksize=1):
         return self._imap(IMapIterator, func, iterable, chunksize)
@@ -457,11 +752,12 @@ class Pool:
 
     # ---- ending ----
     def close(self):
+        """No more tasks: the workers finish every chunk of every job (sent
+        again if a worker dies), then exit."""
         if self._state == _RUN:
             self._state = _CLOSE
             self._feed.put(None)
             self._feeder.join()
-            self._tasks.close()
 
     def terminate(self):
         if self._state == _TERMINATE and not self._handler.is_alive():
@@ -552,7 +848,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            it = self._pool._imap(IMapIterator, _Star(fn), zip(*iterables), chunksize)
+            it = self._pool._imap(IMapIterator, fn, zip(*iterables), chunksize, _STARMAP)
 
         def results():
             while True:
@@ -576,13 +872,3 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._pool.close()
         if wait:
             self._pool.join()
-
-
-class _Star:
-    """fn(*args), picklable when fn is."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, args):
-        return self.fn(*args)

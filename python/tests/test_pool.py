@@ -42,6 +42,21 @@ def die_on_13(x):
     return x
 
 
+def die_on_1000(x):
+    """Kills its own worker every time it gets 1000."""
+    if x == 1000:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def fail_or_unpicklable(x):
+    if x == 5:
+        raise ValueError("five")
+    if x == 9:
+        return lambda: None  # a result that does not pickle
+    return x
+
+
 def pid_of(_):
     return os.getpid()
 
@@ -113,6 +128,33 @@ class Basics(unittest.TestCase):
                 self.assertEqual(r.get(CAP), i)
         # map: the first error is the result, as multiprocessing's.
         self.assertRaises(ValueError, self.pool.map, fail_on_7, range(10))
+
+    def test_many_tiny_tasks_go_in_parcels_and_fail_one_by_one(self):
+        """Tiny chunks travel in parcels of many; a chunk that raises, or
+        whose result does not pickle, fails alone, wherever it is."""
+        inputs = list(range(2000)) + [5, 9, 11]
+        for chunksize in (1, 3):
+            got, errors = [], []
+            it = self.pool.imap(fail_or_unpicklable, inputs, chunksize)
+            while True:
+                try:
+                    got.append(it.next(CAP))
+                except StopIteration:
+                    break
+                except Exception as e:
+                    errors.append(type(e).__name__)
+            want, want_errors = [], []
+            for i in range(0, len(inputs), chunksize):
+                chunk = inputs[i:i + chunksize]
+                if 5 in chunk:
+                    want_errors.append("ValueError")
+                elif 9 in chunk:
+                    want_errors.append("MaybeEncodingError")
+                else:
+                    want.extend(chunk)
+            self.assertEqual(got, want)
+            self.assertEqual(errors, want_errors)
+        self.assertGreater(self.pool._largest_parcel, 1)
 
 
 class Lifecycle(unittest.TestCase):
@@ -188,6 +230,25 @@ class Crashes(unittest.TestCase):
                     self.assertEqual(r.get(CAP), i)
             # A map holding it fails with it; the pool goes on.
             self.assertRaises(libshm.WorkerLostError, p.map, die_on_13, range(20))
+            self.assertEqual(p.map(square, range(5)), [0, 1, 4, 9, 16])
+
+    def test_a_killer_in_a_parcel_charges_none_of_its_neighbours(self):
+        """With max_retries=0, a task fails the first time its worker dies:
+        the tasks sent with it in its parcel (before and after it) must not
+        be charged for that death."""
+        with libshm.Pool(3, max_retries=0) as p:
+            it = p.imap(die_on_1000, range(2000), chunksize=1)
+            got = []
+            for i in range(2000):
+                if i == 1000:
+                    with self.assertRaises(libshm.WorkerLostError) as cm:
+                        it.next(CAP)
+                    self.assertIn("on each of 1 tries", str(cm.exception))
+                    self.assertIn("SIGKILL", str(cm.exception))
+                else:
+                    got.append(it.next(CAP))
+            self.assertEqual(got, [x for x in range(2000) if x != 1000])
+            self.assertGreater(p._largest_parcel, 1)
             self.assertEqual(p.map(square, range(5)), [0, 1, 4, 9, 16])
 
     def test_executor_survives_a_killed_worker(self):
