@@ -34,9 +34,19 @@ namespace {
 
 constexpr int kFirstFitScan = 32;
 
+// A block header at b, and the block it describes, wholly in the heap.
+bool sane_block(Header* h, std::uint64_t b) {
+    if (b % 16 != 0 || b < heap_begin(h) || b >= heap_end(h) || heap_end(h) - b < kMinBlock) return false;
+    const std::uint64_t s = size_of(h, b);
+    return s >= kMinBlock && s <= heap_end(h) - b;
+}
+
 void list_remove(Txn& t, std::uint64_t b) {
     Header* h = t.header();
     std::uint64_t n = next_free(h, b), p = prev_free(h, b);
+    // The links are written through below: each must be a free block in the heap.
+    if ((n && !(sane_block(h, n) && is_free(h, n))) || (p && !(sane_block(h, p) && is_free(h, p))))
+        corrupt(h, "a free list links to a block that is not a free block in the heap");
     int k = bin_of(size_of(h, b));
     if (p)
         t.store(word(h, p + 16), n);
@@ -147,6 +157,18 @@ std::uint64_t live_block(Header* h, std::uint64_t p) {
     if (b < heap_begin(h) || (b - heap_begin(h)) % 16 != 0 || is_free(h, b) || size < kMinBlock ||
         b + size > end || (b + size < end && prev_size(h, b + size) != size))
         corrupt(h, "deallocate of an address that is not a live allocation (double free?)");
+    // Its neighbours are read (and joined to it, if free) once it is freed:
+    // they must be blocks of the heap. (An offset taken from an object's
+    // state, which the file may have damaged, can point at a block forged
+    // inside another block's payload.)
+    if (b + size < end && !sane_block(h, b + size))
+        corrupt(h, "deallocate of a block whose next block is not in the heap");
+    if (b != heap_begin(h)) {
+        const std::uint64_t ps = prev_size(h, b);
+        if (ps < kMinBlock || ps % 16 != 0 || ps > b - heap_begin(h) || !sane_block(h, b - ps) ||
+            size_of(h, b - ps) != ps)
+            corrupt(h, "deallocate of a block whose previous block is not in the heap");
+    }
     return b;
 }
 
