@@ -41,12 +41,19 @@ bool sane_block(Header* h, std::uint64_t b) {
     return s >= kMinBlock && s <= heap_end(h) - b;
 }
 
+// A block met on a free list (0: the end): a free block in the heap, or
+// shm::corrupted (the lists are in the file, which is untrusted).
+std::uint64_t listed(Header* h, std::uint64_t b) {
+    if (b && !(sane_block(h, b) && is_free(h, b)))
+        corrupt(h, "a free list holds a block that is not a free block in the heap");
+    return b;
+}
+
 void list_remove(Txn& t, std::uint64_t b) {
     Header* h = t.header();
-    std::uint64_t n = next_free(h, b), p = prev_free(h, b);
-    // The links are written through below: each must be a free block in the heap.
-    if ((n && !(sane_block(h, n) && is_free(h, n))) || (p && !(sane_block(h, p) && is_free(h, p))))
-        corrupt(h, "a free list links to a block that is not a free block in the heap");
+    // The block and its links, written through below: free blocks in the heap.
+    listed(h, b);
+    std::uint64_t n = listed(h, next_free(h, b)), p = listed(h, prev_free(h, b));
     int k = bin_of(size_of(h, b));
     if (p)
         t.store(word(h, p + 16), n);
@@ -63,7 +70,7 @@ void list_remove(Txn& t, std::uint64_t b) {
 void list_push(Txn& t, std::uint64_t b) {
     Header* h = t.header();
     int k = bin_of(size_of(h, b));
-    std::uint64_t head = h->bins[k].load(std::memory_order_relaxed);
+    std::uint64_t head = listed(h, h->bins[k].load(std::memory_order_relaxed));
     t.store(word(h, b + 16), head);
     t.store(word(h, b + 24), 0);
     if (head) t.store(word(h, head + 24), b);
@@ -87,12 +94,13 @@ std::uint64_t request_size(std::size_t bytes, std::size_t align) {
 std::uint64_t find_fit(Header* h, std::uint64_t need) {
     int k = bin_of(need);
     int scanned = 0;
-    for (std::uint64_t b = h->bins[k].load(std::memory_order_relaxed); b && scanned < kFirstFitScan;
-         b = next_free(h, b), ++scanned)
+    for (std::uint64_t b = listed(h, h->bins[k].load(std::memory_order_relaxed)); b && scanned < kFirstFitScan;
+         b = listed(h, next_free(h, b)), ++scanned)
         if (size_of(h, b) >= need) return b;
     std::uint64_t higher = k + 1 < 64 ? h->bin_bitmap.load(std::memory_order_relaxed) & ~((2ull << k) - 1) : 0;
     if (!higher) return 0;
-    return h->bins[__builtin_ctzll(higher)].load(std::memory_order_relaxed);
+    const std::uint64_t b = listed(h, h->bins[__builtin_ctzll(higher)].load(std::memory_order_relaxed));
+    return b && size_of(h, b) >= need ? b : 0;
 }
 
 }  // namespace
@@ -206,8 +214,8 @@ std::uint64_t largest_block(Header* h) {
     int k = 63 - __builtin_clzll(bm);
     std::uint64_t best = 0;
     int scanned = 0;
-    for (std::uint64_t b = h->bins[k].load(std::memory_order_relaxed); b && scanned < 1024;
-         b = next_free(h, b), ++scanned)
+    for (std::uint64_t b = listed(h, h->bins[k].load(std::memory_order_relaxed)); b && scanned < 1024;
+         b = listed(h, next_free(h, b)), ++scanned)
         if (!best || size_of(h, b) > size_of(h, best)) best = b;
     return best;
 }
