@@ -105,6 +105,9 @@ inline bool expected(const shm::error& e) {
            dynamic_cast<const shm::index_error*>(&e) || dynamic_cast<const shm::value_type_error*>(&e) ||
            dynamic_cast<const shm::closed*>(&e) || dynamic_cast<const shm::empty*>(&e) ||
            dynamic_cast<const shm::already_exists*>(&e) ||
+           // A heap whose free lists were damaged can look full: the
+           // allocation is refused and nothing changes.
+           dynamic_cast<const shm::out_of_space*>(&e) ||
            // drive() bounds waits for a half-made file at 5 ms; on a loaded
            // machine one pass of create() can take longer than that.
            dynamic_cast<const shm::timeout*>(&e);
