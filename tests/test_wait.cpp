@@ -103,6 +103,15 @@ TEST_CASE("wait: a wait that is never satisfied times out at its deadline", "[co
         const auto t0 = std::chrono::steady_clock::now();
         CHECK(shm::core::wait(w, shm::core::Deadline::in(30ms), p) == shm::core::Waited::timeout);
         CHECK(std::chrono::steady_clock::now() - t0 < kCap);
+        CHECK(sleepers.load() == 0);
+    }
+    // It sleeps rather than spins to the deadline. Shown with a policy that
+    // does not spin (one that spins may, on a loaded machine, spend a short
+    // deadline spinning), and a deadline no plausible preemption uses up.
+    {
+        WordWaiter w(word, sleepers);
+        CHECK(shm::core::wait(w, shm::core::Deadline::in(300ms), shm::core::kBarrierWait) ==
+              shm::core::Waited::timeout);
         CHECK(w.sleeps >= 1);
         CHECK(sleepers.load() == 0);
     }
