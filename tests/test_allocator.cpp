@@ -60,7 +60,7 @@ struct All {
 
 }  // namespace
 
-TEST_CASE("a child that maps the segment elsewhere writes every container; the parent reads them",
+TEST_CASE("a child that maps the segment elsewhere writes every container and the parent reads them",
           "[allocator]") {
     test::ShmDir dir;
     auto seg = shm::Segment::create("boost", kSize);
@@ -189,7 +189,7 @@ TEST_CASE("processes appending under one shm::Mutex: every element arrives", "[a
     sound(seg);
 }
 
-TEST_CASE("a full heap refuses with shm::out_of_space; the container and the heap stay as they were",
+TEST_CASE("a full heap refuses with shm::out_of_space and the container and the heap stay as they were",
           "[allocator]") {
     test::ShmDir dir;
     auto seg = shm::Segment::create("full", 256 << 10);
