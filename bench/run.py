@@ -67,6 +67,8 @@ def programs(build_dir):
     progs = [
         ("libshm Dict/List", [os.path.join(b, "bench_containers_libshm")]),
         ("floor: Boost map under a robust mutex", [os.path.join(b, "bench_containers_floor")]),
+        ("Boost map with shm::allocator", [os.path.join(b, "bench_containers_shm_map")]),
+        ("Boost flat_map with shm::allocator", [os.path.join(b, "bench_containers_shm_flat_map")]),
         ("Python Manager", [sys.executable, os.path.join(ROOT, "bench", "python_manager.py")]),
         ("libshm Queue", [os.path.join(b, "bench_queue_libshm")]),
         ("Boost message_queue", [os.path.join(b, "bench_queue_boost")]),

@@ -10,7 +10,8 @@ folder owns):
   2 core      libshm/src/core: process liveness, waiting, the robust
               mutex (the heap lock is one; RecursiveMutex's locking too);
               shm/mutex.hpp
-  3 store     libshm/src/store: layout, heap, segments; shm/segment.hpp
+  3 store     libshm/src/store: layout, heap, segments; shm/segment.hpp,
+              allocator.hpp (Boost containers in a segment's heap)
   4 objects   libshm/src/objects: sync, queue, containers, shared arrays;
               shm/sync.hpp, queue.hpp, container.hpp, shared_array.hpp
   4 client    libshm/src/client: the daemon client and its protocol
@@ -29,7 +30,7 @@ import re
 import sys
 
 BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp", "hash.hpp"}
-PUBLIC = {"segment.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
+PUBLIC = {"segment.hpp": "store", "allocator.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
           "container.hpp": "objects", "shared_array.hpp": "objects", "work_queue.hpp": "objects",
           "admin.hpp": "admin", "pool.hpp": "pool", "shm.hpp": "umbrella"}
 RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "pool": 5,

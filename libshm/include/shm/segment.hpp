@@ -64,6 +64,15 @@ struct SegmentState;
 struct SegmentAccess;  // the library's own entry points (private)
 // What a named-object operation may do when the name is taken or free.
 enum class NamedOp { find, construct, find_or_construct };
+// The raw heap of the segment mapped at `base` (a Segment's base() in this
+// process), for shm::allocator (allocator.hpp): its copies live inside the
+// segment, so they hold no Segment handle, only where the segment is. As
+// Segment::allocate() and deallocate(); the caller keeps an attachment of
+// the segment alive meanwhile. Both refuse (shm::error, EDEADLK) a call made
+// while the calling thread holds the segment's heap lock: from a
+// constructor run by construct() or a destructor run by destroy().
+void* heap_allocate(void* base, std::size_t bytes, std::size_t align);
+void heap_deallocate(void* base, void* p);
 }  // namespace detail
 
 struct SegmentOptions {

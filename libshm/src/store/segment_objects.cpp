@@ -142,6 +142,45 @@ void Segment::deallocate(void* p) {
     t.commit();
 }
 
+namespace {
+// The header of the segment mapped at `base`, checked for what a wrong
+// pointer would most likely break: not a segment at all, or a call from
+// inside a heap transaction of this thread (it would relock the heap lock).
+Header* heap_at(void* base, const char* op) {
+    auto* h = static_cast<Header*>(base);
+    if (!h) throw error(EBADF, std::string("shm::allocator: ") + op + " through an allocator that has no segment");
+    if (h->magic != layout::kMagic)
+        throw corrupted(std::string("shm::allocator: ") + op + ": no libshm segment is mapped at its address");
+    if (layout::heap_lock(h).held_by_caller())
+        throw error(EDEADLK, "segment '" + std::string(h->name, strnlen(h->name, sizeof h->name)) + "': " + op +
+                                 " from inside construct() or destroy(): construct containers empty, and empty "
+                                 "them before destroying them (shm::destroy_container)");
+    return h;
+}
+}  // namespace
+
+void* detail::heap_allocate(void* base, std::size_t bytes, std::size_t align) {
+    Header* h = heap_at(base, "allocate");
+    if (align == 0 || (align & (align - 1)) != 0 || align > 4096)
+        throw error(EINVAL, "shm::allocator: allocation alignment " + std::to_string(align) +
+                                " is not a power of two up to 4096");
+    heap::Txn t(h);
+    std::uint64_t off = heap::allocate(t, bytes, align);
+    if (!off)
+        throw out_of_space(space_message(h, "segment '" + std::string(h->name, strnlen(h->name, sizeof h->name)) + "'",
+                                         bytes, " for a container"));
+    t.commit();
+    return static_cast<char*>(base) + off;
+}
+
+void detail::heap_deallocate(void* base, void* p) {
+    if (!p) return;
+    Header* h = heap_at(base, "deallocate");
+    heap::Txn t(h);
+    heap::deallocate(t, static_cast<std::uint64_t>(static_cast<char*>(p) - static_cast<char*>(base)));
+    t.commit();
+}
+
 HeapReport Segment::verify() const {
     detail::SegmentState& st = attachment();
     heap::Txn t(st.hdr());
