@@ -67,6 +67,12 @@ if [ "${EXPECT_SHMCTL:-0}" = 1 ]; then
     "$prefix/$BINDIR/shmctl" --version >/dev/null || fail "the installed shmctl does not run"
 fi
 [ "${EXPECT_SHMD:-0}" = 1 ] && expect_exec "$BINDIR/shmd"
+if [ "${EXPECT_MAN:-0}" = 1 ]; then
+    expect "$MANDIR/man7/libshm.7"
+    if [ "${EXPECT_SHMCTL:-0}" = 1 ]; then
+        for page in man1/shmctl.1 man8/shmd.8 man5/shmd.conf.5; do expect "$MANDIR/$page"; done
+    fi
+fi
 if [ -n "${UNIT_DIR:-}" ]; then
     for unit in shmd.service shmctl-gc.service shmctl-gc.timer; do expect "$UNIT_DIR/$unit"; done
     expect "$DOCDIR/shmd.conf.example"
