@@ -1,5 +1,5 @@
 // shmd: tracks which live processes use which libshm segment and reclaims a
-// segment the moment its last user dies. See README.md ("shmd").
+// segment the moment its last user dies. See docs/shmd.md and shmd(8).
 #include <unistd.h>
 
 #include <cstdlib>

@@ -30,6 +30,11 @@ if [[ "${UNIT_DIR:-}" == /* ]]; then
     exit 77
 fi
 
+if [[ "${BASH_COMPLETION_DIR:-}" == /* ]]; then
+    echo "install test: SHM_BASH_COMPLETION_DIR is absolute ($BASH_COMPLETION_DIR): installing would write outside the temporary prefix; skipped"
+    exit 77
+fi
+
 if [[ "${PYTHON_DIR:-}" == /* ]]; then
     echo "install test: SHM_PYTHON_INSTALL_DIR is absolute ($PYTHON_DIR): installing would write outside the temporary prefix; skipped"
     exit 77
@@ -67,6 +72,13 @@ if [ "${EXPECT_SHMCTL:-0}" = 1 ]; then
     "$prefix/$BINDIR/shmctl" --version >/dev/null || fail "the installed shmctl does not run"
 fi
 [ "${EXPECT_SHMD:-0}" = 1 ] && expect_exec "$BINDIR/shmd"
+if [ "${EXPECT_MAN:-0}" = 1 ]; then
+    expect "$MANDIR/man7/libshm.7"
+    if [ "${EXPECT_SHMCTL:-0}" = 1 ]; then
+        for page in man1/shmctl.1 man8/shmd.8 man5/shmd.conf.5; do expect "$MANDIR/$page"; done
+    fi
+fi
+[ -n "${BASH_COMPLETION_DIR:-}" ] && expect "$BASH_COMPLETION_DIR/shmctl"
 if [ -n "${UNIT_DIR:-}" ]; then
     for unit in shmd.service shmctl-gc.service shmctl-gc.timer; do expect "$UNIT_DIR/$unit"; done
     expect "$DOCDIR/shmd.conf.example"

@@ -56,7 +56,7 @@ LibshmManagerMixin.list = staticmethod(libshm.list)
 
 _MIXINS = {"processes": LibshmProcessesMixin, "manager": LibshmManagerMixin}
 
-# The tests that do not pass, each with the reason (the README lists them).
+# The tests that do not pass, each with the reason (docs/python.md lists them).
 KNOWN = {
     "test_notify": "pokes at Condition._sleeping_count and _woken_count, private semaphores of "
                    "the standard implementation",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pip install ./python, as the README says, into a new virtual environment
+# pip install ./python, as docs/python.md says, into a new virtual environment
 # and without the network (--no-index), then the installed package used
 # from outside the source tree, then pip uninstall. Also: python/setup.py
 # on its own (not in a checkout) refuses with a clear message.

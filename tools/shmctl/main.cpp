@@ -58,7 +58,7 @@ void add_global_options(CLI::App& app, Args& a) {
 }
 
 void add_json_flag(CLI::App* c, Args& a) {
-    c->add_flag("--json", a.as_json, "machine-readable output (schema in README, \"shmctl\")");
+    c->add_flag("--json", a.as_json, "machine-readable output (schema: shmctl(1), docs/shmctl.md)");
 }
 
 void add_gc(CLI::App& app, Args& a) {

@@ -346,7 +346,7 @@ struct DaemonStatus {
     bool running = false;  // a daemon answered
     Error error;           // when not running: why (error.code: see daemon_absent)
 
-    // When running, the reply's fields (README, "shmctl status" and "shmd").
+    // When running, the reply's fields (docs/shmctl.md, "status --json", and docs/shmd.md).
     std::string version;
     pid_t pid = 0;
     std::string shm_dir;       // the directory it serves (canonical path)
