@@ -89,7 +89,7 @@ for deb in "${debs[@]}"; do
         # packages were built, that provides it.
         if ! dpkg-query -W -f='${Status}\n' "$dep" 2>/dev/null | grep -q "install ok installed"; then
             real=$(dpkg-query -W -f='${Package}\t${Provides}\n' |
-                awk -F'\t' -v d="$dep" '{ n = split($2, p, /, */); for (i = 1; i <= n; i++) { sub(/ .*/, "", p[i]); if (p[i] == d) { print $1; exit } } }')
+                awk -F'\t' -v d="$dep" '{ n = split($2, p, /, */); for (i = 1; i <= n; i++) { sub(/ .*/, "", p[i]); if (p[i] == d) { print $1; exit } } }' || true)
             [ -n "$real" ] || fail "no package of this machine provides $dep, which the packages depend on"
             dep=$real
         fi
@@ -169,8 +169,16 @@ if [ -z "$pid1" ]; then
     tail -n 20 "$log"
     skip "the container did not boot (nspawn's output above)"
 fi
-state=$(timeout 300 nsenter -t "$pid1" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    systemctl is-system-running --wait 2>&1 || true)
+# systemctl reaches PID 1 only once it has made its private socket, a moment
+# after it starts: until then it fails to connect, and is asked again.
+state=""
+for _ in $(seq 600); do
+    state=$(timeout 300 nsenter -t "$pid1" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        systemctl is-system-running --wait 2>&1 || true)
+    [[ "$state" == *"Failed to connect"* ]] || break
+    kill -0 "$nspawn_pid" 2>/dev/null || break
+    sleep 0.1
+done
 case "$state" in
     running|degraded) echo "  PID 1 of the container: $pid1 on this machine; system $state" ;;
     *) tail -n 20 "$log"; skip "the container's systemd did not finish booting (is-system-running: $state)" ;;
@@ -239,7 +247,8 @@ echo "  still active, same MainPID, last watchdog ping $(( (ping1 - ping0) / 100
 # --- kill -9: systemd restarts it, clients reach the new one ----------------
 
 say "kill -9 shmd (MainPID $main)"
-in_ct kill -9 "$main" || fail "kill -9 $main"
+# The shell's kill: minbase has no /bin/kill (procps).
+in_ct sh -c "kill -9 $main" || fail "kill -9 $main"
 new=""
 for _ in $(seq 1200); do
     sleep 0.1
