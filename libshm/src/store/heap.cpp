@@ -133,6 +133,17 @@ namespace {
 void free_range(Txn& t, std::uint64_t b, std::uint64_t size) {
     Header* h = t.header();
     std::uint64_t n = b + size;
+    // The neighbours are read, and joined to the range if free: they must be
+    // blocks of the heap. (A block freed by offset, taken from an object's
+    // state that the file may have damaged, can be one forged inside another
+    // block's payload.)
+    if (n < heap_end(h) && !sane_block(h, n)) corrupt(h, "a freed block's next block is not in the heap");
+    if (b != heap_begin(h)) {
+        const std::uint64_t ps = prev_size(h, b);
+        if (ps < kMinBlock || ps % 16 != 0 || ps > b - heap_begin(h) || !sane_block(h, b - ps) ||
+            size_of(h, b - ps) != ps)
+            corrupt(h, "a freed block's previous block is not in the heap");
+    }
     if (n < heap_end(h) && is_free(h, n)) {
         size += size_of(h, n);
         list_remove(t, n);
@@ -165,18 +176,6 @@ std::uint64_t live_block(Header* h, std::uint64_t p) {
     if (b < heap_begin(h) || (b - heap_begin(h)) % 16 != 0 || is_free(h, b) || size < kMinBlock ||
         b + size > end || (b + size < end && prev_size(h, b + size) != size))
         corrupt(h, "deallocate of an address that is not a live allocation (double free?)");
-    // Its neighbours are read (and joined to it, if free) once it is freed:
-    // they must be blocks of the heap. (An offset taken from an object's
-    // state, which the file may have damaged, can point at a block forged
-    // inside another block's payload.)
-    if (b + size < end && !sane_block(h, b + size))
-        corrupt(h, "deallocate of a block whose next block is not in the heap");
-    if (b != heap_begin(h)) {
-        const std::uint64_t ps = prev_size(h, b);
-        if (ps < kMinBlock || ps % 16 != 0 || ps > b - heap_begin(h) || !sane_block(h, b - ps) ||
-            size_of(h, b - ps) != ps)
-            corrupt(h, "deallocate of a block whose previous block is not in the heap");
-    }
     return b;
 }
 
