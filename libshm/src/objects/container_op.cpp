@@ -74,6 +74,11 @@ CHdr* Op::hdr(std::uint64_t off, std::uint64_t magic) const {
         (magic == kDictMagic && ((cap & (cap - 1)) != 0 || rd(c->used) > cap)))
         throw corrupted(where() + ": a " + kind + "'s header is corrupt (count " + std::to_string(n) +
                         ", capacity " + std::to_string(cap) + ", table at " + std::to_string(tab) + ")");
+    // Appends write past the count with plain stores: the capacity must be
+    // room the table's own heap block has, never a neighbour's.
+    if (cap && heap::payload_room(h, tab) / esz < cap)
+        throw corrupted(where() + ": a " + kind + "'s table (at " + std::to_string(tab) + ") is not a heap block of " +
+                        std::to_string(cap) + " entries");
     return c;
 }
 
