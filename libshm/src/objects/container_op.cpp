@@ -15,7 +15,11 @@
 //                     nested container header
 //   CHdr (64 B)       magic (dict or list), count, capacity, table, used
 //                     (dict: live + tombstone entries), next_garbage, cursor
-//   list table        capacity × Cell
+//   list table        capacity × Cell: the cells past count are not live
+//                     (garbage until an append fills one and publishes it
+//                     with its count store); the capacity doubles, in place
+//                     where the heap block after the table is free
+//                     (heap::expand), else by a copy of the live cells
 //   dict table        capacity × DEntry: hash, key (0 empty, 1 tombstone,
 //                     else offset of the key's bytes), key_len, Cell
 // Dicts are open-addressing tables with linear probing, grown by doubling at
