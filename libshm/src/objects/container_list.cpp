@@ -5,9 +5,13 @@
 #include <cstring>
 
 #include "objects/container_op.hpp"
+#include "platform/platform.hpp"
 
 namespace shm {
 namespace containers {
+
+// Spare room of a list table at least this large is mapped in one call.
+constexpr std::uint64_t kPrefaultFrom = 64 * 1024;
 
 // Copy the table into a new one of capacity `cap`, leaving a gap at
 // `gap` (or dropping index `drop`), and swap it in. Only the live cells
@@ -43,9 +47,14 @@ void Op::list_grow(CHdr* c, std::uint64_t cap) {
     const std::uint64_t tab = rd(c->table);
     if (tab && heap::expand(t, tab, cap * sizeof(Cell))) {
         t.store(c->capacity, cap);
-        return;
+    } else {
+        list_rebuild(c, cap, -1, -1);
     }
-    list_rebuild(c, cap, -1, -1);
+    // The appends to come write the new room a cell at a time: map its pages
+    // (in this process) in one call rather than a page fault each. Where the
+    // table is large only: a small one shares its pages with other blocks.
+    const std::uint64_t n = rd(c->count);
+    if ((cap - n) * sizeof(Cell) >= kPrefaultFrom) platform::prefault_write(cells(c) + n, (cap - n) * sizeof(Cell));
 }
 
 // Room for `extra` more items at the end, in one growth.
