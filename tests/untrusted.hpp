@@ -154,6 +154,13 @@ inline Outcome drive() {
             });
             call(o, "List::get", [&] { (void)l.get(-1); });
             call(o, "List::verify", [&] { (void)l.verify(); });
+            // The write path: appends past the table's capacity (it grows, in
+            // place or by a copy), then a pop of one of them.
+            call(o, "List::append", [&] {
+                for (std::int64_t i = 0; i < 6; ++i)
+                    l.append(i % 2 ? shm::Value(i) : shm::Value(std::string(static_cast<std::size_t>(8 * i), 'g')));
+            });
+            call(o, "List::pop", [&] { (void)l.pop(); });
         });
         call(o, "Queue", [&] {
             shm::Queue q = shm::Queue::open(seg, "q");

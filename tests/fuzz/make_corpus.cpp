@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
         {"half-made", with32(img, offsetof(Header, state), shm::layout::kInitialising)},
         {"dict-count-huge", with64(img, dict + offsetof(CHdr, count), std::uint64_t(1) << 40)},
         {"list-table-outside", with64(img, list + offsetof(CHdr, table), 8)},
+        {"list-capacity-past-block", with64(img, list + offsetof(CHdr, capacity), 64)},
+        {"list-full", with64(img, list + offsetof(CHdr, count), get64(img, list + offsetof(CHdr, capacity)))},
         {"queue-capacity-3", with32(img, queue + offsetof(QueueControl, capacity), 3)},
         {"queue-item-outside",
          with64(img, queue + sizeof(QueueControl) + offsetof(shm::detail::QueueSlot, item), ~std::uint64_t(0) >> 1)},

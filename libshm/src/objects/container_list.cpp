@@ -5,47 +5,80 @@
 #include <cstring>
 
 #include "objects/container_op.hpp"
+#include "platform/platform.hpp"
 
 namespace shm {
 namespace containers {
 
+// Spare room of a list table at least this large is mapped in one call.
+constexpr std::uint64_t kPrefaultFrom = 64 * 1024;
+
 // Copy the table into a new one of capacity `cap`, leaving a gap at
-// `gap` (or dropping index `drop`), and swap it in.
+// `gap` (or dropping index `drop`), and swap it in. Only the live cells
+// are copied: a cell past the count is not live (garbage until an append
+// fills it and publishes it with the count).
 void Op::list_rebuild(CHdr* c, std::uint64_t cap, std::int64_t gap, std::int64_t drop) {
     std::uint64_t n = rd(c->count), old_off = rd(c->table);
     std::uint64_t tab_off = alloc(cap * sizeof(Cell), "a list table");
     Cell* tab = at<Cell>(tab_off);
-    std::memset(static_cast<void*>(tab), 0, cap * sizeof(Cell));
     Cell* old = old_off ? at<Cell>(old_off) : nullptr;
-    std::uint64_t j = 0;
-    for (std::uint64_t i = 0; i < n; ++i) {
-        if (static_cast<std::int64_t>(i) == drop) continue;
-        if (static_cast<std::int64_t>(j) == gap) ++j;
-        raw(tab[j].meta, rd(old[i].meta));
-        raw(tab[j].data, rd(old[i].data));
-        ++j;
+    if (gap < 0 && drop < 0) {
+        // Fresh memory, under the heap lock: a plain copy.
+        if (n) std::memcpy(static_cast<void*>(tab), static_cast<const void*>(old), n * sizeof(Cell));
+    } else {
+        std::uint64_t j = 0;
+        for (std::uint64_t i = 0; i < n; ++i) {
+            if (static_cast<std::int64_t>(i) == drop) continue;
+            if (static_cast<std::int64_t>(j) == gap) ++j;
+            raw(tab[j].meta, rd(old[i].meta));
+            raw(tab[j].data, rd(old[i].data));
+            ++j;
+        }
     }
     t.store(c->table, tab_off);
     t.store(c->capacity, cap);
     if (old_off) free_block(old_off);
 }
 
-// Room for `extra` more items at the end, in one table rebuild.
+// Capacity `cap` at least: the table's block grows in place where the free
+// block after it has the room (no copy, and the pages already touched stay
+// the table's), else the table is copied into a new one.
+void Op::list_grow(CHdr* c, std::uint64_t cap) {
+    const std::uint64_t tab = rd(c->table);
+    if (tab && heap::expand(t, tab, cap * sizeof(Cell))) {
+        t.store(c->capacity, cap);
+    } else {
+        list_rebuild(c, cap, -1, -1);
+    }
+    // The appends to come write the new room a cell at a time: map its pages
+    // (in this process) in one call rather than a page fault each. Where the
+    // table is large only: a small one shares its pages with other blocks.
+    const std::uint64_t n = rd(c->count);
+    if ((cap - n) * sizeof(Cell) >= kPrefaultFrom) platform::prefault_write(cells(c) + n, (cap - n) * sizeof(Cell));
+}
+
+// Room for `extra` more items at the end, in one growth.
 void Op::list_reserve(CHdr* c, std::uint64_t extra) {
     std::uint64_t n = rd(c->count), cap = rd(c->capacity);
     if (n + extra <= cap) return;
     std::uint64_t want = cap ? cap : 8;
     while (want < n + extra) want *= 2;
-    list_rebuild(c, want, -1, -1);
+    list_grow(c, want);
 }
 
+// The append path: with spare capacity it writes the cell past the count
+// with plain stores (not live: a process killed here leaves nothing
+// visible) and publishes it with one store of the count, which commits the
+// operation by itself (Txn::store_last). Only growth (amortised: the
+// capacity doubles) and a value that needs a block of its own journal
+// anything.
 void Op::list_append(std::uint64_t coff, const Value& v) {
     CHdr* c = hdr(coff, kListMagic);
-    auto mv = encode(v);
     std::uint64_t n = rd(c->count);
-    if (n == rd(c->capacity)) list_rebuild(c, n ? n * 2 : 8, -1, -1);
-    // The cell past the count is not live: plain writes, and the count
-    // store publishes it (one store, if nothing else was changed).
+    // Growth first: a string block allocated before it would sit right
+    // after the table and keep it from growing in place.
+    if (n == rd(c->capacity)) list_grow(c, n ? n * 2 : 8);
+    auto mv = encode(v);
     Cell& cell = cells(c)[n];
     raw(cell.meta, mv.first);
     raw(cell.data, mv.second);
@@ -100,13 +133,13 @@ void List::insert(std::int64_t index, const Value& v) {
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         std::int64_t n = static_cast<std::int64_t>(rd(c->count));
         std::int64_t i = index < 0 ? std::max<std::int64_t>(0, index + n) : std::min(index, n);
-        auto mv = op.encode(pv);
         if (i == n) {
-            if (rd(c->count) == rd(c->capacity)) op.list_rebuild(c, n ? 2 * n : 8, -1, -1);
+            if (rd(c->count) == rd(c->capacity)) op.list_grow(c, n ? 2 * n : 8);
         } else {
             std::uint64_t cap = rd(c->capacity);
             op.list_rebuild(c, std::uint64_t(n) + 1 > cap ? cap * 2 : cap, i, -1);
         }
+        auto mv = op.encode(pv);
         op.write_cell(op.cells(c)[i], mv);
         op.t.store(c->count, n + 1);
     });

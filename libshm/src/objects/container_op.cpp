@@ -15,7 +15,11 @@
 //                     nested container header
 //   CHdr (64 B)       magic (dict or list), count, capacity, table, used
 //                     (dict: live + tombstone entries), next_garbage, cursor
-//   list table        capacity × Cell
+//   list table        capacity × Cell: the cells past count are not live
+//                     (garbage until an append fills one and publishes it
+//                     with its count store); the capacity doubles, in place
+//                     where the heap block after the table is free
+//                     (heap::expand), else by a copy of the live cells
 //   dict table        capacity × DEntry: hash, key (0 empty, 1 tombstone,
 //                     else offset of the key's bytes), key_len, Cell
 // Dicts are open-addressing tables with linear probing, grown by doubling at
@@ -74,6 +78,11 @@ CHdr* Op::hdr(std::uint64_t off, std::uint64_t magic) const {
         (magic == kDictMagic && ((cap & (cap - 1)) != 0 || rd(c->used) > cap)))
         throw corrupted(where() + ": a " + kind + "'s header is corrupt (count " + std::to_string(n) +
                         ", capacity " + std::to_string(cap) + ", table at " + std::to_string(tab) + ")");
+    // Appends write past the count with plain stores: the capacity must be
+    // room the table's own heap block has, never a neighbour's.
+    if (cap && heap::payload_room(h, tab) / esz < cap)
+        throw corrupted(where() + ": a " + kind + "'s table (at " + std::to_string(tab) + ") is not a heap block of " +
+                        std::to_string(cap) + " entries");
     return c;
 }
 

@@ -136,7 +136,10 @@ struct Op {
     // Copy the table into a new one of capacity `cap`, leaving a gap at
     // `gap` (or dropping index `drop`), and swap it in.
     void list_rebuild(CHdr* c, std::uint64_t cap, std::int64_t gap, std::int64_t drop);
-    // Room for `extra` more items at the end, in one table rebuild.
+    // Capacity `cap` at least: in place where the heap block after the
+    // table is free and large enough, else by a rebuild.
+    void list_grow(CHdr* c, std::uint64_t cap);
+    // Room for `extra` more items at the end, in one growth.
     void list_reserve(CHdr* c, std::uint64_t extra);
     void list_append(std::uint64_t coff, const Value& v);
 };

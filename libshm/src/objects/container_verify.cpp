@@ -43,6 +43,7 @@ struct Verifier {
         if ((cap & (cap - 1)) && magic == kDictMagic) bad(where + ": dict capacity not a power of two");
         std::uint64_t esz = magic == kDictMagic ? sizeof(DEntry) : sizeof(Cell);
         if (!layout::in_heap(op.h, tab, cap, esz) || tab % 8 != 0) return bad(where + ": table outside the heap");
+        if (heap::payload_room(op.h, tab) / esz < cap) return bad(where + ": table smaller than its capacity");
         if (magic == kListMagic) {
             if (n > cap) return bad(where + ": count above capacity");
             Cell* cs = op.at<Cell>(tab);

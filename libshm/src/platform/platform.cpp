@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -167,6 +168,18 @@ bool membarrier_register() {
 
 int membarrier_all() {
     return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : errno;
+}
+
+void prefault_write(void* p, std::size_t len) noexcept {
+#ifdef MADV_POPULATE_WRITE
+    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t a = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+    const std::uintptr_t b = (reinterpret_cast<std::uintptr_t>(p) + len) & ~(page - 1);
+    if (b > a) (void)::madvise(reinterpret_cast<void*>(a), b - a, MADV_POPULATE_WRITE);  // a hint: errors ignored
+#else
+    (void)p;
+    (void)len;
+#endif
 }
 
 FsSpace fs_space(int fd) {

@@ -76,6 +76,13 @@ void futex_wake(const void* word, int n);
 // filter) refuses it; membarrier_all() returns 0, or the errno of failure.
 bool membarrier_register();
 int membarrier_all();
+
+// --- page tables -------------------------------------------------------------
+// Map the whole pages inside [p, p + len) of a shared mapping writable now,
+// in one call (MADV_POPULATE_WRITE), instead of one page fault per page at
+// first touch. Only a hint: where the kernel refuses it, nothing happens and
+// the pages fault in as usual.
+void prefault_write(void* p, std::size_t len) noexcept;
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

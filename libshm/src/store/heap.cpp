@@ -303,6 +303,49 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align) {
     return hand_out(t, b, align);
 }
 
+bool expand(Txn& t, std::uint64_t p, std::size_t bytes) {
+    Header* h = t.header();
+    // Blocks cut from an open arena have no free neighbour to take (its
+    // uncut rest has no header yet): such a caller copies instead.
+    if (t.large_ && t.large_->arena.end) return false;
+    if (bytes > h->heap_size) return false;
+    std::uint64_t b = live_block(h, p);
+    if (b + 16 != p) return false;  // over-aligned: not grown in place
+    const std::uint64_t size = size_of(h, b), need = request_size(bytes, 16);
+    if (need <= size) return true;
+    const std::uint64_t n = b + size;
+    if (n >= heap_end(h) || !sane_block(h, n) || !is_free(h, n) || prev_size(h, n) != size) return false;
+    const std::uint64_t total = size + size_of(h, n);
+    if (total < need) return false;
+    // The free block's header words become payload: journaled here (its
+    // links by list_remove), so that an undo finds the block as it was
+    // whatever the caller writes into its new room with plain writes (J2).
+    t.store(word(h, n), load(h, n));
+    t.store(word(h, n + 8), load(h, n + 8));
+    list_remove(t, n);
+    std::uint64_t grown = total;
+    if (total - need >= kMinBlock) {
+        const std::uint64_t r = b + need;
+        set_block(t, r, total - need, true);
+        t.store(word(h, r + 8), need);
+        list_push(t, r);
+        grown = need;
+    }
+    set_block(t, b, grown, false);
+    t.store(h->used_bytes, h->used_bytes.load(std::memory_order_relaxed) + (grown - size));
+    if (t.large_ || grown >= kLargeBlock) t.large().fresh.add(n, b + grown);
+    return true;
+}
+
+std::uint64_t payload_room(Header* h, std::uint64_t p) {
+    if (p % 16 != 0 || p < heap_begin(h) + 16 || p >= heap_end(h)) return 0;
+    const std::uint64_t b = p - 16, w = load(h, b);
+    if (w & (kFree | kShim)) return 0;
+    const std::uint64_t size = w & ~kFlagMask;
+    if (size < kMinBlock || size > heap_end(h) - b) return 0;
+    return size - 16;
+}
+
 void deallocate(Txn& t, std::uint64_t p) {
     Header* h = t.header();
     std::uint64_t b = live_block(h, p);

@@ -149,6 +149,7 @@ public:
 private:
     friend std::uint64_t allocate(Txn&, std::size_t, std::size_t);
     friend void deallocate(Txn&, std::uint64_t);
+    friend bool expand(Txn&, std::uint64_t, std::size_t);
     bool journaled(std::uint64_t off);
     void finish_arena();
 
@@ -186,6 +187,18 @@ std::uint64_t allocate(Txn& t, std::size_t bytes, std::size_t align);
 // Throws shm::corrupted for an offset that is not a live allocation. A block
 // that existed before the transaction is freed at commit (see Txn).
 void deallocate(Txn& t, std::uint64_t payload);
+// Grow the live allocation at payload p (from allocate(t, _, 16)) in place
+// to at least `bytes`, taking room from the free block that follows it.
+// Returns false, changing nothing, where it cannot (the next block is in
+// use or too small, or an arena is open): the caller allocates and copies.
+// The room gained was free when the transaction began: the caller may fill
+// it with plain writes (J2; its block header and links are journaled here).
+bool expand(Txn& t, std::uint64_t p, std::size_t bytes);
+// The payload bytes of the live block whose payload starts at p (no
+// over-aligned shim), read from its header; 0 where p is not such a block.
+// A quick check for callers that keep a capacity of their own beside a
+// block (it does not walk the heap: heap::verify() does).
+std::uint64_t payload_room(layout::Header* h, std::uint64_t p);
 // Largest request allocate() could satisfy right now.
 std::uint64_t largest_free(layout::Header* h);
 
