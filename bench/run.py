@@ -346,7 +346,7 @@ def main():
     print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds), "
           "delays (ms) and times per operation (ns): lower is better.")
     print()
-    head = f"{'case':<30} {'impl':<20} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
+    head = f"{'case':<30} {'impl':<26} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
     print(head)
     print("-" * (len(head) + 40))
     for bench in rows_order:
@@ -358,13 +358,13 @@ def main():
             name = bench if first else ""
             first = False
             if "skipped" in r:
-                print(f"{name:<30} {r['impl']:<20} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
+                print(f"{name:<30} {r['impl']:<26} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
                 continue
             q = rounds.ratio(bench, r["impl"], base_impl(bench)) if base else None
             ratio = fmt_ratio(q) if q else "n/a"
-            print(f"{name:<30} {r['impl']:<20} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
+            print(f"{name:<30} {r['impl']:<26} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
         if not rows:
-            print(f"{bench:<30} {'(no result)':<20}")
+            print(f"{bench:<30} {'(no result)':<26}")
 
     print()
     print("targets")
