@@ -78,7 +78,10 @@ def summary(results, path):
         ratios = {i: v / b for i, v in vals.items() if i != base and b} if b else {}
         cases.append({"case": bench, "unit": units[bench], "base": base, "values": vals, "ratios": ratios})
     targets = []
-    for title, num, den, op, bound, tcases in run.targets(list(values)):
+    # run.targets() picks cases by name: give it every name and its prefixes
+    # (dict.scale.1k for dict.scale.1k.get); only figures' names stay below.
+    names = list(dict.fromkeys(".".join(b.split(".")[:k]) for b in values for k in range(1, b.count(".") + 2)))
+    for title, num, den, op, bound, tcases in run.targets(names):
         for case in tcases:
             x, y = values.get(case, {}).get(num), values.get(case, {}).get(den)
             ratio = x / y if x is not None and y else None
@@ -93,6 +96,7 @@ def summary(results, path):
                             "value": x, "met": met})
     # Only the targets whose case has some figure in this run.
     targets = [t for t in targets if t["case"] in values]
+    targets = list({(t["title"], t["case"]): t for t in targets}.values())
     return {"results": path, "cases": cases, "targets": targets}
 
 
