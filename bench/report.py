@@ -140,23 +140,26 @@ def plot(results, out_dir):
 
     for fam, rs in sorted(by_family.items()):
         if fam == "queue.scale":
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            lines = {}
+            fig, ax = plt.subplots(figsize=(9.5, 4.5))
+            lines = {}  # (impl, shallow) -> points
             for r in rs:
                 m = SCALE_RE.match(r["bench"])
-                label = r["impl"] + (" (256 slots)" if m.group(2) else "")
-                lines.setdefault(label, []).append((2 * int(m.group(1)), r["value"]))
-            for label, pts in sorted(lines.items()):
+                lines.setdefault((r["impl"], bool(m.group(2))), []).append((2 * int(m.group(1)), r["value"]))
+            # One colour per implementation; dashed at 256 items of depth.
+            impls = sorted({i for i, _ in lines}, key=lambda i: (i != "libshm", i))
+            colour = {i: f"C{k % 10}" for k, i in enumerate(impls)}
+            for (impl, shallow), pts in sorted(lines.items(), key=lambda kv: (impls.index(kv[0][0]), kv[0][1])):
                 pts.sort()
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                        linestyle="--" if "256" in label else "-", label=label)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour[impl],
+                        linestyle="--" if shallow else "-", label=impl + (" (256 items)" if shallow else ""))
+            ax.set_yscale("log")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("processes (N producers + N consumers)")
             ax.set_ylabel("items/s (64 B)")
             ax.set_title("queue: throughput against processes")
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
             ax.grid(True, alpha=0.3)
             save(fig, fam)
         elif fam == "dict.scale":
@@ -178,6 +181,7 @@ def plot(results, out_dir):
                 ax.grid(True, alpha=0.3)
                 if series:
                     ax.legend(fontsize="small")
+            a1.set_yscale("log")
             a1.set_ylabel("ops/s (one process)")
             a1.set_title("dict: get and set against keys")
             a2.set_ylabel("bytes per key")
