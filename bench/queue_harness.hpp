@@ -17,8 +17,12 @@
 // and the driver here runs every case with it, in forked processes:
 //
 //  - queue.1to1.<size>: one producer puts items of exactly <size> bytes for
-//    the measured time, one consumer gets them. queue.2to2.64B: two of each
-//    on the same channel (multi-producer, multi-consumer). The rate is the
+//    the measured time, one consumer gets them. queue.2to2.64B, 4to4, 8to8
+//    and 1to4 (one producer, four consumers): as many of each on the same
+//    channel (multi-producer, multi-consumer). Every 64-byte case also runs
+//    as NAME.d256, with 256 items of capacity in place of 1024 (see
+//    standard_cases()). queue.1to1.64B.batch32: one to one through a
+//    Channel's put_many()/get_many(), 32 items a call. The rate is the
 //    items put during the measured time over the span from the producers'
 //    measured start to the moment the last consumer got its stop item
 //    (so it covers draining what was still queued).
@@ -367,21 +371,21 @@ Throughput throughput(const Options& opt, Channel& ch, std::size_t item, int pro
             bool stop = false;
             p.start();
             auto on_item = [&](const char* d, std::size_t n) {
-                    const Header h = read_item(d, n, item);
-                    if (stop) throw Failure("an item after the stop item");
-                    if (h.phase == kStop) {
-                        stop = true;
-                        return;
-                    }
-                    if (h.producer >= static_cast<std::uint32_t>(producers) || h.phase > kMeasured)
-                        throw Failure("bad item header");
-                    if (consumers == 1 ? h.seq != next[h.producer] : h.seq < next[h.producer])
-                        throw Failure("producer " + std::to_string(h.producer) + ": got item " + std::to_string(h.seq) +
-                                      (consumers == 1 ? ", expected " : ", after ") + std::to_string(next[h.producer]));
-                    next[h.producer] = h.seq + 1;
-                    ++me.got[h.producer];
-                    me.seq_sum[h.producer] += h.seq;
-                    me.got_measured += h.phase == kMeasured;
+                const Header h = read_item(d, n, item);
+                if (stop) throw Failure("an item after the stop item");
+                if (h.phase == kStop) {
+                    stop = true;
+                    return;
+                }
+                if (h.producer >= static_cast<std::uint32_t>(producers) || h.phase > kMeasured)
+                    throw Failure("bad item header");
+                if (consumers == 1 ? h.seq != next[h.producer] : h.seq < next[h.producer])
+                    throw Failure("producer " + std::to_string(h.producer) + ": got item " + std::to_string(h.seq) +
+                                  (consumers == 1 ? ", expected " : ", after ") + std::to_string(next[h.producer]));
+                next[h.producer] = h.seq + 1;
+                ++me.got[h.producer];
+                me.seq_sum[h.producer] += h.seq;
+                me.got_measured += h.phase == kMeasured;
             };
             while (!stop) {
                 if constexpr (HasBatches<Channel>::value) {
