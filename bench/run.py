@@ -5,7 +5,10 @@ Every benchmark program speaks one small protocol:
   PROGRAM --list                      prints its case names, one a line
   PROGRAM --only CASE [--seconds S] [--warmup S]
                                       runs the cases whose names start with
-                                      CASE and prints one JSON object a line:
+                                      CASE (the case CASE alone when one is
+                                      so named: queue.1to1.64B, not
+                                      queue.1to1.64B.d256) and prints one
+                                      JSON object a line:
       {"bench": CASE, "impl": IMPL, "value": NUMBER, "unit": UNIT}
   (progress and errors go to stderr; exit status 0 when every case ran).
 A line may also carry "note" (how the implementation was used, shown in the
@@ -13,7 +16,8 @@ table), and a program may answer a case with
       {"bench": CASE, "impl": IMPL, "skipped": "why there is no figure"}
 which the table shows in place of a value. A case may report several
 figures under names that extend its own (queue.pingpong.64B gives
-queue.pingpong.64B.p50 and .p99).
+queue.pingpong.64B.p50 and .p99); a line belongs to the longest case name
+it extends.
 
 This script asks each program in PROGRAMS for its cases, then runs case by
 case every program that has it, so the implementations of one case are
