@@ -194,8 +194,70 @@ bench::CaseResult list_append_case(const bench::Options& opt, int procs) {
     return r;
 }
 
+// dict.scale.<N> (harness.hpp), as containers_libshm.cpp: the map grows as
+// the keys go in (no bucket count given up front); bytes per key is what
+// the map and its strings took from the managed mapping, over the N keys.
+std::vector<bench::Figure> dict_scale_case(const bench::Options& opt, const std::string& name, std::uint64_t n) {
+    const auto keys = bench::make_keys(n);
+    Mapping mapping("dscale", 64 * kMiB + n * 256);
+    auto& f = mapping.file();
+    auto* lock = f.construct<RobustMutex>("lock")();
+    const std::uint64_t before = f.get_size() - f.get_free_memory();
+    auto* map = f.construct<Map>("map")(f.get_segment_manager());
+    for (std::uint64_t i = 0; i < n; ++i)
+        map->emplace(ShmString(keys[i].c_str(), f.get_segment_manager()), static_cast<std::int64_t>(i));
+    const double per_key = static_cast<double>(f.get_size() - f.get_free_memory() - before) / static_cast<double>(n);
+
+    // A fresh worker first reads every key once, untimed (as in
+    // containers_libshm.cpp): the steady state, not the first touch.
+    auto touch_all = [&] {
+        std::int64_t sink = 0;
+        for (std::uint64_t i = 0; i < n; ++i) {
+            lock->lock();
+            auto it = map->find(std::string_view(keys[i]), KeyHash(), KeyEq());
+            sink += it != map->end() ? it->second : -1;
+            lock->unlock();
+        }
+        bench::expect(sink >= 0, "every key present");
+    };
+    auto get = bench::run_workers(opt, 1, [&](bench::Worker& w) {
+        touch_all();
+        std::int64_t sink = 0;
+        w.run([&](std::uint64_t i) {
+            std::string_view k = keys[i % n];
+            lock->lock();
+            auto it = map->find(k, KeyHash(), KeyEq());
+            std::int64_t v = it != map->end() ? it->second : -1;
+            lock->unlock();
+            sink += v;
+        });
+        bench::expect(sink >= 0, "every key present");
+    });
+    auto set = bench::run_workers(opt, 1, [&](bench::Worker& w) {
+        touch_all();
+        w.run([&](std::uint64_t i) {
+            std::string_view k = keys[i % n];
+            lock->lock();
+            auto it = map->find(k, KeyHash(), KeyEq());
+            if (it != map->end())
+                it->second = static_cast<std::int64_t>(i % n);
+            else
+                map->emplace(ShmString(k.data(), k.size(), f.get_segment_manager()), static_cast<std::int64_t>(i % n));
+            lock->unlock();
+        });
+    });
+    bench::expect(map->size() == n, "the map holds its keys");
+    for (std::uint64_t i = 0; i < n; i += 997) {
+        auto it = map->find(std::string_view(keys[i]), KeyHash(), KeyEq());
+        bench::expect(it != map->end() && it->second == static_cast<std::int64_t>(i), "a key's value read back");
+    }
+    return {{name + ".get", get.rate, "ops/s"}, {name + ".set", set.rate, "ops/s"},
+            {name + ".bytes_per_key", per_key, "B/key"}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    return bench::run_cases("mutex_unordered_map", bench::container_cases(dict_case, list_append_case), argc, argv);
+    return bench::run_cases("mutex_unordered_map",
+                            bench::container_cases(dict_case, list_append_case, dict_scale_case), argc, argv);
 }

@@ -98,8 +98,49 @@ bench::CaseResult list_append_case(const bench::Options& opt, int procs) {
     return r;
 }
 
+// dict.scale.<N> (harness.hpp): N keys set in order, then get and set over
+// all of them in turn, one process each; bytes per key is what the dict
+// added to the segment's heap (Segment::used_memory(), block overhead
+// included) over the N keys.
+std::vector<bench::Figure> dict_scale_case(const bench::Options& opt, const std::string& name, std::uint64_t n) {
+    const auto keys = bench::make_keys(n);
+    CaseSegment cs("dscale", 64 * kMiB + n * 512);
+    const std::uint64_t before = cs.seg.used_memory();
+    shm::Dict d = shm::Dict::open_or_create(cs.seg, "d");
+    for (std::uint64_t i = 0; i < n; ++i) d.set(keys[i], static_cast<std::int64_t>(i));
+    const double per_key = static_cast<double>(cs.seg.used_memory() - before) / static_cast<double>(n);
+
+    // A fresh worker first reads every key once, untimed: the figure is the
+    // steady state, not the first touch of every page by a new process
+    // (at a million keys that alone would fill the measured time).
+    auto touch_all = [&] {
+        std::int64_t sink = 0;
+        for (std::uint64_t i = 0; i < n; ++i) sink += d.get(keys[i]).as_int();
+        bench::expect(sink >= 0, "values read back");
+    };
+    auto get = bench::run_workers(opt, 1, [&](bench::Worker& w) {
+        touch_all();
+        std::int64_t sink = 0;
+        w.run([&](std::uint64_t i) { sink += d.get(keys[i % n]).as_int(); });
+        bench::expect(sink >= 0, "values read back");
+        cs.seg.detach();
+    });
+    auto set = bench::run_workers(opt, 1, [&](bench::Worker& w) {
+        touch_all();
+        w.run([&](std::uint64_t i) { d.set(keys[i % n], static_cast<std::int64_t>(i % n)); });
+        cs.seg.detach();
+    });
+    bench::expect(d.size() == n, "the dict holds its keys");
+    for (std::uint64_t i = 0; i < n; i += 997)
+        bench::expect(d.get(keys[i]).as_int() == static_cast<std::int64_t>(i), "a key's value read back");
+    expect_verified(d.verify());
+    return {{name + ".get", get.rate, "ops/s"}, {name + ".set", set.rate, "ops/s"},
+            {name + ".bytes_per_key", per_key, "B/key"}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    return bench::run_cases("libshm", bench::container_cases(dict_case, list_append_case), argc, argv);
+    return bench::run_cases("libshm", bench::container_cases(dict_case, list_append_case, dict_scale_case), argc,
+                            argv);
 }

@@ -51,11 +51,26 @@ inline constexpr std::uint64_t kKeys = 1000;
 // implementation then measures for a shorter time.
 inline constexpr std::uint64_t kAppendCap = 3'000'000;
 
-inline std::vector<std::string> make_keys() {
+inline std::vector<std::string> make_keys(std::uint64_t n = kKeys) {
     std::vector<std::string> keys;
-    keys.reserve(kKeys);
-    for (std::uint64_t i = 0; i < kKeys; ++i) keys.push_back("k" + std::to_string(i));
+    keys.reserve(n);
+    for (std::uint64_t i = 0; i < n; ++i) keys.push_back("k" + std::to_string(i));
     return keys;
+}
+
+// The dict's scale family: dict.scale.<N> fills a dict with N keys
+// ("k0" .. ) in one process, then reports .get and .set (ops/s, one
+// process, every key in turn) and .bytes_per_key (the bytes the dict's keys,
+// values and tables take in the mapping, per key). dict.scale.1M is left out
+// of a default `./dev bench` (see bench/run.py).
+struct DictScale {
+    const char* name;
+    std::uint64_t keys;
+};
+inline const std::vector<DictScale>& dict_scales() {
+    static const std::vector<DictScale> v{{"dict.scale.1k", 1000}, {"dict.scale.100k", 100'000},
+                                          {"dict.scale.1M", 1'000'000}};
+    return v;
 }
 
 struct Options {
@@ -63,9 +78,21 @@ struct Options {
     double warmup = 0.1;               // untimed time before it, per case
     std::vector<std::string> only;     // case-name prefixes; empty: all
     bool list = false;                 // print the case names and stop
+    std::vector<std::string> exact;    // the --only values that name a case: that case alone
 
+    // An --only value that is the name of a case selects that case alone,
+    // not the cases whose names extend it (queue.1to1.64B, not
+    // queue.1to1.64B.d256): bench/run.py runs one case at a time so.
+    void resolve(const std::vector<std::string>& names) {
+        std::vector<std::string> prefixes;
+        for (auto& p : only)
+            (std::find(names.begin(), names.end(), p) != names.end() ? exact : prefixes).push_back(p);
+        only = std::move(prefixes);
+    }
     bool selected(std::string_view name) const {
-        if (only.empty()) return true;
+        if (only.empty() && exact.empty()) return true;
+        for (const auto& p : exact)
+            if (name == p) return true;
         for (const auto& p : only)
             if (name.substr(0, p.size()) == p) return true;
         return false;
@@ -330,9 +357,19 @@ inline CaseResult run_workers(const Options& opt, int procs, const std::function
 // One benchmark case of a program: its name, how many processes, and a
 // function that sets the case up, runs it (through run_workers) and checks
 // the outcome.
+// A figure a case reports under a name of its own (that extends the case's).
+struct Figure {
+    std::string bench;
+    double value;
+    std::string unit;
+};
+
+// A case either runs once and reports its rate in ops/s (run), or reports
+// several figures (figures, when set).
 struct Case {
     std::string name;
     std::function<CaseResult(const Options&)> run;
+    std::function<std::vector<Figure>(const Options&)> figures = {};
 };
 
 // Run the selected cases, print each result as a JSON line; returns the
@@ -345,6 +382,11 @@ inline int run_cases(std::string_view impl, const std::vector<Case>& cases, int 
         std::fprintf(stderr, "%s\n", e.what());
         return 2;
     }
+    {
+        std::vector<std::string> names;
+        for (const auto& c : cases) names.push_back(c.name);
+        opt.resolve(names);
+    }
     int rc = 0;
     for (const auto& c : cases) {
         if (!opt.selected(c.name)) continue;
@@ -353,6 +395,10 @@ inline int run_cases(std::string_view impl, const std::vector<Case>& cases, int 
             continue;
         }
         try {
+            if (c.figures) {
+                for (const auto& f : c.figures(opt)) emit(f.bench, impl, f.value, f.unit);
+                continue;
+            }
             CaseResult r = c.run(opt);
             emit(c.name, impl, r.rate, "ops/s");
         } catch (const std::exception& e) {
@@ -368,9 +414,11 @@ inline int run_cases(std::string_view impl, const std::vector<Case>& cases, int 
 // supplies how it runs a dict operation and list.append with N processes.
 enum class DictOp { set, get, increment };
 
+using DictScaleFn = std::function<std::vector<Figure>(const Options&, const std::string& name, std::uint64_t keys)>;
+
 inline std::vector<Case> container_cases(
     const std::function<CaseResult(const Options&, DictOp, int procs)>& dict,
-    const std::function<CaseResult(const Options&, int procs)>& list_append) {
+    const std::function<CaseResult(const Options&, int procs)>& list_append, const DictScaleFn& scale = nullptr) {
     std::vector<Case> cases;
     for (int procs : {1, 2}) {
         const std::string suffix = "." + std::to_string(procs) + "proc";
@@ -381,6 +429,12 @@ inline std::vector<Case> container_cases(
     for (int procs : {1, 2})
         cases.push_back({"list.append." + std::to_string(procs) + "proc",
                          [=](const Options& o) { return list_append(o, procs); }});
+    if (scale)
+        for (const auto& d : dict_scales()) {
+            const std::string name = d.name;
+            const std::uint64_t keys = d.keys;
+            cases.push_back({name, nullptr, [=](const Options& o) { return scale(o, name, keys); }});
+        }
     return cases;
 }
 

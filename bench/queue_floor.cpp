@@ -205,11 +205,27 @@ int main(int argc, char** argv) {
                                  qbench::emit(name, "memcpy", memcpy_gbps(o), "GB/s",
                                               "one process, 1 MiB copies into an 8 MiB ring");
                          }});
-        if (item == qbench::k64B)
-            cases.push_back({"queue.2to2.64B", [](const Options&) {
-                                 qbench::emit_skipped("queue.2to2.64B", "spsc_floor",
-                                                      "single producer, single consumer by design: no 2-to-2 figure");
-                             }});
+        if (item != qbench::k64B) continue;
+        // The same ring at the shallow depth, and as the floor of the
+        // batched case (one item at a time: a ring has nothing to batch).
+        cases.push_back({"queue.1to1.64B.d256", [](const Options& o) {
+                             ChannelConfig c = config(qbench::k64B, "spsc256");
+                             c.capacity = qbench::kShallow;
+                             SpscRing ring(c);
+                             qbench::emit_throughput("queue.1to1.64B.d256", "spsc_floor",
+                                                     qbench::throughput(o, ring, qbench::k64B, 1, 1), qbench::k64B,
+                                                     ring.note());
+                         }});
+        cases.push_back({"queue.1to1.64B.batch32", [](const Options& o) {
+                             SpscRing ring(config(qbench::k64B, "spscb"));
+                             qbench::emit_throughput("queue.1to1.64B.batch32", "spsc_floor",
+                                                     qbench::throughput(o, ring, qbench::k64B, 1, 1), qbench::k64B,
+                                                     ring.note() + "; items one at a time");
+                         }});
+        cases.push_back({"queue.2to2.64B", [](const Options&) {
+                             qbench::emit_skipped("queue.2to2.64B", "spsc_floor",
+                                                  "single producer, single consumer by design: no 2-to-2 figure");
+                         }});
     }
     cases.push_back({"queue.pingpong.64B", [](const Options& o) {
                          FutexMailbox req(config(qbench::k64B, "req")), rep(config(qbench::k64B, "rep"));

@@ -17,8 +17,12 @@
 // and the driver here runs every case with it, in forked processes:
 //
 //  - queue.1to1.<size>: one producer puts items of exactly <size> bytes for
-//    the measured time, one consumer gets them. queue.2to2.64B: two of each
-//    on the same channel (multi-producer, multi-consumer). The rate is the
+//    the measured time, one consumer gets them. queue.2to2.64B, 4to4, 8to8
+//    and 1to4 (one producer, four consumers): as many of each on the same
+//    channel (multi-producer, multi-consumer). Every 64-byte case also runs
+//    as NAME.d256, with 256 items of capacity in place of 1024 (see
+//    standard_cases()). queue.1to1.64B.batch32: one to one through a
+//    Channel's put_many()/get_many(), 32 items a call. The rate is the
 //    items put during the measured time over the span from the producers'
 //    measured start to the moment the last consumer got its stop item
 //    (so it covers draining what was still queued).
@@ -60,6 +64,8 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "harness.hpp"
@@ -141,8 +147,8 @@ inline Header read_item(const char* p, std::size_t n, std::size_t expected) {
 
 // ---- processes ----------------------------------------------------------------
 
-inline constexpr int kMaxWorkers = 8;
-inline constexpr int kMaxProducers = 4;
+inline constexpr int kMaxWorkers = 16;
+inline constexpr int kMaxProducers = 8;
 
 // What the parent and the workers of one measurement share (an anonymous
 // MAP_SHARED mapping).
@@ -292,29 +298,65 @@ inline std::uint64_t batch_for(std::size_t item) {
     return std::clamp<std::uint64_t>(65536 / item, 1, 32);
 }
 
+// A Channel that can also move items in batches, with the calls an
+// application would make for that:
+//     void put_many(const std::vector<std::string>& items);  // all of them, in order
+//     template <class Use> void get_many(std::size_t n, Use&& use);
+//                             // blocks for the first; up to n, use() on each
+template <class Channel, class = void>
+struct HasBatches : std::false_type {};
 template <class Channel>
-Throughput throughput(const Options& opt, Channel& ch, std::size_t item, int producers, int consumers) {
+struct HasBatches<Channel, std::void_t<decltype(std::declval<Channel&>().put_many(
+                               std::declval<const std::vector<std::string>&>()))>> : std::true_type {};
+
+// Writes an item's header and trailing sequence number into p[0, n).
+inline void stamp_into(char* p, std::size_t n, std::uint32_t producer, std::uint32_t phase, std::uint64_t seq) {
+    Header h{producer, phase, seq};
+    std::memcpy(p, &h, sizeof h);
+    std::memcpy(p + n - sizeof seq, &seq, sizeof seq);
+}
+
+// Items per put_many()/get_many() call in a batched case (0: one at a time).
+template <class Channel>
+Throughput throughput(const Options& opt, Channel& ch, std::size_t item, int producers, int consumers,
+                      std::size_t api_batch = 0) {
     if (producers < 1 || producers > kMaxProducers || consumers < 1 || producers + consumers > kMaxWorkers)
         throw Failure("bad producer/consumer counts");
+    // Batched, a consumer could take two stop items in one call: one consumer only.
+    if (api_batch > 1 && (!HasBatches<Channel>::value || consumers != 1))
+        throw Failure("batched throughput needs put_many/get_many and one consumer");
     SharedBox<Shared> sh;
     run_procs(opt, producers + consumers, *sh, [&](Proc& p) {
         auto& me = p.slot();
         if (p.index() < producers) {
             const auto id = static_cast<std::uint32_t>(p.index());
             ItemBuffer buf(item);
-            const std::uint64_t batch = batch_for(item);
+            const std::uint64_t batch = api_batch > 1 ? api_batch : batch_for(item);
             std::uint64_t seq = 0;
+            // Batched: the items of one call, each stamped in place (as an
+            // application fills its buffers), then handed over at once.
+            std::vector<std::string> items;
+            if (api_batch > 1) items.assign(api_batch, std::string(buf.stamp(id, kWarmup, 0), item));
+            auto put_batch = [&](std::uint32_t phase) {
+                if constexpr (HasBatches<Channel>::value) {
+                    if (api_batch > 1) {
+                        for (auto& s : items) stamp_into(s.data(), item, id, phase, seq++);
+                        ch.put_many(items);
+                        return;
+                    }
+                }
+                for (std::uint64_t b = 0; b < batch; ++b, ++seq) ch.put(buf.stamp(id, phase, seq), item);
+            };
             p.start();
             const std::int64_t warm_end = now_ns() + static_cast<std::int64_t>(opt.warmup * 1e9);
-            while (now_ns() < warm_end)
-                for (std::uint64_t b = 0; b < batch; ++b, ++seq) ch.put(buf.stamp(id, kWarmup, seq), item);
+            while (now_ns() < warm_end) put_batch(kWarmup);
             const std::uint64_t first = seq;
             const std::int64_t t0 = now_ns();
             const std::int64_t end = t0 + static_cast<std::int64_t>(opt.seconds * 1e9);
             // At least one batch, however late this process runs: a smoke
             // run's window is shorter than a time slice on a busy machine.
             do
-                for (std::uint64_t b = 0; b < batch; ++b, ++seq) ch.put(buf.stamp(id, kMeasured, seq), item);
+                put_batch(kMeasured);
             while (now_ns() < end);
             me.t0 = t0;
             me.put_total = seq;
@@ -328,23 +370,31 @@ Throughput throughput(const Options& opt, Channel& ch, std::size_t item, int pro
             std::uint64_t next[kMaxProducers] = {};  // expected (1 consumer) or lowest possible sequence
             bool stop = false;
             p.start();
+            auto on_item = [&](const char* d, std::size_t n) {
+                const Header h = read_item(d, n, item);
+                if (stop) throw Failure("an item after the stop item");
+                if (h.phase == kStop) {
+                    stop = true;
+                    return;
+                }
+                if (h.producer >= static_cast<std::uint32_t>(producers) || h.phase > kMeasured)
+                    throw Failure("bad item header");
+                if (consumers == 1 ? h.seq != next[h.producer] : h.seq < next[h.producer])
+                    throw Failure("producer " + std::to_string(h.producer) + ": got item " + std::to_string(h.seq) +
+                                  (consumers == 1 ? ", expected " : ", after ") + std::to_string(next[h.producer]));
+                next[h.producer] = h.seq + 1;
+                ++me.got[h.producer];
+                me.seq_sum[h.producer] += h.seq;
+                me.got_measured += h.phase == kMeasured;
+            };
             while (!stop) {
-                ch.get([&](const char* d, std::size_t n) {
-                    const Header h = read_item(d, n, item);
-                    if (h.phase == kStop) {
-                        stop = true;
-                        return;
+                if constexpr (HasBatches<Channel>::value) {
+                    if (api_batch > 1) {
+                        ch.get_many(api_batch, on_item);
+                        continue;
                     }
-                    if (h.producer >= static_cast<std::uint32_t>(producers) || h.phase > kMeasured)
-                        throw Failure("bad item header");
-                    if (consumers == 1 ? h.seq != next[h.producer] : h.seq < next[h.producer])
-                        throw Failure("producer " + std::to_string(h.producer) + ": got item " + std::to_string(h.seq) +
-                                      (consumers == 1 ? ", expected " : ", after ") + std::to_string(next[h.producer]));
-                    next[h.producer] = h.seq + 1;
-                    ++me.got[h.producer];
-                    me.seq_sum[h.producer] += h.seq;
-                    me.got_measured += h.phase == kMeasured;
-                });
+                }
+                ch.get(on_item);
             }
             me.t1 = now_ns();
             ch.leave();
@@ -511,6 +561,11 @@ inline int run_qcases(std::string_view impl, const std::vector<QCase>& cases, in
         std::fprintf(stderr, "%s\n", e.what());
         return 2;
     }
+    {
+        std::vector<std::string> names;
+        for (const auto& c : cases) names.push_back(c.name);
+        opt.resolve(names);
+    }
     int rc = 0;
     for (const auto& c : cases) {
         if (!opt.selected(c.name)) continue;
@@ -532,36 +587,74 @@ inline int run_qcases(std::string_view impl, const std::vector<QCase>& cases, in
     return rc;
 }
 
-// The standard cases for one Channel type.
+// The shallow depth of the .d256 cases: the queues of 256 slots an outside
+// measurement used, next to the 1024 of capacity_for(64 B).
+inline constexpr std::uint32_t kShallow = 256;
+
+// The 64-byte throughput cases: (name, producers, consumers). Every one also
+// runs as NAME.d256, at the shallow depth, where the depth can be set.
+// queue.1to4 is the Pool's shape (one producer feeding four workers);
+// 1to1 .. 8to8 are the scale family (queue.8to8.64B is left out of a default
+// `./dev bench`, see bench/run.py: sixteen processes on a small machine).
+struct Shape {
+    const char* name;
+    int producers, consumers;
+};
+inline const std::vector<Shape>& shapes_64B() {
+    static const std::vector<Shape> v{{"queue.1to1.64B", 1, 1}, {"queue.2to2.64B", 2, 2}, {"queue.4to4.64B", 4, 4},
+                                      {"queue.8to8.64B", 8, 8}, {"queue.1to4.64B", 1, 4}};
+    return v;
+}
+
+// Items per put_many()/get_many() in queue.1to1.64B.batch32.
+inline constexpr std::size_t kApiBatch = 32;
+
+// The standard cases for one Channel type. depth: whether the Channel takes
+// its capacity from ChannelConfig (no .d256 cases otherwise).
 template <class Channel>
-std::vector<QCase> standard_cases(const std::string& impl) {
-    auto cfg = [](std::size_t item, int users, const std::string& tag) {
+std::vector<QCase> standard_cases(const std::string& impl, bool depth = true) {
+    auto cfg = [](std::size_t item, std::uint32_t capacity, int users, const std::string& tag) {
         ChannelConfig c;
         c.item = item;
-        c.capacity = capacity_for(item);
+        c.capacity = capacity;
         c.users = users;
         c.tag = tag;
         return c;
     };
     std::vector<QCase> cases;
-    cases.push_back({"queue.1to1.64B", [=](const Options& o) {
-                         Channel ch(cfg(k64B, 2, "a"));
-                         emit_throughput("queue.1to1.64B", impl, throughput(o, ch, k64B, 1, 1), k64B, ch.note());
-                     }});
-    cases.push_back({"queue.2to2.64B", [=](const Options& o) {
-                         Channel ch(cfg(k64B, 4, "b"));
-                         emit_throughput("queue.2to2.64B", impl, throughput(o, ch, k64B, 2, 2), k64B, ch.note());
+    int tag = 0;
+    for (const Shape& s : shapes_64B()) {
+        for (std::uint32_t cap : {capacity_for(k64B), kShallow}) {
+            if (cap == kShallow && !depth) continue;
+            const std::string name = cap == kShallow ? std::string(s.name) + ".d256" : std::string(s.name);
+            const std::string t = "s" + std::to_string(tag++);
+            const int np = s.producers, nc = s.consumers;
+            cases.push_back({name, [=](const Options& o) {
+                                 Channel ch(cfg(k64B, cap, np + nc, t));
+                                 emit_throughput(name, impl, throughput(o, ch, k64B, np, nc), k64B, ch.note());
+                             }});
+        }
+    }
+    cases.push_back({"queue.1to1.64B.batch32", [=](const Options& o) {
+                         if constexpr (HasBatches<Channel>::value) {
+                             Channel ch(cfg(k64B, capacity_for(k64B), 2, "batch"));
+                             emit_throughput("queue.1to1.64B.batch32", impl,
+                                             throughput(o, ch, k64B, 1, 1, kApiBatch), k64B, ch.batch_note());
+                         } else {
+                             (void)o;
+                             throw Unavailable("no call that puts or gets several items at once");
+                         }
                      }});
     cases.push_back({"queue.pingpong.64B",
                      [=](const Options& o) {
-                         Channel req(cfg(k64B, 2, "req")), rep(cfg(k64B, 2, "rep"));
+                         Channel req(cfg(k64B, capacity_for(k64B), 2, "req")), rep(cfg(k64B, capacity_for(k64B), 2, "rep"));
                          emit_latency("queue.pingpong.64B", impl, pingpong(o, req, rep, k64B), req.note());
                      },
                      {"queue.pingpong.64B.p50", "queue.pingpong.64B.p99"}});
     for (std::size_t item : {k4KiB, k1MiB}) {
         const std::string name = item == k4KiB ? "queue.1to1.4KiB" : "queue.1to1.1MiB";
         cases.push_back({name, [=](const Options& o) {
-                             Channel ch(cfg(item, 2, item == k4KiB ? "c" : "d"));
+                             Channel ch(cfg(item, capacity_for(item), 2, item == k4KiB ? "c" : "d"));
                              emit_throughput(name, impl, throughput(o, ch, item, 1, 1), item, ch.note());
                          }});
     }

@@ -10,9 +10,11 @@
 // it in place with consume(). Each item is then copied once, by the producer.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <shm/shm.hpp>
 
@@ -60,6 +62,15 @@ public:
             use(buf_.data(), buf_.size());
         }
     }
+
+    // queue.1to1.64B.batch32: the calls an application makes to move items
+    // in batches; get_many() returns each item in a string of its own.
+    void put_many(const std::vector<std::string>& items) { q_.put_many(items); }
+    template <class Use>
+    void get_many(std::size_t n, Use&& use) {
+        for (const auto& s : q_.get_many(n, std::chrono::hours(1))) use(s.data(), s.size());
+    }
+    std::string batch_note() const { return "put_many() / get_many() of 32 items"; }
 
     // Drops only the Segment handle's reference: q_ shares the mapping and
     // this worker's slot, which stay while q_ lives (until the worker exits).

@@ -75,5 +75,5 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
-    return qbench::run_qcases("unix_socket", qbench::standard_cases<SocketChannel>("unix_socket"), argc, argv);
+    return qbench::run_qcases("unix_socket", qbench::standard_cases<SocketChannel>("unix_socket", false), argc, argv);
 }

@@ -5,7 +5,10 @@ Every benchmark program speaks one small protocol:
   PROGRAM --list                      prints its case names, one a line
   PROGRAM --only CASE [--seconds S] [--warmup S]
                                       runs the cases whose names start with
-                                      CASE and prints one JSON object a line:
+                                      CASE (the case CASE alone when one is
+                                      so named: queue.1to1.64B, not
+                                      queue.1to1.64B.d256) and prints one
+                                      JSON object a line:
       {"bench": CASE, "impl": IMPL, "value": NUMBER, "unit": UNIT}
   (progress and errors go to stderr; exit status 0 when every case ran).
 A line may also carry "note" (how the implementation was used, shown in the
@@ -13,7 +16,8 @@ table), and a program may answer a case with
       {"bench": CASE, "impl": IMPL, "skipped": "why there is no figure"}
 which the table shows in place of a value. A case may report several
 figures under names that extend its own (queue.pingpong.64B gives
-queue.pingpong.64B.p50 and .p99).
+queue.pingpong.64B.p50 and .p99); a line belongs to the longest case name
+it extends.
 
 This script asks each program in PROGRAMS for its cases, then runs case by
 case every program that has it, so the implementations of one case are
@@ -78,6 +82,7 @@ def programs(build_dir):
         ("Python multiprocessing.Queue", [sys.executable, os.path.join(ROOT, "bench", "python_mp_queue.py")]),
         ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
         ("libshm Pool, and the WorkQueue round trip", [os.path.join(b, "bench_pool_libshm")]),
+        ("locks: shm::Mutex, RecursiveMutex, Boost, robust pthread, std::mutex", [os.path.join(b, "bench_lock")]),
     ] + shmd_progs
     return [p if len(p) == 3 else p + (None,) for p in progs] + py_progs
 
@@ -95,15 +100,27 @@ def targets(cases):
         ("libshm at least 100x Python's Manager on get and set", "libshm", "python_manager", ">=", 100.0,
          ["dict.get.1proc", "dict.set.1proc"]),
         ("libshm within 3x of the floor", "mutex_unordered_map", "libshm", "<=", 3.0,
-         [c for c in cases if c.startswith(("dict.", "list."))]),
+         [c for c in cases if c.startswith(("dict.", "list.")) and not c.startswith("dict.scale.")] +
+         [f"{c}.{op}" for c in cases if c.startswith("dict.scale.") and c.count(".") == 2 for op in ("get", "set")]),
         ("libshm at least 3x Boost's message_queue", "libshm", "boost_message_queue", ">=", 3.0,
-         ["queue.1to1.64B"]),
+         ["queue.1to1.64B", "queue.1to1.64B.d256"]),
         ("libshm at least 100x Python's multiprocessing.Queue", "libshm", "python_mp_queue", ">=", 100.0,
          ["queue.1to1.64B"]),
-        ("libshm at least 1/3 of the SPSC ring floor", "libshm", "spsc_floor", ">=", 1 / 3,
-         ["queue.1to1.64B"]),
+        ("libshm at least 0.8 of the SPSC ring floor", "libshm", "spsc_floor", ">=", 0.8,
+         ["queue.1to1.64B", "queue.1to1.64B.d256"]),
+        ("libshm's put_many/get_many at least 0.9 of the SPSC ring floor", "libshm", "spsc_floor", ">=", 0.9,
+         ["queue.1to1.64B.batch32"]),
+        ("libshm at least 2x Boost's message_queue with several producers or consumers", "libshm",
+         "boost_message_queue", ">=", 2.0,
+         [c for c in cases if c.startswith(("queue.2to2.64B", "queue.4to4.64B", "queue.1to4.64B"))]),
         ("libshm's median round trip within 1.5x of the bare futex ping-pong", "libshm", "futex_floor", "<=", 1.5,
          ["queue.pingpong.64B.p50"]),
+        ("libshm's 99th percentile round trip no worse than the bare futex ping-pong's", "libshm", "futex_floor",
+         "<=", 1.0, ["queue.pingpong.64B.p99"]),
+        ("shm::Mutex's lock + unlock within 1.2x of a bare robust pthread mutex's", "libshm", "robust_pthread",
+         "<=", 1.2, ["lock.uncontended", "lock.2proc"]),
+        ("shm::RecursiveMutex's lock + unlock within 1.2x of a bare robust pthread mutex's", "libshm_recursive",
+         "robust_pthread", "<=", 1.2, ["lock.uncontended", "lock.2proc"]),
         ("libshm 1 MiB items within 2x of one memcpy's bandwidth", "memcpy", "libshm", "<=", 2.0,
          ["queue.1to1.1MiB"]),
         ("Python: libshm.Queue at least 20x multiprocessing.Queue on bytes", "libshm", "python_mp_queue", ">=", 20.0,
@@ -131,6 +148,28 @@ def absolute_targets():
         ("shmd's median delay from SIGKILL to unlink under 10 ms", "shmd", "<", 10.0, "ms",
          ["shmd.reclaim_delay.p50"]),
     ]
+
+
+# Cases a default run leaves out (sixteen processes; a million keys): run
+# with --large, or name them with --only.
+LARGE = ("queue.8to8.64B", "dict.scale.1M")
+
+
+def wanted(case, only, large, cases):
+    """Whether a run with these --only prefixes (and --large or not) takes the
+    case; an --only value may also name one of its figures (.p99)."""
+    if only and not any(case.startswith(o) or owner(o, cases) == case for o in only):
+        return False
+    big = [p for p in LARGE if case.startswith(p)]
+    return large or not big or any(o.startswith(p) for o in only for p in big)
+
+
+def owner(bench, cases):
+    """The case a result line named `bench` answers: the longest case name it
+    is or extends (queue.1to1.64B.d256 is a case of its own, not a figure of
+    queue.1to1.64B)."""
+    mine = [c for c in cases if belongs(bench, c)]
+    return max(mine, key=len) if mine else None
 
 
 def fmt_value(v):
@@ -250,6 +289,8 @@ def main():
                     help="run only the cases whose names start so (repeatable)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of every implementation of a case, taken in turn (figures and ratios are medians)")
+    ap.add_argument("--large", action="store_true",
+                    help="also run the large cases a default run leaves out: " + ", ".join(LARGE))
     a = ap.parse_args()
     if not (0 < a.seconds <= 60) or not (0 <= a.warmup <= 10):
         ap.error("--seconds must be in (0, 60] and --warmup in [0, 10]")
@@ -259,6 +300,7 @@ def main():
     ok = True
     progs = []  # (label, argv, env, cases)
     order = []  # every case once, in the programs' order
+    every = []  # every case of every program, run or not
     for label, argv, env in programs(a.build_dir):
         try:
             p = subprocess.run(argv + ["--list"], stdout=subprocess.PIPE, text=True, timeout=30,
@@ -267,8 +309,13 @@ def main():
             print(f"bench: {label}: cannot run {argv[-1]}: {e}", file=sys.stderr)
             ok = False
             continue
-        cases = [c for c in p.stdout.split() if not a.only or any(c.startswith(o) or belongs(o, c) for o in a.only)]
-        progs.append((label, argv, env, cases))
+        listed = p.stdout.split()
+        progs.append((label, argv, env, listed))
+        every += [c for c in listed if c not in every]
+    # Which cases to run is known once every program has listed its own.
+    progs = [(label, argv, env, [c for c in listed if wanted(c, a.only, a.large, every)])
+             for label, argv, env, listed in progs]
+    for _, _, _, cases in progs:
         order += [c for c in cases if c not in order]
 
     rounds = Rounds()
@@ -282,7 +329,7 @@ def main():
                 extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
                 got, fine = run_program(label, argv, env, extra, timeout=60 + 3 * (a.seconds + a.warmup))
                 for r in got:
-                    if belongs(r["bench"], case):
+                    if owner(r["bench"], every) == case:
                         rounds.add(rnd, r)
                 ok = ok and fine
     results = rounds.results()
@@ -298,7 +345,7 @@ def main():
     # The table's rows: every figure's name, in the order the cases ran.
     rows_order = []
     for case in order:
-        named = [r["bench"] for r in results + skipped if belongs(r["bench"], case)]
+        named = [r["bench"] for r in results + skipped if owner(r["bench"], every) == case]
         rows_order += [b for b in dict.fromkeys(named) if b not in rows_order] or [case]
     value = {(r["bench"], r["impl"]): r["value"] for r in results}
     print()
@@ -308,7 +355,7 @@ def main():
     print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds), "
           "delays (ms) and times per operation (ns): lower is better.")
     print()
-    head = f"{'case':<24} {'impl':<20} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
+    head = f"{'case':<30} {'impl':<26} {'value':>14}  {'unit':<7} {'ratio to libshm':>15}  how"
     print(head)
     print("-" * (len(head) + 40))
     for bench in rows_order:
@@ -320,18 +367,18 @@ def main():
             name = bench if first else ""
             first = False
             if "skipped" in r:
-                print(f"{name:<24} {r['impl']:<20} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
+                print(f"{name:<30} {r['impl']:<26} {'n/a':>14}  {'':<7} {'':>15}  {r['skipped']}")
                 continue
             q = rounds.ratio(bench, r["impl"], base_impl(bench)) if base else None
             ratio = fmt_ratio(q) if q else "n/a"
-            print(f"{name:<24} {r['impl']:<20} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
+            print(f"{name:<30} {r['impl']:<26} {fmt_value(r['value']):>14}  {r['unit']:<7} {ratio:>15}  {r['note']}".rstrip())
         if not rows:
-            print(f"{bench:<24} {'(no result)':<20}")
+            print(f"{bench:<30} {'(no result)':<26}")
 
     print()
     print("targets")
     for title, num, den, op, bound, cases in targets(order):
-        cases = [c for c in cases if any(belongs(c, o) for o in order)]
+        cases = [c for c in cases if owner(c, every) in order]
         if not cases:
             continue
         print(f"  {title}: {num}/{den} {op} {fmt_bound(bound)}")
@@ -345,9 +392,9 @@ def main():
                 unit = next((r["unit"] for r in results if r["bench"] == case and r["impl"] == num), "")
                 verdict, shown = ("met" if met else "MISSED"), (
                     f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})")
-            print(f"    {verdict:<7}{case:<22} {shown}")
+            print(f"    {verdict:<7}{case:<30} {shown}")
     for title, impl, op, bound, unit, cases in absolute_targets():
-        cases = [c for c in cases if any(belongs(c, o) for o in order)]
+        cases = [c for c in cases if owner(c, every) in order]
         if not cases:
             continue
         print(f"  {title}: {impl} {op} {fmt_bound(bound)} {unit}")
@@ -358,7 +405,7 @@ def main():
             else:
                 met = x < bound if op == "<" else x > bound
                 verdict, shown = ("met" if met else "MISSED"), f"{fmt_value(x)} {unit}"
-            print(f"    {verdict:<7}{case:<22} {shown}")
+            print(f"    {verdict:<7}{case:<30} {shown}")
 
     print()
     print(f"results: {os.path.relpath(a.out, ROOT) if a.out.startswith(ROOT) else a.out}")
