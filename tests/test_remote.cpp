@@ -52,6 +52,13 @@ std::string unique(const std::string& base) {
 }
 
 
+std::string read_text(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
 void write_file(const std::string& path, const std::string& text) {
     std::string tmp = path + ".tmp";
     {
@@ -564,4 +571,161 @@ TEST_CASE("remote: an item not acknowledged is delivered again after its lease",
     CHECK(again->deliveries() == 2);
     CHECK(again->ack());
     CHECK(!q.get_for(1500ms));  // acknowledged: never again
+}
+
+TEST_CASE("remote: a lock whose holder is SIGKILLed is free again after the lease, with a larger token",
+          "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("lock");
+    remote::LockOptions lo;
+    lo.lease = 2s;
+    remote::Lock mine = remote::Lock::open_or_create(store, name, lo);
+    CHECK(mine.lease() == 2s);
+    CHECK(mine.token() == 0);
+    CHECK_THROWS_AS(mine.unlock(), shm::lock_error);
+    // Held past several leases: the renewals keep it.
+    REQUIRE(mine.try_lock());
+    const std::uint64_t first = mine.token();
+    CHECK(first > 0);
+    CHECK_THROWS_AS(mine.lock(), shm::lock_error);
+    {
+        remote::Lock other = remote::Lock::open(store, name);
+        CHECK(other.lease() == 2s);
+        for (int i = 0; i < 3; ++i) {
+            std::this_thread::sleep_for(2s);
+            CHECK(!other.try_lock());
+            CHECK(mine.held());
+        }
+    }
+    mine.unlock();
+    CHECK(!mine.held());
+
+    TempDir tmp;
+    const std::string ready = tmp.path + "/ready";
+    pid_t holder = spawn_child({"lock-hold", server.urls(), name, ready});
+    REQUIRE(test::eventually([&] { return ::access(ready.c_str(), F_OK) == 0; }, 60s));
+    const std::uint64_t held_token = std::stoull(read_text(ready));
+    CHECK(held_token > first);
+    CHECK(!mine.try_lock());
+    test::kill_and_reap(holder);
+    // Free again once its lease has run out: no sooner than a renewal
+    // could have kept it, and with a larger token.
+    CHECK(mine.try_lock_for(60s));
+    CHECK(mine.token() > held_token);
+    mine.unlock();
+}
+
+TEST_CASE("remote: the items of a SIGKILLed consumer are delivered again after the lease", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.lease = 2s;
+    auto q = remote::Queue::open_or_create(store, name, o);
+    std::vector<std::string> items;
+    for (int i = 0; i < 10; ++i) items.push_back("job " + std::to_string(i));
+    CHECK(q.put_many(items) == items.size());
+    TempDir tmp;
+    const std::string ready = tmp.path + "/ready";
+    pid_t consumer = spawn_child({"hold", server.urls(), name, "3", ready});
+    REQUIRE(test::eventually([&] { return ::access(ready.c_str(), F_OK) == 0; }, 60s));
+    std::string held = read_text(ready);
+    CHECK(held == "job 0\njob 1\njob 2\n");
+    test::kill_and_reap(consumer);
+    // Everything comes, the killed consumer's three items again, once each.
+    std::map<std::string, std::uint32_t> got;
+    while (got.size() < items.size()) {
+        auto l = q.get_for(60s);
+        REQUIRE(l);
+        CHECK(got.count(l->item()) == 0);
+        got[l->item()] = l->deliveries();
+        CHECK(l->ack());
+    }
+    for (int i = 0; i < 10; ++i) CHECK(got["job " + std::to_string(i)] == (i < 3 ? 2u : 1u));
+    CHECK(q.unfinished() == 0);
+}
+
+TEST_CASE("remote: a server restarted on its file store brings the queue and the dict back", "[remote]") {
+    test::NatsCluster server(1);
+    const std::string qn = unique("q"), dn = unique("d");
+    {
+        remote::Store store = remote::connect(server.urls());
+        auto q = remote::Queue::open_or_create(store, qn);
+        q.put_many({"a", "b", "c"});
+        auto d = remote::Dict::open_or_create(store, dn);
+        d.set("key", "value");
+        d.set("n", 42);
+    }
+    server.restart(0);
+    remote::Store store = remote::connect(server.urls());
+    auto q = remote::Queue::open(store, qn);
+    for (const char* want : {"a", "b", "c"}) {
+        auto l = q.get_for(30s);
+        REQUIRE(l);
+        CHECK(l->item() == want);
+        l->ack();
+    }
+    auto d = remote::Dict::open(store, dn);
+    CHECK(d.get("key").as_string() == "value");
+    CHECK(d.get("n").as_int() == 42);
+    CHECK(d.size() == 2);
+}
+
+TEST_CASE("remote: a server that does not answer fails the call within its bound, clearly", "[remote]") {
+    test::NatsCluster server(1);
+    remote::StoreOptions so;
+    so.request_timeout = 1s;
+    remote::Store store = remote::connect(server.urls(), so);
+    auto d = remote::Dict::open_or_create(store, unique("d"));
+    auto q = remote::Queue::open_or_create(store, unique("q"));
+    d.set("k", 1);
+    server.freeze(0);
+    auto start = std::chrono::steady_clock::now();
+    try {
+        d.get("k");
+        FAIL("a frozen server answered");
+    } catch (const remote::unavailable& e) {
+        CHECK(e.code().value() == ETIMEDOUT);
+        CHECK_THAT(e.what(), Catch::Contains(server.urls()));
+        CHECK_THAT(e.what(), Catch::Contains("dict"));
+    }
+    CHECK_THROWS_AS(q.put("x"), remote::unavailable);
+    // A generous cap, only against a true hang.
+    CHECK(std::chrono::steady_clock::now() - start < 120s);
+    server.thaw(0);
+}
+
+TEST_CASE("remote: connecting to nothing fails clearly, naming the server", "[remote]") {
+    const std::string url = "nats://127.0.0.1:" + std::to_string(test::free_port());
+    remote::StoreOptions so;
+    so.request_timeout = 1s;
+    try {
+        remote::connect(url, so);
+        FAIL("connected to a port nobody listens on");
+    } catch (const remote::unavailable& e) {
+        CHECK_THAT(e.what(), Catch::Contains(url));
+    }
+    CHECK_THROWS_AS(remote::connect("", so), shm::error);
+    CHECK_THROWS_AS(remote::connect(url, [] {
+        remote::StoreOptions o;
+        o.replicas = 9;
+        return o;
+    }()), shm::error);
+}
+
+TEST_CASE("remote: three replicas asked of one server are refused, clearly, and change nothing", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.replicas = 3;
+    CHECK_THROWS_AS(remote::Queue::open_or_create(store, name, o), remote::not_enough_replicas);
+    remote::ObjectOptions r3;
+    r3.replicas = 3;
+    CHECK_THROWS_AS(remote::Dict::open_or_create(store, unique("d"), r3), remote::not_enough_replicas);
+    // The refused name is free: one replica works.
+    CHECK(!store.kind(name));
+    auto q = remote::Queue::open_or_create(store, name);
+    CHECK(q.replicas() == 1);
 }
