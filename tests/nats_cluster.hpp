@@ -6,7 +6,8 @@
 
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
+#include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,8 +21,6 @@
 #include <vector>
 
 #include "shm/remote.hpp"
-
-extern char** environ;
 
 namespace test {
 
@@ -62,20 +61,27 @@ inline int free_port() {
 }
 
 // Run argv with stdout and stderr to `log` (or /dev/null); returns its pid.
+// The child dies with this process (PR_SET_PDEATHSIG), so a test killed
+// midway leaves no server behind. Between fork and exec only
+// async-signal-safe calls: this process has the NATS client's threads.
 inline pid_t spawn(const std::vector<std::string>& argv, const std::string& log = "") {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     const std::string out = log.empty() ? "/dev/null" : log;
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
     std::vector<char*> a;
     for (const std::string& s : argv) a.push_back(const_cast<char*>(s.c_str()));
     a.push_back(nullptr);
-    pid_t pid = -1;
-    int rc = ::posix_spawn(&pid, a[0], &fa, nullptr, a.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    return rc == 0 ? pid : -1;
+    const pid_t parent = ::getpid();
+    pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    int in = ::open("/dev/null", O_RDONLY);
+    int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (in < 0 || fd < 0) ::_exit(127);
+    ::dup2(in, 0);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execv(a[0], a.data());
+    ::_exit(127);
 }
 
 // waitpid with a cap against a hang: the exit status, or -1 (then killed).

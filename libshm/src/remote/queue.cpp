@@ -333,36 +333,48 @@ std::size_t Queue::put_many(const std::vector<std::string>& items) {
         o.PublishAsync.MaxPending = 256;
         o.PublishAsync.ErrHandler = on_async_error;
         o.PublishAsync.ErrHandlerClosure = &q;
-        o.PublishAsync.StallWait = q.store->timeout_ms();
+        o.PublishAsync.StallWait = std::min<std::int64_t>(q.store->timeout_ms(), 1000);
         detail::check(natsConnection_JetStream(&q.async_js, q.store->nc, &o), "putting items on " + q.where);
     }
     const auto never = shm::detail::Deadline::never();
+    // Wait up to wait_ms for the servers' answers to what is in flight;
+    // what got none, or was refused (the queue full, a server lost), is
+    // sent again under its id, waiting for each answer (the servers store
+    // an id once).
+    auto settle = [&](std::int64_t wait_ms) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = wait_ms;
+        if (js_PublishAsyncComplete(q.async_js, &po) != NATS_OK) {
+            natsMsgList pending{nullptr, 0};
+            if (js_PublishAsyncGetPendingList(&pending, q.async_js) == NATS_OK) {
+                for (int i = 0; i < pending.Count; ++i)
+                    put_with_id(q, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
+                natsMsgList_Destroy(&pending);
+            }
+        }
+        std::vector<std::pair<std::string, std::string>> refused;
+        {
+            std::lock_guard<std::mutex> g(q.refused_mu);
+            refused.swap(q.refused);
+        }
+        for (auto& r : refused) put_with_id(q, r.second, r.first, never);
+    };
     for (const std::string& item : items) {
         const std::string id = q.id_prefix + std::to_string(++q.puts);
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MsgId = id.c_str();
+        po.MaxWait = q.store->timeout_ms();  // an answer that never comes is an error, then a retry
         natsStatus s = js_PublishAsync(q.async_js, q.subject.c_str(), item.data(), static_cast<int>(item.size()), &po);
-        if (s != NATS_OK) put_with_id(q, item, id, never);  // not sent: send it now, waiting for its answer
-    }
-    // Wait for the servers' answers; what got none is sent again, under
-    // its id (the servers store an id once).
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = q.store->timeout_ms();
-    if (js_PublishAsyncComplete(q.async_js, &po) != NATS_OK) {
-        natsMsgList pending{nullptr, 0};
-        if (js_PublishAsyncGetPendingList(&pending, q.async_js) == NATS_OK) {
-            for (int i = 0; i < pending.Count; ++i) put_with_id(q, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
-            natsMsgList_Destroy(&pending);
+        if (s != NATS_OK) {
+            // Stalled (the answers stopped coming: a server lost) or not
+            // sent: settle what is in flight, then send this one.
+            settle(std::min<std::int64_t>(q.store->timeout_ms(), 2000));
+            put_with_id(q, item, id, never);
         }
     }
-    std::vector<std::pair<std::string, std::string>> refused;
-    {
-        std::lock_guard<std::mutex> g(q.refused_mu);
-        refused.swap(q.refused);
-    }
-    for (auto& r : refused) put_with_id(q, r.second, r.first, never);
+    settle(q.store->timeout_ms());
     return items.size();
 }
 
