@@ -18,7 +18,7 @@ if [ ${#debs[@]} -eq 0 ]; then
     echo "lintian test: no packages in $DEB_DIR (package.build makes them); skipped"
     exit 77
 fi
-for p in libshm0 libshm-dev shmd python3-libshm; do
+for p in libshm0 libshm-remote0 libshm-dev shmd python3-libshm; do
     ls "$DEB_DIR/${p}_"*.deb >/dev/null 2>&1 || fail "no $p package in $DEB_DIR"
 done
 

@@ -24,7 +24,7 @@ deb() {
     [ -n "$f" ] || { echo "unpack test: no $1 package in $DEB_DIR (package.build makes them); skipped"; exit 77; }
     echo "$f"
 }
-lib=$(deb libshm0) dev=$(deb libshm-dev) tools=$(deb shmd) py=$(deb python3-libshm)
+lib=$(deb libshm0) remote=$(deb libshm-remote0) dev=$(deb libshm-dev) tools=$(deb shmd) py=$(deb python3-libshm)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/libshm-unpack-test.XXXXXX")
 shmdir=""
@@ -36,14 +36,14 @@ trap cleanup EXIT
 root="$tmp/root"
 
 step "versions"
-for f in "$lib" "$dev" "$tools" "$py"; do
+for f in "$lib" "$remote" "$dev" "$tools" "$py"; do
     v=$(dpkg-deb -f "$f" Version)
     [ "${v%%-*}" = "$VERSION" ] || fail "$(basename "$f") is version $v, the project $VERSION"
 done
 echo "  $VERSION"
 
 step "dpkg-deb -x into $root"
-for f in "$lib" "$dev" "$tools" "$py"; do dpkg-deb -x "$f" "$root"; done
+for f in "$lib" "$remote" "$dev" "$tools" "$py"; do dpkg-deb -x "$f" "$root"; done
 
 # has PACKAGE PATTERN: the package holds a file matching the pattern.
 has() {
@@ -54,6 +54,12 @@ has() {
 step "contents"
 has "$lib" '^\./usr/lib/[^/]+/libshm\.so\.[0-9]+$'
 has "$dev" '^\./usr/lib/[^/]+/libshm\.so$'
+has "$remote" '^\./usr/lib/[^/]+/libshm_remote\.so\.[0-9]+$'
+has "$dev" '^\./usr/lib/[^/]+/libshm_remote\.so$'
+has "$dev" '^\./usr/include/shm/remote\.hpp$'
+if dpkg-deb -c "$remote" | awk '{ print $6 }' | grep -vE '^\./usr/(lib/[^/]+/libshm_remote\.so\.|share/doc/libshm-remote0/)' | grep -v '/$'; then
+    fail "libshm-remote0 holds more than the library (above)"
+fi
 has "$dev" '^\./usr/include/shm/shm\.hpp$'
 has "$dev" '^\./usr/lib/[^/]+/cmake/libshm/libshmConfig\.cmake$'
 has "$dev" '^\./usr/lib/[^/]+/cmake/shm/shmConfig\.cmake$'
