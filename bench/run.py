@@ -67,8 +67,9 @@ def programs(build_dir):
     shmd_progs = [("shmd: SIGKILL to unlink (and shmctl gc)", [shmd])] if os.path.exists(shmd) else []
     # The remote cases (remote.*) on the nats-server main() starts: the bare
     # C client (built when libnats is) and Python's BaseManager over TCP.
-    floor = os.path.join(b, "bench_remote_floor")
-    remote_progs = ([("floor: the bare NATS C client", [floor])] if os.path.exists(floor) else []) + [
+    floor, remote = os.path.join(b, "bench_remote_floor"), os.path.join(b, "bench_remote_libshm")
+    remote_progs = ([("libshm's remote Queue and Dict", [remote])] if os.path.exists(remote) else []) + (
+        [("floor: the bare NATS C client", [floor])] if os.path.exists(floor) else []) + [
         ("Python BaseManager over TCP", [sys.executable, os.path.join(ROOT, "bench", "remote_manager.py")])]
     # The Python package's cases (py.*), with the interpreter it is built for.
     py = package_python(build_dir)
