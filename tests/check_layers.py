@@ -16,6 +16,9 @@ folder owns):
               shm/sync.hpp, queue.hpp, container.hpp, shared_array.hpp
   4 client    libshm/src/client: the daemon client and its protocol
   5 admin     libshm/src/admin: inspection, gc, rm, status; shm/admin.hpp
+  5 remote    libshm/src/remote: the objects over NATS JetStream, a library
+              of its own (shm::remote); shm/remote.hpp. It includes the
+              public headers below it; nothing of the library includes it.
   6 umbrella  shm/shm.hpp (for programs, never for the library itself)
 
 A file may include what is in its own layer or below, except that objects
@@ -32,9 +35,9 @@ import sys
 BASE = {"error.hpp", "names.hpp", "object_kind.hpp", "deadline.hpp", "version.hpp", "hash.hpp"}
 PUBLIC = {"segment.hpp": "store", "allocator.hpp": "store", "mutex.hpp": "core", "sync.hpp": "objects", "queue.hpp": "objects",
           "container.hpp": "objects", "shared_array.hpp": "objects", "work_queue.hpp": "objects",
-          "admin.hpp": "admin", "pool.hpp": "pool", "shm.hpp": "umbrella"}
+          "admin.hpp": "admin", "pool.hpp": "pool", "remote.hpp": "remote", "shm.hpp": "umbrella"}
 RANK = {"base": 0, "platform": 1, "core": 2, "store": 3, "objects": 4, "client": 4, "admin": 5, "pool": 5,
-        "umbrella": 6}
+        "remote": 5, "umbrella": 6}
 SIBLINGS = {("objects", "client"), ("client", "objects")}
 INCLUDE = re.compile(r'^\s*#\s*include\s+[<"]([^>"]+)[>"]', re.M)
 

@@ -1,0 +1,478 @@
+// shm::remote — the Queue, Dict, List, Lock and Event of libshm, across
+// hosts, over a NATS JetStream server or cluster (nats-server 2.9 and up,
+// with JetStream enabled: `nats-server -js`). A separate library,
+// shm::remote (libshm_remote), built when the NATS C client is found;
+// programs that do not use it do not link it.
+//
+//     shm::remote::Store store = shm::remote::connect("nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+//     auto q = shm::remote::Queue::open_or_create(store, "jobs");
+//     q.put("task 1");                          // producer, on any host
+//     shm::remote::Lease l = q.get();           // consumer, on any host
+//     run(l.item());
+//     l.ack();                                  // never delivered again
+//
+// The objects mirror the local ones (queue.hpp, work_queue.hpp,
+// container.hpp, sync.hpp): the same method names, the same std::chrono
+// _for/_until forms, try_/_nowait forms and exceptions (shm::full,
+// shm::empty, shm::key_error, shm::index_error, shm::lock_error, ...), so
+// that code written against that shared interface runs on both. What
+// differs, because the objects live on servers and not in this host's
+// memory:
+//
+//   * Liveness is a time-out. A consumer's items, and a lock's hold, are
+//     leases: if the process that holds one dies, or is cut off from the
+//     servers, the item is delivered again (the lock is free again) once
+//     the lease has run out, not at once as on one host.
+//   * Delivery is at least once: an item is delivered again if its lease
+//     runs out before it is acknowledged, even to a consumer that is alive
+//     but slow. Lease::ack() makes it final.
+//   * Dict::update(key, fn), List::update() and increment() are
+//     compare-and-set loops: fn may run more than once (with the newer
+//     value each time), so it must have no side effects.
+//   * Every call that talks to the servers waits at most
+//     StoreOptions::request_timeout (5 s by default) for an answer, and
+//     throws shm::remote::unavailable, naming the servers and the object,
+//     when none comes. Calls that wait for the object (get() on an empty
+//     queue, lock() of a held lock, Event::wait()) wait as long as asked,
+//     and fail the same way if the servers stop answering meanwhile.
+//
+// Handles: a Store is a connection, shared by the objects opened from it
+// (they keep it alive); it may be copied. Store, Dict, List and Event
+// handles may be used by several threads at once. A Queue or a Lock handle
+// belongs to one thread at a time (a Lock's hold belongs to the handle:
+// open one handle per thread that locks). A handle must not be used in a
+// child made by fork(): connect again there (after exec, ideally).
+//
+// See docs/remote.md for the layout on the servers and the guarantees.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "shm/container.hpp"  // shm::Value, key_error, index_error
+#include "shm/deadline.hpp"
+#include "shm/error.hpp"
+
+namespace shm::remote {
+
+// ---- errors ------------------------------------------------------------------
+// No server of the list could be reached, or the servers did not answer a
+// request within StoreOptions::request_timeout. The message names the
+// servers and the object. errno EHOSTUNREACH (connect) or ETIMEDOUT.
+class unavailable : public shm::error {
+public:
+    unavailable(int errnum, const std::string& what) : shm::error(errnum, what) {}
+};
+
+// The object asks for more replicas than the servers can give (3 replicas
+// on a single server, or on a cluster with fewer than 3 servers with
+// JetStream up). errno EINVAL.
+class not_enough_replicas : public shm::error {
+public:
+    explicit not_enough_replicas(const std::string& what) : shm::error(EINVAL, what) {}
+};
+
+// The name is taken by an object of another kind (a Dict opened as a
+// Queue), or the stream/bucket on the servers has a layout this library
+// did not make. A shm::type_mismatch (errno EINVAL).
+class layout_mismatch : public shm::type_mismatch {
+public:
+    explicit layout_mismatch(const std::string& what) : shm::type_mismatch(what) {}
+};
+
+// ---- the store ---------------------------------------------------------------
+struct StoreOptions {
+    // The longest any one request to the servers may wait for its answer
+    // (also the connect time-out per server).
+    std::chrono::milliseconds request_timeout{5000};
+    // Replicas of the objects created through this store (each object may
+    // set its own): 1 or 3 (JetStream allows up to 5). 0: 3 when the
+    // servers report 3 or more servers in their cluster, else 1.
+    int replicas = 0;
+    // Defaults of the objects' own options (QueueOptions, LockOptions).
+    std::chrono::milliseconds lock_lease{10000};
+    std::chrono::milliseconds ack_wait{30000};
+    std::uint32_t max_deliveries = 4;
+    // The name this client shows to the servers (monitoring); "" for none.
+    std::string client_name;
+};
+
+namespace detail {
+struct StoreState;
+struct QueueState;
+struct LeaseState;
+struct KvState;
+struct LockState;
+}  // namespace detail
+
+class Store {
+public:
+    // The servers as given to connect(), comma-separated.
+    const std::string& servers() const noexcept;
+    // The replicas objects get unless their options say otherwise (1 or 3,
+    // or as StoreOptions::replicas set it).
+    int replicas() const noexcept;
+    const StoreOptions& options() const noexcept;
+    // Servers this client knows of right now (those given and those the
+    // cluster announced).
+    std::vector<std::string> known_servers() const;
+
+    // Delete the object `name` (any kind) and its contents from the
+    // servers. False if there was none. Handles open on it fail afterwards.
+    bool remove(std::string_view name);
+    // The kind of the object `name` ("queue", "dict", "list", "lock",
+    // "event"), or nullopt if there is none.
+    std::optional<std::string> kind(std::string_view name);
+
+    explicit Store(std::shared_ptr<detail::StoreState> s) : s_(std::move(s)) {}
+    const std::shared_ptr<detail::StoreState>& state() const noexcept { return s_; }
+
+private:
+    std::shared_ptr<detail::StoreState> s_;
+};
+
+// Connect to the servers, "nats://host:port" or several of them separated
+// by commas (the client fails over between them and learns the rest of
+// the cluster from them). Throws shm::remote::unavailable naming the
+// servers when none answers within the request time-out, and
+// shm::remote::unavailable (ENOTSUP) when the server has no JetStream.
+Store connect(std::string_view servers, const StoreOptions& opt = {});
+
+// Object names follow the local rules (names.hpp): 1 to 63 characters of
+// [A-Za-z0-9._:/-], not starting with '/'. One name is one object, of one
+// kind, in a store (as in a segment).
+
+// ---- Queue -------------------------------------------------------------------
+// A work queue: a JetStream stream with work-queue retention (an item is
+// deleted once acknowledged) and a durable pull consumer with explicit
+// acknowledgement, shared by all the queue's consumers. The shape of
+// shm::WorkQueue (get() gives a Lease, ack() ends it), plus task_done() and
+// join() as in the JoinableQueue.
+struct QueueOptions {
+    std::uint32_t max_items = 1024;      // items held at most: waiting, leased (and dead letters)
+    std::uint32_t max_item_size = 1 << 20;  // bytes (up to the server's max_payload, 1 MiB by default)
+    // An item got and not acknowledged within this time is delivered again
+    // (to any consumer). 0: the store's ack_wait (30 s by default).
+    std::chrono::milliseconds lease{0};
+    // Deliveries before an item is given up on (a dead letter: it stays,
+    // counted by unfinished(), until purge()). 0: the store's (4).
+    std::uint32_t max_deliveries = 0;
+    int replicas = 0;  // 0: the store's
+};
+
+class Queue;
+
+// One delivery of an item. ack() once done; until then the item is
+// leased, and it is delivered again if the lease runs out first.
+class Lease {
+public:
+    Lease();
+    Lease(Lease&&) noexcept;
+    Lease& operator=(Lease&&) noexcept;
+    ~Lease();
+
+    const std::string& item() const noexcept { return item_; }
+    std::uint32_t deliveries() const noexcept { return deliveries_; }  // 1 the first time
+    std::uint64_t id() const noexcept { return id_; }  // the item's sequence in the stream
+    // Acknowledge, and wait for the server to confirm (up to the request
+    // time-out). True once confirmed: the item is never delivered again.
+    // False if the server did not confirm (not acknowledged, or the
+    // confirmation was lost: the item may be delivered again).
+    bool ack();
+    // Give the item back now, to be delivered again at once.
+    void nak();
+    // Ask for another full lease (for long work).
+    void extend();
+    bool acked() const noexcept { return acked_; }
+
+private:
+    friend class Queue;
+    friend struct detail::QueueState;
+    std::shared_ptr<detail::LeaseState> s_;
+    std::string item_;
+    std::uint32_t deliveries_ = 0;
+    std::uint64_t id_ = 0;
+    bool acked_ = false;
+};
+
+class Queue {
+public:
+    // shm::already_exists if the name is taken.
+    static Queue create(Store& store, std::string_view name, const QueueOptions& opt = {});
+    // Open it, creating it with `opt` if absent (an existing queue keeps its
+    // options, as a local one does). shm::remote::layout_mismatch if the
+    // name is another kind of object.
+    static Queue open_or_create(Store& store, std::string_view name, const QueueOptions& opt = {});
+    static Queue open(Store& store, std::string_view name);  // shm::not_found if absent
+
+    // ---- put: blocks while full (max_items waiting and leased) ------------
+    // An item is in the queue once put() returns: the servers have stored
+    // it (on a majority of the replicas). A put that had to be retried
+    // (a server lost meanwhile) is stored once (message ids).
+    // shm::error (EMSGSIZE) for an item over max_item_size.
+    void put(std::string_view item) { put_until(item, shm::detail::Deadline::never()); }
+    template <class Rep, class Period>
+    bool put_for(std::string_view item, const std::chrono::duration<Rep, Period>& d) {
+        return put_until(item, shm::detail::Deadline::in(d));
+    }
+    bool try_put(std::string_view item);     // false when full
+    void put_nowait(std::string_view item);  // shm::full when full
+    bool put_until(std::string_view item, const shm::detail::Deadline& d);
+
+    // ---- get: blocks while empty --------------------------------------------
+    Lease get();
+    template <class Rep, class Period>
+    std::optional<Lease> get_for(const std::chrono::duration<Rep, Period>& d) {
+        return get_until(shm::detail::Deadline::in(d));
+    }
+    // One short request to the servers (not instantaneous, as a local
+    // try_get is): nullopt if nothing is waiting.
+    std::optional<Lease> try_get();
+    Lease get_nowait();  // shm::empty when empty
+    std::optional<Lease> get_until(const shm::detail::Deadline& d);
+
+    // ---- JoinableQueue ---------------------------------------------------------
+    // Acknowledge the oldest item got through this handle and not yet
+    // acknowledged (Python's task_done()). shm::error (EINVAL) if there is
+    // none. Returns Lease::ack()'s result.
+    bool task_done();
+    // Wait until every item put has been acknowledged (unfinished() is 0:
+    // dead letters count until purge()). join() waits as long as that takes.
+    void join() { join_until(shm::detail::Deadline::never()); }
+    template <class Rep, class Period>
+    bool join_for(const std::chrono::duration<Rep, Period>& d) {
+        return join_until(shm::detail::Deadline::in(d));
+    }
+    bool join_until(const shm::detail::Deadline& d);
+
+    // ---- state: snapshots, from the servers -------------------------------
+    std::size_t qsize() const;       // waiting to be delivered
+    bool empty() const { return qsize() == 0; }
+    bool full() const;
+    std::size_t leased() const;      // delivered and not yet acknowledged
+    std::size_t unfinished() const;  // put and not yet acknowledged (dead letters too)
+    std::uint32_t max_items() const noexcept;
+    std::uint32_t max_item_size() const noexcept;
+    std::uint32_t max_deliveries() const noexcept;
+    std::chrono::milliseconds lease() const noexcept;
+    int replicas() const noexcept;
+    const std::string& name() const noexcept;
+    // Drop every item, waiting, leased or dead.
+    void purge();
+
+    explicit Queue(std::shared_ptr<detail::QueueState> s) : s_(std::move(s)) {}
+
+private:
+    std::shared_ptr<detail::QueueState> s_;
+};
+
+// ---- Dict and List ---------------------------------------------------------------
+// A key-value bucket per object (history 1). Values are shm::Value:
+// null, bool, int, double, string, bytes, and nested lists and dicts,
+// which are stored as values (copies): a nested container read back is a
+// new container (Value::is_new_container(), new_list_items() /
+// new_dict_items()), not a shared handle as in a segment.
+// Keys are any byte strings (the empty string too); they are stored
+// encoded, since the servers take only [-/_=.a-zA-Z0-9] in keys.
+// Limits: a value (a List: the whole list) up to max_item_size of the
+// servers (1 MiB by default).
+struct ObjectOptions {
+    int replicas = 0;  // 0: the store's
+};
+
+class Dict {
+public:
+    static Dict open_or_create(Store& store, std::string_view name, const ObjectOptions& opt = {});
+    static Dict open(Store& store, std::string_view name);  // shm::not_found if absent
+
+    Value get(std::string_view key) const;  // shm::key_error if missing
+    Value at(std::string_view key) const { return get(key); }
+    Value get(std::string_view key, const Value& dflt) const;
+    template <class T>
+    T get(std::string_view key) const { return get(key).as<T>(); }
+    std::optional<Value> find(std::string_view key) const;
+
+    void set(std::string_view key, const Value& v);
+    bool erase(std::string_view key);  // false if missing
+    Value pop(std::string_view key);   // shm::key_error if missing
+    Value pop(std::string_view key, const Value& dflt);
+    bool contains(std::string_view key) const;
+    // A scan of the bucket: a snapshot of each key, not of all at one instant.
+    std::size_t size() const;
+    bool empty() const { return size() == 0; }
+    void clear();
+    std::vector<std::string> keys() const;
+    std::vector<Value> values() const;
+    std::vector<std::pair<std::string, Value>> items() const;
+    void update(const std::vector<std::pair<std::string, Value>>& items);  // one set() each
+    // Set it only if absent (one atomic create); returns the value now there.
+    Value setdefault(std::string_view key, const Value& dflt);
+    // Atomic read-modify-write by compare-and-set: fn gets the current value
+    // (null if missing) and its result is stored if nobody changed the key
+    // meanwhile; else fn runs again with the newer value. fn may run more
+    // than once. An exception from fn changes nothing.
+    Value update(std::string_view key, const std::function<Value(const Value&)>& fn);
+    // d[key] += n, atomically (by compare-and-set); a missing key counts
+    // from 0. Returns the new value. As the local Dict's increment().
+    std::int64_t increment(std::string_view key) { return increment_int(key, 1); }
+    template <class N, std::enable_if_t<std::is_integral_v<N> && !std::is_same_v<N, bool>, int> = 0>
+    std::int64_t increment(std::string_view key, N n) {
+        return increment_int(key, static_cast<std::int64_t>(n));
+    }
+    double increment(std::string_view key, double n);
+
+    const std::string& name() const noexcept;
+    explicit Dict(std::shared_ptr<detail::KvState> s) : s_(std::move(s)) {}
+
+private:
+    std::int64_t increment_int(std::string_view key, std::int64_t n);
+    std::shared_ptr<detail::KvState> s_;
+};
+
+// The whole list is one value of its bucket, replaced by compare-and-set at
+// every change: each operation is atomic, and costs the size of the whole
+// list on the wire (twice for a change). Meant for lists of up to some
+// thousands of small items; use a Dict or a Queue for more.
+class List {
+public:
+    static List open_or_create(Store& store, std::string_view name, const ObjectOptions& opt = {});
+    static List open(Store& store, std::string_view name);
+
+    void append(const Value& v);
+    void extend(const std::vector<Value>& vs);
+    void insert(std::int64_t index, const Value& v);  // Python semantics: clamps
+    Value get(std::int64_t index) const;               // negative from the end; shm::index_error
+    Value at(std::int64_t index) const { return get(index); }
+    template <class T>
+    T get(std::int64_t index) const { return get(index).as<T>(); }
+    void set(std::int64_t index, const Value& v);
+    Value pop(std::int64_t index = -1);
+    void remove(const Value& v);              // first equal item; shm::error (ENOENT) if none
+    std::size_t index(const Value& v) const;  // shm::error (ENOENT) if none
+    std::size_t count(const Value& v) const;
+    std::size_t size() const;
+    bool empty() const { return size() == 0; }
+    void clear();
+    std::vector<Value> snapshot() const;
+    std::vector<Value> slice(std::int64_t start, std::int64_t stop) const;
+    // Atomically replace the item at index with fn(item) (compare-and-set:
+    // fn may run more than once); returns it.
+    Value update(std::int64_t index, const std::function<Value(const Value&)>& fn);
+    void assign(const std::vector<Value>& items);
+    bool assign_if(const std::vector<Value>& expected, const std::vector<Value>& items);
+
+    const std::string& name() const noexcept;
+    explicit List(std::shared_ptr<detail::KvState> s) : s_(std::move(s)) {}
+
+private:
+    std::shared_ptr<detail::KvState> s_;
+};
+
+// ---- Lock ----------------------------------------------------------------------
+// A lock with a lease and a fencing token. The hold is a key of the lock's
+// bucket; the bucket's entries expire after the lease (its max age), and
+// while the lock is held a thread of this handle rewrites the key every
+// lease/3, renewing it. If the holder dies, or is cut off from the servers
+// for a lease, the key expires and the lock is free again: liveness across
+// hosts is a time-out. So a holder cut off long enough may still believe it
+// holds the lock after another process took it; every acquisition
+// therefore carries a fencing token, an increasing number (the key's
+// revision), that a resource given the token can check (docs/remote.md).
+// Lockable: std::lock_guard and std::unique_lock work.
+struct LockOptions {
+    std::chrono::milliseconds lease{0};  // 0: the store's lock_lease (10 s)
+    int replicas = 0;                    // 0: the store's
+};
+
+class Lock {
+public:
+    // An existing lock keeps its lease.
+    static Lock open_or_create(Store& store, std::string_view name, const LockOptions& opt = {});
+    static Lock open(Store& store, std::string_view name);
+    Lock(Lock&&) noexcept;
+    Lock& operator=(Lock&&) noexcept;
+    ~Lock();  // releases a hold
+
+    // Blocks while another holder has it (or until its lease runs out).
+    // shm::lock_error (EDEADLK) if this handle holds it already.
+    void lock() { try_lock_until(shm::detail::Deadline::never()); }
+    bool try_lock();  // one attempt (a request to the servers)
+    template <class Rep, class Period>
+    bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+        return try_lock_until(shm::detail::Deadline::in(d));
+    }
+    template <class Clock, class Duration>
+    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
+        return try_lock_until(shm::detail::Deadline::at(tp));
+    }
+    bool try_lock_until(const shm::detail::Deadline& d);
+    // Release the hold. shm::lock_error (EPERM) if this handle does not
+    // hold it. If the lease had run out and another holder took the lock,
+    // this changes nothing on the servers (the other holder keeps it).
+    void unlock();
+
+    // The fencing token of this handle's current hold (the revision of the
+    // write that acquired it; every acquisition gets a larger one), 0 when
+    // not held.
+    std::uint64_t token() const noexcept;
+    // True while this handle holds the lock as far as it knows: false after
+    // unlock(), or once a renewal found the hold lost (the lease ran out
+    // and, maybe, another process took it).
+    bool held() const noexcept;
+    std::chrono::milliseconds lease() const noexcept;
+    const std::string& name() const noexcept;
+
+    explicit Lock(std::shared_ptr<detail::LockState> s);
+
+private:
+    std::shared_ptr<detail::LockState> s_;
+};
+
+// ---- Event ---------------------------------------------------------------------
+// A flag in a bucket. A waiter woken by set() returns true even if clear()
+// followed at once (as the local Event and Python's).
+class Event {
+public:
+    static Event open_or_create(Store& store, std::string_view name, const ObjectOptions& opt = {});
+    static Event open(Store& store, std::string_view name);
+
+    void set();
+    void clear();
+    bool is_set() const;
+    void wait() { wait_until(shm::detail::Deadline::never()); }
+    template <class Rep, class Period>
+    bool wait_for(const std::chrono::duration<Rep, Period>& d) {
+        return wait_until(shm::detail::Deadline::in(d));
+    }
+    template <class Clock, class Duration>
+    bool wait_until(const std::chrono::time_point<Clock, Duration>& tp) {
+        return wait_until(shm::detail::Deadline::at(tp));
+    }
+    bool wait_until(const shm::detail::Deadline& d);  // true if set, false on time-out
+
+    const std::string& name() const noexcept;
+    explicit Event(std::shared_ptr<detail::KvState> s) : s_(std::move(s)) {}
+
+private:
+    std::shared_ptr<detail::KvState> s_;
+};
+
+// ---- the encoding of values ---------------------------------------------------
+// How Dict and List values are stored (docs/remote.md): public so that
+// other clients (the Python package) read and write the same bytes.
+// decode_value() of bytes it did not make throws shm::corrupted.
+std::string encode_value(const Value& v);
+Value decode_value(std::string_view bytes);
+// The KV key for a Dict key, and back (shm::corrupted for a key of another form).
+std::string encode_key(std::string_view key);
+std::string decode_key(std::string_view kv_key);
+
+}  // namespace shm::remote

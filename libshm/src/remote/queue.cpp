@@ -1,0 +1,451 @@
+// shm::remote::Queue: a JetStream stream with work-queue retention and
+// DiscardNew at max_items, one durable pull consumer ("shm") with explicit
+// acknowledgement that all consumers of the queue share.
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <deque>
+#include <random>
+#include <thread>
+
+#include "remote/internal.hpp"
+
+namespace shm::remote {
+namespace detail {
+
+namespace {
+constexpr const char* kConsumer = "shm";
+
+std::int64_t now_ms() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return static_cast<std::int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
+}
+
+// Waits between retries: grows from 5 ms to 200 ms, never past d.
+void backoff(int& step, const shm::detail::Deadline& d) {
+    std::int64_t ms = std::min<std::int64_t>(200, 5LL << std::min(step, 6));
+    ++step;
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms_left(d, ms)));
+}
+
+// Tracks how long the servers have not answered, across the retries of
+// one call: past the request time-out, the call fails.
+struct Outage {
+    std::int64_t since = 0;
+    void ok() { since = 0; }
+    void failed(natsStatus s, jsErrCode jerr, const StoreState& st, const std::string& what) {
+        if (since == 0) since = now_ms();
+        if (now_ms() - since >= st.timeout_ms()) fail(s, jerr, what);
+    }
+};
+}  // namespace
+
+struct LeaseState {
+    std::shared_ptr<StoreState> store;  // keeps the connection alive
+    natsMsg* msg = nullptr;
+    std::atomic<bool> acked{false};
+    ~LeaseState() {
+        if (msg) natsMsg_Destroy(msg);
+    }
+};
+
+struct QueueState {
+    std::shared_ptr<StoreState> store;
+    std::string name, stream, subject, where;
+    std::uint32_t max_items = 0, max_item_size = 0, max_deliveries = 0;
+    std::chrono::milliseconds lease{0};
+    int replicas = 1;
+    natsSubscription* sub = nullptr;  // made by the first get
+    std::string id_prefix;             // message ids: unique per handle
+    std::uint64_t puts = 0;
+    std::deque<std::shared_ptr<LeaseState>> taken;  // for task_done()
+    ~QueueState() {
+        if (sub) {
+            natsSubscription_Unsubscribe(sub);
+            natsSubscription_Destroy(sub);
+        }
+    }
+
+    Lease make_lease(natsMsg* m);
+    jsStreamInfo* stream_info() const {
+        jsStreamInfo* si = nullptr;
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        jsOptions o = store->js_options();
+        natsStatus s = js_GetStreamInfo(&si, store->js, stream.c_str(), &o, &jerr);
+        if (s != NATS_OK) fail(s, jerr, "reading the state of " + where);
+        return si;
+    }
+    jsConsumerInfo* consumer_info() const {
+        jsConsumerInfo* ci = nullptr;
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        jsOptions o = store->js_options();
+        natsStatus s = js_GetConsumerInfo(&ci, store->js, stream.c_str(), kConsumer, &o, &jerr);
+        if (s != NATS_OK) fail(s, jerr, "reading the consumer of " + where);
+        return ci;
+    }
+    void subscribe() {
+        if (sub) return;
+        jsOptions o = store->js_options();
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = stream.c_str();
+        so.Consumer = kConsumer;
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        natsStatus s = js_PullSubscribe(&sub, store->js, subject.c_str(), kConsumer, &o, &so, &jerr);
+        if (s != NATS_OK) {
+            sub = nullptr;
+            fail(s, jerr, "subscribing to " + where);
+        }
+    }
+};
+
+Queue open_queue(Store& store, std::string_view name, const QueueOptions& opt, bool create, bool exclusive) {
+    StoreState& st = *store.state();
+    auto q = std::make_shared<QueueState>();
+    q->store = store.state();
+    q->name = std::string(name);
+    q->stream = server_name(Kind::queue, name);
+    q->subject = queue_subject(name);
+    q->where = st.where(Kind::queue, name);
+    if (opt.max_items < 1) throw shm::error(EINVAL, "shm::remote::Queue: max_items must be at least 1 (" + q->where + ")");
+    if (opt.max_item_size < 1 || opt.max_item_size > (64u << 20))
+        throw shm::error(EINVAL, "shm::remote::Queue: max_item_size must be 1 .. 64 MiB (" + q->where + ")");
+    bool created = false;
+    st.claim(Kind::queue, name, create, &created);
+    if (exclusive && !created) throw shm::already_exists("shm::remote: " + q->where + " exists already");
+
+    const std::string marker = layout_marker(Kind::queue);
+    jsOptions o = st.js_options();
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsStreamInfo* si = nullptr;
+    natsStatus s = js_GetStreamInfo(&si, st.js, q->stream.c_str(), &o, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        jsStreamConfig cfg;
+        jsStreamConfig_Init(&cfg);
+        const char* subjects[] = {q->subject.c_str()};
+        cfg.Name = q->stream.c_str();
+        cfg.Description = marker.c_str();
+        cfg.Subjects = subjects;
+        cfg.SubjectsLen = 1;
+        cfg.Retention = js_WorkQueuePolicy;
+        cfg.MaxMsgs = opt.max_items;
+        cfg.MaxMsgSize = static_cast<std::int32_t>(opt.max_item_size);
+        cfg.Discard = js_DiscardNew;
+        cfg.Storage = js_FileStorage;
+        cfg.Replicas = st.replicas_for(opt.replicas);
+        cfg.Duplicates = 120LL * 1000 * 1000 * 1000;  // the window of put retries' ids: 2 minutes
+        jerr = static_cast<jsErrCode>(0);
+        s = js_AddStream(&si, st.js, &cfg, &o, &jerr);
+        if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+            jerr = static_cast<jsErrCode>(0);
+            s = js_GetStreamInfo(&si, st.js, q->stream.c_str(), &o, &jerr);
+        }
+        if (s != NATS_OK && created) kvStore_Purge(st.catalogue_bucket(), encode_key(name).c_str(), nullptr);
+    }
+    if (s != NATS_OK) fail(s, jerr, "opening " + q->where);
+    std::string desc = si->Config && si->Config->Description ? si->Config->Description : "";
+    if (desc != marker || si->Config->Retention != js_WorkQueuePolicy) {
+        jsStreamInfo_Destroy(si);
+        throw layout_mismatch("shm::remote: the stream " + q->stream + " of " + q->where +
+                              " was not made by libshm as a queue (its description: '" + desc + "')");
+    }
+    q->max_items = static_cast<std::uint32_t>(si->Config->MaxMsgs);
+    q->max_item_size = static_cast<std::uint32_t>(si->Config->MaxMsgSize);
+    q->replicas = static_cast<int>(si->Config->Replicas);
+    jsStreamInfo_Destroy(si);
+
+    // The consumer: made once, by whoever opens the queue first; an
+    // existing one keeps its lease and max deliveries.
+    jsConsumerInfo* ci = nullptr;
+    jerr = static_cast<jsErrCode>(0);
+    s = js_GetConsumerInfo(&ci, st.js, q->stream.c_str(), kConsumer, &o, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        jsConsumerConfig cc;
+        jsConsumerConfig_Init(&cc);
+        cc.Durable = kConsumer;
+        cc.AckPolicy = js_AckExplicit;
+        std::chrono::milliseconds lease = opt.lease.count() > 0 ? opt.lease : st.opt.ack_wait;
+        cc.AckWait = static_cast<std::int64_t>(lease.count()) * 1000000;
+        std::uint32_t maxdel = opt.max_deliveries > 0 ? opt.max_deliveries : st.opt.max_deliveries;
+        cc.MaxDeliver = maxdel > 0 ? maxdel : -1;
+        cc.MaxAckPending = -1;
+        jerr = static_cast<jsErrCode>(0);
+        s = js_AddConsumer(&ci, st.js, q->stream.c_str(), &cc, &o, &jerr);
+        if (s != NATS_OK) {
+            // Made meanwhile by another process: read it.
+            jsErrCode jerr2 = static_cast<jsErrCode>(0);
+            if (js_GetConsumerInfo(&ci, st.js, q->stream.c_str(), kConsumer, &o, &jerr2) == NATS_OK) s = NATS_OK;
+        }
+    }
+    if (s != NATS_OK) fail(s, jerr, "opening the consumer of " + q->where);
+    q->lease = std::chrono::milliseconds(ci->Config->AckWait / 1000000);
+    q->max_deliveries = ci->Config->MaxDeliver > 0 ? static_cast<std::uint32_t>(ci->Config->MaxDeliver) : 0;
+    jsConsumerInfo_Destroy(ci);
+
+    std::random_device rd;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%08x%08x-%d-", rd(), rd(), static_cast<int>(getpid()));
+    q->id_prefix = buf;
+    return Queue(q);
+}
+
+}  // namespace detail
+
+using detail::fail;
+
+// ---- Lease ---------------------------------------------------------------------
+Lease::Lease() = default;
+Lease::Lease(Lease&&) noexcept = default;
+Lease& Lease::operator=(Lease&&) noexcept = default;
+Lease::~Lease() = default;
+
+bool Lease::ack() {
+    if (!s_ || acked_) return false;
+    if (s_->acked.exchange(true)) {
+        acked_ = true;
+        return false;
+    }
+    jsOptions o = s_->store->js_options();
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = natsMsg_AckSync(s_->msg, &o, &jerr);
+    acked_ = true;
+    return s == NATS_OK;
+}
+
+void Lease::nak() {
+    if (!s_ || acked_ || s_->acked.exchange(true)) return;
+    jsOptions o = s_->store->js_options();
+    natsStatus s = natsMsg_Nak(s_->msg, &o);
+    acked_ = true;
+    if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), "giving an item back");
+}
+
+void Lease::extend() {
+    if (!s_ || acked_) return;
+    jsOptions o = s_->store->js_options();
+    natsStatus s = natsMsg_InProgress(s_->msg, &o);
+    if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), "extending a lease");
+}
+
+// ---- Queue ---------------------------------------------------------------------
+Queue Queue::create(Store& store, std::string_view name, const QueueOptions& opt) {
+    return detail::open_queue(store, name, opt, true, true);
+}
+Queue Queue::open_or_create(Store& store, std::string_view name, const QueueOptions& opt) {
+    return detail::open_queue(store, name, opt, true, false);
+}
+Queue Queue::open(Store& store, std::string_view name) { return detail::open_queue(store, name, {}, false, false); }
+
+namespace {
+// One publish attempt: 1 stored, 0 full, -1 servers did not answer.
+int publish(detail::QueueState& q, std::string_view item, const std::string& id, natsStatus* st, jsErrCode* jerr) {
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id.c_str();
+    po.MaxWait = q.store->timeout_ms();
+    jsPubAck* pa = nullptr;
+    *jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_Publish(&pa, q.store->js, q.subject.c_str(), item.data(), static_cast<int>(item.size()), &po, jerr);
+    if (pa) jsPubAck_Destroy(pa);
+    *st = s;
+    if (s == NATS_OK) return 1;
+    std::string text = detail::last_error_text(s);
+    if (text.find("maximum messages") != std::string::npos || text.find("maximum bytes") != std::string::npos)
+        return 0;
+    if (text.find("message size") != std::string::npos || text.find("maximum payload") != std::string::npos ||
+        s == NATS_MAX_PAYLOAD)
+        throw shm::error(EMSGSIZE, "shm::remote: an item of " + std::to_string(item.size()) + " bytes is over the limit of " +
+                                       q.where + ": " + text);
+    if (detail::transient(s, *jerr) || s == NATS_NOT_FOUND) return -1;  // not found: a stream leader moving
+    fail(s, *jerr, "putting an item on " + q.where);
+}
+}  // namespace
+
+bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
+    detail::QueueState& q = *s_;
+    if (item.size() > q.max_item_size)
+        throw shm::error(EMSGSIZE, "shm::remote: an item of " + std::to_string(item.size()) +
+                                       " bytes is over max_item_size (" + std::to_string(q.max_item_size) + ") of " +
+                                       q.where);
+    const std::string id = q.id_prefix + std::to_string(++q.puts);
+    detail::Outage outage;
+    int step = 0;
+    for (;;) {
+        natsStatus s;
+        jsErrCode jerr;
+        int r = publish(q, item, id, &s, &jerr);
+        if (r == 1) return true;
+        if (r == 0) {
+            outage.ok();
+            if (d.passed()) return false;
+        } else {
+            // The same id again: stored once even if the first try was.
+            outage.failed(s, jerr, *q.store, "putting an item on " + q.where);
+        }
+        detail::backoff(step, d);
+    }
+}
+
+bool Queue::try_put(std::string_view item) {
+    auto d = shm::detail::Deadline::in(std::chrono::seconds(0));
+    return put_until(item, d);
+}
+
+void Queue::put_nowait(std::string_view item) {
+    if (!try_put(item))
+        throw shm::full("shm::remote: " + s_->where + " is full (" + std::to_string(s_->max_items) + " items)");
+}
+
+namespace detail {
+Lease QueueState::make_lease(natsMsg* m) {
+    QueueState& q = *this;
+    auto ls = std::make_shared<detail::LeaseState>();
+    ls->store = q.store;
+    ls->msg = m;
+    Lease l;
+    const char* data = natsMsg_GetData(m);
+    int len = natsMsg_GetDataLength(m);
+    if (data && len > 0) l.item_.assign(data, static_cast<std::size_t>(len));
+    jsMsgMetaData* meta = nullptr;
+    if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+        l.deliveries_ = static_cast<std::uint32_t>(meta->NumDelivered);
+        l.id_ = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+    }
+    l.s_ = ls;
+    while (!q.taken.empty() && q.taken.front()->acked.load()) q.taken.pop_front();
+    if (q.taken.size() >= q.max_items) q.taken.pop_front();  // its lease has run out long ago
+    q.taken.push_back(ls);
+    return l;
+}
+}  // namespace detail
+
+std::optional<Lease> Queue::get_until(const shm::detail::Deadline& d) {
+    detail::QueueState& q = *s_;
+    q.subscribe();
+    detail::Outage outage;
+    int step = 0;
+    for (;;) {
+        natsMsgList list{nullptr, 0};
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        // Long polls of up to 5 s: the server answers as soon as an item comes.
+        std::int64_t wait = detail::ms_left(d, 5000);
+        natsStatus s = natsSubscription_Fetch(&list, q.sub, 1, wait, &jerr);
+        if (s == NATS_OK && list.Count > 0) {
+            natsMsg* m = list.Msgs[0];
+            list.Msgs[0] = nullptr;
+            natsMsgList_Destroy(&list);
+            return q.make_lease(m);
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
+            // Nothing came; fail if that was because the servers are gone.
+            if (natsConnection_Status(q.store->nc) == NATS_CONN_STATUS_CONNECTED)
+                outage.ok();
+            else
+                outage.failed(NATS_CONNECTION_DISCONNECTED, jerr, *q.store, "getting an item from " + q.where);
+            if (d.passed()) return std::nullopt;
+            continue;
+        }
+        if (!detail::transient(s, jerr)) fail(s, jerr, "getting an item from " + q.where);
+        outage.failed(s, jerr, *q.store, "getting an item from " + q.where);
+        if (d.passed()) return std::nullopt;
+        detail::backoff(step, d);
+    }
+}
+
+Lease Queue::get() {
+    auto l = get_until(shm::detail::Deadline::never());
+    return std::move(*l);
+}
+
+std::optional<Lease> Queue::try_get() {
+    detail::QueueState& q = *s_;
+    q.subscribe();
+    jsFetchRequest fr;
+    jsFetchRequest_Init(&fr);
+    fr.Batch = 1;
+    fr.NoWait = true;
+    fr.Expires = q.store->timeout_ms() * 1000000;
+    natsMsgList list{nullptr, 0};
+    natsStatus s = natsSubscription_FetchRequest(&list, q.sub, &fr);
+    if (s == NATS_OK && list.Count > 0) {
+        natsMsg* m = list.Msgs[0];
+        list.Msgs[0] = nullptr;
+        natsMsgList_Destroy(&list);
+        return q.make_lease(m);
+    }
+    natsMsgList_Destroy(&list);
+    if (s == NATS_OK || s == NATS_NOT_FOUND) return std::nullopt;
+    if (s == NATS_TIMEOUT && natsConnection_Status(q.store->nc) == NATS_CONN_STATUS_CONNECTED) return std::nullopt;
+    fail(s, static_cast<jsErrCode>(0), "getting an item from " + q.where);
+}
+
+Lease Queue::get_nowait() {
+    auto l = try_get();
+    if (!l) throw shm::empty("shm::remote: " + s_->where + " is empty");
+    return std::move(*l);
+}
+
+bool Queue::task_done() {
+    detail::QueueState& q = *s_;
+    while (!q.taken.empty() && q.taken.front()->acked.load()) q.taken.pop_front();
+    if (q.taken.empty())
+        throw shm::error(EINVAL, "shm::remote: task_done() on " + q.where +
+                                     " with no item got through this handle left to mark done");
+    std::shared_ptr<detail::LeaseState> ls = q.taken.front();
+    q.taken.pop_front();
+    if (ls->acked.exchange(true)) return false;
+    jsOptions o = q.store->js_options();
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    return natsMsg_AckSync(ls->msg, &o, &jerr) == NATS_OK;
+}
+
+bool Queue::join_until(const shm::detail::Deadline& d) {
+    int step = 0;
+    for (;;) {
+        if (unfinished() == 0) return true;
+        if (d.passed()) return false;
+        detail::backoff(step, d);
+    }
+}
+
+std::size_t Queue::qsize() const {
+    jsConsumerInfo* ci = s_->consumer_info();
+    std::size_t n = ci->NumPending;
+    jsConsumerInfo_Destroy(ci);
+    return n;
+}
+
+std::size_t Queue::leased() const {
+    jsConsumerInfo* ci = s_->consumer_info();
+    std::size_t n = static_cast<std::size_t>(ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+    return n;
+}
+
+std::size_t Queue::unfinished() const {
+    jsStreamInfo* si = s_->stream_info();
+    std::size_t n = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+bool Queue::full() const { return unfinished() >= s_->max_items; }
+std::uint32_t Queue::max_items() const noexcept { return s_->max_items; }
+std::uint32_t Queue::max_item_size() const noexcept { return s_->max_item_size; }
+std::uint32_t Queue::max_deliveries() const noexcept { return s_->max_deliveries; }
+std::chrono::milliseconds Queue::lease() const noexcept { return s_->lease; }
+int Queue::replicas() const noexcept { return s_->replicas; }
+const std::string& Queue::name() const noexcept { return s_->name; }
+
+void Queue::purge() {
+    jsOptions o = s_->store->js_options();
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_PurgeStream(s_->store->js, s_->stream.c_str(), &o, &jerr);
+    if (s != NATS_OK) fail(s, jerr, "purging " + s_->where);
+}
+
+}  // namespace shm::remote
