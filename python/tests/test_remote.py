@@ -120,6 +120,10 @@ class Behaviour:
     def test_queue_empty_and_timeouts(self):
         q = self.ctx.Queue()
         self.assertTrue(q.empty())
+        q.put("w")
+        self.assertEqual(q.qsize(), 1)
+        self.assertFalse(q.empty())
+        self.assertEqual(q.get(timeout=CAP), "w")
         with self.assertRaises(queue.Empty):
             q.get_nowait()
         with self.assertRaises(queue.Empty):
@@ -127,7 +131,6 @@ class Behaviour:
         with self.assertRaises(queue.Empty):
             q.get(timeout=0.2)
         q.put("x")
-        self.assertEqual(q.qsize(), 1)
         self.assertEqual(q.get(timeout=CAP), "x")
 
     def test_queue_full(self):
