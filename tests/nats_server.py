@@ -8,8 +8,10 @@ Python tests and `./dev demo --remote`.
         c.url                          # every member's URL, comma-separated
         c.kill(1); c.start(1)          # SIGKILL one member; start it again on its store
 
-Each server listens on 127.0.0.1 only, on a port the kernel handed out,
-keeps its JetStream store in a temporary directory removed at the end, and
+Each server listens on 127.0.0.1 only, on ports the kernel handed out
+(clients, routes, monitoring), counts as started once its /healthz says
+JetStream is up (in a cluster: in contact with a meta leader), keeps its
+JetStream store in a temporary directory removed at the end, and
 is stopped by its pid (SIGTERM, then SIGKILL) when the block ends. A server
 that does not accept connections within `ready_timeout` seconds is an error
 carrying the end of its log.
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 SKIP = 77  # ctest's SKIP_RETURN_CODE
 
@@ -72,8 +75,8 @@ def _accepts(port):
 class _Member:
     """One nats-server process."""
 
-    def __init__(self, binary, name, root, port, cluster_port=None, routes=()):
-        self.binary, self.name, self.port = binary, name, port
+    def __init__(self, binary, name, root, port, monitor_port, cluster_port=None, routes=()):
+        self.binary, self.name, self.port, self.monitor_port = binary, name, port, monitor_port
         self.cluster_port, self.routes = cluster_port, list(routes)
         self.store = os.path.join(root, name)
         self.log = os.path.join(root, name + ".log")
@@ -84,7 +87,7 @@ class _Member:
         return f"nats://127.0.0.1:{self.port}"
 
     def argv(self):
-        a = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name,
+        a = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name, "-m", str(self.monitor_port),
              "-js", "-sd", self.store, "-l", self.log]
         if self.cluster_port is not None:
             a += ["--cluster_name", "libshm", "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
@@ -102,11 +105,20 @@ class _Member:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server {self.name} on port {self.port} exited with status "
                                    f"{self.proc.returncode}: {self.log_tail()}")
-            if _accepts(self.port):
+            if _accepts(self.port) and self.healthy():
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"nats-server {self.name} does not accept connections on port {self.port} "
+        raise RuntimeError(f"nats-server {self.name} is not ready (port {self.port}, JetStream) "
                            f"after {timeout:g} s: {self.log_tail()}")
+
+    def healthy(self):
+        """The server's own health check: JetStream up, and in a cluster
+        in contact with its meta leader."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def log_tail(self, lines=8):
         try:
@@ -155,10 +167,10 @@ class NatsCluster:
         self.root = tempfile.mkdtemp(prefix="libshm-nats.")
         try:
             for attempt in range(3):  # a port taken between free_ports() and the bind: try others
-                ports = free_ports(2 * self.n)
-                client, routes = ports[:self.n], ports[self.n:]
+                ports = free_ports(3 * self.n)
+                client, routes, monitor = ports[:self.n], ports[self.n:2 * self.n], ports[2 * self.n:]
                 self.members = [
-                    _Member(self.binary, f"n{i}", self.root, client[i],
+                    _Member(self.binary, f"n{i}", self.root, client[i], monitor[i],
                             routes[i] if self.n > 1 else None,
                             [f"nats://127.0.0.1:{routes[j]}" for j in range(self.n) if j != i])
                     for i in range(self.n)]
