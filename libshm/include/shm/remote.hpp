@@ -226,6 +226,12 @@ public:
     bool try_put(std::string_view item);     // false when full
     void put_nowait(std::string_view item);  // shm::full when full
     bool put_until(std::string_view item, const shm::detail::Deadline& d);
+    // Puts items pipelined (up to 256 awaiting the servers' answer at once)
+    // and returns, with items.size(), once the servers have stored every
+    // one of them, blocking while full. In order, except that items that
+    // had to be sent again (the queue was full, or a server was lost) come
+    // after the others; each is stored once.
+    std::size_t put_many(const std::vector<std::string>& items);
 
     // ---- get: blocks while empty --------------------------------------------
     Lease get();
@@ -233,11 +239,18 @@ public:
     std::optional<Lease> get_for(const std::chrono::duration<Rep, Period>& d) {
         return get_until(shm::detail::Deadline::in(d));
     }
-    // One short request to the servers (not instantaneous, as a local
-    // try_get is): nullopt if nothing is waiting.
+    // One short request to the servers, which wait at most 200 ms for an
+    // item (not instantaneous, as a local try_get is): nullopt if none came.
     std::optional<Lease> try_get();
     Lease get_nowait();  // shm::empty when empty
     std::optional<Lease> get_until(const shm::detail::Deadline& d);
+    // Up to n items that are available now, in one request; blocks for the
+    // first one only until `d` (empty result on time-out).
+    template <class Rep, class Period>
+    std::vector<Lease> get_many(std::size_t n, const std::chrono::duration<Rep, Period>& d) {
+        return get_many_until(n, shm::detail::Deadline::in(d));
+    }
+    std::vector<Lease> get_many_until(std::size_t n, const shm::detail::Deadline& d);
 
     // ---- JoinableQueue ---------------------------------------------------------
     // Acknowledge the oldest item got through this handle and not yet
@@ -254,7 +267,11 @@ public:
     bool join_until(const shm::detail::Deadline& d);
 
     // ---- state: snapshots, from the servers -------------------------------
-    std::size_t qsize() const;       // waiting to be delivered
+    // Waiting to be delivered. An item sent to a get whose caller had
+    // stopped waiting (its time-out and the server's crossed) counts as
+    // leased, not waiting: the next get of the same handle returns it, or,
+    // if the handle is gone, it is delivered again after its lease.
+    std::size_t qsize() const;
     bool empty() const { return qsize() == 0; }
     bool full() const;
     std::size_t leased() const;      // delivered and not yet acknowledged

@@ -16,6 +16,9 @@ namespace detail {
 
 namespace {
 constexpr const char* kConsumer = "shm";
+// The servers count a message's headers in its size (the put's message id
+// is one): the stream's limit is max_item_size plus this.
+constexpr std::int64_t kHeaderRoom = 256;
 
 std::int64_t now_ms() {
     timespec t;
@@ -61,11 +64,17 @@ struct QueueState {
     std::string id_prefix;             // message ids: unique per handle
     std::uint64_t puts = 0;
     std::deque<std::shared_ptr<LeaseState>> taken;  // for task_done()
+    // put_many(): a JetStream context of its own for pipelined puts, and
+    // the items the servers refused (full), to be put again.
+    jsCtx* async_js = nullptr;
+    std::mutex refused_mu;
+    std::vector<std::pair<std::string, std::string>> refused;  // (id, item)
     ~QueueState() {
         if (sub) {
             natsSubscription_Unsubscribe(sub);
             natsSubscription_Destroy(sub);
         }
+        if (async_js) jsCtx_Destroy(async_js);
     }
 
     Lease make_lease(natsMsg* m);
@@ -131,7 +140,7 @@ Queue open_queue(Store& store, std::string_view name, const QueueOptions& opt, b
         cfg.SubjectsLen = 1;
         cfg.Retention = js_WorkQueuePolicy;
         cfg.MaxMsgs = opt.max_items;
-        cfg.MaxMsgSize = static_cast<std::int32_t>(opt.max_item_size);
+        cfg.MaxMsgSize = static_cast<std::int32_t>(opt.max_item_size + kHeaderRoom);
         cfg.Discard = js_DiscardNew;
         cfg.Storage = js_FileStorage;
         cfg.Replicas = st.replicas_for(opt.replicas);
@@ -152,7 +161,7 @@ Queue open_queue(Store& store, std::string_view name, const QueueOptions& opt, b
                               " was not made by libshm as a queue (its description: '" + desc + "')");
     }
     q->max_items = static_cast<std::uint32_t>(si->Config->MaxMsgs);
-    q->max_item_size = static_cast<std::uint32_t>(si->Config->MaxMsgSize);
+    q->max_item_size = static_cast<std::uint32_t>(std::max<std::int64_t>(1, si->Config->MaxMsgSize - kHeaderRoom));
     q->replicas = static_cast<int>(si->Config->Replicas);
     jsStreamInfo_Destroy(si);
 
@@ -263,13 +272,21 @@ int publish(detail::QueueState& q, std::string_view item, const std::string& id,
 }
 }  // namespace
 
-bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
-    detail::QueueState& q = *s_;
-    if (item.size() > q.max_item_size)
-        throw shm::error(EMSGSIZE, "shm::remote: an item of " + std::to_string(item.size()) +
-                                       " bytes is over max_item_size (" + std::to_string(q.max_item_size) + ") of " +
-                                       q.where);
-    const std::string id = q.id_prefix + std::to_string(++q.puts);
+namespace {
+std::string msg_text(const natsMsg* m) {
+    const char* data = natsMsg_GetData(m);
+    int len = natsMsg_GetDataLength(m);
+    return data && len > 0 ? std::string(data, static_cast<std::size_t>(len)) : std::string();
+}
+
+std::string msg_id(natsMsg* m) {
+    const char* v = nullptr;
+    if (natsMsgHeader_Get(m, "Nats-Msg-Id", &v) == NATS_OK && v) return v;
+    return "";
+}
+
+// Put under the message id `id` until d: a retry of the same id is stored once.
+bool put_with_id(detail::QueueState& q, std::string_view item, const std::string& id, const shm::detail::Deadline& d) {
     detail::Outage outage;
     int step = 0;
     for (;;) {
@@ -281,11 +298,72 @@ bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
             outage.ok();
             if (d.passed()) return false;
         } else {
-            // The same id again: stored once even if the first try was.
             outage.failed(s, jerr, *q.store, "putting an item on " + q.where);
         }
         detail::backoff(step, d);
     }
+}
+
+void check_size(const detail::QueueState& q, std::string_view item) {
+    if (item.size() > q.max_item_size)
+        throw shm::error(EMSGSIZE, "shm::remote: an item of " + std::to_string(item.size()) +
+                                       " bytes is over max_item_size (" + std::to_string(q.max_item_size) + ") of " +
+                                       q.where);
+}
+
+void on_async_error(jsCtx*, jsPubAckErr* pae, void* closure) {
+    auto* q = static_cast<detail::QueueState*>(closure);
+    if (!pae || !pae->Msg) return;
+    std::lock_guard<std::mutex> g(q->refused_mu);
+    q->refused.emplace_back(msg_id(pae->Msg), msg_text(pae->Msg));
+}
+}  // namespace
+
+bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
+    detail::QueueState& q = *s_;
+    check_size(q, item);
+    return put_with_id(q, item, q.id_prefix + std::to_string(++q.puts), d);
+}
+
+std::size_t Queue::put_many(const std::vector<std::string>& items) {
+    detail::QueueState& q = *s_;
+    for (const std::string& item : items) check_size(q, item);
+    if (!q.async_js) {
+        jsOptions o = q.store->js_options();
+        o.PublishAsync.MaxPending = 256;
+        o.PublishAsync.ErrHandler = on_async_error;
+        o.PublishAsync.ErrHandlerClosure = &q;
+        o.PublishAsync.StallWait = q.store->timeout_ms();
+        detail::check(natsConnection_JetStream(&q.async_js, q.store->nc, &o), "putting items on " + q.where);
+    }
+    const auto never = shm::detail::Deadline::never();
+    for (const std::string& item : items) {
+        const std::string id = q.id_prefix + std::to_string(++q.puts);
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = id.c_str();
+        natsStatus s = js_PublishAsync(q.async_js, q.subject.c_str(), item.data(), static_cast<int>(item.size()), &po);
+        if (s != NATS_OK) put_with_id(q, item, id, never);  // not sent: send it now, waiting for its answer
+    }
+    // Wait for the servers' answers; what got none is sent again, under
+    // its id (the servers store an id once).
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = q.store->timeout_ms();
+    if (js_PublishAsyncComplete(q.async_js, &po) != NATS_OK) {
+        natsMsgList pending{nullptr, 0};
+        if (js_PublishAsyncGetPendingList(&pending, q.async_js) == NATS_OK) {
+            for (int i = 0; i < pending.Count; ++i) put_with_id(q, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
+            natsMsgList_Destroy(&pending);
+        }
+    }
+    std::vector<std::pair<std::string, std::string>> refused;
+    {
+        std::lock_guard<std::mutex> g(q.refused_mu);
+        refused.swap(q.refused);
+    }
+    for (auto& r : refused) put_with_id(q, r.second, r.first, never);
+    return items.size();
 }
 
 bool Queue::try_put(std::string_view item) {
@@ -322,38 +400,55 @@ Lease QueueState::make_lease(natsMsg* m) {
 }
 }  // namespace detail
 
-std::optional<Lease> Queue::get_until(const shm::detail::Deadline& d) {
+std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadline& d) {
+    std::vector<Lease> out;
+    if (n == 0) return out;
     detail::QueueState& q = *s_;
     q.subscribe();
     detail::Outage outage;
     int step = 0;
+    const int batch = static_cast<int>(std::min<std::size_t>(n, 4096));
     for (;;) {
         natsMsgList list{nullptr, 0};
         jsErrCode jerr = static_cast<jsErrCode>(0);
-        // Long polls of up to 5 s: the server answers as soon as an item comes.
-        std::int64_t wait = detail::ms_left(d, 5000);
-        natsStatus s = natsSubscription_Fetch(&list, q.sub, 1, wait, &jerr);
-        if (s == NATS_OK && list.Count > 0) {
-            natsMsg* m = list.Msgs[0];
-            list.Msgs[0] = nullptr;
+        // The request expires on the server a little before the client
+        // stops waiting for it, so that no request outlives the call (an
+        // item sent to a request nobody waits for any more would stay
+        // leased until its lease ran out).
+        jsFetchRequest fr;
+        jsFetchRequest_Init(&fr);
+        fr.Batch = batch;
+        const std::int64_t wait = detail::ms_left(d, 5000);
+        fr.Expires = (wait > 20 ? wait - std::max<std::int64_t>(10, wait / 5) : wait) * 1000000;
+        natsStatus s = natsSubscription_FetchRequest(&list, q.sub, &fr);
+        if (list.Count > 0) {
+            for (int i = 0; i < list.Count; ++i) {
+                out.push_back(q.make_lease(list.Msgs[i]));
+                list.Msgs[i] = nullptr;
+            }
             natsMsgList_Destroy(&list);
-            return q.make_lease(m);
+            return out;
         }
         natsMsgList_Destroy(&list);
         if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
-            // Nothing came; fail if that was because the servers are gone.
             if (natsConnection_Status(q.store->nc) == NATS_CONN_STATUS_CONNECTED)
                 outage.ok();
             else
-                outage.failed(NATS_CONNECTION_DISCONNECTED, jerr, *q.store, "getting an item from " + q.where);
-            if (d.passed()) return std::nullopt;
+                outage.failed(NATS_CONNECTION_DISCONNECTED, jerr, *q.store, "getting items from " + q.where);
+            if (d.passed()) return out;
             continue;
         }
-        if (!detail::transient(s, jerr)) fail(s, jerr, "getting an item from " + q.where);
-        outage.failed(s, jerr, *q.store, "getting an item from " + q.where);
-        if (d.passed()) return std::nullopt;
+        if (!detail::transient(s, jerr)) fail(s, jerr, "getting items from " + q.where);
+        outage.failed(s, jerr, *q.store, "getting items from " + q.where);
+        if (d.passed()) return out;
         detail::backoff(step, d);
     }
+}
+
+std::optional<Lease> Queue::get_until(const shm::detail::Deadline& d) {
+    std::vector<Lease> one = get_many_until(1, d);
+    if (one.empty()) return std::nullopt;
+    return std::move(one.front());
 }
 
 Lease Queue::get() {
@@ -362,25 +457,10 @@ Lease Queue::get() {
 }
 
 std::optional<Lease> Queue::try_get() {
-    detail::QueueState& q = *s_;
-    q.subscribe();
-    jsFetchRequest fr;
-    jsFetchRequest_Init(&fr);
-    fr.Batch = 1;
-    fr.NoWait = true;
-    fr.Expires = q.store->timeout_ms() * 1000000;
-    natsMsgList list{nullptr, 0};
-    natsStatus s = natsSubscription_FetchRequest(&list, q.sub, &fr);
-    if (s == NATS_OK && list.Count > 0) {
-        natsMsg* m = list.Msgs[0];
-        list.Msgs[0] = nullptr;
-        natsMsgList_Destroy(&list);
-        return q.make_lease(m);
-    }
-    natsMsgList_Destroy(&list);
-    if (s == NATS_OK || s == NATS_NOT_FOUND) return std::nullopt;
-    if (s == NATS_TIMEOUT && natsConnection_Status(q.store->nc) == NATS_CONN_STATUS_CONNECTED) return std::nullopt;
-    fail(s, static_cast<jsErrCode>(0), "getting an item from " + q.where);
+    // A pull request that waits on the server for at most ~200 ms (one
+    // that does not wait at all cannot be told from a lost answer by this
+    // client), expiring there before the client stops waiting.
+    return get_until(shm::detail::Deadline::in(std::chrono::milliseconds(std::min<std::int64_t>(200, s_->store->timeout_ms()))));
 }
 
 Lease Queue::get_nowait() {

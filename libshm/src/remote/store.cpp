@@ -197,7 +197,7 @@ std::shared_ptr<KvState> open_bucket(Store& store, Kind k, std::string_view name
         cfg.Bucket = ks->bucket.c_str();
         cfg.Description = marker.c_str();
         cfg.History = 1;
-        cfg.TTL = ttl_ms * 1000000;  // the C client takes the max age in nanoseconds (its MaxAge)
+        cfg.TTL = ttl_ms * 1000000;  // nanoseconds, as the stream's max age
         cfg.Replicas = st.replicas_for(replicas);
         cfg.StorageType = js_FileStorage;
         s = js_CreateKeyValue(&ks->kv, st.js, &cfg);

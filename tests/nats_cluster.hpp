@@ -1,0 +1,226 @@
+// Real nats-server processes for the remote tests: one alone, or a cluster
+// of three, on free loopback ports with a temporary file store each,
+// started and stopped by their pids. Nothing here is a stand-in: the
+// servers are Debian's nats-server, with JetStream.
+#pragma once
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shm/remote.hpp"
+
+extern char** environ;
+
+namespace test {
+
+// The nats-server program, or "" when it is not installed.
+inline std::string nats_server_path() {
+    if (const char* p = std::getenv("NATS_SERVER"); p && *p) return p;
+    for (const char* p : {"/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"})
+        if (::access(p, X_OK) == 0) return p;
+    return "";
+}
+
+// The exit code ctest reads as "skipped" (SKIP_RETURN_CODE).
+constexpr int kSkipCode = 77;
+
+// Ends the test program as skipped, visibly, when nats-server is missing.
+inline void require_nats_server() {
+    if (nats_server_path().empty()) {
+        std::fprintf(stderr, "SKIPPED: nats-server is not installed (./dev deps installs it)\n");
+        std::fflush(stderr);
+        std::_Exit(kSkipCode);
+    }
+}
+
+// A free TCP port on 127.0.0.1 (bound, read, released: the server binds it
+// right after; a clash shows as a server that does not start).
+inline int free_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    int port = ntohs(a.sin_port);
+    ::close(fd);
+    return port;
+}
+
+// Run argv with stdout and stderr to `log` (or /dev/null); returns its pid.
+inline pid_t spawn(const std::vector<std::string>& argv, const std::string& log = "") {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    const std::string out = log.empty() ? "/dev/null" : log;
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<char*> a;
+    for (const std::string& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    pid_t pid = -1;
+    int rc = ::posix_spawn(&pid, a[0], &fa, nullptr, a.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc == 0 ? pid : -1;
+}
+
+// waitpid with a cap against a hang: the exit status, or -1 (then killed).
+inline int wait_exit(pid_t pid, std::chrono::seconds cap) {
+    auto end = std::chrono::steady_clock::now() + cap;
+    for (;;) {
+        int st = 0;
+        pid_t r = ::waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (r < 0) return -1;
+        if (std::chrono::steady_clock::now() > end) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &st, 0);
+            return -1;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+class NatsCluster {
+public:
+    // n = 1: one server alone; n = 3: a cluster of three.
+    explicit NatsCluster(int n) {
+        require_nats_server();
+        char tmpl[] = "/tmp/libshm-nats.XXXXXX";
+        if (!::mkdtemp(tmpl)) std::abort();
+        dir_ = tmpl;
+        for (int i = 0; i < n; ++i) {
+            Server s;
+            s.name = "n" + std::to_string(i);
+            s.port = free_port();
+            s.cluster_port = n > 1 ? free_port() : 0;
+            servers_.push_back(s);
+        }
+        for (int i = 0; i < n; ++i) start(i);
+        wait_ready();
+    }
+    NatsCluster(const NatsCluster&) = delete;
+    NatsCluster& operator=(const NatsCluster&) = delete;
+    ~NatsCluster() {
+        for (std::size_t i = 0; i < servers_.size(); ++i) stop(static_cast<int>(i));
+        std::error_code ec;
+        if (!std::getenv("SHM_KEEP_NATS_DIR")) std::filesystem::remove_all(dir_, ec);
+    }
+
+    int size() const { return static_cast<int>(servers_.size()); }
+    std::string url(int i) const { return "nats://127.0.0.1:" + std::to_string(servers_[i].port); }
+    // Every server, comma-separated (what connect() takes).
+    std::string urls() const {
+        std::string out;
+        for (int i = 0; i < size(); ++i) out += (i ? "," : "") + url(i);
+        return out;
+    }
+    pid_t pid(int i) const { return servers_[i].pid; }
+    const std::string& dir() const { return dir_; }
+
+    // SIGKILL server i and reap it.
+    void kill(int i) {
+        Server& s = servers_[i];
+        if (s.pid <= 0) return;
+        ::kill(s.pid, SIGCONT);
+        ::kill(s.pid, SIGKILL);
+        int st;
+        ::waitpid(s.pid, &st, 0);
+        s.pid = -1;
+    }
+    // Stop it gracefully (SIGTERM; SIGKILL after a cap).
+    void stop(int i) {
+        Server& s = servers_[i];
+        if (s.pid <= 0) return;
+        ::kill(s.pid, SIGCONT);
+        ::kill(s.pid, SIGTERM);
+        if (wait_exit(s.pid, std::chrono::seconds(15)) == -1) ::kill(s.pid, SIGKILL);
+        s.pid = -1;
+    }
+    // Freeze it: it keeps its sockets open and answers nothing.
+    void freeze(int i) { ::kill(servers_[i].pid, SIGSTOP); }
+    void thaw(int i) { ::kill(servers_[i].pid, SIGCONT); }
+    // Start server i again on its ports and its store.
+    void restart(int i) {
+        stop(i);
+        start(i);
+        wait_ready();
+    }
+
+    // Wait (bounded) until JetStream answers on every running server (in a
+    // cluster: until the cluster has a meta leader and can place 3
+    // replicas).
+    void wait_ready() {
+        auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        std::string last;
+        for (int i = 0; i < size(); ++i) {
+            if (servers_[i].pid <= 0) continue;
+            for (;;) {
+                try {
+                    shm::remote::StoreOptions o;
+                    o.request_timeout = std::chrono::milliseconds(2000);
+                    o.replicas = 1;
+                    shm::remote::connect(url(i), o);
+                    break;
+                } catch (const shm::error& e) {
+                    last = e.what();
+                }
+                if (std::chrono::steady_clock::now() > end) {
+                    std::fprintf(stderr, "nats-server %d did not get ready: %s\n", i, last.c_str());
+                    std::abort();
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+        }
+    }
+
+private:
+    struct Server {
+        std::string name;
+        int port = 0;
+        int cluster_port = 0;
+        pid_t pid = -1;
+    };
+
+    void start(int i) {
+        Server& s = servers_[i];
+        std::string sd = dir_ + "/" + s.name;
+        std::filesystem::create_directories(sd);
+        std::vector<std::string> argv = {nats_server_path(), "-a", "127.0.0.1", "-p", std::to_string(s.port),
+                                         "-js", "-sd", sd, "--server_name", s.name};
+        if (size() > 1) {
+            std::string routes;
+            for (int j = 0; j < size(); ++j) {
+                if (j == i) continue;
+                routes += (routes.empty() ? "" : ",") + std::string("nats://127.0.0.1:") +
+                          std::to_string(servers_[j].cluster_port);
+            }
+            argv.insert(argv.end(), {"--cluster_name", "shmtest", "--cluster",
+                                     "nats://127.0.0.1:" + std::to_string(s.cluster_port), "--routes", routes});
+        }
+        s.pid = spawn(argv, dir_ + "/" + s.name + ".log");
+        if (s.pid <= 0) {
+            std::fprintf(stderr, "cannot start %s\n", argv[0].c_str());
+            std::abort();
+        }
+    }
+
+    std::string dir_;
+    std::vector<Server> servers_;
+};
+
+}  // namespace test

@@ -1,0 +1,731 @@
+// shm::remote against real nats-server processes (tests/nats_cluster.hpp):
+// the same behavioural test bodies run on the local objects (a segment)
+// and on the remote ones (a server), then the remote-only faults: servers
+// killed, frozen and restarted, consumers and lock holders killed.
+//
+// Child processes are this program run again (`test_remote --child ROLE
+// ...`), never forked copies: a NATS client's threads do not survive
+// fork().
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "nats_cluster.hpp"
+#include "shm/container.hpp"
+#include "shm/mutex.hpp"
+#include "shm/remote.hpp"
+#include "shm/segment.hpp"
+#include "shm/sync.hpp"
+#include "shm/work_queue.hpp"
+#include "support.hpp"
+
+namespace remote = shm::remote;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string self_exe() {
+    char buf[4096];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) std::abort();
+    return std::string(buf, static_cast<std::size_t>(n));
+}
+
+// Names unique to this process and call, so that tests never meet each
+// other's objects on a shared server.
+std::string unique(const std::string& base) {
+    static std::atomic<int> n{0};
+    return base + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
+}
+
+
+std::string read_text(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+void write_file(const std::string& path, const std::string& text) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp);
+        f << text;
+    }
+    std::rename(tmp.c_str(), path.c_str());
+}
+
+// A scratch directory for the children's files.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/libshm-remote-test.XXXXXX";
+        if (!::mkdtemp(tmpl)) std::abort();
+        path = tmpl;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+// ---- the two backends ----------------------------------------------------------
+// Each gives the objects of one test by name, and the arguments a child
+// process needs to open the same ones.
+
+struct LocalBackend {
+    static constexpr const char* kName = "local";
+    test::ShmDir dir;
+    std::string seg_name = "remote-mirror";
+    shm::Segment seg = shm::Segment::create(seg_name, 32 << 20);
+
+    shm::WorkQueue queue(const std::string& name, std::uint32_t capacity) {
+        return shm::WorkQueue::open_or_create(seg, name, {capacity, 4});
+    }
+    shm::Dict dict(const std::string& name) { return shm::Dict::open_or_create(seg, name); }
+    shm::List list(const std::string& name) { return shm::List::open_or_create(seg, name); }
+    shm::Mutex& lock(const std::string& name) { return seg.find_or_construct<shm::Mutex>(name); }
+    shm::Event& event(const std::string& name) { return seg.find_or_construct<shm::Event>(name); }
+    std::string target() const { return seg_name; }
+};
+
+struct RemoteBackend {
+    static constexpr const char* kName = "remote";
+    test::NatsCluster server{1};
+    remote::Store store = remote::connect(server.urls());
+
+    remote::Queue queue(const std::string& name, std::uint32_t capacity) {
+        remote::QueueOptions o;
+        o.max_items = capacity;
+        return remote::Queue::open_or_create(store, name, o);
+    }
+    remote::Dict dict(const std::string& name) { return remote::Dict::open_or_create(store, name); }
+    remote::List list(const std::string& name) { return remote::List::open_or_create(store, name); }
+    remote::Lock lock(const std::string& name) { return remote::Lock::open_or_create(store, name); }
+    remote::Event event(const std::string& name) { return remote::Event::open_or_create(store, name); }
+    std::string target() const { return server.urls(); }
+};
+
+// ---- child processes -----------------------------------------------------------
+
+// Increment a counter in a Dict `rounds` times under the lock, by a plain
+// read and write (a lost update shows if the lock fails to exclude).
+int child_lock_counter(const std::string& backend, const std::string& target, const std::string& prefix, int rounds) {
+    if (backend == "local") {
+        auto seg = shm::Segment::open(target);
+        shm::Mutex& m = seg.find_or_construct<shm::Mutex>(prefix + "lock");
+        shm::Dict d = shm::Dict::open_or_create(seg, prefix + "counter");
+        for (int i = 0; i < rounds; ++i) {
+            std::lock_guard<shm::Mutex> g(m);
+            std::int64_t v = d.get("n", 0).as_int();
+            d.set("n", v + 1);
+        }
+        return 0;
+    }
+    remote::Store store = remote::connect(target);
+    remote::Lock l = remote::Lock::open_or_create(store, prefix + "lock");
+    remote::Dict d = remote::Dict::open_or_create(store, prefix + "counter");
+    std::uint64_t last_token = 0;
+    for (int i = 0; i < rounds; ++i) {
+        std::lock_guard<remote::Lock> g(l);
+        if (l.token() <= last_token) {
+            std::fprintf(stderr, "token %llu after %llu\n", (unsigned long long)l.token(), (unsigned long long)last_token);
+            return 3;
+        }
+        last_token = l.token();
+        std::int64_t v = d.get("n", 0).as_int();
+        d.set("n", v + 1);
+    }
+    return 0;
+}
+
+// Take n items and hold them, unacknowledged, until killed.
+int child_hold(const std::string& url, const std::string& queue, int n, const std::string& ready) {
+    remote::Store store = remote::connect(url);
+    remote::Queue q = remote::Queue::open(store, queue);
+    std::vector<remote::Lease> held;
+    std::string got;
+    while (static_cast<int>(held.size()) < n) {
+        auto l = q.get_for(30s);
+        if (!l) return 4;
+        got += l->item() + "\n";
+        held.push_back(std::move(*l));
+    }
+    write_file(ready, got);
+    for (;;) ::pause();
+}
+
+// Take the lock and hold it until killed; its token goes to `ready`.
+int child_lock_hold(const std::string& url, const std::string& name, const std::string& ready) {
+    remote::Store store = remote::connect(url);
+    remote::Lock l = remote::Lock::open_or_create(store, name);
+    l.lock();
+    write_file(ready, std::to_string(l.token()));
+    for (;;) ::pause();
+}
+
+remote::StoreOptions fault_options() {
+    // Elections after a server is lost take seconds on a loaded machine:
+    // a generous bound for every call.
+    remote::StoreOptions o;
+    o.request_timeout = 30s;
+    o.replicas = 3;
+    return o;
+}
+
+// Put items [from, to) in chunks; after each chunk, whose put_many()
+// returned (every item acknowledged by the servers), the count so far goes
+// to `progress`.
+int child_produce(const std::string& urls, const std::string& queue, int from, int to, const std::string& progress) {
+    remote::Store store = remote::connect(urls, fault_options());
+    remote::Queue q = remote::Queue::open(store, queue);
+    const int chunk = 1000;
+    for (int i = from; i < to; i += chunk) {
+        std::vector<std::string> items;
+        for (int j = i; j < std::min(to, i + chunk); ++j) items.push_back(std::to_string(j));
+        q.put_many(items);
+        write_file(progress, std::to_string(std::min(to, i + chunk)));
+    }
+    return 0;
+}
+
+// Take and acknowledge items until `done` exists and the queue gave
+// nothing for a while; every delivery, and every ack the servers did not
+// confirm, is written to `out` ("d N" / "u N").
+int child_consume(const std::string& urls, const std::string& queue, const std::string& done, const std::string& out) {
+    remote::Store store = remote::connect(urls, fault_options());
+    remote::Queue q = remote::Queue::open(store, queue);
+    std::string log;
+    for (;;) {
+        std::vector<remote::Lease> ls = q.get_many(128, 2s);
+        if (ls.empty()) {
+            if (::access(done.c_str(), F_OK) == 0) break;
+            continue;
+        }
+        for (auto& l : ls) {
+            log += "d " + l.item() + "\n";
+            if (!l.ack()) log += "u " + l.item() + "\n";
+        }
+    }
+    write_file(out, log);
+    return 0;
+}
+
+int run_child(int argc, char** argv) {
+    std::vector<std::string> a(argv + 2, argv + argc);
+    try {
+        if (a.at(0) == "lock-counter") return child_lock_counter(a.at(1), a.at(2), a.at(3), std::stoi(a.at(4)));
+        if (a.at(0) == "hold") return child_hold(a.at(1), a.at(2), std::stoi(a.at(3)), a.at(4));
+        if (a.at(0) == "lock-hold") return child_lock_hold(a.at(1), a.at(2), a.at(3));
+        if (a.at(0) == "produce") return child_produce(a.at(1), a.at(2), std::stoi(a.at(3)), std::stoi(a.at(4)), a.at(5));
+        if (a.at(0) == "consume") return child_consume(a.at(1), a.at(2), a.at(3), a.at(4));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "child %s: %s\n", a.empty() ? "?" : a[0].c_str(), e.what());
+        return 99;
+    }
+    std::fprintf(stderr, "unknown child role\n");
+    return 98;
+}
+
+pid_t spawn_child(const std::vector<std::string>& args, const std::string& log = "") {
+    std::vector<std::string> argv = {self_exe(), "--child"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_t pid = test::spawn(argv, log);
+    REQUIRE(pid > 0);
+    return pid;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc > 2 && std::string(argv[1]) == "--child") return run_child(argc, argv);
+    test::require_nats_server();
+    return Catch::Session().run(argc, argv);
+}
+
+// ---- one body, two backends ---------------------------------------------------------
+
+TEMPLATE_TEST_CASE("queue: FIFO, leases, time-outs, a full queue refuses and changes nothing", "[remote]",
+                   LocalBackend, RemoteBackend) {
+    TestType b;
+    auto q = b.queue(unique("q"), 4);
+    CHECK(!q.try_get());
+    CHECK(!q.get_for(50ms));
+    for (int i = 0; i < 4; ++i) q.put("item " + std::to_string(i));
+    // (unfinished(), not qsize(): a remote get that timed out may have
+    // left a request on the server that an item was sent to, leased.)
+    CHECK(q.unfinished() == 4);
+    // Full: refused, within the wait asked for, and nothing changes.
+    CHECK(!q.try_put("extra"));
+    CHECK(!q.put_for("extra", 100ms));
+    CHECK(q.unfinished() == 4);
+    for (int i = 0; i < 4; ++i) {
+        auto l = q.get();
+        CHECK(l.item() == "item " + std::to_string(i));
+        CHECK(l.deliveries() == 1);
+        CHECK(l.ack());
+        CHECK(!l.ack());  // once
+    }
+    CHECK(!q.try_get());
+    CHECK(q.qsize() == 0);
+    CHECK(q.unfinished() == 0);
+    CHECK(q.join_until(shm::detail::Deadline::in(30s)));
+    // Room again after the acks.
+    CHECK(q.try_put("again"));
+    auto l = q.get_for(5s);
+    REQUIRE(l);
+    CHECK(l->item() == "again");
+    CHECK(!q.join_until(shm::detail::Deadline::in(50ms)));  // leased, not acknowledged
+    CHECK(l->ack());
+    CHECK(q.join_until(shm::detail::Deadline::in(30s)));
+}
+
+TEMPLATE_TEST_CASE("queue: a consumer thread gets what a producer thread puts, in order", "[remote]", LocalBackend,
+                   RemoteBackend) {
+    TestType b;
+    const std::string name = unique("q");
+    auto q = b.queue(name, 64);
+    const int n = 300;
+    std::thread producer([&] {
+        auto p = b.queue(name, 64);
+        for (int i = 0; i < n; ++i) p.put(std::to_string(i));
+    });
+    for (int i = 0; i < n; ++i) {
+        auto l = q.get_for(30s);
+        REQUIRE(l);
+        CHECK(l->item() == std::to_string(i));
+        l->ack();
+    }
+    producer.join();
+}
+
+TEMPLATE_TEST_CASE("dict: set, get, update, increment, erase, keys, with odd keys", "[remote]", LocalBackend,
+                   RemoteBackend) {
+    TestType b;
+    auto d = b.dict(unique("d"));
+    const std::vector<std::string> keys = {"",        "plain", "with space", "a/b/c", "dots.and..more.", "*>",
+                                           "ünïcødé", std::string("nul\0byte", 8), "$KV.x", "k"};
+    CHECK(d.size() == 0);
+    for (std::size_t i = 0; i < keys.size(); ++i) d.set(keys[i], static_cast<std::int64_t>(i));
+    CHECK(d.size() == keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) CHECK(d.get(keys[i]).as_int() == static_cast<std::int64_t>(i));
+    auto got = d.keys();
+    CHECK(std::set<std::string>(got.begin(), got.end()) == std::set<std::string>(keys.begin(), keys.end()));
+    CHECK_THROWS_AS(d.get("missing"), shm::key_error);
+    CHECK(d.get("missing", 7).as_int() == 7);
+    CHECK(!d.find("missing"));
+    CHECK(!d.contains("missing"));
+    CHECK(d.contains("with space"));
+
+    // Values of every scalar type come back as they went in.
+    d.set("null", nullptr);
+    d.set("bool", true);
+    d.set("double", 2.5);
+    d.set("string", "text");
+    d.set("bytes", shm::Value::bytes(std::string("\0\1\2", 3)));
+    CHECK(d.get("null").is_null());
+    CHECK(d.get("bool").as_bool());
+    CHECK(d.get("double").as_double() == 2.5);
+    CHECK(d.get("string").as_string() == "text");
+    CHECK(d.get("bytes").as_bytes() == std::string("\0\1\2", 3));
+
+    CHECK(d.increment("count") == 1);
+    CHECK(d.increment("count", 41) == 42);
+    CHECK(d.increment("real", 0.5) == 0.5);
+    CHECK_THROWS_AS(d.increment("string"), shm::value_type_error);
+    CHECK(d.get("string").as_string() == "text");  // a refused increment changes nothing
+    CHECK(d.update("count", [](const shm::Value& v) { return shm::Value(v.as_int() * 2); }).as_int() == 84);
+    CHECK(d.get("count").as_int() == 84);
+    CHECK_THROWS(d.update("count", [](const shm::Value&) -> shm::Value { throw std::runtime_error("no"); }));
+    CHECK(d.get("count").as_int() == 84);
+    CHECK(d.setdefault("count", 1).as_int() == 84);
+    CHECK(d.setdefault("fresh", 5).as_int() == 5);
+
+    CHECK(d.erase("a/b/c"));
+    CHECK(!d.erase("a/b/c"));
+    CHECK(!d.contains("a/b/c"));
+    CHECK(d.pop("").as_int() == 0);
+    CHECK_THROWS_AS(d.pop(""), shm::key_error);
+    CHECK(d.pop("", "dflt").as_string() == "dflt");
+    d.set("a/b/c", "back");  // set again after an erase
+    CHECK(d.get("a/b/c").as_string() == "back");
+    d.clear();
+    CHECK(d.size() == 0);
+    CHECK(d.keys().empty());
+}
+
+TEMPLATE_TEST_CASE("dict: concurrent increments lose nothing", "[remote]", LocalBackend, RemoteBackend) {
+    TestType b;
+    const std::string name = unique("d");
+    auto d = b.dict(name);
+    const int threads = 3, rounds = 40;
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+        ts.emplace_back([&] {
+            auto mine = b.dict(name);
+            for (int i = 0; i < rounds; ++i) mine.increment("n");
+        });
+    for (auto& t : ts) t.join();
+    CHECK(d.get("n").as_int() == threads * rounds);
+}
+
+TEMPLATE_TEST_CASE("list: append, get, set, insert, pop, len, errors change nothing", "[remote]", LocalBackend,
+                   RemoteBackend) {
+    TestType b;
+    auto l = b.list(unique("l"));
+    CHECK(l.size() == 0);
+    CHECK_THROWS_AS(l.get(0), shm::index_error);
+    CHECK_THROWS_AS(l.pop(), shm::index_error);
+    l.append(1);
+    l.append("two");
+    l.append(3.0);
+    CHECK(l.size() == 3);
+    CHECK(l.get(0).as_int() == 1);
+    CHECK(l.get(-1).as_double() == 3.0);
+    l.set(1, "TWO");
+    CHECK(l.get(1).as_string() == "TWO");
+    CHECK_THROWS_AS(l.set(3, 0), shm::index_error);
+    CHECK_THROWS_AS(l.get(-4), shm::index_error);
+    CHECK(l.size() == 3);
+    l.insert(0, "first");
+    l.insert(100, "last");
+    CHECK(l.size() == 5);
+    CHECK(l.get(0).as_string() == "first");
+    CHECK(l.get(4).as_string() == "last");
+    CHECK(l.pop().as_string() == "last");
+    CHECK(l.pop(0).as_string() == "first");
+    CHECK(l.index(shm::Value("TWO")) == 1);
+    CHECK(l.count(shm::Value(1)) == 1);
+    l.extend({4, 5});
+    auto s = l.snapshot();
+    REQUIRE(s.size() == 5);
+    CHECK(s[4].as_int() == 5);
+    auto sl = l.slice(1, 3);
+    REQUIRE(sl.size() == 2);
+    CHECK(sl[0].as_string() == "TWO");
+    CHECK(l.update(0, [](const shm::Value& v) { return shm::Value(v.as_int() + 10); }).as_int() == 11);
+    CHECK(l.assign_if(l.snapshot(), {shm::Value("only")}));
+    CHECK(!l.assign_if({shm::Value("not this")}, {shm::Value("never")}));
+    CHECK(l.size() == 1);
+    l.clear();
+    CHECK(l.size() == 0);
+}
+
+TEMPLATE_TEST_CASE("lock: excludes, Lockable, and no lost update between processes", "[remote]", LocalBackend,
+                   RemoteBackend) {
+    TestType b;
+    const std::string prefix = unique("p");
+    {
+        auto&& m = b.lock(prefix + "lock");
+        CHECK(m.try_lock());
+        m.unlock();
+        {
+            std::lock_guard<std::decay_t<decltype(m)>> g(m);
+            // Held by us: another handle (remote) or thread (local) cannot take it.
+            std::thread other([&] {
+                auto&& m2 = b.lock(prefix + "lock");
+                CHECK(!m2.try_lock());
+                CHECK(!m2.try_lock_for(100ms));
+            });
+            other.join();
+        }
+        CHECK(m.try_lock_for(5s));
+        m.unlock();
+    }
+    b.dict(prefix + "counter").set("n", 0);
+    const int children = 3, rounds = 25;
+    std::vector<pid_t> pids;
+    for (int i = 0; i < children; ++i)
+        pids.push_back(spawn_child({"lock-counter", TestType::kName, b.target(), prefix, std::to_string(rounds)}));
+    for (pid_t p : pids) CHECK(test::wait_exit(p, std::chrono::seconds(240)) == 0);
+    CHECK(b.dict(prefix + "counter").get("n").as_int() == children * rounds);
+}
+
+TEMPLATE_TEST_CASE("event: set, clear, wait, wait_for", "[remote]", LocalBackend, RemoteBackend) {
+    TestType b;
+    const std::string name = unique("e");
+    auto&& e = b.event(name);
+    CHECK(!e.is_set());
+    CHECK(!e.wait_for(50ms));
+    e.set();
+    CHECK(e.is_set());
+    CHECK(e.wait_for(1s));
+    e.clear();
+    CHECK(!e.is_set());
+    std::atomic<bool> woke{false};
+    std::thread waiter([&] {
+        auto&& e2 = b.event(name);
+        woke = e2.wait_for(60s);
+    });
+    std::this_thread::sleep_for(100ms);
+    e.set();
+    waiter.join();
+    CHECK(woke);
+}
+
+// ---- remote only ------------------------------------------------------------------
+
+TEST_CASE("remote: values, nested containers and keys survive the encoding", "[remote]") {
+    using shm::Value;
+    Value nested = Value::new_list({1, "two", Value::new_dict({{"k", 3.5}, {"", nullptr}}), Value::bytes("b")});
+    Value back = remote::decode_value(remote::encode_value(nested));
+    REQUIRE(back.type() == Value::Type::list);
+    REQUIRE(back.is_new_container());
+    const auto& items = back.new_list_items();
+    REQUIRE(items.size() == 4);
+    CHECK(items[0].as_int() == 1);
+    CHECK(items[1].as_string() == "two");
+    CHECK(items[2].new_dict_items().at(0).second.as_double() == 3.5);
+    CHECK(items[2].new_dict_items().at(1).second.is_null());
+    CHECK(items[3].as_bytes() == "b");
+    for (std::string k : {std::string(), std::string("a"), std::string("ab"), std::string("abc"),
+                          std::string("\xff\x00\x80", 3), std::string("with space/and.dots")}) {
+        std::string enc = remote::encode_key(k);
+        CHECK(enc.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") ==
+              std::string::npos);
+        CHECK(remote::decode_key(enc) == k);
+    }
+    // Bytes it did not make are refused, never misread.
+    CHECK_THROWS_AS(remote::decode_value(""), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_value("I\x01"), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_value("L\xff\xff\xff\x7f"), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_value("NN"), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_value("?"), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_key("x"), shm::corrupted);
+    CHECK_THROWS_AS(remote::decode_key("k*"), shm::corrupted);
+}
+
+TEST_CASE("remote: nowait forms, sizes, task_done, names of another kind", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    CHECK(store.replicas() == 1);
+    remote::QueueOptions o;
+    o.max_items = 2;
+    o.max_item_size = 16;
+    const std::string name = unique("q");
+    auto q = remote::Queue::create(store, name, o);
+    CHECK_THROWS_AS(remote::Queue::create(store, name, o), shm::already_exists);
+    CHECK_THROWS_AS(q.get_nowait(), shm::empty);
+    CHECK_THROWS_WITH(q.put(std::string(17, 'x')), Catch::Contains("max_item_size"));
+    q.put_nowait("a");
+    q.put_nowait("b");
+    CHECK_THROWS_AS(q.put_nowait("c"), shm::full);
+    CHECK(q.full());
+    CHECK(q.unfinished() == 2);
+    auto l = q.get_nowait();
+    CHECK(l.item() == "a");
+    CHECK(q.leased() == 1);
+    // task_done() acknowledges the oldest item this handle got.
+    CHECK(q.task_done());
+    CHECK(!l.ack());
+    CHECK_THROWS_AS(q.task_done(), shm::error);
+    CHECK(q.unfinished() == 1);
+    q.purge();
+    CHECK(q.unfinished() == 0);
+
+    // One name, one kind.
+    CHECK(store.kind(name) == std::optional<std::string>("queue"));
+    CHECK_THROWS_AS(remote::Dict::open_or_create(store, name), remote::layout_mismatch);
+    CHECK_THROWS_AS(remote::Lock::open_or_create(store, name), shm::type_mismatch);
+    CHECK_THROWS_AS(remote::Queue::open(store, unique("absent")), shm::not_found);
+    CHECK_THROWS_AS(remote::Dict::open(store, unique("absent")), shm::not_found);
+    CHECK_THROWS_AS(remote::Dict::open_or_create(store, "bad name"), shm::name_error);
+    CHECK(store.remove(name));
+    CHECK(!store.kind(name));
+    CHECK(!store.remove(name));
+    auto d = remote::Dict::open_or_create(store, name);  // free for another kind now
+    d.set("k", 1);
+    CHECK(remote::Dict::open(store, name).get("k").as_int() == 1);
+}
+
+TEST_CASE("remote: an item not acknowledged is delivered again after its lease", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    remote::QueueOptions o;
+    o.lease = 1s;
+    auto q = remote::Queue::open_or_create(store, unique("q"), o);
+    CHECK(q.lease() == 1s);
+    q.put("once");
+    {
+        auto l = q.get_for(10s);
+        REQUIRE(l);
+        CHECK(l->deliveries() == 1);
+        // Dropped without ack.
+    }
+    auto again = q.get_for(60s);
+    REQUIRE(again);
+    CHECK(again->item() == "once");
+    CHECK(again->deliveries() == 2);
+    CHECK(again->ack());
+    CHECK(!q.get_for(1500ms));  // acknowledged: never again
+}
+
+TEST_CASE("remote: a lock whose holder is SIGKILLed is free again after the lease, with a larger token",
+          "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("lock");
+    remote::LockOptions lo;
+    lo.lease = 2s;
+    remote::Lock mine = remote::Lock::open_or_create(store, name, lo);
+    CHECK(mine.lease() == 2s);
+    CHECK(mine.token() == 0);
+    CHECK_THROWS_AS(mine.unlock(), shm::lock_error);
+    // Held past several leases: the renewals keep it.
+    REQUIRE(mine.try_lock());
+    const std::uint64_t first = mine.token();
+    CHECK(first > 0);
+    CHECK_THROWS_AS(mine.lock(), shm::lock_error);
+    {
+        remote::Lock other = remote::Lock::open(store, name);
+        CHECK(other.lease() == 2s);
+        for (int i = 0; i < 3; ++i) {
+            std::this_thread::sleep_for(2s);
+            CHECK(!other.try_lock());
+            CHECK(mine.held());
+        }
+    }
+    mine.unlock();
+    CHECK(!mine.held());
+
+    TempDir tmp;
+    const std::string ready = tmp.path + "/ready";
+    pid_t holder = spawn_child({"lock-hold", server.urls(), name, ready});
+    REQUIRE(test::eventually([&] { return ::access(ready.c_str(), F_OK) == 0; }, 60s));
+    const std::uint64_t held_token = std::stoull(read_text(ready));
+    CHECK(held_token > first);
+    CHECK(!mine.try_lock());
+    test::kill_and_reap(holder);
+    // Free again once its lease has run out: no sooner than a renewal
+    // could have kept it, and with a larger token.
+    CHECK(mine.try_lock_for(60s));
+    CHECK(mine.token() > held_token);
+    mine.unlock();
+}
+
+TEST_CASE("remote: the items of a SIGKILLed consumer are delivered again after the lease", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.lease = 2s;
+    auto q = remote::Queue::open_or_create(store, name, o);
+    std::vector<std::string> items;
+    for (int i = 0; i < 10; ++i) items.push_back("job " + std::to_string(i));
+    CHECK(q.put_many(items) == items.size());
+    TempDir tmp;
+    const std::string ready = tmp.path + "/ready";
+    pid_t consumer = spawn_child({"hold", server.urls(), name, "3", ready});
+    REQUIRE(test::eventually([&] { return ::access(ready.c_str(), F_OK) == 0; }, 60s));
+    std::string held = read_text(ready);
+    CHECK(held == "job 0\njob 1\njob 2\n");
+    test::kill_and_reap(consumer);
+    // Everything comes, the killed consumer's three items again, once each.
+    std::map<std::string, std::uint32_t> got;
+    while (got.size() < items.size()) {
+        auto l = q.get_for(60s);
+        REQUIRE(l);
+        CHECK(got.count(l->item()) == 0);
+        got[l->item()] = l->deliveries();
+        CHECK(l->ack());
+    }
+    for (int i = 0; i < 10; ++i) CHECK(got["job " + std::to_string(i)] == (i < 3 ? 2u : 1u));
+    CHECK(q.unfinished() == 0);
+}
+
+TEST_CASE("remote: a server restarted on its file store brings the queue and the dict back", "[remote]") {
+    test::NatsCluster server(1);
+    const std::string qn = unique("q"), dn = unique("d");
+    {
+        remote::Store store = remote::connect(server.urls());
+        auto q = remote::Queue::open_or_create(store, qn);
+        q.put_many({"a", "b", "c"});
+        auto d = remote::Dict::open_or_create(store, dn);
+        d.set("key", "value");
+        d.set("n", 42);
+    }
+    server.restart(0);
+    remote::Store store = remote::connect(server.urls());
+    auto q = remote::Queue::open(store, qn);
+    for (const char* want : {"a", "b", "c"}) {
+        auto l = q.get_for(30s);
+        REQUIRE(l);
+        CHECK(l->item() == want);
+        l->ack();
+    }
+    auto d = remote::Dict::open(store, dn);
+    CHECK(d.get("key").as_string() == "value");
+    CHECK(d.get("n").as_int() == 42);
+    CHECK(d.size() == 2);
+}
+
+TEST_CASE("remote: a server that does not answer fails the call within its bound, clearly", "[remote]") {
+    test::NatsCluster server(1);
+    remote::StoreOptions so;
+    so.request_timeout = 1s;
+    remote::Store store = remote::connect(server.urls(), so);
+    auto d = remote::Dict::open_or_create(store, unique("d"));
+    auto q = remote::Queue::open_or_create(store, unique("q"));
+    d.set("k", 1);
+    server.freeze(0);
+    auto start = std::chrono::steady_clock::now();
+    try {
+        d.get("k");
+        FAIL("a frozen server answered");
+    } catch (const remote::unavailable& e) {
+        CHECK(e.code().value() == ETIMEDOUT);
+        CHECK_THAT(e.what(), Catch::Contains(server.urls()));
+        CHECK_THAT(e.what(), Catch::Contains("dict"));
+    }
+    CHECK_THROWS_AS(q.put("x"), remote::unavailable);
+    // A generous cap, only against a true hang.
+    CHECK(std::chrono::steady_clock::now() - start < 120s);
+    server.thaw(0);
+}
+
+TEST_CASE("remote: connecting to nothing fails clearly, naming the server", "[remote]") {
+    const std::string url = "nats://127.0.0.1:" + std::to_string(test::free_port());
+    remote::StoreOptions so;
+    so.request_timeout = 1s;
+    try {
+        remote::connect(url, so);
+        FAIL("connected to a port nobody listens on");
+    } catch (const remote::unavailable& e) {
+        CHECK_THAT(e.what(), Catch::Contains(url));
+    }
+    CHECK_THROWS_AS(remote::connect("", so), shm::error);
+    CHECK_THROWS_AS(remote::connect(url, [] {
+        remote::StoreOptions o;
+        o.replicas = 9;
+        return o;
+    }()), shm::error);
+}
+
+TEST_CASE("remote: three replicas asked of one server are refused, clearly, and change nothing", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.replicas = 3;
+    CHECK_THROWS_AS(remote::Queue::open_or_create(store, name, o), remote::not_enough_replicas);
+    remote::ObjectOptions r3;
+    r3.replicas = 3;
+    CHECK_THROWS_AS(remote::Dict::open_or_create(store, unique("d"), r3), remote::not_enough_replicas);
+    // The refused name is free: one replica works.
+    CHECK(!store.kind(name));
+    auto q = remote::Queue::open_or_create(store, name);
+    CHECK(q.replicas() == 1);
+}
