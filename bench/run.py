@@ -30,6 +30,11 @@ seconds apart. It writes the medians to build/bench/results.jsonl (one
 object a line, as above), prints a table with each implementation's ratio
 to libshm, and checks the targets. Absolute figures swing between runs;
 compare ratios within one run.
+
+The remote cases (remote.*: a queue and a dict across hosts) need a NATS
+server: for them this script starts a real nats-server with JetStream on a
+loopback port and a temporary store (tests/nats_server.py), hands its URL
+to the programs in SHM_NATS_URL, and stops it at the end.
 """
 
 import argparse
@@ -64,6 +69,12 @@ def programs(build_dir):
     # Built only when the daemon is (see bench/CMakeLists.txt).
     shmd = os.path.join(b, "bench_shmd_reclaim")
     shmd_progs = [("shmd: SIGKILL to unlink (and shmctl gc)", [shmd])] if os.path.exists(shmd) else []
+    # The remote cases (remote.*) on the nats-server main() starts: the bare
+    # C client (built when libnats is) and Python's BaseManager over TCP.
+    floor, remote = os.path.join(b, "bench_remote_floor"), os.path.join(b, "bench_remote_libshm")
+    remote_progs = ([("libshm's remote Queue and Dict", [remote])] if os.path.exists(remote) else []) + (
+        [("floor: the bare NATS C client", [floor])] if os.path.exists(floor) else []) + [
+        ("Python BaseManager over TCP", [sys.executable, os.path.join(ROOT, "bench", "remote_manager.py")])]
     # The Python package's cases (py.*), with the interpreter it is built for.
     py = package_python(build_dir)
     py_progs = [("Python: libshm, multiprocessing, floors", [py, os.path.join(ROOT, "bench", "python_libshm.py")],
@@ -83,7 +94,7 @@ def programs(build_dir):
         ("floors: futex ping-pong, SPSC ring, memcpy", [os.path.join(b, "bench_queue_floor")]),
         ("libshm Pool, and the WorkQueue round trip", [os.path.join(b, "bench_pool_libshm")]),
         ("locks: shm::Mutex, RecursiveMutex, Boost, robust pthread, std::mutex", [os.path.join(b, "bench_lock")]),
-    ] + shmd_progs
+    ] + shmd_progs + remote_progs
     return [p if len(p) == 3 else p + (None,) for p in progs] + py_progs
 
 
@@ -139,6 +150,14 @@ def targets(cases):
          ">=", 10.0, ["py.pool.map.tiny.c1"]),
         ("Python: libshm.Pool's map at least 2x multiprocessing.Pool's at its default chunk size", "libshm",
          "python_mp_pool", ">=", 2.0, ["py.pool.map.tiny.default"]),
+        ("Across hosts: libshm at least 5x Python's BaseManager on the queue and the dict", "libshm",
+         "python_basemanager", ">=", 5.0, ["remote.queue.1to1.64B", "remote.dict.get", "remote.dict.set"]),
+        ("Across hosts: libshm's median round trip at most 1/5 of the BaseManager's", "libshm",
+         "python_basemanager", "<=", 1 / 5, ["remote.queue.pingpong.64B.p50"]),
+        ("Across hosts: libshm at least 1/2 of the bare NATS client's throughput", "libshm", "nats_floor", ">=",
+         1 / 2, ["remote.queue.1to1.64B", "remote.dict.get", "remote.dict.set"]),
+        ("Across hosts: libshm's median round trip within 2x of the bare NATS client's", "libshm", "nats_floor",
+         "<=", 2.0, ["remote.queue.pingpong.64B.p50"]),
     ]
 
 
@@ -279,6 +298,27 @@ def run_program(label, argv, env, extra, timeout):
     return results, p.returncode == 0
 
 
+def run_cases(a, progs, order, every):
+    """Every case, round by round, each program that has it; returns the Rounds."""
+    rounds = Rounds()
+    ok = True
+    for case in order:
+        for rnd in range(a.rounds):
+            print(f"bench: {case}" + (f" (round {rnd + 1} of {a.rounds})" if a.rounds > 1 else ""),
+                  file=sys.stderr, flush=True)
+            for label, argv, env, cases in progs:
+                if case not in cases:
+                    continue
+                extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
+                got, fine = run_program(label, argv, env, extra, timeout=60 + 3 * (a.seconds + a.warmup))
+                for r in got:
+                    if owner(r["bench"], every) == case:
+                        rounds.add(rnd, r)
+                ok = ok and fine
+    rounds.ok = ok
+    return rounds
+
+
 def main():
     ap = argparse.ArgumentParser(description="Run the benchmarks, print a table, write results.jsonl.")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
@@ -318,20 +358,25 @@ def main():
     for _, _, _, cases in progs:
         order += [c for c in cases if c not in order]
 
-    rounds = Rounds()
-    for case in order:
-        for rnd in range(a.rounds):
-            print(f"bench: {case}" + (f" (round {rnd + 1} of {a.rounds})" if a.rounds > 1 else ""),
-                  file=sys.stderr, flush=True)
-            for label, argv, env, cases in progs:
-                if case not in cases:
-                    continue
-                extra = ["--only", case, "--seconds", str(a.seconds), "--warmup", str(a.warmup)]
-                got, fine = run_program(label, argv, env, extra, timeout=60 + 3 * (a.seconds + a.warmup))
-                for r in got:
-                    if owner(r["bench"], every) == case:
-                        rounds.add(rnd, r)
-                ok = ok and fine
+    # The remote cases run against a real nats-server on a loopback port
+    # with a temporary store, started here and stopped at the end; without
+    # nats-server their programs answer "skipped".
+    server = None
+    if any(c.startswith("remote.") for c in order):
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        import nats_server
+        if nats_server.find_binary() is None:
+            print("bench: nats-server is not installed: the remote cases are skipped (./dev deps)", file=sys.stderr)
+        else:
+            server = nats_server.NatsServer().__enter__()
+            progs = [(label, argv, dict(env or {}, SHM_NATS_URL=server.url), cases)
+                     for label, argv, env, cases in progs]
+    try:
+        rounds = run_cases(a, progs, order, every)
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
+    ok = ok and rounds.ok
     results = rounds.results()
 
     # results.jsonl holds the figures only, each with exactly the four keys.

@@ -106,6 +106,8 @@ class CMakeBuild(build_ext):
         dest = Path(self.build_lib) / "libshm"
         for pattern in ("*.py", "*.pyi", "py.typed"):
             outputs += [str(dest / p.name) for p in sorted((HERE / "libshm").glob(pattern))]
+        # libshm._remote, when the build made it (the NATS C client found).
+        outputs += [str(p) for p in sorted(dest.glob("_remote*.so"))]
         return outputs
 
 

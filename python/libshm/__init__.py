@@ -9,11 +9,16 @@ Replace the imports and keep the program::
 Processes themselves still come from multiprocessing (Process, Pool and the
 start methods); the objects above pass to them under fork, spawn and
 forkserver. Manager().Namespace is not provided.
+
+get_context() mirrors multiprocessing.get_context(): with a start method,
+these objects; with a NATS server's URL, get_context("nats://host:4222"),
+the same names across hosts (libshm.remote).
 """
 
 from ._core import (AlreadyExists, Corrupted, Error, NotFound, OutOfSpace, OwnerDiedWarning,
                     TypeMismatch)
 from ._core import version as __version__
+from .context import get_context
 from .managers import DictProxy, ListProxy, dict, list
 from .pool import Pool, ProcessPoolExecutor, WorkerLostError
 from .queues import JoinableQueue, Queue, SimpleQueue
@@ -28,8 +33,17 @@ __all__ = [
     "dict", "list", "DictProxy", "ListProxy", "Manager",
     "Pool", "ProcessPoolExecutor", "WorkerLostError",
     "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
-    "OwnerDiedWarning",
+    "OwnerDiedWarning", "get_context",
 ]
+
+
+def __getattr__(name):
+    # The exceptions of the objects across hosts, without importing them
+    # (nor the NATS client) until asked for.
+    if name in ("Unavailable", "NotEnoughReplicas"):
+        from . import remote
+        return getattr(remote, name)
+    raise AttributeError(f"module 'libshm' has no attribute {name!r}")
 
 
 class Manager:

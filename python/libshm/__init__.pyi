@@ -6,6 +6,7 @@ from _typeshed import SupportsKeysAndGetItem
 from typing_extensions import Self
 
 from . import queues as _queues, synchronize as _synchronize
+from .context import get_context as get_context
 from .managers import DictProxy as DictProxy, ListProxy as ListProxy, dict as dict, list as list
 from .pool import Pool as Pool, ProcessPoolExecutor as ProcessPoolExecutor, WorkerLostError as WorkerLostError
 from .queues import JoinableQueue as JoinableQueue, Queue as Queue, SimpleQueue as SimpleQueue
@@ -22,7 +23,7 @@ __all__ = [
     "dict", "list", "DictProxy", "ListProxy", "Manager",
     "Pool", "ProcessPoolExecutor", "WorkerLostError",
     "Error", "NotFound", "AlreadyExists", "OutOfSpace", "TypeMismatch", "Corrupted",
-    "OwnerDiedWarning",
+    "OwnerDiedWarning", "get_context",
 ]
 
 _T = TypeVar("_T")
@@ -37,6 +38,9 @@ class OutOfSpace(Error, MemoryError): ...
 class TypeMismatch(Error, TypeError): ...
 class Corrupted(Error): ...
 class OwnerDiedWarning(RuntimeWarning): ...
+# The errors of the objects across hosts (libshm.remote), loaded on first use.
+class Unavailable(Error, ConnectionError): ...
+class NotEnoughReplicas(Error): ...
 
 class Manager:
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import libshm
+import libshm.remote
 
 
 def queues() -> None:
@@ -135,7 +136,35 @@ def errors() -> None:
     assert isinstance(libshm.__version__, str)
 
 
+def contexts(url: str | None) -> None:
+    """The same code on either context (remote only given a server's URL:
+    checked by mypy, run by test_remote.py's suite instead)."""
+    local = libshm.get_context("spawn")
+    lq = local.JoinableQueue()
+    lq.put(1)
+    assert lq.get(timeout=10) == 1
+    lq.task_done()
+    assert local.get_start_method() == "spawn"
+    if url is None:
+        return
+    ctx = libshm.get_context(url, request_timeout=2.0)
+    assert isinstance(ctx, libshm.remote.RemoteContext)
+    rq = ctx.JoinableQueue(8, lease=5.0)
+    rq.put("job")
+    job: str = rq.get(timeout=10)
+    rq.task_done()
+    lock = ctx.Lock(lease=2.0)
+    with lock:
+        token: int = lock.token
+    d = ctx.dict()
+    d["jobs"] = d.get("jobs", 0) + 1
+    total = d.update_key("total", lambda v: (v or 0) + 1)
+    ctx.remove(rq)
+    assert job and token and total
+
+
 if __name__ == "__main__":
+    contexts(None)
     queues()
     synchronization()
     containers()

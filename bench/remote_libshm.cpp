@@ -1,0 +1,119 @@
+// libshm's remote objects (impl "libshm") in the remote benchmarks
+// (remote_harness.hpp): shm::remote::Queue and shm::remote::Dict on the
+// benchmark's nats-server, one replica.
+//
+//  - the queue: Queue::put() (returns once the server has stored the item),
+//    get() of a Lease, its item used, then Lease::ack() (which waits for the
+//    server to confirm); max_items 1024, as the local queue cases' capacity.
+//  - the dict: Dict::set() and Dict::get() of int values.
+#include <shm/remote.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "harness.hpp"
+#include "queue_harness.hpp"
+#include "remote_harness.hpp"
+
+namespace {
+
+class RemoteChannel {
+public:
+    explicit RemoteChannel(const qbench::ChannelConfig& cfg)
+        : url_(rbench::server_url()), name_(rbench::unique_name("q" + cfg.tag)), capacity_(cfg.capacity) {
+        // The parent never connects (a connection does not survive fork()).
+        rbench::in_child([&] {
+            shm::remote::Store s = shm::remote::connect(url_);
+            shm::remote::QueueOptions o;
+            o.max_items = capacity_;
+            o.replicas = 1;
+            shm::remote::Queue::create(s, name_, o);
+        });
+    }
+    ~RemoteChannel() {
+        leave();
+        try {
+            rbench::in_child([&] {
+                shm::remote::Store s = shm::remote::connect(url_);
+                s.remove(name_);
+            });
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "libshm: %s\n", e.what());
+        }
+    }
+    RemoteChannel(const RemoteChannel&) = delete;
+    RemoteChannel& operator=(const RemoteChannel&) = delete;
+
+    void put(const char* item, std::size_t n) { queue().put(std::string_view(item, n)); }
+
+    template <class Use>
+    void get(Use&& use) {
+        shm::remote::Lease l = queue().get();
+        use(l.item().data(), l.item().size());
+        if (!l.ack()) throw bench::Failure("an acknowledgement not confirmed");
+    }
+
+    void leave() {
+        q_.reset();
+        store_.reset();
+    }
+
+    std::string note() const {
+        return "Queue::put / get + Lease::ack, max_items " + std::to_string(capacity_) + ", 1 replica";
+    }
+
+private:
+    shm::remote::Queue& queue() {
+        if (!q_) {
+            store_.emplace(shm::remote::connect(url_));
+            q_.emplace(shm::remote::Queue::open(*store_, name_));
+        }
+        return *q_;
+    }
+
+    std::string url_, name_;
+    std::uint32_t capacity_;
+    std::optional<shm::remote::Store> store_;  // per process, on first use
+    std::optional<shm::remote::Queue> q_;
+};
+
+class RemoteDict {
+public:
+    RemoteDict(const std::string& url, const std::string& name)
+        : store_(shm::remote::connect(url)),
+          d_(shm::remote::Dict::open_or_create(store_, name, one_replica())),
+          name_(name) {}
+    ~RemoteDict() {
+        try {
+            store_.remove(name_);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "libshm: %s\n", e.what());
+        }
+    }
+    RemoteDict(const RemoteDict&) = delete;
+    RemoteDict& operator=(const RemoteDict&) = delete;
+
+    void set(const std::string& key, std::int64_t v) { d_.set(key, shm::Value(v)); }
+    std::int64_t get(const std::string& key) { return d_.get(key).as_int(); }
+
+private:
+    static shm::remote::ObjectOptions one_replica() {
+        shm::remote::ObjectOptions o;
+        o.replicas = 1;
+        return o;
+    }
+    shm::remote::Store store_;
+    shm::remote::Dict d_;
+    std::string name_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return qbench::run_qcases(
+        "libshm",
+        rbench::remote_cases<RemoteChannel, RemoteDict>("libshm", [] { return "Dict::set / Dict::get, 1 replica"; }),
+        argc, argv);
+}

@@ -1,0 +1,315 @@
+"""get_context(): one behavioural test body, run against the local context
+(shared memory) and the remote one (a real nats-server with JetStream on a
+loopback port and a temporary store, started here and stopped after); then
+what only the remote one has: a consumer SIGKILLed while holding an item
+(delivered again after its lease), a lock holder SIGKILLed (the lock free
+after its lease, with a larger fencing token), an unreachable server.
+
+The remote tests are skipped, saying why, when nats-server is not
+installed or the package was built without the NATS client. Every wait is
+bounded by a generous cap that fails only on a true hang; nothing asserts
+on durations."""
+
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import unittest
+
+import libshm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+import nats_server  # noqa: E402  (tests/nats_server.py)
+
+CAP = 60  # seconds: a true hang, never a slow machine
+SERVER = None
+
+
+def setUpModule():
+    global SERVER
+    try:
+        import libshm._remote  # noqa: F401
+    except ImportError:
+        return  # RemoteBehaviour skips, saying so
+    if nats_server.find_binary() is None:
+        return
+    SERVER = nats_server.NatsServer().__enter__()
+
+
+def tearDownModule():
+    if SERVER is not None:
+        SERVER.__exit__(None, None, None)
+
+
+def remote_skip_reason():
+    try:
+        import libshm._remote  # noqa: F401
+    except ImportError:
+        return "libshm was built without the NATS C client (libnats-dev): no libshm._remote"
+    if nats_server.find_binary() is None:
+        return "nats-server is not installed (Debian: apt-get install nats-server)"
+    return None
+
+
+# ---- what the child processes run (module level: they are spawned) --------------------------
+
+def _produce(q, start, n):
+    for i in range(start, start + n):
+        q.put(("item", i))
+
+
+def _locked_increments(lock, d, n):
+    for _ in range(n):
+        with lock:
+            d["n"] = d.get("n", 0) + 1  # a read and a write: only the lock makes it exact
+
+
+def _hold_until(lock, held, go, out):
+    with lock:
+        out.put(getattr(lock, "token", 0))
+        held.set()
+        go.wait(CAP)
+
+
+def _wait_event(e, out):
+    out.put(e.wait(CAP))
+
+
+def _take_and_hang(q, got):
+    item = q.get(timeout=CAP)
+    got.put(item)
+    threading.Event().wait(CAP)  # never task_done(): killed here
+
+
+def _lock_and_hang(lock, out):
+    lock.acquire()
+    out.put(lock.token)
+    threading.Event().wait(CAP)
+
+
+class Behaviour:
+    """The behaviour both contexts share; self.ctx is the context."""
+
+    def spawn(self, target, *args):
+        p = self.ctx.Process(target=target, args=args)
+        p.start()
+        self.addCleanup(self.reap, p)
+        return p
+
+    def reap(self, p):
+        p.join(CAP)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+    def join_ok(self, p):
+        p.join(CAP)
+        self.assertFalse(p.is_alive(), "child still running after the cap")
+        self.assertEqual(p.exitcode, 0)
+
+    # ---- Queue ----
+    def test_queue_put_get_in_order_pickled(self):
+        q = self.ctx.Queue()
+        items = [None, 1, "two", b"three", (4, 4.5), {"five": [5]}, list(range(100))]
+        for x in items:
+            q.put(x)
+        self.assertEqual([q.get(timeout=CAP) for _ in items], items)
+
+    def test_queue_empty_and_timeouts(self):
+        q = self.ctx.Queue()
+        self.assertTrue(q.empty())
+        q.put("w")
+        self.assertEqual(q.qsize(), 1)
+        self.assertFalse(q.empty())
+        self.assertEqual(q.get(timeout=CAP), "w")
+        with self.assertRaises(queue.Empty):
+            q.get_nowait()
+        with self.assertRaises(queue.Empty):
+            q.get(False)
+        with self.assertRaises(queue.Empty):
+            q.get(timeout=0.2)
+        q.put("x")
+        self.assertEqual(q.get(timeout=CAP), "x")
+
+    def test_queue_full(self):
+        q = self.ctx.Queue(2)
+        q.put(1)
+        q.put(2)
+        self.assertTrue(q.full())
+        with self.assertRaises(queue.Full):
+            q.put_nowait(3)
+        with self.assertRaises(queue.Full):
+            q.put(3, timeout=0.2)
+        self.assertEqual(q.get(timeout=CAP), 1)
+        q.put(3, timeout=CAP)
+        self.assertEqual([q.get(timeout=CAP), q.get(timeout=CAP)], [2, 3])
+
+    def test_queue_across_processes(self):
+        q = self.ctx.Queue()
+        ps = [self.spawn(_produce, q, k * 1000, 20) for k in range(2)]
+        got = sorted(q.get(timeout=CAP)[1] for _ in range(40))
+        for p in ps:
+            self.join_ok(p)
+        self.assertEqual(got, list(range(20)) + list(range(1000, 1020)))
+
+    def test_queue_pickles(self):
+        q = self.ctx.Queue()
+        q2 = pickle.loads(pickle.dumps(q))
+        q2.put("via the copy")
+        self.assertEqual(q.get(timeout=CAP), "via the copy")
+
+    # ---- JoinableQueue ----
+    def test_joinable_task_done_and_join(self):
+        q = self.ctx.JoinableQueue()
+        for i in range(3):
+            q.put(i)
+        self.assertFalse(q.join(timeout=0.2))
+        for _ in range(3):
+            q.get(timeout=CAP)
+        self.assertFalse(q.join(timeout=0.2))  # got, not done
+        for _ in range(3):
+            q.task_done()
+        self.assertTrue(q.join(timeout=CAP))
+        with self.assertRaises(ValueError):
+            q.task_done()
+
+    # ---- dict and list ----
+    def test_dict(self):
+        d = self.ctx.dict({"a": 1}, b=2)
+        d["c"] = [1, 2, {"x": None}]
+        d[(1, "t")] = "tuple key"
+        d[7] = 7.5
+        d.update({"a": 10}, e=b"bytes")
+        self.assertEqual(d["a"], 10)
+        self.assertEqual(d["c"], [1, 2, {"x": None}])
+        self.assertEqual(d[(1, "t")], "tuple key")
+        self.assertEqual(d[7], 7.5)
+        self.assertEqual(d.get("missing", "dflt"), "dflt")
+        self.assertIsNone(d.get("missing"))
+        self.assertIn("e", d)
+        self.assertNotIn("missing", d)
+        self.assertEqual(len(d), 6)
+        self.assertEqual(sorted(map(repr, d.keys())), sorted(map(repr, ["a", "b", "c", (1, "t"), 7, "e"])))
+        with self.assertRaises(KeyError):
+            d["missing"]
+        del d["b"]
+        with self.assertRaises(KeyError):
+            del d["b"]
+        self.assertEqual(d.pop("e"), b"bytes")
+        self.assertEqual(d.setdefault("s", 5), 5)
+        self.assertEqual(d.setdefault("s", 6), 5)
+        d2 = pickle.loads(pickle.dumps(d))
+        d2["via"] = "copy"
+        self.assertEqual(d["via"], "copy")
+
+    def test_list(self):
+        lst = self.ctx.list([1, "two"])
+        lst.append((3,))
+        lst.extend([4, 5])
+        self.assertEqual(len(lst), 5)
+        self.assertEqual(lst[2], (3,))
+        self.assertEqual(lst[-1], 5)
+        self.assertEqual(lst.pop(), 5)
+        self.assertEqual(list(lst), [1, "two", (3,), 4])
+        self.assertEqual(lst.index("two"), 1)
+        lst[0] = "one"
+        self.assertEqual(lst[0], "one")
+        with self.assertRaises(IndexError):
+            lst[10]
+
+    # ---- Lock ----
+    def test_lock_excludes_across_processes(self):
+        lock, d = self.ctx.Lock(), self.ctx.dict()
+        ps = [self.spawn(_locked_increments, lock, d, 10) for _ in range(3)]
+        for p in ps:
+            self.join_ok(p)
+        self.assertEqual(d["n"], 30)
+
+    def test_lock_held_elsewhere(self):
+        lock, held, go, out = self.ctx.Lock(), self.ctx.Event(), self.ctx.Event(), self.ctx.Queue()
+        p = self.spawn(_hold_until, lock, held, go, out)
+        self.assertTrue(held.wait(CAP))
+        self.assertFalse(lock.acquire(False))
+        self.assertFalse(lock.acquire(timeout=0.2))
+        go.set()
+        self.assertTrue(lock.acquire(timeout=CAP))
+        lock.release()
+        self.join_ok(p)
+        with self.assertRaises(ValueError):
+            lock.release()
+
+    # ---- Event ----
+    def test_event(self):
+        e, out = self.ctx.Event(), self.ctx.Queue()
+        self.assertFalse(e.is_set())
+        self.assertFalse(e.wait(0.2))
+        p = self.spawn(_wait_event, e, out)
+        e.set()
+        self.assertTrue(e.is_set())
+        self.assertTrue(out.get(timeout=CAP))
+        self.join_ok(p)
+        e.clear()
+        self.assertFalse(e.is_set())
+
+
+class LocalBehaviour(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.environ.get("SHM_DIR", "").startswith("/dev/shm/"):
+            raise unittest.SkipTest("set SHM_DIR to a directory of this run's own under /dev/shm")
+        cls.ctx = libshm.get_context("spawn")
+
+
+class RemoteBehaviour(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        why = remote_skip_reason()
+        if why:
+            raise unittest.SkipTest(why)
+        cls.ctx = libshm.get_context(SERVER.url, lock_lease=2.0, ack_wait=2.0)
+
+    # ---- what only the remote context has ----
+    def test_killed_consumer_item_delivered_again(self):
+        q, got = self.ctx.JoinableQueue(lease=1.0), self.ctx.Queue()
+        q.put("precious")
+        p = self.spawn(_take_and_hang, q, got)
+        self.assertEqual(got.get(timeout=CAP), "precious")  # leased to the child
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(CAP)
+        self.assertEqual(q.get(timeout=CAP), "precious")  # delivered again once its lease ran out
+        q.task_done()
+        self.assertTrue(q.join(timeout=CAP))
+        with self.assertRaises(queue.Empty):
+            q.get(timeout=0.5)
+
+    def test_killed_holder_lock_free_after_lease_with_larger_token(self):
+        lock, out = self.ctx.Lock(lease=1.0), self.ctx.Queue()
+        p = self.spawn(_lock_and_hang, lock, out)
+        first = out.get(timeout=CAP)
+        self.assertGreater(first, 0)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(CAP)
+        self.assertTrue(lock.acquire(timeout=CAP))
+        try:
+            self.assertGreater(lock.token, first)
+        finally:
+            lock.release()
+
+    def test_update_key_and_increment(self):
+        d = self.ctx.dict()
+        self.assertEqual(d.increment("n"), 1)
+        self.assertEqual(d.increment("n", 5), 6)
+        self.assertEqual(d.update_key("s", lambda v: (v or "") + "x"), "x")
+        self.assertEqual(d.update_key("s", lambda v: v + "y"), "xy")
+
+    def test_unreachable_server(self):
+        port = nats_server.free_ports(1)[0]  # nobody listens there
+        with self.assertRaises(libshm.Unavailable) as cm:
+            libshm.get_context(f"nats://127.0.0.1:{port}", request_timeout=1.0)
+        self.assertIn(str(port), str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
