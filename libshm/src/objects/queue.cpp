@@ -74,7 +74,7 @@
 // actor record over, the record counts as dead to whatever names it: only
 // the dead holder before it can have left a claim under that id.
 //
-// Waiting goes through core::wait() (core/wait.hpp, policy kQueueWait):
+// Waiting goes through core::wait() (core/wait.hpp, policies kQueueGetWait and kQueuePutWait):
 // spin, yield, then sleep on an epoch futex after setting the process's
 // bit in a waiters mask. A waker stores, then loads the mask; a sleeper sets
 // its bit, then re-checks. Where the kernel allows, every process using a

@@ -105,7 +105,7 @@ constexpr std::uint64_t kNoTicket = ~0ull;
             return sleep.arm([&] { return b.slot->word.load() != b.seen || c->closed.load(); });
         }
     } w(c, id, got, is_closed);
-    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+    return core::wait(w, d, core::kQueueGetWait) == core::Waited::ready;
 }
 
 // Claim the next published item. Returns its ticket, or kNoTicket when

@@ -129,7 +129,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
             return sleep.arm([&] { return b.slot->word.load() != b.seen || c->free.load() != F || c->closed.load(); });
         }
     } w(c, id, need, cl);
-    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+    return core::wait(w, d, core::kQueuePutWait) == core::Waited::ready;
 }
 
 // Claim the next ticket and `need` units of bytes into cl. Returns false if

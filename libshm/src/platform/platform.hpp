@@ -76,6 +76,11 @@ void futex_wake(const void* word, int n);
 // filter) refuses it; membarrier_all() returns 0, or the errno of failure.
 bool membarrier_register();
 int membarrier_all();
+// Whether more tasks are runnable on this host now than there are CPUs this
+// process may run on (/proc/loadavg's count of runnable tasks, which
+// includes the caller, against sched_getaffinity()). False where it cannot
+// tell. A few µs: callers sample it, not call it per step.
+bool cpus_oversubscribed();
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
