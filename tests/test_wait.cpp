@@ -98,7 +98,7 @@ TEST_CASE("wait: a backoff spins, then yields, then says sleep", "[core][wait]")
 
 TEST_CASE("wait: a wait that is never satisfied times out at its deadline", "[core][wait]") {
     std::atomic<std::uint32_t> word{0}, sleepers{0};
-    for (const shm::core::WaitPolicy& p : {shm::core::kSemaphoreWait, shm::core::kQueueWait, shm::core::kBarrierWait}) {
+    for (const shm::core::WaitPolicy& p : {shm::core::kSemaphoreWait, shm::core::kQueueGetWait, shm::core::kBarrierWait}) {
         WordWaiter w(word, sleepers);
         const auto t0 = std::chrono::steady_clock::now();
         CHECK(shm::core::wait(w, shm::core::Deadline::in(30ms), p) == shm::core::Waited::timeout);
@@ -271,4 +271,49 @@ TEST_CASE("wait: a pthread mutex is locked by a deadline", "[core][wait]") {
     });
     again.join();
     CHECK(rc == 0);
+}
+
+TEST_CASE("wait: a learned spin grows back while spinning pays and shrinks on a quiet peer", "[core][wait]") {
+    using shm::core::kSpinMax;
+    using shm::core::kSpinMin;
+    shm::core::SpinBudget b;
+    CHECK(b.ns == kSpinMax.count());
+    // Waits that end long after a full spin would have: halve, down to the floor.
+    b.slept(kSpinMax.count() * 10);
+    CHECK(b.ns == kSpinMax.count() / 2);
+    for (int i = 0; i < 20; ++i) b.timed_out();
+    CHECK(b.ns == kSpinMin.count());
+    // Waits done while spinning: grow by an eighth, never past the top.
+    const std::int64_t before = b.ns;
+    b.spun();
+    CHECK(b.ns == before + before / 8);
+    for (int i = 0; i < 100; ++i) b.spun();
+    CHECK(b.ns == kSpinMax.count());
+    // A wait that slept but was answered within a full spin: spin fully next time.
+    for (int i = 0; i < 20; ++i) b.timed_out();
+    b.slept(kSpinMax.count() / 2);
+    CHECK(b.ns == kSpinMax.count());
+}
+
+TEST_CASE("wait: a learned wait is satisfied by another thread, spinning or asleep", "[core][wait]") {
+    // The budget of kQueueGetWait is this thread's: make it spin briefly and
+    // then sleep, then spin fully; either way the wait ends ready.
+    std::atomic<std::uint32_t> word{0}, sleepers{0};
+    for (int round = 0; round < 2; ++round) {
+        word.store(0);
+        if (round == 0)
+            for (int i = 0; i < 20; ++i) shm::core::queue_get_budget().timed_out();
+        WordWaiter w(word, sleepers);
+        std::thread t([&] {
+            // Wake only once the waiter sleeps (round 0) or at once (round 1).
+            if (round == 0)
+                while (sleepers.load() == 0) std::this_thread::yield();
+            word.fetch_add(1);
+            shm::core::wake(word, INT_MAX);
+        });
+        CHECK(shm::core::wait(w, shm::core::Deadline::in(kCap), shm::core::kQueueGetWait) == shm::core::Waited::ready);
+        t.join();
+        if (round == 0) CHECK(w.sleeps >= 1);
+        CHECK(sleepers.load() == 0);
+    }
 }

@@ -31,6 +31,16 @@ bool sleep(const Sleep& s, const Deadline& until, std::chrono::microseconds paus
     return true;
 }
 
+bool spin_allowed(std::int64_t now) noexcept {
+    static thread_local std::int64_t sampled = 0;
+    static thread_local bool allowed = true;
+    if (now - sampled >= 1'000'000 || now < sampled) {
+        sampled = now;
+        allowed = !platform::cpus_oversubscribed();
+    }
+    return allowed;
+}
+
 int lock_until(pthread_mutex_t* m, const Deadline& d) {
 #if defined(__SANITIZE_THREAD__)
     // ThreadSanitizer (GCC 12) intercepts neither pthread_mutex_clocklock nor

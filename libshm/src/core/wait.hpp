@@ -10,7 +10,9 @@
 //                 process left; if that changed anything, start again.
 //   3. spin       `spins` cpu_relax() rounds, then `yields` sched_yield()
 //                 rounds, each followed by step 1 (again after every wake if
-//                 `respin`).
+//                 `respin`); or, for a policy with a `learned` spin, spin
+//                 for as long as this thread has learned is worth it (see
+//                 SpinBudget below), and never yield.
 //   4. deadline   passed: time out.
 //   5. sleep      the waiter announces itself (arm(): a waiter count, a bit
 //                 in a mask) and names a futex word and the value it saw;
@@ -70,6 +72,8 @@ enum class Recheck {
     after_poll,    // after a sleep that the poll interval ended
 };
 
+struct SpinBudget;
+
 struct WaitPolicy {
     int spins = 0;        // cpu_relax() rounds before the first sleep
     int yields = 0;       // then sched_yield() rounds
@@ -79,7 +83,57 @@ struct WaitPolicy {
     // A wait with no futex word: the pause between two looks.
     std::chrono::microseconds pause_min{0};
     std::chrono::microseconds pause_max{0};
+    // If set, the spin is learned instead of `spins` and `yields`: this
+    // thread's budget for this kind of wait (a thread_local of its own).
+    SpinBudget& (*learned)() = nullptr;
 };
+
+// ---- the learned spin -----------------------------------------------------------
+// Spinning pays only while the other side answers within the spin: then it
+// saves a sleep and a wake-up, which cost tens of µs across vCPUs (more
+// than the whole round trip a spin achieves). So a wait that learns spins
+// by time, up to a budget, and adjusts the budget by how each wait ended:
+//   - done while spinning: the budget grows back towards kSpinMax (by an
+//     eighth);
+//   - done after a sleep, but within kSpinMax of its start: a full spin
+//     would have caught it; spin fully next time;
+//   - done after a sleep, later than that (the other side is idle, or
+//     preempted): halve the budget, down to kSpinMin, so a thread waiting
+//     on a quiet queue soon burns no CPU.
+// It never yields: under CPU contention sched_yield() hands over a whole
+// time slice (milliseconds) to whatever else runs, where a futex sleep is
+// woken at once. kSpinMax is about one sleep and wake-up across vCPUs, the
+// classic bound for spinning against blocking (never more than twice the
+// cost of the better choice). Each thread learns per kind of wait (a get
+// from a put), not per object.
+inline constexpr std::chrono::nanoseconds kSpinMax{50'000};
+inline constexpr std::chrono::nanoseconds kSpinMin{2'000};
+
+struct SpinBudget {
+    std::int64_t ns = kSpinMax.count();
+
+    void spun() noexcept {
+        ns += ns / 8;
+        if (ns > kSpinMax.count()) ns = kSpinMax.count();
+    }
+    void slept(std::int64_t elapsed_ns) noexcept {
+        if (elapsed_ns <= kSpinMax.count()) {
+            ns = kSpinMax.count();
+        } else {
+            ns /= 2;
+            if (ns < kSpinMin.count()) ns = kSpinMin.count();
+        }
+    }
+    // Nothing came before the deadline: as a long wait.
+    void timed_out() noexcept { slept(kSpinMax.count() + 1); }
+};
+
+// CLOCK_MONOTONIC in ns (the vDSO: no system call).
+inline std::int64_t now_ns() noexcept {
+    timespec t;
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    return std::int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
+}
 
 // The policies in use, with the spin counts and intervals each primitive
 // has always had (a later change may tune them here).
@@ -95,18 +149,35 @@ inline constexpr WaitPolicy kConditionPoll{0, 0, false, std::chrono::millisecond
 // Barrier: a party killed while waiting wakes nobody: the waiters check
 // each other every 50 ms.
 inline constexpr WaitPolicy kBarrierWait{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
-// Queue put and get: a few µs of PAUSEs (a cross-CPU wake-up costs tens of
-// µs), then sched_yield()s so that a peer waiting for this CPU gets it,
-// then sleep; whoever blocks the waiter is checked before every sleep.
-inline constexpr WaitPolicy kQueueWait{100, 8, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {}};
+// Queue put and get: a learned spin (the put's and the get's apart), then
+// sleep; whoever blocks the waiter is checked before every sleep, and at
+// least every 50 ms.
+inline SpinBudget& queue_put_budget() noexcept {
+    static thread_local SpinBudget b;
+    return b;
+}
+inline SpinBudget& queue_get_budget() noexcept {
+    static thread_local SpinBudget b;
+    return b;
+}
+inline constexpr WaitPolicy kQueuePutWait{0, 0, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {},
+                                          &queue_put_budget};
+inline constexpr WaitPolicy kQueueGetWait{0, 0, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {},
+                                          &queue_get_budget};
 // A queue sleeper that could not fence the wakers (membarrier refused by a
 // seccomp filter) polls every 2 ms instead.
 inline constexpr std::chrono::milliseconds kQueueUnfencedPoll{2};
 // A queue claimant waiting for its own ticket after an ABA claim naps 1 ms.
 inline constexpr WaitPolicy kQueueNap{100, 8, false, std::chrono::milliseconds(1), Recheck::before_sleep, {}, {}};
-// WorkQueue put and get: as the Queue's; a sleeper looks for dead
-// consumers before every sleep and every 50 ms (recover()).
-inline constexpr WaitPolicy kWorkQueueWait{100, 8, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {}};
+// WorkQueue put and get: a learned spin as the Queue's (a budget of their
+// own); a sleeper looks for dead consumers before every sleep and every
+// 50 ms (recover()).
+inline SpinBudget& work_queue_budget() noexcept {
+    static thread_local SpinBudget b;
+    return b;
+}
+inline constexpr WaitPolicy kWorkQueueWait{0, 0, false, std::chrono::milliseconds(50), Recheck::before_sleep, {}, {},
+                                           &work_queue_budget};
 // WorkQueue join: no spin; dead consumers looked for every 50 ms.
 inline constexpr WaitPolicy kWorkQueueJoin{0, 0, false, std::chrono::milliseconds(50), Recheck::after_poll, {}, {}};
 // Queue join: no spin.
@@ -168,6 +239,26 @@ bool sleep(const Sleep& s, const Deadline& until, std::chrono::microseconds paus
 // Wake up to n sleepers on word (INT_MAX: all).
 inline void wake(const std::atomic<std::uint32_t>& word, int n) { platform::futex_wake(&word, n); }
 
+// Whether a learned spin may spin now: not while more tasks are runnable
+// than there are CPUs (then the spinner holds a CPU that whoever it waits
+// for may need, and a sleep hands it over). Sampled at most once a
+// millisecond per thread.
+bool spin_allowed(std::int64_t now) noexcept;
+
+// The learned spin (step 3 of a policy with `learned`): spin on w.ready()
+// from t0 for up to the budget; true if it became ready.
+template <class W>
+bool spin_learned(W& w, const SpinBudget& b, std::int64_t t0) {
+    for (;;) {
+        // The clock is read once per 16 PAUSEs (a few hundred ns).
+        for (int i = 0; i < 16; ++i) {
+            if (w.ready()) return true;
+            platform::cpu_relax();
+        }
+        if (now_ns() - t0 >= b.ns) return false;
+    }
+}
+
 // The wait primitive: returns ready once w.ready() is true, timeout once d
 // has passed (w.ready() is not asked again: a waiter that wants a last try
 // makes it).
@@ -176,28 +267,48 @@ Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
     Backoff backoff(p);
     bool polled = false;  // the last sleep ended at the poll interval
     std::chrono::microseconds pause = p.pause_min;
+    SpinBudget* budget = p.learned ? &p.learned() : nullptr;
+    std::int64_t start = 0;
+    if (budget) {
+        start = now_ns();
+        if (spin_allowed(start) && spin_learned(w, *budget, start)) {
+            budget->spun();
+            return Waited::ready;
+        }
+    }
+    bool slept = false;
     for (;;) {
-        if (w.ready()) return Waited::ready;
+        if (w.ready()) {
+            if (budget && slept) budget->slept(now_ns() - start);
+            return Waited::ready;
+        }
         if (p.recheck != Recheck::never && backoff.spun_out() &&
             (p.recheck == Recheck::before_sleep || polled)) {
             polled = false;
             if (w.recheck()) continue;
         }
         if (backoff.step()) continue;
-        if (d.passed()) return Waited::timeout;
+        if (d.passed()) {
+            if (budget) budget->timed_out();
+            return Waited::timeout;
+        }
         const Sleep s = w.arm();
         bool woken = true;
         if (!s.skip) {
             std::chrono::milliseconds poll = p.poll;
             if (s.poll.count() > 0 && (poll.count() == 0 || s.poll < poll)) poll = s.poll;
             woken = sleep(s, poll.count() > 0 ? earlier(d, poll) : d, pause);
+            slept = true;
             if (s.woken) *s.woken = woken;
             if (!s.word && pause < p.pause_max) pause = pause * 2 < p.pause_max ? pause * 2 : p.pause_max;
         }
         w.disarm();
         // After a futex sleep the deadline comes first; after a pause, one
         // more look (as a lock tried until a deadline always had).
-        if (s.word && d.passed()) return Waited::timeout;
+        if (s.word && d.passed()) {
+            if (budget) budget->timed_out();
+            return Waited::timeout;
+        }
         polled = !woken;
         if (p.respin) backoff.reset();
     }

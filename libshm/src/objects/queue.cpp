@@ -74,7 +74,7 @@
 // actor record over, the record counts as dead to whatever names it: only
 // the dead holder before it can have left a claim under that id.
 //
-// Waiting goes through core::wait() (core/wait.hpp, policy kQueueWait):
+// Waiting goes through core::wait() (core/wait.hpp, policies kQueueGetWait and kQueuePutWait):
 // spin, yield, then sleep on an epoch futex after setting the process's
 // bit in a waiters mask. A waker stores, then loads the mask; a sleeper sets
 // its bit, then re-checks. Where the kernel allows, every process using a
@@ -237,6 +237,12 @@ void Queue::close() {
         e->fetch_add(1, std::memory_order_seq_cst);
         core::wake(*e, INT_MAX);
     }
+    // Consumers sleep on their doorbells: ring every one that has a
+    // process, asleep or not (a bit cleared by a waker that has yet to ring
+    // must not leave one asleep).
+    for (unsigned i = 0; i < Queue::kMaxProcesses; ++i)
+        if (core::identity::tag_pid(c_->actors[i].who.tag.load(std::memory_order_relaxed)) != 0) ring(c_, i);
+    c_->consumers_waiting.store(0, std::memory_order_seq_cst);
 }
 
 bool Queue::closed() const noexcept { return c_->closed.load(std::memory_order_acquire) != 0; }

@@ -46,7 +46,8 @@ bool tombstone_dead(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint
     s->word.store(mk(tnext(k), end, 0), std::memory_order_release);  // partner: consumers' acquire loads
     crash_point();
     c->repairs.fetch_add(1, std::memory_order_relaxed);
-    wake(c->put_epoch, c->consumers_waiting);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    wake_all_consumers(c);
     wake(c->get_epoch, c->producers_waiting);
     return true;
 }

@@ -15,7 +15,8 @@ namespace {
 // the ticket is ours and we wait for its item.
 [[gnu::noinline, gnu::cold]] void wait_published(QueueControl* c, std::uint64_t h, std::uint32_t id) {
     struct W : SlotWaiter {
-        W(QueueControl* q, std::uint64_t t, std::uint32_t me) : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting) {
+        W(QueueControl* q, std::uint64_t t, std::uint32_t me)
+            : SlotWaiter(q, me, q->actors[me - 1].doorbell, q->consumers_waiting) {
             b.ticket = t;
             b.slot = slot_at(q, t);
         }
@@ -42,6 +43,17 @@ void release_slot(QueueControl* c, std::uint64_t h) {
 }
 
 constexpr std::uint64_t kNoTicket = ~0ull;
+
+// A consumer that slept and got an item: if the next item is published too
+// and a consumer sleeps, wake one (a producer wakes one consumer per item,
+// and items published out of order, or a wake that went to a consumer that
+// then timed out, could leave a published item beside sleepers).
+void pass_wake_on(QueueControl* c) {
+    const std::uint64_t m = c->consumers_waiting.load(std::memory_order_seq_cst);
+    if (m == 0) return;
+    const std::uint64_t h = tk(c->head.load(std::memory_order_acquire));
+    if (tk(slot_at(c, h)->word.load(std::memory_order_acquire)) == tnext(h)) wake_one_consumer(c, m);
+}
 
 // One attempt to claim the next published item, made again at once while
 // head moves under it. True once it claimed one (its ticket in got) or
@@ -98,14 +110,20 @@ constexpr std::uint64_t kNoTicket = ~0ull;
         std::uint64_t& got;
         bool& is_closed;
         W(QueueControl* q, std::uint32_t me, std::uint64_t& g, bool& cl)
-            : SlotWaiter(q, me, q->put_epoch, q->consumers_waiting), got(g), is_closed(cl) {}
-        bool ready() { return try_claim_get(c, id, got, is_closed, b); }
+            : SlotWaiter(q, me, q->actors[me - 1].doorbell, q->consumers_waiting), got(g), is_closed(cl) {}
+        bool ready() {
+            if (!try_claim_get(c, id, got, is_closed, b)) return false;
+            // Woken by a producer's one wake, and more items wait behind
+            // this one for other sleepers: pass the wake on.
+            if (sleep.armed && !is_closed) pass_wake_on(c);
+            return true;
+        }
         core::Sleep arm() {
             // seq_cst loads: see store_and_wake.
             return sleep.arm([&] { return b.slot->word.load() != b.seen || c->closed.load(); });
         }
     } w(c, id, got, is_closed);
-    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+    return core::wait(w, d, core::kQueueGetWait) == core::Waited::ready;
 }
 
 // Claim the next published item. Returns its ticket, or kNoTicket when

@@ -107,6 +107,38 @@ inline void wake_sleepers(std::atomic<std::uint32_t>& epoch, std::atomic<std::ui
     core::wake(epoch, INT_MAX);
 }
 
+// Ring the doorbell of actor index i (id i + 1): every thread of that
+// process sleeping in a get wakes.
+inline void ring(QueueControl* c, unsigned i) {
+    c->actors[i].doorbell.fetch_add(1, std::memory_order_seq_cst);
+    core::wake(c->actors[i].doorbell, INT_MAX);
+}
+
+// Wake one sleeping consumer, if any: an item was published, and one
+// consumer takes it (a directed wake, where a broadcast would wake every
+// sleeper to find one item). It takes the lowest bit it finds set; a
+// consumer that wakes to an item and leaves more behind for other sleepers
+// passes the wake on (pass_wake_on). A bit of a consumer that died asleep
+// costs one wake: the next item wakes another, and sleepers look at least
+// every 50 ms.
+inline void wake_one_consumer(QueueControl* c, std::uint64_t mask) {
+    while (mask) {
+        const std::uint64_t bit = mask & (~mask + 1);
+        const std::uint64_t old = c->consumers_waiting.fetch_and(~bit, std::memory_order_seq_cst);
+        if (old & bit) {
+            ring(c, static_cast<unsigned>(__builtin_ctzll(bit)));
+            return;
+        }
+        mask = old & ~bit;
+    }
+}
+
+// Wake every sleeping consumer (close, a repair).
+inline void wake_all_consumers(QueueControl* c) {
+    std::uint64_t m = c->consumers_waiting.exchange(0, std::memory_order_seq_cst);
+    for (; m; m &= m - 1) ring(c, static_cast<unsigned>(__builtin_ctzll(m)));
+}
+
 // After a change a sleeper may wait for: wake the sleepers of mask.
 inline void wake(std::atomic<std::uint32_t>& epoch, std::atomic<std::uint64_t>& mask) {
     // Full fence: orders our change before the mask load; the sleeper sets
@@ -146,21 +178,43 @@ inline void store_and_wake(std::atomic<std::uint64_t>& word, std::uint64_t value
     wake_sleepers(epoch, mask);
 }
 
-// A queue waiter sleeps on an epoch (core::wait()'s arm and disarm): it
-// sets its bit in the waiters mask, fences the wakers that skip their fence
-// (see store_and_wake), reads the epoch, and sleeps on it unless what it
-// waits for has changed meanwhile. Another thread of this process may share
-// the bit: clearing it makes that one look again.
+// store_and_wake() for a slot that now holds an item: wake one consumer.
+inline void store_and_wake_one_consumer(std::atomic<std::uint64_t>& word, std::uint64_t value, QueueControl* c) {
+    std::uint64_t m;
+#if defined(__SANITIZE_THREAD__)
+    word.store(value, std::memory_order_release);
+    m = c->consumers_waiting.fetch_or(0, std::memory_order_seq_cst);
+#else
+    if (t_actor.asym) {
+        word.store(value, std::memory_order_release);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        m = c->consumers_waiting.load(std::memory_order_relaxed);
+    } else {
+        word.store(value, std::memory_order_seq_cst);
+        m = c->consumers_waiting.load(std::memory_order_seq_cst);
+    }
+#endif
+    if (m) wake_one_consumer(c, m);
+}
+
+// A queue waiter sleeps on an epoch, or a consumer on its doorbell
+// (core::wait()'s arm and disarm): it sets its bit in the waiters mask,
+// fences the wakers that skip their fence (see store_and_wake), reads the
+// word, and sleeps on it unless what it waits for has changed meanwhile.
+// Another thread of this process may share the bit: clearing it makes that
+// one look again.
 struct EpochSleep {
     std::atomic<std::uint32_t>& epoch;
     std::atomic<std::uint64_t>& mask;
     const std::uint64_t bit;
+    bool armed = false;  // it has slept (or tried to) at least once
     EpochSleep(std::atomic<std::uint32_t>& e, std::atomic<std::uint64_t>& m, std::uint32_t id)
         : epoch(e), mask(m), bit(1ull << (id - 1)) {}
 
     template <class Changed>
     core::Sleep arm(Changed&& changed) {
         core::Sleep s;
+        armed = true;
         mask.fetch_or(bit, std::memory_order_seq_cst);
 #if !defined(__SANITIZE_THREAD__)
         // Where the kernel has no membarrier nobody registered, so nobody

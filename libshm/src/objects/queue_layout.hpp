@@ -100,7 +100,14 @@ struct alignas(64) QueueActor {
     core::IdentityRecord who;           // the process holding this id; pid 0 = free
     std::atomic<std::uint64_t> taken;   // items this process got
     std::atomic<std::uint64_t> done;    // task_done() calls
-    std::uint64_t reserved[4];
+    // The futex word this process's consumers sleep on: a producer that
+    // publishes an item rings one sleeping consumer's doorbell, not all.
+    // (Reserved, zero, in queues made before: old processes sleep on
+    // put_epoch, which a producer bumps only on close; they see new items
+    // at their 50 ms poll.)
+    std::atomic<std::uint32_t> doorbell;
+    std::uint32_t reserved32;
+    std::uint64_t reserved[3];
 };
 
 struct QueueControl;
@@ -122,7 +129,7 @@ struct QueueControl {
     alignas(64) std::atomic<std::uint64_t> tail;  // cursor: next ticket to put
     alignas(64) std::atomic<std::uint64_t> head;  // cursor: next ticket to get
     alignas(64) std::atomic<std::uint64_t> free;  // cursor: first ticket whose bytes are not yet free
-    alignas(64) std::atomic<std::uint32_t> put_epoch;  // consumers sleep on it
+    alignas(64) std::atomic<std::uint32_t> put_epoch;  // bumped on close (consumers sleep on their doorbells)
     std::atomic<std::uint64_t> consumers_waiting;      // bit per actor
     alignas(64) std::atomic<std::uint32_t> get_epoch;  // producers sleep on it
     std::atomic<std::uint64_t> producers_waiting;
@@ -146,6 +153,7 @@ static_assert(sizeof(detail::QueueActor) == 64);
 static_assert(offsetof(detail::QueueActor, who) == 0);
 static_assert(offsetof(detail::QueueActor, taken) == 16);
 static_assert(offsetof(detail::QueueActor, done) == 24);
+static_assert(offsetof(detail::QueueActor, doorbell) == 32);
 static_assert(sizeof(detail::QueueControl) == 448 + 64 * Queue::kMaxProcesses);
 static_assert(offsetof(detail::QueueControl, magic) == 0);
 static_assert(offsetof(detail::QueueControl, capacity) == 8);

@@ -57,7 +57,7 @@ void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
     finished_put(c, cl.ticket);
     // Release: the payload, start and len before the word; partner: the
     // consumer's acquire load of the word.
-    store_and_wake(s->word, mk(tnext(cl.ticket), cl.end, 0), c->put_epoch, c->consumers_waiting);
+    store_and_wake_one_consumer(s->word, mk(tnext(cl.ticket), cl.end, 0), c);
 }
 
 // Closed while we claimed ticket cl.ticket: publish nothing (a tombstone).
@@ -65,8 +65,8 @@ void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
     QueueSlot* s = slot_at(c, cl.ticket);
     s->item.store(detail::slot_item(cl.pos, kTombstone), std::memory_order_relaxed);
     finished_put(c, cl.ticket);
-    s->word.store(mk(tnext(cl.ticket), cl.end, 0), std::memory_order_release);
-    wake(c->put_epoch, c->consumers_waiting);
+    s->word.store(mk(tnext(cl.ticket), cl.end, 0), std::memory_order_seq_cst);
+    wake_all_consumers(c);
     throw closed("shm::Queue: put on a closed queue");
 }
 
@@ -129,7 +129,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
             return sleep.arm([&] { return b.slot->word.load() != b.seen || c->free.load() != F || c->closed.load(); });
         }
     } w(c, id, need, cl);
-    return core::wait(w, d, core::kQueueWait) == core::Waited::ready;
+    return core::wait(w, d, core::kQueuePutWait) == core::Waited::ready;
 }
 
 // Claim the next ticket and `need` units of bytes into cl. Returns false if

@@ -1,6 +1,7 @@
 #include "platform/platform.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <sys/mman.h>
@@ -206,6 +207,30 @@ std::string human_bytes(std::uint64_t n) {
     else
         std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
     return buf;
+}
+
+bool cpus_oversubscribed() {
+    // One descriptor for the process, read with pread (no open per sample);
+    // a child of fork() shares it, which pread allows.
+    static const int fd = ::open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    static const int cpus = [] {
+        cpu_set_t set;
+        if (::sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+        const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? static_cast<int>(n) : 1;
+    }();
+    if (fd < 0) return false;
+    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total.
+    char buf[128];
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return false;
+    buf[n] = 0;
+    const char* p = buf;
+    for (int spaces = 0; *p && spaces < 3; ++p)
+        if (*p == ' ') ++spaces;
+    int running = 0;
+    for (; *p >= '0' && *p <= '9'; ++p) running = running * 10 + (*p - '0');
+    return running > cpus;
 }
 
 }  // namespace shm::platform

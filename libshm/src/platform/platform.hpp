@@ -83,6 +83,12 @@ int membarrier_all();
 // first touch. Only a hint: where the kernel refuses it, nothing happens and
 // the pages fault in as usual.
 void prefault_write(void* p, std::size_t len) noexcept;
+
+// Whether more tasks are runnable on this host now than there are CPUs this
+// process may run on (/proc/loadavg's count of runnable tasks, which
+// includes the caller, against sched_getaffinity()). False where it cannot
+// tell. A few µs: callers sample it, not call it per step.
+bool cpus_oversubscribed();
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
