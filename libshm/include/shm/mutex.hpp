@@ -38,6 +38,23 @@ namespace shm {
 
 namespace detail {
 
+// The calling thread's kernel tid and its process's pid, cached per thread
+// and refreshed in a forked child: the mutex's inline fast path records its
+// holder and checks the unlocker with two loads, no call.
+struct ThreadIds {
+    std::int32_t tid = 0;
+    std::int32_t pid = 0;
+    unsigned generation = ~0u;  // the fork generation these were read in
+};
+// Bumped in every forked child (pthread_atfork), defined in the platform layer.
+extern std::atomic<unsigned> fork_generation;
+void refresh_thread_ids(ThreadIds& ids) noexcept;
+inline const ThreadIds& thread_ids() noexcept {
+    static thread_local ThreadIds ids;
+    if (ids.generation != fork_generation.load(std::memory_order_relaxed)) [[unlikely]] refresh_thread_ids(ids);
+    return ids;
+}
+
 // What shm::Mutex and shm::RecursiveMutex share: glibc's robust,
 // process-shared pthread mutex (error-checking, or with Recursive
 // re-entrant) and, beside it, what its holder records. One implementation
@@ -51,7 +68,14 @@ public:
     RobustMutex(const RobustMutex&) = delete;
     RobustMutex& operator=(const RobustMutex&) = delete;
 
-    void lock();
+    // The uncontended paths are inline: a call into glibc and the holder's
+    // bookkeeping, nothing more. Owner death and misuse go out of line.
+    void lock() {
+        const int rc = pthread_mutex_lock(&m_);
+        if (rc != 0) [[unlikely]]
+            return after_acquire(rc, "lock");
+        acquired();
+    }
     bool try_lock();
     template <class Rep, class Period>
     bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
@@ -61,7 +85,18 @@ public:
     bool try_lock_until(const std::chrono::time_point<Clock, Duration>& tp) {
         return timed_lock(Deadline::at(tp));
     }
-    void unlock();
+    void unlock() {
+        // Refuse before touching anything: a non-holder's unlock changes nothing.
+        if (!held_by_caller()) [[unlikely]]
+            unlock_refused();
+        if (outermost()) {
+            owner_pid_.store(0, std::memory_order_relaxed);
+            recovered_.store(0, std::memory_order_relaxed);
+        }
+        const int rc = pthread_mutex_unlock(&m_);
+        if (rc != 0) [[unlikely]]
+            unlock_failed(rc);
+    }
 
     // True while held by a caller whose acquisition (for a RecursiveMutex,
     // its first: the recursion count was reset to 1) found the previous
@@ -77,8 +112,10 @@ public:
     // How many times a locker has recovered this mutex from a dead owner.
     std::uint64_t recoveries() const noexcept { return recoveries_.load(std::memory_order_relaxed); }
 
-    // Whether the calling thread holds the mutex.
-    bool held_by_caller() const noexcept;
+    // Whether the calling thread holds the mutex. glibc keeps the holder's
+    // tid in __owner (FUTEX_TID_MASK bits for robust mutexes): read-only use
+    // of a stable ABI field.
+    bool held_by_caller() const noexcept { return (m_.__data.__owner & 0x3fffffff) == thread_ids().tid; }
 
 protected:
     pthread_mutex_t m_;
@@ -89,9 +126,19 @@ protected:
 
 private:
     bool timed_lock(const Deadline& d);
+    // What every acquisition records: the holder, and that it did not recover.
+    void acquired() noexcept {
+        if (outermost()) recovered_.store(0, std::memory_order_relaxed);
+        owner_pid_.store(thread_ids().pid, std::memory_order_relaxed);
+    }
+    // Any acquisition's result: 0, the owner's death (recovered here), or a
+    // refusal (thrown).
     void after_acquire(int rc, const char* op);
-    // Whether the caller's hold is its outermost one (always, unless Recursive).
-    bool outermost() const noexcept;
+    [[noreturn]] void unlock_refused() const;
+    [[noreturn]] void unlock_failed(int rc) const;
+    // Whether the caller's hold is its outermost one (always, unless
+    // Recursive): glibc's recursion count.
+    bool outermost() const noexcept { return !Recursive || m_.__data.__count == 1; }
 };
 
 extern template class RobustMutex<false>;

@@ -53,11 +53,6 @@ RobustMutex<Recursive>::~RobustMutex() {
 }
 
 template <bool Recursive>
-bool RobustMutex<Recursive>::outermost() const noexcept {
-    return !Recursive || m_.__data.__count == 1;
-}
-
-template <bool Recursive>
 void RobustMutex<Recursive>::after_acquire(int rc, const char* op) {
     if (rc == EOWNERDEAD) {
         // The owner died holding the lock. Make it consistent now so it is
@@ -66,17 +61,12 @@ void RobustMutex<Recursive>::after_acquire(int rc, const char* op) {
         pthread_mutex_consistent(&m_);
         recovered_.store(1, std::memory_order_relaxed);
         recoveries_.fetch_add(1, std::memory_order_relaxed);
+        owner_pid_.store(thread_ids().pid, std::memory_order_relaxed);
     } else if (rc == 0) {
-        if (outermost()) recovered_.store(0, std::memory_order_relaxed);
+        acquired();
     } else {
         mutex_fail<Recursive>(rc, op);
     }
-    owner_pid_.store(platform::current_pid(), std::memory_order_relaxed);
-}
-
-template <bool Recursive>
-void RobustMutex<Recursive>::lock() {
-    after_acquire(pthread_mutex_lock(&m_), "lock");
 }
 
 template <bool Recursive>
@@ -100,21 +90,13 @@ bool RobustMutex<Recursive>::timed_lock(const Deadline& d) {
 }
 
 template <bool Recursive>
-bool RobustMutex<Recursive>::held_by_caller() const noexcept {
-    // glibc keeps the holder's tid in __owner (FUTEX_TID_MASK bits for
-    // robust mutexes). Read-only use of a stable ABI field.
-    return (m_.__data.__owner & 0x3fffffff) == platform::current_tid();
+void RobustMutex<Recursive>::unlock_refused() const {
+    mutex_fail<Recursive>(EPERM, "unlock");
 }
 
 template <bool Recursive>
-void RobustMutex<Recursive>::unlock() {
-    if (!held_by_caller()) mutex_fail<Recursive>(EPERM, "unlock");
-    if (outermost()) {
-        owner_pid_.store(0, std::memory_order_relaxed);
-        recovered_.store(0, std::memory_order_relaxed);
-    }
-    int rc = pthread_mutex_unlock(&m_);
-    if (rc != 0) mutex_fail<Recursive>(rc, "unlock");
+void RobustMutex<Recursive>::unlock_failed(int rc) const {
+    mutex_fail<Recursive>(rc, "unlock");
 }
 
 template class RobustMutex<false>;

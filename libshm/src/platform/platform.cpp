@@ -16,6 +16,10 @@
 #include <cstring>
 
 #include "shm/error.hpp"
+#include "shm/mutex.hpp"
+
+// Constant-initialised, so it is zero before any dynamic initialiser runs.
+std::atomic<unsigned> shm::detail::fork_generation{0};
 
 namespace shm::platform {
 
@@ -118,7 +122,7 @@ std::int64_t realtime_ns() {
 }
 
 namespace {
-std::atomic<unsigned> g_fork_generation{0};
+std::atomic<unsigned>& g_fork_generation = shm::detail::fork_generation;
 const int g_atfork_registered = ::pthread_atfork(nullptr, nullptr, [] {
     g_fork_generation.fetch_add(1, std::memory_order_relaxed);
 });
@@ -136,6 +140,16 @@ pid_t current_pid() {
 }
 
 unsigned fork_generation() { return g_fork_generation.load(std::memory_order_relaxed); }
+
+}  // namespace shm::platform
+
+void shm::detail::refresh_thread_ids(ThreadIds& ids) noexcept {
+    ids.generation = fork_generation.load(std::memory_order_relaxed);
+    ids.tid = platform::current_tid();
+    ids.pid = platform::current_pid();
+}
+
+namespace shm::platform {
 
 pid_t current_tid() {
     (void)g_atfork_registered;
