@@ -430,6 +430,29 @@ TEST_CASE("batches zero copy and typed queues", "[queue]") {
     CHECK(m.put_many({"1", "2", "3"}) == 3);
     CHECK(m.get_many(2, 1s) == std::vector<std::string>{"1", "2"});
     CHECK(m.get_many(5, 1s) == std::vector<std::string>{"3"});
+    // Into a kept vector: resized to the count, its strings reused.
+    std::vector<std::string> kept(4, std::string(64, 'k'));
+    const char* first_buffer = kept[0].data();
+    CHECK(m.put_many({"a", "b"}) == 2);
+    CHECK(m.get_many(kept, 8, 1s) == 2);
+    CHECK(kept == std::vector<std::string>{"a", "b"});
+    CHECK(kept[0].data() == first_buffer);
+    CHECK(m.get_many(kept, 8, 5ms) == 0);
+    CHECK(kept.empty());
+    CHECK(m.put_many({"c", "d", "e"}) == 3);
+    CHECK(m.get_many(kept, 2, 1s) == 2);
+    CHECK(kept == std::vector<std::string>{"c", "d"});
+    CHECK(m.get_many(kept, 0, 1s) == 0);
+    CHECK(kept.empty());
+    CHECK(m.get() == "e");
+    // One item too large refuses the whole call: nothing is put.
+    try {
+        m.put_many({"ok", std::string(m.max_item_size() + 1, 'z'), "after"});
+        FAIL("put_many took an item over max_item_size");
+    } catch (const shm::error& e) {
+        CHECK(e.code().value() == EMSGSIZE);
+    }
+    CHECK(m.empty());
     std::string buf(100, 'x');
     m.put("reused");
     m.get(buf);

@@ -98,7 +98,9 @@ public:
     }
     bool try_put(std::string_view item);          // false when full (of items or of bytes)
     void put_nowait(std::string_view item);       // shm::full when full (of items or of bytes)
-    // Puts items in order, blocking while full; returns how many (all).
+    // Puts items in order, blocking while full; returns how many (all). An
+    // item over max_item_size or max_bytes refuses the call before any is
+    // put (shm::error, EMSGSIZE).
     std::size_t put_many(const std::vector<std::string>& items);
 
     // ---- get ---------------------------------------------------------------
@@ -120,7 +122,16 @@ public:
     // until `d` (empty result on time-out or when closed and drained).
     template <class Rep, class Period>
     std::vector<std::string> get_many(std::size_t n, const std::chrono::duration<Rep, Period>& d) {
-        return get_many_until(n, detail::Deadline::in(d));
+        std::vector<std::string> out;
+        get_many_until(out, n, detail::Deadline::in(d));
+        return out;
+    }
+    // The same into `out`, which is resized to the items got (0 .. n) and
+    // whose strings' memory is reused: a loop that keeps `out` allocates
+    // nothing per item once its strings have grown. Returns the count.
+    template <class Rep, class Period>
+    std::size_t get_many(std::vector<std::string>& out, std::size_t n, const std::chrono::duration<Rep, Period>& d) {
+        return get_many_until(out, n, detail::Deadline::in(d));
     }
 
     // ---- zero copy -----------------------------------------------------------
@@ -207,7 +218,8 @@ private:
     static Queue attach(Segment& seg, std::string_view name, const QueueOptions& opt, detail::NamedOp op);
     bool put_until(std::string_view item, const detail::Deadline& d);
     bool get_until(std::string& out, const detail::Deadline& d);
-    std::vector<std::string> get_many_until(std::size_t n, const detail::Deadline& d);
+    std::size_t get_many_until(std::vector<std::string>& out, std::size_t n, const detail::Deadline& d);
+    bool try_get_into(std::string& out);
     bool join_until(const detail::Deadline& d);
     View get_view(const detail::Deadline& d, bool throw_closed);
     [[noreturn]] void bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item);

@@ -190,15 +190,21 @@ void Queue::get(std::string& out) {
     release_view(v.pos, v.id);
 }
 
-std::optional<std::string> Queue::try_get() {
+bool Queue::try_get_into(std::string& out) {
     std::uint32_t id = actor_id(c_);
     bool is_closed = false;
     const std::uint64_t pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
-    if (pos == kNoTicket) return std::nullopt;
+    if (pos == kNoTicket) return false;
     const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
     if (!item_ok(c_, item)) bad_item(pos, id, item);
-    std::string out(payload_at(c_, detail::item_start(item)), detail::item_len(item));
+    out.assign(payload_at(c_, detail::item_start(item)), detail::item_len(item));
     release_view(pos, id);
+    return true;
+}
+
+std::optional<std::string> Queue::try_get() {
+    std::string out;
+    if (!try_get_into(out)) return std::nullopt;
     return out;
 }
 
@@ -211,18 +217,19 @@ std::string Queue::get_nowait() {
     return std::move(*v);
 }
 
-std::vector<std::string> Queue::get_many_until(std::size_t n, const detail::Deadline& d) {
-    std::vector<std::string> out;
-    if (n == 0) return out;
-    std::string first;
-    if (!get_until(first, d)) return out;
-    out.push_back(std::move(first));
-    while (out.size() < n) {
-        auto v = try_get();
-        if (!v) break;
-        out.push_back(std::move(*v));
+std::size_t Queue::get_many_until(std::vector<std::string>& out, std::size_t n, const detail::Deadline& d) {
+    // Strings are reused, never shrunk away: resize only at the end.
+    std::size_t got = 0;
+    auto next = [&]() -> std::string& {
+        if (got == out.size()) out.emplace_back();
+        return out[got];
+    };
+    if (n != 0 && get_until(next(), d)) {
+        ++got;
+        while (got < n && try_get_into(next())) ++got;
     }
-    return out;
+    out.resize(got);
+    return got;
 }
 
 // ---- join, close, state -----------------------------------------------------------------

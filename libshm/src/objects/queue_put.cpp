@@ -181,7 +181,16 @@ void Queue::put_nowait(std::string_view item) {
 }
 
 std::size_t Queue::put_many(const std::vector<std::string>& items) {
-    for (const auto& it : items) put(it);
+    // Refuse before putting any: a refusal changes nothing.
+    for (const auto& it : items)
+        if (!fits(c_, it.size())) too_big(c_, "shm::Queue::put_many", it.size());
+    const std::uint32_t id = actor_id(c_);
+    for (const auto& it : items) {
+        Claim cl;
+        claim_put(c_, id, units_of(c_->unit_shift, it.size()), detail::Deadline::never(), true, cl);
+        if (!it.empty()) std::memcpy(payload_at(c_, cl.pos), it.data(), it.size());
+        publish(c_, cl, static_cast<std::uint32_t>(it.size()));
+    }
     return items.size();
 }
 
