@@ -295,6 +295,35 @@ TEST_CASE("wait: a learned spin grows back while spinning pays and shrinks on a 
     CHECK(b.ns == kSpinMax.count());
 }
 
+TEST_CASE("wait: under oversubscription a waiter spins briefly, yields a few times, then gives up", "[core][wait]") {
+    using shm::core::kBriefSpins;
+    using shm::core::kBriefYields;
+    struct Counting {
+        int calls = 0;
+        int ready_at = 0;  // 0: never
+        bool ready() { return ++calls == ready_at; }
+    };
+    // Ready during the spin: found there, before any yield.
+    Counting early{0, kBriefSpins / 2};
+    CHECK(shm::core::yield_briefly(early));
+    CHECK(early.calls == kBriefSpins / 2);
+    // Never ready: it stops on its own after the spin and at most the yields.
+    Counting never;
+    CHECK_FALSE(shm::core::yield_briefly(never));
+    CHECK(never.calls > kBriefSpins);
+    CHECK(never.calls <= kBriefSpins + kBriefYields);
+    // A waiter that can say whether its blocker moved is asked; one that
+    // cannot counts as not moved.
+    struct Moving : Counting {
+        std::uint64_t moves = 0;
+        std::uint64_t progress() { return ++moves; }
+    };
+    Moving moving;
+    CHECK_FALSE(shm::core::yield_briefly(moving));
+    CHECK(moving.moves >= 1);
+    CHECK(shm::core::progress_of(never) == 0);
+}
+
 TEST_CASE("wait: a learned wait is satisfied by another thread, spinning or asleep", "[core][wait]") {
     // The budget of kQueueGetWait is this thread's: make it spin briefly and
     // then sleep, then spin fully; either way the wait ends ready.

@@ -12,7 +12,8 @@
 //                 rounds, each followed by step 1 (again after every wake if
 //                 `respin`); or, for a policy with a `learned` spin, spin
 //                 for as long as this thread has learned is worth it (see
-//                 SpinBudget below), and never yield.
+//                 SpinBudget below), or, while the CPUs are oversubscribed,
+//                 spin briefly and yield a few times (see yield_briefly).
 //   4. deadline   passed: time out.
 //   5. sleep      the waiter announces itself (arm(): a waiter count, a bit
 //                 in a mask) and names a futex word and the value it saw;
@@ -47,6 +48,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "platform/platform.hpp"
 #include "shm/deadline.hpp"
@@ -100,9 +103,10 @@ struct WaitPolicy {
 //   - done after a sleep, later than that (the other side is idle, or
 //     preempted): halve the budget, down to kSpinMin, so a thread waiting
 //     on a quiet queue soon burns no CPU.
-// It never yields: under CPU contention sched_yield() hands over a whole
-// time slice (milliseconds) to whatever else runs, where a futex sleep is
-// woken at once. kSpinMax is about one sleep and wake-up across vCPUs, the
+// It never yields: under CPU contention sched_yield() may hand a whole time
+// slice (milliseconds) to whatever else runs, where a futex sleep is woken
+// at once. While more tasks are runnable than there are CPUs it does not
+// spin at all (yield_briefly() instead). kSpinMax is about one sleep and wake-up across vCPUs, the
 // classic bound for spinning against blocking (never more than twice the
 // cost of the better choice). Each thread learns per kind of wait (a get
 // from a put), not per object.
@@ -241,8 +245,8 @@ inline void wake(const std::atomic<std::uint32_t>& word, int n) { platform::fute
 
 // Whether a learned spin may spin now: not while more tasks are runnable
 // than there are CPUs (then the spinner holds a CPU that whoever it waits
-// for may need, and a sleep hands it over). Sampled at most once a
-// millisecond per thread.
+// for may need; yield_briefly() hands it over instead). Sampled at most
+// once a millisecond per thread.
 bool spin_allowed(std::int64_t now) noexcept;
 
 // The learned spin (step 3 of a policy with `learned`): spin on w.ready()
@@ -259,6 +263,47 @@ bool spin_learned(W& w, const SpinBudget& b, std::int64_t t0) {
     }
 }
 
+// In place of the learned spin while the CPUs are oversubscribed: a long
+// spin would hold a CPU that whoever this waits for may need, but sleeping
+// at once costs the other side a futex wake for every item (one producer
+// feeding four consumers on two CPUs makes a system call per put). So a
+// short spin (kBriefSpins PAUSEs, a few µs), then up to kBriefYields
+// sched_yield()s, which hand the CPU to a peer waiting for it. A yield that
+// comes back later than kSpinMax gave a time slice to someone: if what the
+// wait is blocked on did not move meanwhile (a waiter's progress(), if it
+// has one), that was not a peer, and the wait goes to sleep rather than
+// give another. True if it became ready.
+inline constexpr int kBriefSpins = 100;
+inline constexpr int kBriefYields = 8;
+template <class W, class = void>
+struct HasProgress : std::false_type {};
+template <class W>
+struct HasProgress<W, std::void_t<decltype(std::declval<W&>().progress())>> : std::true_type {};
+// A value that changes when whatever blocks w moves (0 if w cannot tell).
+template <class W>
+std::uint64_t progress_of(W& w) {
+    if constexpr (HasProgress<W>::value) {
+        return w.progress();
+    } else {
+        return 0;
+    }
+}
+template <class W>
+bool yield_briefly(W& w) {
+    for (int i = 0; i < kBriefSpins; ++i) {
+        if (w.ready()) return true;
+        platform::cpu_relax();
+    }
+    for (int i = 0; i < kBriefYields; ++i) {
+        const std::uint64_t mark = progress_of(w);
+        const std::int64_t t0 = now_ns();
+        ::sched_yield();
+        if (w.ready()) return true;
+        if (now_ns() - t0 > kSpinMax.count() && progress_of(w) == mark) return false;
+    }
+    return false;
+}
+
 // The wait primitive: returns ready once w.ready() is true, timeout once d
 // has passed (w.ready() is not asked again: a waiter that wants a last try
 // makes it).
@@ -271,8 +316,12 @@ Waited wait(W& w, const Deadline& d, const WaitPolicy& p) {
     std::int64_t start = 0;
     if (budget) {
         start = now_ns();
-        if (spin_allowed(start) && spin_learned(w, *budget, start)) {
-            budget->spun();
+        if (spin_allowed(start)) {
+            if (spin_learned(w, *budget, start)) {
+                budget->spun();
+                return Waited::ready;
+            }
+        } else if (yield_briefly(w)) {
             return Waited::ready;
         }
     }

@@ -254,6 +254,10 @@ struct SlotWaiter {
         : c(q), id(me), sleep(epoch, mask, me) {}
     bool recheck() { return repair_slot(c, b.ticket, b.seen, id); }
     void disarm() { sleep.disarm(); }
+    // Changes when the blocking slot, or which slot blocks, changes (as of
+    // the last ready()): core::yield_briefly() tells a peer's turn from a
+    // stranger's by it.
+    std::uint64_t progress() const { return b.seen ^ b.ticket; }
 };
 
 // This process's actor id in c, registered on first use (queue_claims.cpp).
