@@ -303,6 +303,7 @@ bool WorkQueue::put_until(std::string_view item, const detail::Deadline& d) {
             return q.try_put(item);
         }
         bool recheck() { return q.recover() > 0; }  // a dead consumer's dead letter makes no room, a redelivery none either
+        std::uint64_t progress() const { return seen; }  // moves when room is made (core::yield_briefly)
         core::Sleep arm() {
             q.root_->sleepers.fetch_add(1, std::memory_order_seq_cst);
             return core::Sleep{&q.root_->space_seq, seen};
@@ -391,6 +392,7 @@ std::optional<Lease> WorkQueue::get_until(const detail::Deadline& d) {
             return got.has_value() || drained;
         }
         bool recheck() { return q.recover() > 0; }
+        std::uint64_t progress() const { return seen; }  // moves when an item is put (core::yield_briefly)
         core::Sleep arm() {
             q.root_->sleepers.fetch_add(1, std::memory_order_seq_cst);
             return core::Sleep{&q.root_->items_seq, seen};
