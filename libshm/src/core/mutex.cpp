@@ -15,6 +15,12 @@
 
 namespace shm::detail {
 
+void refresh_thread_ids(ThreadIds& ids) noexcept {
+    ids.generation = fork_generation.load(std::memory_order_relaxed);
+    ids.tid = platform::current_tid();
+    ids.pid = platform::current_pid();
+}
+
 namespace {
 template <bool Recursive>
 constexpr const char* kName = Recursive ? "shm::RecursiveMutex" : "shm::Mutex";

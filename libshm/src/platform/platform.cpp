@@ -16,10 +16,13 @@
 #include <cstring>
 
 #include "shm/error.hpp"
-#include "shm/mutex.hpp"
 
-// Constant-initialised, so it is zero before any dynamic initialiser runs.
-std::atomic<unsigned> shm::detail::fork_generation{0};
+namespace shm::detail {
+// Bumped in every forked child. Declared for the inline mutex path in
+// shm/mutex.hpp; constant-initialised, so it is zero before any dynamic
+// initialiser runs.
+std::atomic<unsigned> fork_generation{0};
+}  // namespace shm::detail
 
 namespace shm::platform {
 
@@ -140,16 +143,6 @@ pid_t current_pid() {
 }
 
 unsigned fork_generation() { return g_fork_generation.load(std::memory_order_relaxed); }
-
-}  // namespace shm::platform
-
-void shm::detail::refresh_thread_ids(ThreadIds& ids) noexcept {
-    ids.generation = fork_generation.load(std::memory_order_relaxed);
-    ids.tid = platform::current_tid();
-    ids.pid = platform::current_pid();
-}
-
-namespace shm::platform {
 
 pid_t current_tid() {
     (void)g_atfork_registered;
