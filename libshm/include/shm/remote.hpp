@@ -187,6 +187,13 @@ public:
     // False if the server did not confirm (not acknowledged, or the
     // confirmation was lost: the item may be delivered again).
     bool ack();
+    // Acknowledge without waiting for the confirmation (one message to the
+    // servers, as a plain JetStream ack): the item is never delivered again,
+    // unless the acknowledgement is lost on the way (a server lost just
+    // then), in which case it is delivered again after its lease, as an
+    // item whose holder died. For throughput; ack() when the caller must
+    // know.
+    void ack_nowait();
     // Give the item back now, to be delivered again at once.
     void nak();
     // Ask for another full lease (for long work).
