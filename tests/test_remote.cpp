@@ -549,6 +549,18 @@ TEST_CASE("remote: nowait forms, sizes, task_done, names of another kind", "[rem
     auto b = q.get_nowait();
     CHECK(b.item() == "b");
     b.nak();
+    // Given back: delivered again at once (here: to this handle).
+    auto b2 = q.get_for(30s);
+    REQUIRE(b2);
+    CHECK(b2->item() == "b");
+    CHECK(b2->deliveries() == 2);
+    // ack_nowait(): sent, not waited for; the item is gone all the same.
+    b2->ack_nowait();
+    CHECK(b2->acked());
+    CHECK(!b2->ack());  // once
+    CHECK(test::eventually([&] { return q.unfinished() == 0; }, 60s));
+    CHECK(!q.get_for(500ms));
+    q.put("c");
     q.purge();
     CHECK(q.unfinished() == 0);
 
