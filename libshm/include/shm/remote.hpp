@@ -242,8 +242,8 @@ public:
 
     // ---- get: blocks while empty --------------------------------------------
     // A get with nothing fetched asks the servers for up to 32 items that
-    // are there now (more if get_many asks for more), in one request; the
-    // others wait in this handle, leased to it, for its next gets. One held
+    // are there now, in one request (get_many: for the n it asks for, no
+    // more); the others wait in this handle, leased to it, for its next gets. One held
     // for more than half its lease is given back (delivered again at once)
     // rather than handed out; those left when the handle is destroyed are
     // given back. A get that returns has left no request on the servers

@@ -125,8 +125,8 @@ struct Inbox {
     static void on_complete(void* closure) { delete static_cast<std::shared_ptr<Inbox>*>(closure); }
 };
 
-// Items a get asks for at once when fewer are asked: the rest wait in the
-// handle, their leases running, for the next gets.
+// Items a get of one item asks for at once: the rest wait in the handle,
+// their leases running, for its next gets.
 constexpr int kPrefetch = 32;
 }  // namespace
 
@@ -609,7 +609,9 @@ std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadl
         // ends it (a grace past that, if the server is slow or gone).
         const std::int64_t slice = detail::ms_left(d, 5000);
         const std::int64_t expires = slice > 20 ? slice - std::min<std::int64_t>(10, slice / 10) : slice;
-        const int batch = one ? 1 : static_cast<int>(std::min<std::size_t>(std::max<std::size_t>(n, detail::kPrefetch), 4096));
+        // A get of one fetches up to kPrefetch; get_many fetches what it
+        // asks for, no more (every lease it returns starts with the call).
+        const int batch = one ? 1 : n == 1 ? detail::kPrefetch : static_cast<int>(std::min<std::size_t>(n, 4096));
         std::uint64_t req;
         {
             std::lock_guard<std::mutex> g(in.mu);
