@@ -3,8 +3,10 @@
 // benchmark's nats-server, one replica.
 //
 //  - the queue: Queue::put() (returns once the server has stored the item),
-//    get() of a Lease, its item used, then Lease::ack() (which waits for the
-//    server to confirm); max_items 1024, as the local queue cases' capacity.
+//    get() of a Lease (a get fetches up to a batch of what is there), its
+//    item used, then Lease::ack_nowait() (the acknowledgement sent, not
+//    waited for: as the bare client's natsMsg_Ack); max_items 1024, as the
+//    local queue cases' capacity.
 //  - the dict: Dict::set() and Dict::get() of int values.
 #include <shm/remote.hpp>
 
@@ -52,7 +54,7 @@ public:
     void get(Use&& use) {
         shm::remote::Lease l = queue().get();
         use(l.item().data(), l.item().size());
-        if (!l.ack()) throw bench::Failure("an acknowledgement not confirmed");
+        l.ack_nowait();
     }
 
     void leave() {
@@ -61,7 +63,7 @@ public:
     }
 
     std::string note() const {
-        return "Queue::put / get + Lease::ack, max_items " + std::to_string(capacity_) + ", 1 replica";
+        return "Queue::put / get + Lease::ack_nowait, max_items " + std::to_string(capacity_) + ", 1 replica";
     }
 
 private:

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -157,8 +158,17 @@ public:
         if (wait_exit(s.pid, std::chrono::seconds(15)) == -1) ::kill(s.pid, SIGKILL);
         s.pid = -1;
     }
-    // Freeze it: it keeps its sockets open and answers nothing.
-    void freeze(int i) { ::kill(servers_[i].pid, SIGSTOP); }
+    // Freeze it: it keeps its sockets open and answers nothing. Returns
+    // once every thread of it has stopped (SIGSTOP reaches the threads
+    // asynchronously: one busy on another CPU could still answer a request
+    // sent right after the kill()).
+    void freeze(int i) {
+        const pid_t pid = servers_[i].pid;
+        ::kill(pid, SIGSTOP);
+        auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (std::chrono::steady_clock::now() < end && !all_stopped(pid))
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     void thaw(int i) { ::kill(servers_[i].pid, SIGCONT); }
     // Start server i again on its ports and its store.
     void restart(int i) {
@@ -195,6 +205,23 @@ public:
     }
 
 private:
+    // Every thread of pid in state T (stopped), as /proc tells.
+    static bool all_stopped(pid_t pid) {
+        std::error_code ec;
+        const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+        for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+            std::FILE* f = std::fopen((e.path().string() + "/stat").c_str(), "r");
+            if (!f) continue;  // a thread gone meanwhile
+            char buf[512];
+            std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+            std::fclose(f);
+            buf[n] = 0;
+            const char* close = std::strrchr(buf, ')');  // the state follows the name in parentheses
+            if (!close || close[1] != ' ' || (close[2] != 'T' && close[2] != 't')) return false;
+        }
+        return !ec;
+    }
+
     struct Server {
         std::string name;
         int port = 0;

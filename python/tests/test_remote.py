@@ -3,7 +3,10 @@
 loopback port and a temporary store, started here and stopped after); then
 what only the remote one has: a consumer SIGKILLed while holding an item
 (delivered again after its lease), a lock holder SIGKILLed (the lock free
-after its lease, with a larger fencing token), an unreachable server.
+after its lease, with a larger fencing token), an unreachable server; a
+server SIGKILLed out of a 3-server cluster while a consumer waits in get()
+and a producer puts, and a single server stopped and started again while a
+get waits (the queue carries on, nothing lost).
 
 The remote tests are skipped, saying why, when nats-server is not
 installed or the package was built without the NATS client. Every wait is
@@ -16,6 +19,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import unittest
 
 import libshm
@@ -309,6 +313,78 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
         with self.assertRaises(libshm.Unavailable) as cm:
             libshm.get_context(f"nats://127.0.0.1:{port}", request_timeout=1.0)
         self.assertIn(str(port), str(cm.exception))
+
+
+class RemoteServerKilled(unittest.TestCase):
+    """A 3-server cluster loses one server (SIGKILL) while a consumer waits
+    in get() and a producer puts: the queue carries on, nothing is lost."""
+
+    def test_queue_carries_on_when_a_server_is_killed(self):
+        why = remote_skip_reason()
+        if why:
+            self.skipTest(why)
+        n = 300
+        with nats_server.NatsCluster(3) as cluster:
+            # Elections take seconds on a loaded machine: a generous bound per request.
+            ctx = libshm.get_context(cluster.url, request_timeout=30.0, replicas=3)
+            q = ctx.JoinableQueue(1000)
+            got, errors, halfway = set(), [], threading.Event()
+
+            def consume():
+                try:
+                    while len(got) < n:
+                        item = q.get(timeout=CAP * 5)  # a true hang (an item lost) fails
+                        got.add(item)
+                        q.task_done()
+                        if len(got) >= n // 3:
+                            halfway.set()
+                except Exception as e:  # noqa: BLE001  (reported below)
+                    errors.append(repr(e))
+                    halfway.set()
+
+            consumer = threading.Thread(target=consume)
+            consumer.start()
+            for i in range(n // 2):
+                q.put(i)
+            self.assertTrue(halfway.wait(CAP * 5))
+            cluster.kill(0)
+            for i in range(n // 2, n):
+                q.put(i)
+            consumer.join(CAP * 10)
+            self.assertFalse(consumer.is_alive())
+            self.assertEqual(errors, [])
+            self.assertEqual(got, set(range(n)))  # each at least once; a set: redeliveries count once
+            self.assertTrue(q.join(timeout=CAP * 5))
+
+    def test_get_carries_on_while_its_server_restarts(self):
+        """One server, stopped (it tells the gets waiting on it that it
+        shuts down) and started again on its store while a get waits."""
+        why = remote_skip_reason()
+        if why:
+            self.skipTest(why)
+        with nats_server.NatsCluster(1) as server:
+            ctx = libshm.get_context(server.url, request_timeout=30.0, replicas=1)
+            q = ctx.Queue()
+            for round_ in range(3):
+                out, waiting = [], threading.Event()
+
+                def consume():
+                    try:
+                        waiting.set()
+                        out.append(q.get(timeout=CAP * 5))
+                    except Exception as e:  # noqa: BLE001  (reported below)
+                        out.append(repr(e))
+
+                consumer = threading.Thread(target=consume)
+                consumer.start()
+                self.assertTrue(waiting.wait(CAP))
+                time.sleep(0.3)  # most likely in its request by now (not required)
+                server.members[0].stop()
+                server.start(0)
+                q.put(("after", round_))
+                consumer.join(CAP * 10)
+                self.assertFalse(consumer.is_alive())
+                self.assertEqual(out, [("after", round_)])
 
 
 if __name__ == "__main__":

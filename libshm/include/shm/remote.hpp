@@ -187,6 +187,13 @@ public:
     // False if the server did not confirm (not acknowledged, or the
     // confirmation was lost: the item may be delivered again).
     bool ack();
+    // Acknowledge without waiting for the confirmation (one message to the
+    // servers, as a plain JetStream ack): the item is never delivered again,
+    // unless the acknowledgement is lost on the way (a server lost just
+    // then), in which case it is delivered again after its lease, as an
+    // item whose holder died. For throughput; ack() when the caller must
+    // know.
+    void ack_nowait();
     // Give the item back now, to be delivered again at once.
     void nak();
     // Ask for another full lease (for long work).
@@ -234,6 +241,15 @@ public:
     std::size_t put_many(const std::vector<std::string>& items);
 
     // ---- get: blocks while empty --------------------------------------------
+    // A get with nothing fetched asks the servers for up to 32 items that
+    // are there now, in one request (get_many: for the n it asks for, no
+    // more); the others wait in this handle, leased to it, for its next gets. One held
+    // for more than half its lease is given back (delivered again at once)
+    // rather than handed out; those left when the handle is destroyed are
+    // given back. A get that returns has left no request on the servers
+    // that could still take an item: an item that comes to the handle when
+    // no get waits is given back at once. A server shutting down or a
+    // leader changing is retried, within the request time-out.
     Lease get();
     template <class Rep, class Period>
     std::optional<Lease> get_for(const std::chrono::duration<Rep, Period>& d) {
@@ -267,10 +283,8 @@ public:
     bool join_until(const shm::detail::Deadline& d);
 
     // ---- state: snapshots, from the servers -------------------------------
-    // Waiting to be delivered. An item sent to a get whose caller had
-    // stopped waiting (its time-out and the server's crossed) counts as
-    // leased, not waiting: the next get of the same handle returns it, or,
-    // if the handle is gone, it is delivered again after its lease.
+    // Waiting to be delivered. Items a get fetched and a handle holds for
+    // its next gets count as leased, not waiting.
     std::size_t qsize() const;
     bool empty() const { return qsize() == 0; }
     bool full() const;

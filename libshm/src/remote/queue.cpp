@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <thread>
@@ -34,15 +36,98 @@ void backoff(int& step, const shm::detail::Deadline& d) {
 }
 
 // Tracks how long the servers have not answered, across the retries of
-// one call: past the request time-out, the call fails.
+// one call: past the request time-out, the call fails (unavailable).
 struct Outage {
     std::int64_t since = 0;
     void ok() { since = 0; }
     void failed(natsStatus s, jsErrCode jerr, const StoreState& st, const std::string& what) {
         if (since == 0) since = now_ms();
-        if (now_ms() - since >= st.timeout_ms()) fail(s, jerr, what);
+        if (now_ms() - since < st.timeout_ms()) return;
+        if (!transient(s, jerr)) s = NATS_TIMEOUT;  // a transient refusal: say so
+        fail(s, jerr, what);
     }
 };
+
+// A pull request's answer and the items it brought, as the inbox's
+// callback sees them.
+struct Fetched {
+    natsMsg* msg = nullptr;
+    std::int64_t at_ms = 0;  // when it arrived: its lease runs from about then
+};
+
+// The consumer side of one Queue handle: an inbox of its own (an
+// asynchronous subscription to "<inbox>.*"), where the pull requests,
+// numbered, are answered. Only the request a get() waits on now is live:
+// an item that arrives when no get waits (for a request given up on: the
+// server did not end it in time) is given back at once (nak), so that it
+// is delivered again to whoever asks, not held until its lease runs out.
+struct Inbox {
+    natsConnection* nc = nullptr;
+    std::string prefix;  // "_INBOX.<id>."
+    std::mutex mu;
+    std::condition_variable cv;
+    std::uint64_t seq = 0;   // the last request's number
+    std::uint64_t live = 0;  // the request a get waits on (0: none)
+    int batch = 0, count = 0;
+    bool done = false;  // the live request ended: its status came, or its batch is full
+    int status = 0;     // that status (408, 404, 409, 503), 0 for a full batch
+    std::string desc;
+    std::deque<Fetched> ready;  // items brought, not handed out yet
+    bool closed = false;
+
+    static void give_back(natsConnection* nc, natsMsg* m) {
+        const char* r = natsMsg_GetReply(m);
+        if (r && *r) natsConnection_PublishString(nc, r, "-NAK");
+        natsMsg_Destroy(m);
+    }
+
+    static void on_msg(natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
+        Inbox& in = **static_cast<std::shared_ptr<Inbox>*>(closure);
+        const char* subj = natsMsg_GetSubject(m);
+        std::uint64_t req = 0;
+        if (subj && std::strncmp(subj, in.prefix.c_str(), in.prefix.size()) == 0)
+            req = std::strtoull(subj + in.prefix.size(), nullptr, 10);
+        const char* code = nullptr;
+        const bool status = natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &code) == NATS_OK && code;
+        // A status names its request (it comes on the request's reply
+        // subject); an item does not (it comes with its own subject), but
+        // the servers send a request's items before the status that ends
+        // it: an item that comes while a get waits is taken (it is this
+        // handle's, and wanted), any other is given back.
+        std::unique_lock<std::mutex> g(in.mu);
+        if (in.closed || in.live == 0 || in.done || (status && req != in.live)) {
+            g.unlock();
+            if (status)
+                natsMsg_Destroy(m);
+            else
+                give_back(in.nc, m);  // nobody waits for it: delivered again at once
+            return;
+        }
+        if (status) {
+            int c = std::atoi(code);
+            if (c == 100) {  // an idle heartbeat
+                natsMsg_Destroy(m);
+                return;
+            }
+            const char* d = nullptr;
+            natsMsgHeader_Get(m, "Description", &d);
+            in.status = c;
+            in.desc = d ? d : "";
+            in.done = true;
+            natsMsg_Destroy(m);
+        } else {
+            in.ready.push_back(Fetched{m, now_ms()});
+            if (++in.count >= in.batch) in.done = true;
+        }
+        g.unlock();
+        in.cv.notify_all();
+    }
+    static void on_complete(void* closure) { delete static_cast<std::shared_ptr<Inbox>*>(closure); }
+};
+
+// Items a get of one item asks for at once: the rest wait in the handle,
+// their leases running, for its next gets.
+constexpr int kPrefetch = 32;
 }  // namespace
 
 struct LeaseState {
@@ -60,8 +145,11 @@ struct QueueState {
     std::uint32_t max_items = 0, max_item_size = 0, max_deliveries = 0;
     std::chrono::milliseconds lease{0};
     int replicas = 1;
-    natsSubscription* sub = nullptr;  // made by the first get
-    std::string id_prefix;             // message ids: unique per handle
+    // The consumer side, made by the first get.
+    std::shared_ptr<Inbox> inbox;
+    natsSubscription* sub = nullptr;
+    std::string next_subject;  // where pull requests go
+    std::string id_prefix;     // message ids: unique per handle
     std::uint64_t puts = 0;
     std::deque<std::shared_ptr<LeaseState>> taken;  // for task_done()
     // put_many(): a JetStream context of its own for pipelined puts, and
@@ -71,42 +159,87 @@ struct QueueState {
     std::vector<std::pair<std::string, std::string>> refused;  // (id, item)
     ~QueueState() {
         if (sub) {
-            natsSubscription_Unsubscribe(sub);
+            // Items fetched and not handed out are given back, to be
+            // delivered again at once; the inbox is drained, so that what
+            // the servers sent meanwhile is given back too.
+            std::deque<Fetched> left;
+            {
+                std::lock_guard<std::mutex> g(inbox->mu);
+                inbox->closed = true;
+                left.swap(inbox->ready);
+            }
+            for (Fetched& f : left) Inbox::give_back(store->nc, f.msg);
+            if (natsSubscription_DrainTimeout(sub, 2000) == NATS_OK)
+                natsSubscription_WaitForDrainCompletion(sub, 3000);
+            else
+                natsSubscription_Unsubscribe(sub);
             natsSubscription_Destroy(sub);
         }
         if (async_js) jsCtx_Destroy(async_js);
     }
 
     Lease make_lease(natsMsg* m);
+    // Read the stream's or the consumer's state, retrying what a server
+    // lost or a leader being elected makes fail, for up to the request
+    // time-out.
+    template <class Call>
+    void read_state(Call call, const std::string& what) const {
+        Outage outage;
+        int step = 0;
+        for (;;) {
+            jsErrCode jerr = static_cast<jsErrCode>(0);
+            const std::int64_t started = now_ms();
+            natsStatus s = call(&jerr);
+            if (s == NATS_OK) return;
+            if (!transient(s, jerr)) fail(s, jerr, what);
+            if (outage.since == 0) outage.since = started;
+            outage.failed(s, jerr, *store, what);
+            backoff(step, shm::detail::Deadline::never());
+        }
+    }
     jsStreamInfo* stream_info() const {
         jsStreamInfo* si = nullptr;
-        jsErrCode jerr = static_cast<jsErrCode>(0);
         jsOptions o = store->js_options();
-        natsStatus s = js_GetStreamInfo(&si, store->js, stream.c_str(), &o, &jerr);
-        if (s != NATS_OK) fail(s, jerr, "reading the state of " + where);
+        read_state([&](jsErrCode* jerr) { return js_GetStreamInfo(&si, store->js, stream.c_str(), &o, jerr); },
+                   "reading the state of " + where);
         return si;
     }
     jsConsumerInfo* consumer_info() const {
         jsConsumerInfo* ci = nullptr;
-        jsErrCode jerr = static_cast<jsErrCode>(0);
         jsOptions o = store->js_options();
-        natsStatus s = js_GetConsumerInfo(&ci, store->js, stream.c_str(), kConsumer, &o, &jerr);
-        if (s != NATS_OK) fail(s, jerr, "reading the consumer of " + where);
+        read_state(
+            [&](jsErrCode* jerr) { return js_GetConsumerInfo(&ci, store->js, stream.c_str(), kConsumer, &o, jerr); },
+            "reading the consumer of " + where);
         return ci;
     }
     void subscribe() {
         if (sub) return;
-        jsOptions o = store->js_options();
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = stream.c_str();
-        so.Consumer = kConsumer;
-        jsErrCode jerr = static_cast<jsErrCode>(0);
-        natsStatus s = js_PullSubscribe(&sub, store->js, subject.c_str(), kConsumer, &o, &so, &jerr);
-        if (s != NATS_OK) {
-            sub = nullptr;
-            fail(s, jerr, "subscribing to " + where);
+        natsInbox* ib = nullptr;
+        check(natsInbox_Create(&ib), "subscribing to " + where);
+        auto in = std::make_shared<Inbox>();
+        in->nc = store->nc;
+        in->prefix = std::string(ib) + ".";
+        natsInbox_Destroy(ib);
+        next_subject = "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + kConsumer;
+        auto* closure = new std::shared_ptr<Inbox>(in);
+        natsSubscription* s = nullptr;
+        natsStatus st = natsConnection_Subscribe(&s, store->nc, (in->prefix + "*").c_str(), Inbox::on_msg, closure);
+        if (st == NATS_OK) st = natsSubscription_SetPendingLimits(s, -1, -1);
+        if (st == NATS_OK) st = natsSubscription_SetOnCompleteCB(s, Inbox::on_complete, closure);
+        if (st != NATS_OK) {
+            if (s) {
+                // The completion callback may not be set to free the
+                // closure: a small leak on a rare failure beats a use
+                // after free.
+                natsSubscription_Unsubscribe(s);
+                natsSubscription_Destroy(s);
+            } else {
+                delete closure;
+            }
+            fail(st, static_cast<jsErrCode>(0), "subscribing to " + where);
         }
+        inbox = in;
+        sub = s;
     }
 };
 
@@ -210,31 +343,48 @@ Lease::Lease(Lease&&) noexcept = default;
 Lease& Lease::operator=(Lease&&) noexcept = default;
 Lease::~Lease() = default;
 
+namespace {
+// Acknowledgements go to the item's reply subject on the servers: "+ACK"
+// (waiting for the confirmation, or not), "-NAK", "+WPI" (in progress).
+bool ack_confirmed(detail::StoreState& st, natsMsg* m) {
+    natsMsg* reply = nullptr;
+    natsStatus s = natsConnection_RequestString(&reply, st.nc, natsMsg_GetReply(m), "+ACK", st.timeout_ms());
+    if (reply) natsMsg_Destroy(reply);
+    return s == NATS_OK;
+}
+natsStatus send_ack(detail::StoreState& st, natsMsg* m, const char* what) {
+    return natsConnection_PublishString(st.nc, natsMsg_GetReply(m), what);
+}
+}  // namespace
+
 bool Lease::ack() {
     if (!s_ || acked_) return false;
     if (s_->acked.exchange(true)) {
         acked_ = true;
         return false;
     }
-    jsOptions o = s_->store->js_options();
-    jsErrCode jerr = static_cast<jsErrCode>(0);
-    natsStatus s = natsMsg_AckSync(s_->msg, &o, &jerr);
     acked_ = true;
-    return s == NATS_OK;
+    return ack_confirmed(*s_->store, s_->msg);
+}
+
+void Lease::ack_nowait() {
+    if (!s_ || acked_) return;
+    acked_ = true;
+    if (s_->acked.exchange(true)) return;
+    natsStatus s = send_ack(*s_->store, s_->msg, "+ACK");
+    if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), "acknowledging an item");
 }
 
 void Lease::nak() {
     if (!s_ || acked_ || s_->acked.exchange(true)) return;
-    jsOptions o = s_->store->js_options();
-    natsStatus s = natsMsg_Nak(s_->msg, &o);
     acked_ = true;
+    natsStatus s = send_ack(*s_->store, s_->msg, "-NAK");
     if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), "giving an item back");
 }
 
 void Lease::extend() {
     if (!s_ || acked_) return;
-    jsOptions o = s_->store->js_options();
-    natsStatus s = natsMsg_InProgress(s_->msg, &o);
+    natsStatus s = send_ack(*s_->store, s_->msg, "+WPI");
     if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), "extending a lease");
 }
 
@@ -412,48 +562,114 @@ Lease QueueState::make_lease(natsMsg* m) {
 }
 }  // namespace detail
 
+namespace {
+// Hand out up to n of the items the handle holds already. One held for
+// more than half its lease is given back instead (to be delivered again
+// at once): its holder would likely not finish it in time.
+void take_ready(detail::QueueState& q, std::size_t n, std::vector<Lease>& out) {
+    std::deque<detail::Fetched> stale;
+    {
+        detail::Inbox& in = *q.inbox;
+        std::lock_guard<std::mutex> g(in.mu);
+        const std::int64_t now = detail::now_ms();
+        while (out.size() < n && !in.ready.empty()) {
+            detail::Fetched f = in.ready.front();
+            in.ready.pop_front();
+            if (now - f.at_ms > q.lease.count() / 2)
+                stale.push_back(f);
+            else
+                out.push_back(q.make_lease(f.msg));
+        }
+    }
+    for (detail::Fetched& f : stale) detail::Inbox::give_back(q.store->nc, f.msg);
+}
+}  // namespace
+
 std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadline& d) {
     std::vector<Lease> out;
     if (n == 0) return out;
     detail::QueueState& q = *s_;
     q.subscribe();
+    take_ready(q, n, out);
+    if (!out.empty()) return out;
+    detail::Inbox& in = *q.inbox;
+    const std::string what = "getting items from " + q.where;
     detail::Outage outage;
     int step = 0;
-    const int batch = static_cast<int>(std::min<std::size_t>(n, 4096));
+    // A pull request asks for a batch, without waiting ("no_wait"): the
+    // server sends what there is, up to the batch, and ends the request
+    // (408) once it has sent something and has no more; with nothing to
+    // send it waits until the request expires. When other consumers'
+    // requests already wait for more than there is, the server refuses
+    // such a request (408 Requests Pending): then ask for one item, waiting.
+    bool one = false;
     for (;;) {
-        natsMsgList list{nullptr, 0};
-        jsErrCode jerr = static_cast<jsErrCode>(0);
-        // The request expires on the server a little before the client
-        // stops waiting for it, so that no request outlives the call (an
-        // item sent to a request nobody waits for any more would stay
-        // leased until its lease ran out).
-        jsFetchRequest fr;
-        jsFetchRequest_Init(&fr);
-        fr.Batch = batch;
-        const std::int64_t wait = detail::ms_left(d, 5000);
-        fr.Expires = (wait > 20 ? wait - std::max<std::int64_t>(10, wait / 5) : wait) * 1000000;
-        natsStatus s = natsSubscription_FetchRequest(&list, q.sub, &fr);
-        if (list.Count > 0) {
-            for (int i = 0; i < list.Count; ++i) {
-                out.push_back(q.make_lease(list.Msgs[i]));
-                list.Msgs[i] = nullptr;
-            }
-            natsMsgList_Destroy(&list);
-            return out;
+        // The request expires on the server a little before the caller
+        // stops waiting; the caller waits for the server's answer that
+        // ends it (a grace past that, if the server is slow or gone).
+        const std::int64_t slice = detail::ms_left(d, 5000);
+        const std::int64_t expires = slice > 20 ? slice - std::min<std::int64_t>(10, slice / 10) : slice;
+        // A get of one fetches up to kPrefetch; get_many fetches what it
+        // asks for, no more (every lease it returns starts with the call).
+        const int batch = one ? 1 : n == 1 ? detail::kPrefetch : static_cast<int>(std::min<std::size_t>(n, 4096));
+        std::uint64_t req;
+        {
+            std::lock_guard<std::mutex> g(in.mu);
+            req = ++in.seq;
+            in.live = req;
+            in.batch = batch;
+            in.count = 0;
+            in.done = false;
+            in.status = 0;
+            in.desc.clear();
         }
-        natsMsgList_Destroy(&list);
-        if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
-            if (natsConnection_Status(q.store->nc) == NATS_CONN_STATUS_CONNECTED)
-                outage.ok();
-            else
-                outage.failed(NATS_CONNECTION_DISCONNECTED, jerr, *q.store, "getting items from " + q.where);
+        char body[128];
+        snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%lld%s}", batch,
+                 static_cast<long long>(expires) * 1000000LL, one ? "" : ",\"no_wait\":true");
+        const std::string reply = in.prefix + std::to_string(req);
+        natsStatus ps = natsConnection_PublishRequestString(q.store->nc, q.next_subject.c_str(), reply.c_str(), body);
+        bool done = false;
+        int status = 0;
+        std::string desc;
+        {
+            std::unique_lock<std::mutex> g(in.mu);
+            if (ps == NATS_OK) {
+                const std::int64_t grace = std::min<std::int64_t>(q.store->timeout_ms(), 2000);
+                in.cv.wait_for(g, std::chrono::milliseconds(expires + grace), [&] { return in.done; });
+            }
+            done = in.done;
+            status = in.status;
+            desc = in.desc;
+            in.live = 0;  // from now on, what comes for it is given back
+        }
+        take_ready(q, n, out);
+        if (!out.empty()) return out;
+        if (ps != NATS_OK) {
+            if (!detail::transient(ps)) fail(ps, static_cast<jsErrCode>(0), what);
+            outage.failed(ps, static_cast<jsErrCode>(0), *q.store, what);
+            if (d.passed()) return out;
+            detail::backoff(step, d);
+            continue;
+        }
+        if (done && (status == 408 || status == 404)) {
+            // The request ran out (or was refused as pending): the servers answer.
+            outage.ok();
+            if (status == 408 && desc.find("Pending") != std::string::npos && !one) {
+                one = true;
+                continue;
+            }
             if (d.passed()) return out;
             continue;
         }
-        if (!detail::transient(s, jerr)) fail(s, jerr, "getting items from " + q.where);
-        outage.failed(s, jerr, *q.store, "getting items from " + q.where);
+        if (done && status == 409 && desc.find("Deleted") != std::string::npos)
+            throw shm::not_found("shm::remote: " + what + ": the queue was removed (" + desc + ")");
+        // No answer in time, or a server going away ("Server Shutdown"), a
+        // leader changing ("Leadership Change"), no consumer leader yet
+        // (503): try again, for up to the request time-out.
+        outage.failed(done ? NATS_ERR : NATS_TIMEOUT, static_cast<jsErrCode>(0), *q.store,
+                      what + (done ? " (" + std::to_string(status) + " " + desc + ")" : std::string()));
         if (d.passed()) return out;
-        detail::backoff(step, d);
+        if (done) detail::backoff(step, d);
     }
 }
 
@@ -490,9 +706,7 @@ bool Queue::task_done() {
     std::shared_ptr<detail::LeaseState> ls = q.taken.front();
     q.taken.pop_front();
     if (ls->acked.exchange(true)) return false;
-    jsOptions o = q.store->js_options();
-    jsErrCode jerr = static_cast<jsErrCode>(0);
-    return natsMsg_AckSync(ls->msg, &o, &jerr) == NATS_OK;
+    return ack_confirmed(*q.store, ls->msg);
 }
 
 bool Queue::join_until(const shm::detail::Deadline& d) {
