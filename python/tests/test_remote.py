@@ -328,19 +328,29 @@ class RemoteServerKilled(unittest.TestCase):
             # Elections take seconds on a loaded machine: a generous bound per request.
             ctx = libshm.get_context(cluster.url, request_timeout=30.0, replicas=3)
             q = ctx.JoinableQueue(1000)
-            got, errors, halfway = set(), [], threading.Event()
+            got, errors, halfway, all_got, stop = set(), [], threading.Event(), threading.Event(), threading.Event()
 
             def consume():
+                # Like a worker, it goes on taking items after it has seen
+                # every one: delivery is at least once, and join() waits for
+                # a copy delivered again (its first ack lost with the server)
+                # to be marked done too.
                 try:
-                    while len(got) < n:
-                        item = q.get(timeout=CAP * 5)  # a true hang (an item lost) fails
+                    while not stop.is_set():
+                        try:
+                            item = q.get(timeout=1.0)
+                        except queue.Empty:
+                            continue
                         got.add(item)
                         q.task_done()
                         if len(got) >= n // 3:
                             halfway.set()
+                        if len(got) == n:
+                            all_got.set()
                 except Exception as e:  # noqa: BLE001  (reported below)
                     errors.append(repr(e))
                     halfway.set()
+                    all_got.set()
 
             consumer = threading.Thread(target=consume)
             consumer.start()
@@ -350,11 +360,17 @@ class RemoteServerKilled(unittest.TestCase):
             cluster.kill(0)
             for i in range(n // 2, n):
                 q.put(i)
-            consumer.join(CAP * 10)
+            try:
+                # A true hang (an item lost) fails here.
+                self.assertTrue(all_got.wait(CAP * 5))
+                self.assertEqual(errors, [])
+                self.assertTrue(q.join(timeout=CAP * 5))
+            finally:
+                stop.set()
+                consumer.join(CAP)
             self.assertFalse(consumer.is_alive())
             self.assertEqual(errors, [])
             self.assertEqual(got, set(range(n)))  # each at least once; a set: redeliveries count once
-            self.assertTrue(q.join(timeout=CAP * 5))
 
     def test_get_carries_on_while_its_server_restarts(self):
         """One server, stopped (it tells the gets waiting on it that it

@@ -346,11 +346,25 @@ Lease::~Lease() = default;
 namespace {
 // Acknowledgements go to the item's reply subject on the servers: "+ACK"
 // (waiting for the confirmation, or not), "-NAK", "+WPI" (in progress).
+// An acknowledgement that waits for the consumer's leader to confirm it.
+// While a leader is being elected the ack has no responder, and one sent to
+// a leader that dies is never answered: both are retried (the servers
+// confirm an ack they already applied too) until the request time-out, so
+// an item once marked done is not delivered again after its lease.
 bool ack_confirmed(detail::StoreState& st, natsMsg* m) {
-    natsMsg* reply = nullptr;
-    natsStatus s = natsConnection_RequestString(&reply, st.nc, natsMsg_GetReply(m), "+ACK", st.timeout_ms());
-    if (reply) natsMsg_Destroy(reply);
-    return s == NATS_OK;
+    const auto d = shm::detail::Deadline::in(std::chrono::milliseconds(st.timeout_ms()));
+    int step = 0;
+    for (;;) {
+        natsMsg* reply = nullptr;
+        // One try waits at most 2 s: an ack sent to a dying leader is not
+        // answered, and the next try reaches the new one.
+        natsStatus s = natsConnection_RequestString(&reply, st.nc, natsMsg_GetReply(m), "+ACK",
+                                                    detail::ms_left(d, 2000));
+        if (reply) natsMsg_Destroy(reply);
+        if (s == NATS_OK) return true;
+        if (!detail::transient(s, static_cast<jsErrCode>(0)) || d.passed()) return false;
+        detail::backoff(step, d);
+    }
 }
 natsStatus send_ack(detail::StoreState& st, natsMsg* m, const char* what) {
     return natsConnection_PublishString(st.nc, natsMsg_GetReply(m), what);
