@@ -102,6 +102,8 @@ struct LocalBackend {
     shm::Mutex& lock(const std::string& name) { return seg.find_or_construct<shm::Mutex>(name); }
     shm::Event& event(const std::string& name) { return seg.find_or_construct<shm::Event>(name); }
     std::string target() const { return seg_name; }
+    template <class T>
+    void settle(T&) {}
 };
 
 struct RemoteBackend {
@@ -119,6 +121,32 @@ struct RemoteBackend {
     remote::Lock lock(const std::string& name) { return remote::Lock::open_or_create(store, name); }
     remote::Event event(const std::string& name) { return remote::Event::open_or_create(store, name); }
     std::string target() const { return server.urls(); }
+    template <class T>
+    void settle(T&) {}
+};
+
+// The remote Dict and List again, answering reads from a watched local copy.
+struct RemoteCopyBackend : RemoteBackend {
+    static remote::ObjectOptions copy() {
+        remote::ObjectOptions o;
+        o.local_copy = true;
+        return o;
+    }
+    remote::Dict dict(const std::string& name) {
+        auto d = remote::Dict::open_or_create(store, name, copy());
+        REQUIRE(d.has_local_copy());
+        return d;
+    }
+    remote::List list(const std::string& name) {
+        auto l = remote::List::open_or_create(store, name, copy());
+        REQUIRE(l.has_local_copy());
+        return l;
+    }
+    // Another handle's writes reach a copy after a network delay: wait for them.
+    template <class T>
+    void settle(T& o) {
+        o.sync();
+    }
 };
 
 // ---- child processes -----------------------------------------------------------
@@ -324,7 +352,7 @@ TEMPLATE_TEST_CASE("queue: a consumer thread gets what a producer thread puts, i
 }
 
 TEMPLATE_TEST_CASE("dict: set, get, update, increment, erase, keys, with odd keys", "[remote]", LocalBackend,
-                   RemoteBackend) {
+                   RemoteBackend, RemoteCopyBackend) {
     TestType b;
     auto d = b.dict(unique("d"));
     const std::vector<std::string> keys = {"",        "plain", "with space", "a/b/c", "dots.and..more.", "*>",
@@ -378,7 +406,8 @@ TEMPLATE_TEST_CASE("dict: set, get, update, increment, erase, keys, with odd key
     CHECK(d.keys().empty());
 }
 
-TEMPLATE_TEST_CASE("dict: concurrent increments lose nothing", "[remote]", LocalBackend, RemoteBackend) {
+TEMPLATE_TEST_CASE("dict: concurrent increments lose nothing", "[remote]", LocalBackend, RemoteBackend,
+                   RemoteCopyBackend) {
     TestType b;
     const std::string name = unique("d");
     auto d = b.dict(name);
@@ -390,11 +419,12 @@ TEMPLATE_TEST_CASE("dict: concurrent increments lose nothing", "[remote]", Local
             for (int i = 0; i < rounds; ++i) mine.increment("n");
         });
     for (auto& t : ts) t.join();
+    b.settle(d);
     CHECK(d.get("n").as_int() == threads * rounds);
 }
 
 TEMPLATE_TEST_CASE("list: append, get, set, insert, pop, len, errors change nothing", "[remote]", LocalBackend,
-                   RemoteBackend) {
+                   RemoteBackend, RemoteCopyBackend) {
     TestType b;
     auto l = b.list(unique("l"));
     CHECK(l.size() == 0);
@@ -681,6 +711,104 @@ TEST_CASE("remote: the items of a SIGKILLed consumer are delivered again after t
             CHECK((n == 1u || n == 2u));
     }
     CHECK(q.unfinished() == 0);
+}
+
+TEST_CASE("remote: a local copy reads its own writes at once, another's after sync(), and never goes back",
+          "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("d");
+    remote::ObjectOptions copy;
+    copy.local_copy = true;
+    auto other = remote::Dict::open_or_create(store, name);  // reads and writes on the servers
+    other.set("before", 1);
+    other.set("gone", 2);
+    CHECK(other.erase("gone"));
+    auto d = remote::Dict::open(store, name, copy);
+    REQUIRE(d.has_local_copy());
+    CHECK(!other.has_local_copy());
+    // What was there when the copy started is in it, deletes too.
+    CHECK(d.get("before").as_int() == 1);
+    CHECK(!d.contains("gone"));
+    CHECK(d.size() == 1);
+
+    // Read your writes, with no sync, and never an older value: the watch
+    // brings each of these writes again, later, and must not undo a newer one.
+    for (int i = 0; i < 200; ++i) {
+        d.set("mine", i);
+        REQUIRE(d.get("mine").as_int() == i);
+    }
+    CHECK(other.get("mine").as_int() == 199);
+
+    // Another handle's writes and deletes, after sync().
+    other.set("theirs", "x");
+    other.set("before", 10);
+    CHECK(other.erase("mine"));
+    d.sync();
+    CHECK(d.get("theirs").as_string() == "x");
+    CHECK(d.get("before").as_int() == 10);
+    CHECK(!d.contains("mine"));
+
+    // A compare-and-set on a stale copy still starts from the servers' value.
+    other.set("n", 100);
+    CHECK(d.increment("n") == 101);  // whether or not the copy has seen 100
+    CHECK(d.get("n").as_int() == 101);
+    other.set("p", 7);
+    CHECK(d.pop("p").as_int() == 7);  // absent from a stale copy: asked of the servers
+    CHECK(!d.contains("p"));
+    other.set("sd", "theirs");
+    CHECK(d.setdefault("sd", "mine").as_string() == "theirs");
+    CHECK(other.get("n").as_int() == 101);
+
+    // clear() by another handle empties the copy; a key set after it stays.
+    other.clear();
+    other.set("after", true);
+    d.sync();
+    CHECK(d.size() == 1);
+    CHECK(d.keys() == std::vector<std::string>{"after"});
+    CHECK(other.keys() == std::vector<std::string>{"after"});  // the clear marker is not a key
+    // And clear() through the copy's own handle.
+    d.set("a", 1);
+    d.clear();
+    CHECK(d.size() == 0);
+    CHECK(!d.contains("after"));
+    CHECK(other.size() == 0);
+    other.set("z", 26);
+    d.sync();
+    CHECK(d.items().size() == 1);
+
+    // A List's copy: the whole list is one value.
+    auto l_other = remote::List::open_or_create(store, unique("l"));
+    auto l = remote::List::open(store, l_other.name(), copy);
+    l_other.extend({1, 2, 3});
+    l.sync();
+    CHECK(l.size() == 3);
+    l.append(4);
+    CHECK(l.get(-1).as_int() == 4);  // its own write, at once
+    CHECK(l_other.size() == 4);
+}
+
+TEST_CASE("remote: a local copy follows its bucket across a server restart", "[remote]") {
+    test::NatsCluster server(1);
+    remote::StoreOptions so;
+    so.request_timeout = 30s;  // a restart and the client's reconnect take seconds on a loaded host
+    remote::Store store = remote::connect(server.urls(), so);
+    remote::ObjectOptions copy;
+    copy.local_copy = true;
+    const std::string name = unique("d");
+    auto d = remote::Dict::open_or_create(store, name, copy);
+    d.set("k", 1);
+    server.restart(0);
+    remote::Store other_store = remote::connect(server.urls(), so);
+    auto other = remote::Dict::open(other_store, name);
+    other.set("k", 2);
+    other.set("new", "yes");
+    d.sync();
+    CHECK(d.get("k").as_int() == 2);
+    CHECK(d.get("new").as_string() == "yes");
+    d.set("k", 3);
+    CHECK(d.get("k").as_int() == 3);
+    CHECK(other.get("k").as_int() == 3);
 }
 
 TEST_CASE("remote: a server restarted on its file store brings the queue and the dict back", "[remote]") {

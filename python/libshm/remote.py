@@ -308,17 +308,32 @@ class DictProxy(_Remote, MutableMapping):
     bool, int, float and str as such, others pickled. keys(), values() and
     items() are lists from one scan of the bucket (not one instant).
     update_key() and increment() are compare-and-set loops: the function
-    may run more than once."""
+    may run more than once.
 
-    def __init__(self, *args, ctx, name=None, replicas=None, **kwargs):
-        self._setup(ctx._spec, _name(name), (int(replicas or 0),))
+    local_copy=True (an extension): this process keeps a copy of the whole
+    dict, kept up to date by a watch on the servers, and reads answer from
+    it with no round trip. Its own writes are read back at once; another
+    process's arrive about one network delay after they return, and sync()
+    waits for every write the servers had stored when it was called; a
+    read never sees an older value than one read before; keys(), values()
+    and items() are of one instant of the copy. Writes still wait for the
+    servers."""
+
+    def __init__(self, *args, ctx, name=None, replicas=None, local_copy=False, **kwargs):
+        self._setup(ctx._spec, _name(name), (int(replicas or 0), bool(local_copy)))
         if args or kwargs:
             self.update(*args, **kwargs)
         else:
             self._h
 
     def _open(self, store):
-        return _remote.Dict.open_or_create(store, self._name, replicas=self._options[0])
+        return _remote.Dict.open_or_create(store, self._name, replicas=self._options[0],
+                                           local_copy=self._options[1])
+
+    def sync(self):
+        """With local_copy: wait until the copy holds every write the servers
+        had stored when sync() was called. Without: nothing to wait for."""
+        self._h.sync()
 
     def __getitem__(self, key):
         return self._h[key]
@@ -374,10 +389,11 @@ class DictProxy(_Remote, MutableMapping):
 class ListProxy(_Remote):
     """Manager().list() across hosts: the whole list is one value replaced
     by compare-and-set at every change (each operation atomic; meant for
-    lists of up to some thousands of small items)."""
+    lists of up to some thousands of small items). local_copy=True: reads
+    answer from a watched copy in this process, as DictProxy's."""
 
-    def __init__(self, iterable=(), *, ctx, name=None, replicas=None):
-        self._setup(ctx._spec, _name(name), (int(replicas or 0),))
+    def __init__(self, iterable=(), *, ctx, name=None, replicas=None, local_copy=False):
+        self._setup(ctx._spec, _name(name), (int(replicas or 0), bool(local_copy)))
         items = list(iterable)
         if items:
             self._h.extend(items)
@@ -385,7 +401,12 @@ class ListProxy(_Remote):
             self._h
 
     def _open(self, store):
-        return _remote.List.open_or_create(store, self._name, replicas=self._options[0])
+        return _remote.List.open_or_create(store, self._name, replicas=self._options[0],
+                                           local_copy=self._options[1])
+
+    def sync(self):
+        """As DictProxy.sync()."""
+        self._h.sync()
 
     def append(self, value):
         self._h.append(value)

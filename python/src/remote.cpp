@@ -234,12 +234,15 @@ PYBIND11_MODULE(_remote, m) {
     py::class_<rm::Dict>(m, "Dict")
         .def_static(
             "open_or_create",
-            [](rm::Store& s, const std::string& name, int replicas) {
+            [](rm::Store& s, const std::string& name, int replicas, bool local_copy) {
                 rm::ObjectOptions o;
                 o.replicas = replicas;
+                o.local_copy = local_copy;
                 return without_gil([&] { return rm::Dict::open_or_create(s, name, o); });
             },
-            "store"_a, "name"_a, "replicas"_a = 0)
+            "store"_a, "name"_a, "replicas"_a = 0, "local_copy"_a = false)
+        .def("sync", [](const rm::Dict& x) { without_gil([&] { x.sync(); }); })
+        .def_property_readonly("has_local_copy", &rm::Dict::has_local_copy)
         .def("__getitem__",
              [](const rm::Dict& d, py::handle key) {
                  const std::string k = to_key(key);
@@ -310,12 +313,15 @@ PYBIND11_MODULE(_remote, m) {
     py::class_<rm::List>(m, "List")
         .def_static(
             "open_or_create",
-            [](rm::Store& s, const std::string& name, int replicas) {
+            [](rm::Store& s, const std::string& name, int replicas, bool local_copy) {
                 rm::ObjectOptions o;
                 o.replicas = replicas;
+                o.local_copy = local_copy;
                 return without_gil([&] { return rm::List::open_or_create(s, name, o); });
             },
-            "store"_a, "name"_a, "replicas"_a = 0)
+            "store"_a, "name"_a, "replicas"_a = 0, "local_copy"_a = false)
+        .def("sync", [](const rm::List& x) { without_gil([&] { x.sync(); }); })
+        .def_property_readonly("has_local_copy", &rm::List::has_local_copy)
         .def("append",
              [](rm::List& l, py::handle v) {
                  const shm::Value x = to_value(v);

@@ -275,6 +275,31 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
         cls.ctx = libshm.get_context(SERVER.url, lock_lease=2.0, ack_wait=2.0)
 
     # ---- what only the remote context has ----
+    def test_dict_and_list_with_a_local_copy(self):
+        d = self.ctx.dict({"a": 1}, local_copy=True)
+        other = pickle.loads(pickle.dumps(d))  # another handle: its own copy, as in a child
+        plain = self.ctx.dict(name=d.name)  # and one that reads from the servers
+        for i in range(50):  # its own writes, read back at once
+            d["n"] = i
+            self.assertEqual(d["n"], i)
+        plain["b"] = "from elsewhere"
+        del plain["a"]
+        d.sync()
+        self.assertEqual(sorted(d.keys()), ["b", "n"])
+        self.assertEqual(d["b"], "from elsewhere")
+        other.sync()
+        self.assertEqual(dict(other.items()), {"b": "from elsewhere", "n": 49})
+        self.assertEqual(d.increment("n"), 50)
+        plain.clear()
+        d.sync()
+        self.assertEqual(len(d), 0)
+        lst = self.ctx.list([1, 2], local_copy=True)
+        lst.append(3)
+        self.assertEqual(list(lst), [1, 2, 3])
+        self.ctx.list(name=lst.name).append(4)
+        lst.sync()
+        self.assertEqual(lst[-1], 4)
+
     def test_killed_consumer_item_delivered_again(self):
         q, got = self.ctx.JoinableQueue(lease=1.0), self.ctx.Queue()
         q.put("precious")

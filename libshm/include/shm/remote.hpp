@@ -315,14 +315,38 @@ private:
 // encoded, since the servers take only [-/_=.a-zA-Z0-9] in keys.
 // Limits: a value (a List: the whole list) up to max_item_size of the
 // servers (1 MiB by default).
+//
+// A local copy (ObjectOptions::local_copy, Dict and List): the handle
+// keeps a copy of the whole bucket in this process, kept up to date by a
+// watch on the servers (a thread per handle; memory for every key and
+// value). Its reads (get, find, contains, size, keys, values, items; a
+// List's get, size, index, count, snapshot, slice) then answer from
+// memory, with no round trip. What they promise instead of "the servers'
+// value now":
+//  - read your writes: a change made through this handle is in its copy
+//    when the call that made it returns;
+//  - monotonic: a read never sees an older value of a key than one read
+//    before through the same handle;
+//  - another writer's change arrives about one network delay after its
+//    call returns; sync() waits until the copy holds every change the
+//    servers had stored when sync() was called;
+//  - a snapshot (size, keys, items, ...) is of one instant of the copy.
+// Writes still go to the servers and are as durable as without the copy;
+// a compare-and-set (update, increment, setdefault, pop, erase) tries the
+// copy's revision first and reads from the servers only if that revision
+// was stale. If the watch ends (the bucket removed, the servers gone for
+// longer than the client reconnects), reads go to the servers again.
 struct ObjectOptions {
-    int replicas = 0;  // 0: the store's
+    int replicas = 0;         // 0: the store's
+    bool local_copy = false;  // Dict and List: answer reads from a watched copy
 };
 
 class Dict {
 public:
     static Dict open_or_create(Store& store, std::string_view name, const ObjectOptions& opt = {});
     static Dict open(Store& store, std::string_view name);  // shm::not_found if absent
+    // opt.local_copy is used; opt.replicas is not (the bucket exists).
+    static Dict open(Store& store, std::string_view name, const ObjectOptions& opt);
 
     Value get(std::string_view key) const;  // shm::key_error if missing
     Value at(std::string_view key) const { return get(key); }
@@ -360,6 +384,12 @@ public:
     }
     double increment(std::string_view key, double n);
 
+    // With a local copy: wait until it holds every change the servers had
+    // stored when sync() was called (unavailable if not within the request
+    // time-out). Without one: nothing to do (reads go to the servers).
+    void sync() const;
+    bool has_local_copy() const noexcept;
+
     const std::string& name() const noexcept;
     explicit Dict(std::shared_ptr<detail::KvState> s) : s_(std::move(s)) {}
 
@@ -376,6 +406,7 @@ class List {
 public:
     static List open_or_create(Store& store, std::string_view name, const ObjectOptions& opt = {});
     static List open(Store& store, std::string_view name);
+    static List open(Store& store, std::string_view name, const ObjectOptions& opt);  // as Dict's
 
     void append(const Value& v);
     void extend(const std::vector<Value>& vs);
@@ -399,6 +430,9 @@ public:
     Value update(std::int64_t index, const std::function<Value(const Value&)>& fn);
     void assign(const std::vector<Value>& items);
     bool assign_if(const std::vector<Value>& expected, const std::vector<Value>& items);
+
+    void sync() const;  // as Dict::sync()
+    bool has_local_copy() const noexcept;
 
     const std::string& name() const noexcept;
     explicit List(std::shared_ptr<detail::KvState> s) : s_(std::move(s)) {}

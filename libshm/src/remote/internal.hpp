@@ -65,6 +65,9 @@ inline void check(natsStatus s, const std::string& what) {
     if (s != NATS_OK) fail(s, static_cast<jsErrCode>(0), what);
 }
 
+// A watched copy of a bucket (ObjectOptions::local_copy), in kv.cpp.
+struct Mirror;
+
 // A KV bucket of one of our objects: its handle and names.
 struct KvState {
     std::shared_ptr<StoreState> store;
@@ -74,6 +77,7 @@ struct KvState {
     std::string bucket;  // on the servers
     std::string where;   // for messages
     std::int64_t ttl_ms = 0;
+    std::shared_ptr<Mirror> mirror;  // null without a local copy
     ~KvState();
 };
 // Open (creating it if absent and `create`) the bucket of object `name`.
@@ -91,7 +95,8 @@ KvEntry kv_get(KvState& s, const std::string& kv_key);
 // False if someone changed it meanwhile; *rev gets the new revision.
 bool kv_cas(KvState& s, const std::string& kv_key, std::string_view value, std::uint64_t last, std::uint64_t* rev);
 // Delete only if the key's last revision is `last`; false if it changed.
-bool kv_cas_delete(KvState& s, const std::string& kv_key, std::uint64_t last);
+// *rev (if given) gets the revision of the delete.
+bool kv_cas_delete(KvState& s, const std::string& kv_key, std::uint64_t last, std::uint64_t* rev = nullptr);
 
 // Milliseconds left until d (capped at cap), at least 1.
 std::int64_t ms_left(const shm::detail::Deadline& d, std::int64_t cap);

@@ -1,7 +1,10 @@
 // shm::remote::Dict, List and Event: one key-value bucket each (history 1).
 // Read-modify-writes are compare-and-set loops on the key's revision.
+#include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <thread>
+#include <unordered_map>
 
 #include "remote/internal.hpp"
 
@@ -22,21 +25,208 @@ constexpr int kMaxCasRounds = 100000;
                                  std::to_string(kMaxCasRounds) + " compare-and-set attempts");
 }
 
+// The key clear() writes before it purges what came before it (encoded
+// keys all begin with 'k'; a List's key is "items"): a watched copy drops
+// every key older than it.
+const std::string kClearedKey = "cleared";
+
+}  // namespace
+
+// ---- The local copy ------------------------------------------------------------
+namespace detail {
+
+struct Mirror {
+    struct Entry {
+        std::uint64_t rev = 0;
+        bool present = false;  // false: deleted at rev
+        std::string value;
+    };
+    std::mutex mu;
+    std::condition_variable cv;
+    std::unordered_map<std::string, Entry> entries;
+    std::uint64_t cleared = 0;  // the revision of the last clear() seen
+    std::uint64_t seen = 0;     // the highest revision the watch delivered
+    std::size_t live = 0;       // entries present
+    bool synced = false;        // the values there were at the start: all in
+    bool ended = false;         // the watch failed or was stopped
+    std::string why;
+    kvWatcher* w = nullptr;
+    std::thread th;
+
+    ~Mirror() {
+        if (w) kvWatcher_Stop(w);  // wakes the thread's kvWatcher_Next
+        if (th.joinable()) th.join();
+        if (w) kvWatcher_Destroy(w);
+    }
+
+    // Under mu. A revision not newer than the one held for the key (or
+    // than the last clear) changes nothing: the watch and this handle's
+    // own writes may bring the same change in either order.
+    void apply(const std::string& key, std::uint64_t rev, bool present, std::string_view value) {
+        if (key == kClearedKey) {
+            if (!present || rev <= cleared) return;
+            cleared = rev;
+            for (auto it = entries.begin(); it != entries.end();) {
+                if (it->second.rev < rev) {
+                    if (it->second.present) --live;
+                    it = entries.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+            return;
+        }
+        if (rev <= cleared) return;
+        Entry& e = entries[key];
+        if (e.rev >= rev) return;
+        if (e.present) --live;
+        e.rev = rev;
+        e.present = present;
+        if (present) {
+            e.value.assign(value.data(), value.size());
+            ++live;
+        } else {
+            e.value.clear();
+        }
+    }
+
+    void run() {
+        for (;;) {
+            kvEntry* e = nullptr;
+            natsStatus st = kvWatcher_Next(&e, w, 1000);
+            if (st == NATS_TIMEOUT) continue;
+            std::lock_guard<std::mutex> g(mu);
+            if (st != NATS_OK) {
+                ended = true;
+                why = last_error_text(st);
+                cv.notify_all();
+                return;
+            }
+            if (!e) {
+                synced = true;
+            } else {
+                const void* data = kvEntry_Value(e);
+                int len = kvEntry_ValueLen(e);
+                std::string_view value = data && len > 0 ? std::string_view(static_cast<const char*>(data),
+                                                                            static_cast<std::size_t>(len))
+                                                         : std::string_view();
+                std::uint64_t rev = kvEntry_Revision(e);
+                apply(kvEntry_Key(e), rev, kvEntry_Operation(e) == kvOp_Put, value);
+                if (rev > seen) seen = rev;
+                kvEntry_Destroy(e);
+            }
+            cv.notify_all();
+        }
+    }
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::Mirror;
+
+// Start s's local copy: watch the whole bucket, and wait until the values
+// there were at the start are in.
+void start_mirror(KvState& s) {
+    auto m = std::make_shared<Mirror>();
+    kvWatchOptions wo;
+    kvWatchOptions_Init(&wo);
+    wo.Timeout = s.store->timeout_ms();
+    natsStatus st = kvStore_WatchAll(&m->w, s.kv, &wo);
+    if (st != NATS_OK) detail::fail(st, static_cast<jsErrCode>(0), "watching " + s.where + " for a local copy");
+    m->th = std::thread([mp = m.get()] { mp->run(); });
+    std::unique_lock<std::mutex> lk(m->mu);
+    m->cv.wait_for(lk, std::chrono::milliseconds(s.store->timeout_ms()), [&] { return m->synced || m->ended; });
+    if (!m->synced) {
+        std::string why = m->ended ? ": " + m->why : "";
+        lk.unlock();
+        throw unavailable(ETIMEDOUT, "shm::remote: the local copy of " + s.where + " did not load within the " +
+                                         std::to_string(s.store->timeout_ms()) + " ms request time-out" + why);
+    }
+    lk.unlock();
+    s.mirror = std::move(m);
+}
+
+// The copy, if s has one whose watch is still running.
+Mirror* live_mirror(const KvState& s) {
+    Mirror* m = s.mirror.get();
+    return m && !m->ended ? m : nullptr;
+}
+
+// The key's entry: from the local copy if there is one, else from the servers.
+KvEntry read_entry(KvState& s, const std::string& key) {
+    if (Mirror* m = s.mirror.get()) {
+        std::lock_guard<std::mutex> g(m->mu);
+        if (!m->ended) {
+            KvEntry out;
+            auto it = m->entries.find(key);
+            if (it != m->entries.end() && it->second.present) {
+                out.found = true;
+                out.value = it->second.value;
+                out.revision = it->second.rev;
+            }
+            return out;
+        }
+    }
+    return kv_get(s, key);
+}
+
+// A change this handle made (value null: a delete), into its copy.
+void note_write(KvState& s, const std::string& key, std::uint64_t rev, const std::string* value) {
+    Mirror* m = s.mirror.get();
+    if (!m || rev == 0) return;
+    std::lock_guard<std::mutex> g(m->mu);
+    m->apply(key, rev, value != nullptr, value ? std::string_view(*value) : std::string_view());
+}
+
+// Wait until s's copy holds every change the servers have stored now.
+void sync_mirror(KvState& s) {
+    Mirror* m = s.mirror.get();
+    if (!m) return;
+    jsStreamInfo* si = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsOptions o = s.store->js_options();
+    const std::string stream = "KV_" + s.bucket;
+    natsStatus st = js_GetStreamInfo(&si, s.store->js, stream.c_str(), &o, &jerr);
+    if (st != NATS_OK) detail::fail(st, jerr, "syncing the local copy of " + s.where);
+    const std::uint64_t last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    std::unique_lock<std::mutex> lk(m->mu);
+    if (!m->cv.wait_for(lk, std::chrono::milliseconds(s.store->timeout_ms()),
+                        [&] { return m->seen >= last || m->ended; }))
+        throw unavailable(ETIMEDOUT, "shm::remote: the local copy of " + s.where + " did not reach revision " +
+                                         std::to_string(last) + " within the " +
+                                         std::to_string(s.store->timeout_ms()) + " ms request time-out");
+}
+
 // Read, compute, write back if unchanged; again if changed. fn gets the
 // current value (nullopt if absent) and returns the new one (nullopt:
-// delete). Returns what fn returned the last time.
+// delete). Returns what fn returned the last time. The first round reads
+// the local copy, if there is one; a round after a conflict, the servers.
 std::optional<std::string> cas_loop(KvState& s, const std::string& key,
                                     const std::function<std::optional<std::string>(const std::optional<std::string>&)>& fn) {
     for (int round = 0; round < kMaxCasRounds; ++round) {
-        KvEntry e = kv_get(s, key);
+        KvEntry e = round == 0 ? read_entry(s, key) : kv_get(s, key);
         std::optional<std::string> cur;
         if (e.found) cur = std::move(e.value);
         std::optional<std::string> next = fn(cur);
+        std::uint64_t rev = 0;
         if (next) {
-            if (kv_cas(s, key, *next, e.found ? e.revision : 0, nullptr)) return next;
+            if (kv_cas(s, key, *next, e.found ? e.revision : 0, &rev)) {
+                note_write(s, key, rev, &*next);
+                return next;
+            }
         } else {
-            if (!e.found) return next;
-            if (kv_cas_delete(s, key, e.revision)) return next;
+            if (!e.found) {
+                // Absent in the copy may be stale: ask the servers once.
+                if (round == 0 && live_mirror(s)) continue;
+                return next;
+            }
+            if (kv_cas_delete(s, key, e.revision, &rev)) {
+                note_write(s, key, rev, nullptr);
+                return next;
+            }
         }
     }
     too_contended(s);
@@ -44,6 +234,20 @@ std::optional<std::string> cas_loop(KvState& s, const std::string& key,
 
 std::vector<std::pair<std::string, std::string>> scan(KvState& s) {
     std::vector<std::pair<std::string, std::string>> out;
+    if (Mirror* m = s.mirror.get()) {
+        // One instant of the copy, in the servers' order (by revision).
+        std::lock_guard<std::mutex> g(m->mu);
+        if (!m->ended) {
+            std::vector<std::pair<std::uint64_t, const std::pair<const std::string, Mirror::Entry>*>> live;
+            live.reserve(m->live);
+            for (const auto& kv : m->entries)
+                if (kv.second.present) live.emplace_back(kv.second.rev, &kv);
+            std::sort(live.begin(), live.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+            out.reserve(live.size());
+            for (const auto& r : live) out.emplace_back(r.second->first, r.second->second.value);
+            return out;
+        }
+    }
     kvWatchOptions wo;
     kvWatchOptions_Init(&wo);
     wo.IgnoreDeletes = true;
@@ -57,7 +261,7 @@ std::vector<std::pair<std::string, std::string>> scan(KvState& s) {
         st = kvWatcher_Next(&e, w, s.store->timeout_ms());
         if (st != NATS_OK) detail::fail(st, static_cast<jsErrCode>(0), "listing " + s.where);
         if (!e) break;  // the values there were at the start: all seen
-        if (kvEntry_Operation(e) == kvOp_Put) {
+        if (kvEntry_Operation(e) == kvOp_Put && kvEntry_Key(e) != kClearedKey) {
             const void* data = kvEntry_Value(e);
             int len = kvEntry_ValueLen(e);
             out.emplace_back(kvEntry_Key(e),
@@ -70,12 +274,21 @@ std::vector<std::pair<std::string, std::string>> scan(KvState& s) {
     return out;
 }
 
+// A marker first, then everything before it purged: a watched copy (this
+// handle's or another's) drops every key older than the marker, and a key
+// set after the marker stays.
 void purge_all(KvState& s) {
+    const std::string one = "1";
+    std::uint64_t rev = 0;
+    natsStatus st = kvStore_PutString(&rev, s.kv, kClearedKey.c_str(), one.c_str());
+    if (st != NATS_OK) detail::fail(st, static_cast<jsErrCode>(0), "clearing " + s.where);
     jsOptions o = s.store->js_options();
+    o.Stream.Purge.Sequence = rev;  // up to, not including, the marker
     jsErrCode jerr = static_cast<jsErrCode>(0);
     const std::string stream = "KV_" + s.bucket;
-    natsStatus st = js_PurgeStream(s.store->js, stream.c_str(), &o, &jerr);
+    st = js_PurgeStream(s.store->js, stream.c_str(), &o, &jerr);
     if (st != NATS_OK) detail::fail(st, jerr, "clearing " + s.where);
+    note_write(s, kClearedKey, rev, &one);
 }
 
 std::string show_key(std::string_view key) {
@@ -95,16 +308,26 @@ std::string show_key(std::string_view key) {
 }  // namespace
 
 // ---- Dict ----------------------------------------------------------------------
-Dict Dict::open_or_create(Store& store, std::string_view name, const ObjectOptions& opt) {
-    return Dict(detail::open_bucket(store, detail::Kind::dict, name, true, opt.replicas, 0));
+namespace {
+std::shared_ptr<KvState> with_copy(std::shared_ptr<KvState> s, const ObjectOptions& opt) {
+    if (opt.local_copy) start_mirror(*s);
+    return s;
 }
-Dict Dict::open(Store& store, std::string_view name) {
-    return Dict(detail::open_bucket(store, detail::Kind::dict, name, false, 0, 0));
+}  // namespace
+
+Dict Dict::open_or_create(Store& store, std::string_view name, const ObjectOptions& opt) {
+    return Dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, true, opt.replicas, 0), opt));
+}
+Dict Dict::open(Store& store, std::string_view name) { return open(store, name, ObjectOptions{}); }
+Dict Dict::open(Store& store, std::string_view name, const ObjectOptions& opt) {
+    return Dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, false, 0, 0), opt));
 }
 const std::string& Dict::name() const noexcept { return s_->name; }
+void Dict::sync() const { sync_mirror(*s_); }
+bool Dict::has_local_copy() const noexcept { return s_->mirror != nullptr; }
 
 std::optional<Value> Dict::find(std::string_view key) const {
-    KvEntry e = kv_get(*s_, encode_key(key));
+    KvEntry e = read_entry(*s_, encode_key(key));
     if (!e.found) return std::nullopt;
     return decode_value(e.value);
 }
@@ -120,12 +343,14 @@ Value Dict::get(std::string_view key, const Value& dflt) const {
     return v ? *v : dflt;
 }
 
-bool Dict::contains(std::string_view key) const { return kv_get(*s_, encode_key(key)).found; }
+bool Dict::contains(std::string_view key) const { return read_entry(*s_, encode_key(key)).found; }
 
 void Dict::set(std::string_view key, const Value& v) {
     std::string bytes = encode_value(v);
     std::uint64_t rev = 0;
-    natsStatus st = kvStore_Put(&rev, s_->kv, encode_key(key).c_str(), bytes.data(), static_cast<int>(bytes.size()));
+    const std::string k = encode_key(key);
+    natsStatus st = kvStore_Put(&rev, s_->kv, k.c_str(), bytes.data(), static_cast<int>(bytes.size()));
+    if (st == NATS_OK) note_write(*s_, k, rev, &bytes);
     if (st != NATS_OK) {
         std::string text = detail::last_error_text(st);
         if (text.find("message size") != std::string::npos || st == NATS_MAX_PAYLOAD)
@@ -138,9 +363,16 @@ void Dict::set(std::string_view key, const Value& v) {
 bool Dict::erase(std::string_view key) {
     const std::string k = encode_key(key);
     for (int round = 0; round < kMaxCasRounds; ++round) {
-        KvEntry e = kv_get(*s_, k);
-        if (!e.found) return false;
-        if (kv_cas_delete(*s_, k, e.revision)) return true;
+        KvEntry e = round == 0 ? read_entry(*s_, k) : kv_get(*s_, k);
+        if (!e.found) {
+            if (round == 0 && live_mirror(*s_)) continue;  // the copy may be behind: ask the servers
+            return false;
+        }
+        std::uint64_t rev = 0;
+        if (kv_cas_delete(*s_, k, e.revision, &rev)) {
+            note_write(*s_, k, rev, nullptr);
+            return true;
+        }
     }
     too_contended(*s_);
 }
@@ -148,10 +380,17 @@ bool Dict::erase(std::string_view key) {
 Value Dict::pop(std::string_view key) {
     const std::string k = encode_key(key);
     for (int round = 0; round < kMaxCasRounds; ++round) {
-        KvEntry e = kv_get(*s_, k);
-        if (!e.found) throw key_error("shm::remote: no key " + show_key(key) + " in " + s_->where);
+        KvEntry e = round == 0 ? read_entry(*s_, k) : kv_get(*s_, k);
+        if (!e.found) {
+            if (round == 0 && live_mirror(*s_)) continue;  // the copy may be behind: ask the servers
+            throw key_error("shm::remote: no key " + show_key(key) + " in " + s_->where);
+        }
         Value v = decode_value(e.value);
-        if (kv_cas_delete(*s_, k, e.revision)) return v;
+        std::uint64_t rev = 0;
+        if (kv_cas_delete(*s_, k, e.revision, &rev)) {
+            note_write(*s_, k, rev, nullptr);
+            return v;
+        }
     }
     too_contended(*s_);
 }
@@ -182,7 +421,13 @@ std::vector<Value> Dict::values() const {
     return out;
 }
 
-std::size_t Dict::size() const { return scan(*s_).size(); }
+std::size_t Dict::size() const {
+    if (Mirror* m = s_->mirror.get()) {
+        std::lock_guard<std::mutex> g(m->mu);
+        if (!m->ended) return m->live;
+    }
+    return scan(*s_).size();
+}
 
 void Dict::clear() { purge_all(*s_); }
 
@@ -194,9 +439,13 @@ Value Dict::setdefault(std::string_view key, const Value& dflt) {
     const std::string k = encode_key(key);
     const std::string bytes = encode_value(dflt);
     for (int round = 0; round < kMaxCasRounds; ++round) {
-        KvEntry e = kv_get(*s_, k);
+        KvEntry e = round == 0 ? read_entry(*s_, k) : kv_get(*s_, k);
         if (e.found) return decode_value(e.value);
-        if (kv_cas(*s_, k, bytes, 0, nullptr)) return dflt;
+        std::uint64_t rev = 0;
+        if (kv_cas(*s_, k, bytes, 0, &rev)) {
+            note_write(*s_, k, rev, &bytes);
+            return dflt;
+        }
     }
     too_contended(*s_);
 }
@@ -280,7 +529,7 @@ void mutate(KvState& s, const std::function<void(std::vector<Value>&)>& fn) {
 }
 
 std::vector<Value> read_list(KvState& s) {
-    KvEntry e = kv_get(s, kItems);
+    KvEntry e = read_entry(s, kItems);
     return e.found ? decode_list(e.value) : std::vector<Value>{};
 }
 
@@ -294,12 +543,15 @@ std::int64_t clamp_index(std::int64_t index, std::size_t size) {
 }  // namespace
 
 List List::open_or_create(Store& store, std::string_view name, const ObjectOptions& opt) {
-    return List(detail::open_bucket(store, detail::Kind::list, name, true, opt.replicas, 0));
+    return List(with_copy(detail::open_bucket(store, detail::Kind::list, name, true, opt.replicas, 0), opt));
 }
-List List::open(Store& store, std::string_view name) {
-    return List(detail::open_bucket(store, detail::Kind::list, name, false, 0, 0));
+List List::open(Store& store, std::string_view name) { return open(store, name, ObjectOptions{}); }
+List List::open(Store& store, std::string_view name, const ObjectOptions& opt) {
+    return List(with_copy(detail::open_bucket(store, detail::Kind::list, name, false, 0, 0), opt));
 }
 const std::string& List::name() const noexcept { return s_->name; }
+void List::sync() const { sync_mirror(*s_); }
+bool List::has_local_copy() const noexcept { return s_->mirror != nullptr; }
 
 void List::append(const Value& v) {
     mutate(*s_, [&](std::vector<Value>& items) { items.push_back(v); });

@@ -173,6 +173,7 @@ void StoreState::claim(Kind k, std::string_view name, bool create, bool* created
 }
 
 KvState::~KvState() {
+    mirror.reset();  // its watch thread stops before the bucket's handle goes
     if (kv) kvStore_Destroy(kv);
 }
 
@@ -259,7 +260,7 @@ bool kv_cas(KvState& ks, const std::string& kv_key, std::string_view value, std:
     fail(s, static_cast<jsErrCode>(0), "writing " + ks.where);
 }
 
-bool kv_cas_delete(KvState& ks, const std::string& kv_key, std::uint64_t last) {
+bool kv_cas_delete(KvState& ks, const std::string& kv_key, std::uint64_t last, std::uint64_t* rev) {
     // A KV delete is a marker message on the key's subject; published with
     // an expected last subject sequence, it is conditional.
     const std::string subject = "$KV." + ks.bucket + "." + kv_key;
@@ -274,6 +275,7 @@ bool kv_cas_delete(KvState& ks, const std::string& kv_key, std::uint64_t last) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
     natsStatus s = js_PublishMsg(&pa, ks.store->js, m, &po, &jerr);
     natsMsg_Destroy(m);
+    if (s == NATS_OK && rev && pa) *rev = pa->Sequence;
     if (pa) jsPubAck_Destroy(pa);
     if (s == NATS_OK) return true;
     if (jerr == JSStreamWrongLastSequenceErr || contains(last_error_text(s), "wrong last sequence")) return false;
