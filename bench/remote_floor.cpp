@@ -7,7 +7,8 @@
 //    explicit acknowledgement. put() is js_Publish(), which returns once the
 //    server has stored the item (an acknowledged put); get() fetches up to
 //    64 items at a time (natsSubscription_Fetch) and acknowledges each after
-//    it is used (natsMsg_Ack).
+//    it is used (natsMsg_Ack). Batched, put_many() publishes asynchronously
+//    (js_PublishAsync) and waits for every answer (js_PublishAsyncComplete).
 //  - the dict: a key-value bucket (file storage, history 1), kvStore_Put()
 //    and kvStore_Get() of 8-byte values.
 // The cases and their checks are remote_harness.hpp's.
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "harness.hpp"
 #include "queue_harness.hpp"
@@ -138,11 +140,33 @@ public:
         check(s, "ack");
     }
 
+    // Published asynchronously, then every answer awaited.
+    void put_many(const std::vector<std::string>& items) {
+        for (const std::string& item : items)
+            check(js_PublishAsync(conn().js(), subject_.c_str(), item.data(), static_cast<int>(item.size()), nullptr),
+                  "publish async");
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 30000;
+        check(js_PublishAsyncComplete(conn().js(), &po), "publish async complete");
+    }
+
+    // Blocks for the first (one fetch of up to 64), then what that fetch brought, up to n.
+    template <class Use>
+    void get_many(std::size_t n, Use&& use) {
+        get(use);
+        for (std::size_t i = 1; i < n && next_ < list_.Count; ++i) get(use);
+    }
+
     void leave() { release(); }
 
     std::string note() const {
         return "js_Publish (acknowledged) / natsSubscription_Fetch of up to 64 + natsMsg_Ack each, work-queue "
                "stream, file storage";
+    }
+    std::string batch_note() const {
+        return "js_PublishAsync x32 + js_PublishAsyncComplete / natsSubscription_Fetch of up to 64 + natsMsg_Ack "
+               "each, work-queue stream, file storage";
     }
 
 private:

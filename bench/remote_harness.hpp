@@ -9,6 +9,8 @@
 //  - remote.queue.1to1.64B: the queue_harness.hpp throughput method (one
 //    producer, one consumer, checked sequence numbers and totals) on a
 //    Channel that lives on the server;
+//  - remote.queue.1to1.64B.batch32: the same, 32 items per put_many() and
+//    up to 32 per get_many();
 //  - remote.queue.pingpong.64B: its ping-pong (.p50 and .p99, microseconds);
 //  - remote.dict.get / remote.dict.set: one process cycling through the keys
 //    "k0".."k999" (harness.hpp's working set), ops/s. get checks every value
@@ -123,6 +125,18 @@ std::vector<qbench::QCase> remote_cases(const std::string& impl, const std::func
                          qbench::emit_throughput("remote.queue.1to1.64B", impl,
                                                  qbench::throughput(o, ch, qbench::k64B, 1, 1), qbench::k64B,
                                                  ch.note());
+                     }});
+    cases.push_back({"remote.queue.1to1.64B.batch32", [=](const bench::Options& o) {
+                         if constexpr (qbench::HasBatches<Channel>::value) {
+                             server_url();
+                             Channel ch(cfg("b"));
+                             qbench::emit_throughput("remote.queue.1to1.64B.batch32", impl,
+                                                     qbench::throughput(o, ch, qbench::k64B, 1, 1, qbench::kApiBatch),
+                                                     qbench::k64B, ch.batch_note());
+                         } else {
+                             (void)o;
+                             throw qbench::Unavailable("no call that puts or gets several items at once");
+                         }
                      }});
     cases.push_back({"remote.queue.pingpong.64B",
                      [=](const bench::Options& o) {
