@@ -550,6 +550,33 @@ TEST_CASE("remote: values, nested containers and keys survive the encoding", "[r
     CHECK_THROWS_AS(remote::decode_key("k*"), shm::corrupted);
 }
 
+TEST_CASE("remote: a handle with prefetch 1 leaves the other items to the other consumers", "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    auto a = remote::Queue::open_or_create(store, name);
+    auto b = remote::Queue::open(store, name);
+    CHECK(a.prefetch() == 32);
+    a.set_prefetch(1);
+    CHECK(a.prefetch() == 1);
+    a.set_prefetch(0);  // clamped: a get asks for at least one
+    CHECK(a.prefetch() == 1);
+    a.put_many({"1", "2", "3"});
+    auto first = a.get_for(30s);
+    REQUIRE(first);
+    CHECK(first->item() == "1");
+    // Nothing else is leased to a: b gets the other two at once.
+    for (const char* want : {"2", "3"}) {
+        auto l = b.get_for(30s);
+        REQUIRE(l);
+        CHECK(l->item() == want);
+        CHECK(l->deliveries() == 1);
+        l->ack();
+    }
+    first->ack();
+    CHECK(a.unfinished() == 0);
+}
+
 TEST_CASE("remote: nowait forms, sizes, task_done, names of another kind", "[remote]") {
     test::NatsCluster server(1);
     remote::Store store = remote::connect(server.urls());

@@ -506,6 +506,16 @@ class RemoteContext:
     def list(self, iterable=(), **kwargs):
         return ListProxy(iterable, ctx=self, **kwargs)
 
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *, name=None, lease=10.0,
+             max_retries=3):
+        """multiprocessing.Pool across hosts (libshm.remote_pool): this
+        process starts `processes` workers; others can join by the pool's
+        name from any host (python3 -m libshm.remote_pool URL NAME).
+        Keyword-only: name=, lease= (10 s), max_retries= (3)."""
+        from .remote_pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild, ctx=self, name=name, lease=lease,
+                    max_retries=max_retries)
+
     def remove(self, obj):
         """Delete an object (or the object of that name) from the servers;
         False if there was none."""

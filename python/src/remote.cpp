@@ -218,6 +218,8 @@ PYBIND11_MODULE(_remote, m) {
                  return got;
              },
              "timeout"_a = py::none())
+        // Items a get asks the servers for at once (1: none fetched ahead).
+        .def_property("prefetch", &rm::Queue::prefetch, &rm::Queue::set_prefetch)
         .def("task_done", [](rm::Queue& q) { return without_gil([&] { return q.task_done(); }); })
         .def("join",
              [](rm::Queue& q, py::object timeout) {

@@ -293,6 +293,14 @@ public:
     std::uint32_t max_items() const noexcept;
     std::uint32_t max_item_size() const noexcept;
     std::uint32_t max_deliveries() const noexcept;
+    // Items a get() asks the servers for at once, this handle (1 to 4096;
+    // 32 by default): those beyond the one it returns wait in the handle,
+    // leased to it, for its next gets. 1 fetches none ahead: for a worker
+    // that takes long over each item, so that the others go to the other
+    // workers (a held item is given back after half its lease, and each
+    // delivery counts towards max_deliveries).
+    void set_prefetch(std::uint32_t n) noexcept;
+    std::uint32_t prefetch() const noexcept;
     std::chrono::milliseconds lease() const noexcept;
     int replicas() const noexcept;
     const std::string& name() const noexcept;

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -145,6 +146,7 @@ struct QueueState {
     std::uint32_t max_items = 0, max_item_size = 0, max_deliveries = 0;
     std::chrono::milliseconds lease{0};
     int replicas = 1;
+    int prefetch = kPrefetch;  // items a get of one asks for (set_prefetch)
     // The consumer side, made by the first get.
     std::shared_ptr<Inbox> inbox;
     natsSubscription* sub = nullptr;
@@ -623,9 +625,9 @@ std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadl
         // ends it (a grace past that, if the server is slow or gone).
         const std::int64_t slice = detail::ms_left(d, 5000);
         const std::int64_t expires = slice > 20 ? slice - std::min<std::int64_t>(10, slice / 10) : slice;
-        // A get of one fetches up to kPrefetch; get_many fetches what it
-        // asks for, no more (every lease it returns starts with the call).
-        const int batch = one ? 1 : n == 1 ? detail::kPrefetch : static_cast<int>(std::min<std::size_t>(n, 4096));
+        // A get of one fetches up to the handle's prefetch; get_many fetches
+        // what it asks for, no more (every lease it returns starts with the call).
+        const int batch = one ? 1 : n == 1 ? q.prefetch : static_cast<int>(std::min<std::size_t>(n, 4096));
         std::uint64_t req;
         {
             std::lock_guard<std::mutex> g(in.mu);
@@ -757,6 +759,10 @@ bool Queue::full() const { return unfinished() >= s_->max_items; }
 std::uint32_t Queue::max_items() const noexcept { return s_->max_items; }
 std::uint32_t Queue::max_item_size() const noexcept { return s_->max_item_size; }
 std::uint32_t Queue::max_deliveries() const noexcept { return s_->max_deliveries; }
+void Queue::set_prefetch(std::uint32_t n) noexcept {
+    s_->prefetch = static_cast<int>(std::clamp<std::uint32_t>(n, 1, 4096));
+}
+std::uint32_t Queue::prefetch() const noexcept { return static_cast<std::uint32_t>(s_->prefetch); }
 std::chrono::milliseconds Queue::lease() const noexcept { return s_->lease; }
 int Queue::replicas() const noexcept { return s_->replicas; }
 const std::string& Queue::name() const noexcept { return s_->name; }
