@@ -41,22 +41,24 @@ LEASE = 2.0  # seconds a job may stay unfinished before it is delivered again
 
 def retrying(what, fn, *args, **kwargs):
     """fn(*args, **kwargs), again while the servers elect new leaders after
-    the loss of one (libshm.Unavailable: they did not answer in time), up
-    to the cap."""
+    the loss of one (libshm.Unavailable: they did not answer in time; or
+    another libshm.Error a server going away gave), up to the cap. A put
+    tried again may store the job twice: it is then done twice, never
+    lost."""
     end = time.monotonic() + CAP
     while True:
         try:
             return fn(*args, **kwargs)
-        except libshm.Unavailable as e:
+        except libshm.Error as e:
             if time.monotonic() > end:
                 raise
-            print(f"  {what}: {e.strerror}; again")
+            print(f"  {what}: {e.strerror or e}; again", flush=True)
             time.sleep(0.5)
 
 
 def consumer(ctx, jobs, done, stop, ready, index):
-    stop.is_set(), done.qsize()  # open this process's handles
-    ready.put(index)
+    retrying(f"consumer {index}: connect", lambda: (stop.is_set(), done.qsize()))  # open this process's handles
+    retrying(f"consumer {index}: ready", ready.put, index)
     while True:
         try:
             try:
