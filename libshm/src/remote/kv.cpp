@@ -1,6 +1,7 @@
 // shm::remote::Dict, List and Event: one key-value bucket each (history 1).
 // Read-modify-writes are compare-and-set loops on the key's revision.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <thread>
@@ -52,11 +53,16 @@ struct Mirror {
     std::string why;
     kvWatcher* w = nullptr;
     std::thread th;
+    std::atomic<bool> stopping{false};
 
+    // The thread is stopped by the flag, not by kvWatcher_Stop(): a stop
+    // that lands while kvWatcher_Next() holds a message just taken off the
+    // subscription makes the client drop that message without freeing it.
+    // The watcher is stopped once nothing waits in it.
     ~Mirror() {
-        if (w) kvWatcher_Stop(w);  // wakes the thread's kvWatcher_Next
+        stopping.store(true);
         if (th.joinable()) th.join();
-        if (w) kvWatcher_Destroy(w);
+        if (w) kvWatcher_Destroy(w);  // stops it, and frees what it still held
     }
 
     // Under mu. A revision not newer than the one held for the key (or
@@ -91,9 +97,10 @@ struct Mirror {
     }
 
     void run() {
-        for (;;) {
+        while (!stopping.load()) {
             kvEntry* e = nullptr;
-            natsStatus st = kvWatcher_Next(&e, w, 1000);
+            // Short waits: the destructor waits for the thread to see the flag.
+            natsStatus st = kvWatcher_Next(&e, w, 100);
             if (st == NATS_TIMEOUT) continue;
             std::lock_guard<std::mutex> g(mu);
             if (st != NATS_OK) {
