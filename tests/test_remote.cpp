@@ -234,6 +234,22 @@ int child_produce(const std::string& urls, const std::string& queue, int from, i
     return 0;
 }
 
+// The same with pipelined puts: put_async() one item at a time, flush()
+// every `chunk` items, then the count so far goes to `progress`.
+int child_produce_async(const std::string& urls, const std::string& queue, int from, int to, int chunk,
+                        const std::string& progress) {
+    remote::Store store = remote::connect(urls, fault_options());
+    remote::Queue q = remote::Queue::open(store, queue);
+    for (int i = from; i < to; ++i) {
+        q.put_async(std::to_string(i));
+        if ((i + 1 - from) % chunk == 0 || i + 1 == to) {
+            q.flush();
+            write_file(progress, std::to_string(i + 1));
+        }
+    }
+    return 0;
+}
+
 // Take and acknowledge items until `done` exists and the queue gave
 // nothing for a while; every delivery, and every ack the servers did not
 // confirm, is written to `out` ("d N" / "u N").
@@ -271,6 +287,9 @@ int run_child(int argc, char** argv) {
         if (a.at(0) == "hold") return child_hold(a.at(1), a.at(2), std::stoi(a.at(3)), a.at(4));
         if (a.at(0) == "lock-hold") return child_lock_hold(a.at(1), a.at(2), a.at(3));
         if (a.at(0) == "produce") return child_produce(a.at(1), a.at(2), std::stoi(a.at(3)), std::stoi(a.at(4)), a.at(5));
+        if (a.at(0) == "produce-async")
+            return child_produce_async(a.at(1), a.at(2), std::stoi(a.at(3)), std::stoi(a.at(4)), std::stoi(a.at(5)),
+                                       a.at(6));
         if (a.at(0) == "consume") return child_consume(a.at(1), a.at(2), a.at(3), a.at(4));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "child %s: %s\n", a.empty() ? "?" : a[0].c_str(), e.what());
@@ -575,6 +594,148 @@ TEST_CASE("remote: a handle with prefetch 1 leaves the other items to the other 
     }
     first->ack();
     CHECK(a.unfinished() == 0);
+
+    // Without set_prefetch(), a handle taking from a backlog fetches more
+    // at a time, but never holds more than 256 leased; every item comes
+    // once, in order.
+    auto c = remote::Queue::open(store, name);
+    std::vector<std::string> items;
+    for (int i = 0; i < 1000; ++i) items.push_back(std::to_string(i));
+    a.put_many(items);
+    std::size_t most_leased = 0;
+    for (int i = 0; i < 1000; ++i) {  // max_items is 1024
+        auto l = c.get_for(30s);
+        REQUIRE(l);
+        REQUIRE(l->item() == items[static_cast<std::size_t>(i)]);
+        REQUIRE(l->deliveries() == 1u);
+        l->ack_nowait();
+        if (i % 100 == 50) most_leased = std::max(most_leased, c.leased());
+    }
+    INFO("most leased at once: " << most_leased);
+    CHECK(most_leased <= 256u);
+    CHECK(c.prefetch() == 32u);
+    CHECK(test::eventually([&] { return a.unfinished() == 0; }, 30s));
+}
+
+TEST_CASE("remote: put_async pipelines in the handle's order, blocks while full, and flushes on destruction",
+          "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.max_items = 16;
+    auto q = remote::Queue::open_or_create(store, name, o);
+    auto other = remote::Queue::open(store, name);
+    auto drain = [&](std::size_t n) {
+        std::vector<std::string> got;
+        while (got.size() < n) {
+            auto l = other.get_for(30s);
+            REQUIRE(l);
+            got.push_back(l->item());
+            CHECK(l->deliveries() == 1);
+            REQUIRE(l->ack());
+        }
+        return got;
+    };
+
+    CHECK(q.flush() == 0);  // nothing sent yet
+    for (int i = 0; i < 10; ++i) q.put_async("a" + std::to_string(i));
+    CHECK(q.unflushed() <= 10u);
+    CHECK(q.flush() <= 10u);
+    CHECK(q.unflushed() == 0u);
+    CHECK(q.unfinished() == 10u);
+    // A put() after pipelined ones comes after them, as does put_many().
+    q.put_async("a10");
+    q.put("a11");
+    q.put_async("a12");
+    q.put_many({"a13"});
+    std::vector<std::string> want;
+    for (int i = 0; i < 14; ++i) want.push_back("a" + std::to_string(i));
+    CHECK(drain(14) == want);
+
+    // Full: a bounded put_async sends nothing and returns false; the
+    // queue is unchanged.
+    for (int i = 0; i < 16; ++i) q.put_async("b" + std::to_string(i));
+    CHECK(!q.put_async_for("refused", 300ms));
+    CHECK(q.unflushed() == 0u);  // settled while it looked for room
+    CHECK(q.unfinished() == 16u);
+    CHECK(q.flush() == 0u);
+    // An unbounded one waits for room: a consumer makes it.
+    std::atomic<bool> put_done{false};
+    std::thread producer([&] {
+        q.put_async("b16");
+        q.flush();
+        put_done = true;
+    });
+    std::this_thread::sleep_for(200ms);
+    const bool waited = !put_done;  // not asserted: a slow machine may run the thread late
+    want.clear();
+    for (int i = 0; i < 17; ++i) want.push_back("b" + std::to_string(i));
+    auto got = drain(17);
+    producer.join();
+    INFO("the producer " << (waited ? "waited for room" : "had not started"));
+    CHECK(got == want);
+    CHECK(q.unfinished() == 0u);
+
+    // A handle destroyed with items unconfirmed stores them first.
+    {
+        remote::Store own = remote::connect(server.urls());  // and its connection closed after
+        auto h = remote::Queue::open(own, name);
+        for (int i = 0; i < 12; ++i) h.put_async("c" + std::to_string(i));
+    }
+    CHECK(q.unfinished() == 12u);
+    want.clear();
+    for (int i = 0; i < 12; ++i) want.push_back("c" + std::to_string(i));
+    CHECK(drain(12) == want);
+
+    // join() on the producing handle counts its own unconfirmed puts.
+    q.put_async("d0");
+    CHECK(!q.join_for(100ms));
+    CHECK(drain(1) == std::vector<std::string>{"d0"});
+    CHECK(q.join_for(30s));
+
+    // Too large: refused at once, nothing sent.
+    const std::string big(q.max_item_size() + 1, 'x');
+    CHECK_THROWS_AS(q.put_async(big), shm::error);
+    CHECK(q.unflushed() == 0u);
+    CHECK(q.unfinished() == 0u);
+}
+
+TEST_CASE("remote: a producer SIGKILLed in the middle of pipelined puts: what it flushed is there, once, in order",
+          "[remote][crash]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("q");
+    remote::QueueOptions o;
+    o.max_items = 1 << 20;
+    auto q = remote::Queue::open_or_create(store, name, o);
+    TempDir tmp;
+    int next = 0;  // the first item of the next producer
+    std::vector<int> got;
+    // Killed at varied points: after its first flush, and further in.
+    for (int round = 0; round < 3; ++round) {
+        const std::string progress = tmp.path + "/progress" + std::to_string(round);
+        const int from = next, kill_after = from + 97 * (1 + round * 3);
+        pid_t producer = spawn_child({"produce-async", server.urls(), name, std::to_string(from),
+                                      std::to_string(from + 1000000), "97", progress},
+                                     tmp.path + "/producer.log");
+        REQUIRE(test::eventually(
+            [&] { return ::access(progress.c_str(), F_OK) == 0 && std::stoi(read_text(progress)) >= kill_after; },
+            120s));
+        test::kill_and_reap(producer);
+        const int flushed = std::stoi(read_text(progress));
+        // Everything it stored, in order: at least what it flushed.
+        const int before = static_cast<int>(got.size());
+        while (auto l = q.get_for(2s)) {
+            got.push_back(std::stoi(l->item()));
+            REQUIRE(l->ack());
+        }
+        INFO("round " << round << ": flushed up to " << flushed << ", got " << got.size() - before << " items");
+        REQUIRE(static_cast<int>(got.size()) - before >= flushed - from);
+        for (int i = before; i < static_cast<int>(got.size()); ++i) REQUIRE(got[i] == from + (i - before));
+        next = got.back() + 1;
+    }
+    CHECK(q.unfinished() == 0u);
 }
 
 TEST_CASE("remote: nowait forms, sizes, task_done, names of another kind", "[remote]") {
@@ -944,13 +1105,17 @@ std::string stream_leader(const std::string& urls, const std::string& stream) {
 }
 }  // namespace
 
-TEST_CASE("remote: SIGKILL of the stream's leader in the middle of a 100,000-item transfer loses nothing",
-          "[remote][cluster]") {
+namespace {
+// A producer (put_many() in chunks, or put_async() with a flush() every
+// chunk) and three consumers move n items through a 3-replica queue; a
+// third of the way in, the server leading the queue's stream is SIGKILLed.
+void transfer_with_a_leader_killed(bool pipelined, int default_items) {
     test::NatsCluster cluster(3);
     remote::Store store = remote::connect(cluster.urls(), fault_options());
     CHECK(store.replicas() == 3);
     const std::string name = unique("transfer");
-    const int n = std::getenv("SHM_TEST_TRANSFER_ITEMS") ? std::atoi(std::getenv("SHM_TEST_TRANSFER_ITEMS")) : 100000;
+    const int n =
+        std::getenv("SHM_TEST_TRANSFER_ITEMS") ? std::atoi(std::getenv("SHM_TEST_TRANSFER_ITEMS")) : default_items;
     const int consumers = 3;
     remote::QueueOptions o;
     o.max_items = n;
@@ -961,8 +1126,11 @@ TEST_CASE("remote: SIGKILL of the stream's leader in the middle of a 100,000-ite
 
     TempDir tmp;
     const std::string progress = tmp.path + "/progress", done = tmp.path + "/done";
-    pid_t producer = spawn_child({"produce", cluster.urls(), name, "0", std::to_string(n), progress},
-                                 tmp.path + "/producer.log");
+    pid_t producer =
+        pipelined ? spawn_child({"produce-async", cluster.urls(), name, "0", std::to_string(n), "1000", progress},
+                                tmp.path + "/producer.log")
+                  : spawn_child({"produce", cluster.urls(), name, "0", std::to_string(n), progress},
+                                tmp.path + "/producer.log");
     std::vector<pid_t> cpids;
     for (int c = 0; c < consumers; ++c)
         cpids.push_back(spawn_child({"consume", cluster.urls(), name, done, tmp.path + "/out" + std::to_string(c)},
@@ -1024,6 +1192,17 @@ TEST_CASE("remote: SIGKILL of the stream's leader in the middle of a 100,000-ite
     CHECK(missing == 0);
     // Exactly once where the consumer's acknowledgement was confirmed in time.
     CHECK(duplicated_confirmed == 0);
+}
+}  // namespace
+
+TEST_CASE("remote: SIGKILL of the stream's leader in the middle of a 100,000-item transfer loses nothing",
+          "[remote][cluster]") {
+    transfer_with_a_leader_killed(false, 100000);
+}
+
+TEST_CASE("remote: SIGKILL of the stream's leader in the middle of pipelined puts loses nothing flushed",
+          "[remote][cluster]") {
+    transfer_with_a_leader_killed(true, 30000);
 }
 
 TEST_CASE("remote: a get that timed out leaves no request behind: an item put after it goes to another consumer",

@@ -239,6 +239,31 @@ public:
     // had to be sent again (the queue was full, or a server was lost) come
     // after the others; each is stored once.
     std::size_t put_many(const std::vector<std::string>& items);
+    // ---- pipelined puts ---------------------------------------------------
+    // put_async() sends the item and returns without waiting for the
+    // servers' answer (up to 256 of them unanswered at once), as
+    // multiprocessing's Queue.put() hands its item to a feeder thread. It
+    // still blocks while the queue is full: the handle learns the room left
+    // from the servers, spends it, and asks again (after settling what it
+    // sent) when it is used up; put_async_until() returns false, having
+    // sent nothing, if there is still no room at `d`. The items are stored
+    // once each, in the order of this handle's puts (put(), put_many() and
+    // join() settle first), except that when several handles race for the
+    // last room, one the servers refused is sent again after the others.
+    // flush() returns once the servers have stored every item this handle
+    // sent (retrying what a lost server left unanswered) and says how many
+    // it settled. Until then an item may be lost with this process; the
+    // handle's destruction flushes (and reports on stderr what it could
+    // not store). An exception from put_async() or flush() (the servers
+    // unreachable) leaves the unconfirmed items to a later flush().
+    void put_async(std::string_view item) { put_async_until(item, shm::detail::Deadline::never()); }
+    template <class Rep, class Period>
+    bool put_async_for(std::string_view item, const std::chrono::duration<Rep, Period>& d) {
+        return put_async_until(item, shm::detail::Deadline::in(d));
+    }
+    bool put_async_until(std::string_view item, const shm::detail::Deadline& d);
+    std::size_t flush();
+    std::size_t unflushed() const noexcept;  // sent by put_async(), not yet confirmed
 
     // ---- get: blocks while empty --------------------------------------------
     // A get with nothing fetched asks the servers for up to 32 items that

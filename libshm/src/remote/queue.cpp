@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <random>
@@ -129,6 +130,7 @@ struct Inbox {
 // Items a get of one item asks for at once: the rest wait in the handle,
 // their leases running, for its next gets.
 constexpr int kPrefetch = 32;
+constexpr int kMaxWindow = 256;
 }  // namespace
 
 struct LeaseState {
@@ -147,6 +149,13 @@ struct QueueState {
     std::chrono::milliseconds lease{0};
     int replicas = 1;
     int prefetch = kPrefetch;  // items a get of one asks for (set_prefetch)
+    // Without set_prefetch(), the fetch size adapts: it doubles (up to
+    // kMaxWindow) while fetches come back full and the handle hands each
+    // batch out fast against the lease, and falls back to kPrefetch when a
+    // fetch brings less (the backlog is gone) or a batch took long.
+    bool prefetch_set = false;
+    int window = kPrefetch;
+    std::int64_t last_fetch_ms = 0;
     // The consumer side, made by the first get.
     std::shared_ptr<Inbox> inbox;
     natsSubscription* sub = nullptr;
@@ -159,7 +168,19 @@ struct QueueState {
     jsCtx* async_js = nullptr;
     std::mutex refused_mu;
     std::vector<std::pair<std::string, std::string>> refused;  // (id, item)
+    // put_async(): the room this handle may still spend before it asks the
+    // servers again, and the items sent and not yet confirmed.
+    std::int64_t room = 0;
+    std::uint64_t unflushed = 0;
     ~QueueState() {
+        if (async_js && unflushed > 0) {
+            try {
+                settle(store->timeout_ms());
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "libshm: %llu item(s) put on %s without waiting may not be stored: %s\n",
+                             static_cast<unsigned long long>(unflushed), where.c_str(), e.what());
+            }
+        }
         if (sub) {
             // Items fetched and not handed out are given back, to be
             // delivered again at once; the inbox is drained, so that what
@@ -181,6 +202,13 @@ struct QueueState {
     }
 
     Lease make_lease(natsMsg* m);
+    // The JetStream context of pipelined puts, made on first use.
+    void ensure_async();
+    // Wait up to wait_ms for the servers' answers to what is in flight;
+    // what got none, or was refused (the queue full, a server lost), is
+    // sent again under its id, waiting for each answer (the servers store
+    // an id once). Every item sent is stored when it returns.
+    void settle(std::int64_t wait_ms);
     // Read the stream's or the consumer's state, retrying what a server
     // lost or a leader being elected makes fail, for up to the request
     // time-out.
@@ -190,7 +218,7 @@ struct QueueState {
         int step = 0;
         for (;;) {
             jsErrCode jerr = static_cast<jsErrCode>(0);
-            const std::int64_t started = now_ms();
+            const std::int64_t started = detail::now_ms();
             natsStatus s = call(&jerr);
             if (s == NATS_OK) return;
             if (!transient(s, jerr)) fail(s, jerr, what);
@@ -488,44 +516,63 @@ void on_async_error(jsCtx*, jsPubAckErr* pae, void* closure) {
 bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
     detail::QueueState& q = *s_;
     check_size(q, item);
-    return put_with_id(q, item, q.id_prefix + std::to_string(++q.puts), d);
+    if (q.async_js && q.unflushed > 0) q.settle(q.store->timeout_ms());  // this handle's order
+    if (!put_with_id(q, item, q.id_prefix + std::to_string(++q.puts), d)) return false;
+    --q.room;
+    return true;
 }
+
+namespace detail {
+void QueueState::ensure_async() {
+    if (async_js) return;
+    jsOptions o = store->js_options();
+    o.PublishAsync.MaxPending = 256;
+    o.PublishAsync.ErrHandler = on_async_error;
+    o.PublishAsync.ErrHandlerClosure = this;
+    o.PublishAsync.StallWait = std::min<std::int64_t>(store->timeout_ms(), 1000);
+    detail::check(natsConnection_JetStream(&async_js, store->nc, &o), "putting items on " + where);
+}
+
+void QueueState::settle(std::int64_t wait_ms) {
+    const auto never = shm::detail::Deadline::never();
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = wait_ms;
+    if (js_PublishAsyncComplete(async_js, &po) != NATS_OK) {
+        natsMsgList pending{nullptr, 0};
+        if (js_PublishAsyncGetPendingList(&pending, async_js) == NATS_OK) {
+            struct Free {
+                natsMsgList* l;
+                ~Free() { natsMsgList_Destroy(l); }
+            } free_pending{&pending};
+            for (int i = 0; i < pending.Count; ++i)
+                put_with_id(*this, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
+        }
+    }
+    std::vector<std::pair<std::string, std::string>> again;
+    {
+        std::lock_guard<std::mutex> g(refused_mu);
+        again.swap(refused);
+    }
+    for (std::size_t i = 0; i < again.size(); ++i) {
+        try {
+            put_with_id(*this, again[i].second, again[i].first, never);
+        } catch (...) {
+            // Keep what is not stored yet for the next settle.
+            std::lock_guard<std::mutex> g(refused_mu);
+            refused.insert(refused.begin(), again.begin() + static_cast<std::ptrdiff_t>(i), again.end());
+            throw;
+        }
+    }
+    unflushed = 0;
+}
+}  // namespace detail
 
 std::size_t Queue::put_many(const std::vector<std::string>& items) {
     detail::QueueState& q = *s_;
     for (const std::string& item : items) check_size(q, item);
-    if (!q.async_js) {
-        jsOptions o = q.store->js_options();
-        o.PublishAsync.MaxPending = 256;
-        o.PublishAsync.ErrHandler = on_async_error;
-        o.PublishAsync.ErrHandlerClosure = &q;
-        o.PublishAsync.StallWait = std::min<std::int64_t>(q.store->timeout_ms(), 1000);
-        detail::check(natsConnection_JetStream(&q.async_js, q.store->nc, &o), "putting items on " + q.where);
-    }
+    q.ensure_async();
     const auto never = shm::detail::Deadline::never();
-    // Wait up to wait_ms for the servers' answers to what is in flight;
-    // what got none, or was refused (the queue full, a server lost), is
-    // sent again under its id, waiting for each answer (the servers store
-    // an id once).
-    auto settle = [&](std::int64_t wait_ms) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = wait_ms;
-        if (js_PublishAsyncComplete(q.async_js, &po) != NATS_OK) {
-            natsMsgList pending{nullptr, 0};
-            if (js_PublishAsyncGetPendingList(&pending, q.async_js) == NATS_OK) {
-                for (int i = 0; i < pending.Count; ++i)
-                    put_with_id(q, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
-                natsMsgList_Destroy(&pending);
-            }
-        }
-        std::vector<std::pair<std::string, std::string>> refused;
-        {
-            std::lock_guard<std::mutex> g(q.refused_mu);
-            refused.swap(q.refused);
-        }
-        for (auto& r : refused) put_with_id(q, r.second, r.first, never);
-    };
     for (const std::string& item : items) {
         const std::string id = q.id_prefix + std::to_string(++q.puts);
         jsPubOptions po;
@@ -536,13 +583,57 @@ std::size_t Queue::put_many(const std::vector<std::string>& items) {
         if (s != NATS_OK) {
             // Stalled (the answers stopped coming: a server lost) or not
             // sent: settle what is in flight, then send this one.
-            settle(std::min<std::int64_t>(q.store->timeout_ms(), 2000));
+            q.settle(std::min<std::int64_t>(q.store->timeout_ms(), 2000));
             put_with_id(q, item, id, never);
         }
     }
-    settle(q.store->timeout_ms());
+    q.settle(q.store->timeout_ms());
+    q.room -= static_cast<std::int64_t>(items.size());
     return items.size();
 }
+
+bool Queue::put_async_until(std::string_view item, const shm::detail::Deadline& d) {
+    detail::QueueState& q = *s_;
+    check_size(q, item);
+    q.ensure_async();
+    if (q.room <= 0) {
+        // Settled first, so that the servers' count holds everything this
+        // handle sent: the room is then never overestimated by its own items.
+        if (q.unflushed > 0) q.settle(q.store->timeout_ms());
+        int step = 0;
+        for (;;) {
+            q.room = static_cast<std::int64_t>(q.max_items) - static_cast<std::int64_t>(unfinished());
+            if (q.room > 0) break;
+            if (d.passed()) return false;
+            detail::backoff(step, d);
+        }
+    }
+    const std::string id = q.id_prefix + std::to_string(++q.puts);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id.c_str();
+    po.MaxWait = q.store->timeout_ms();
+    natsStatus s = js_PublishAsync(q.async_js, q.subject.c_str(), item.data(), static_cast<int>(item.size()), &po);
+    if (s == NATS_OK) {
+        ++q.unflushed;
+    } else {
+        // Stalled (no answers for a while: a server lost) or not sent.
+        q.settle(std::min<std::int64_t>(q.store->timeout_ms(), 2000));
+        put_with_id(q, item, id, shm::detail::Deadline::never());
+    }
+    --q.room;
+    return true;
+}
+
+std::size_t Queue::flush() {
+    detail::QueueState& q = *s_;
+    if (!q.async_js) return 0;
+    const std::size_t n = q.unflushed;
+    q.settle(q.store->timeout_ms());
+    return n;
+}
+
+std::size_t Queue::unflushed() const noexcept { return s_->unflushed; }
 
 bool Queue::try_put(std::string_view item) {
     auto d = shm::detail::Deadline::in(std::chrono::seconds(0));
@@ -627,7 +718,12 @@ std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadl
         const std::int64_t expires = slice > 20 ? slice - std::min<std::int64_t>(10, slice / 10) : slice;
         // A get of one fetches up to the handle's prefetch; get_many fetches
         // what it asks for, no more (every lease it returns starts with the call).
-        const int batch = one ? 1 : n == 1 ? q.prefetch : static_cast<int>(std::min<std::size_t>(n, 4096));
+        const bool adaptive = n == 1 && !one && !q.prefetch_set;
+        const int batch = one                ? 1
+                          : adaptive         ? q.window
+                          : n == 1           ? q.prefetch
+                                             : static_cast<int>(std::min<std::size_t>(n, 4096));
+        const std::int64_t started = detail::now_ms();
         std::uint64_t req;
         {
             std::lock_guard<std::mutex> g(in.mu);
@@ -657,6 +753,14 @@ std::vector<Lease> Queue::get_many_until(std::size_t n, const shm::detail::Deadl
             status = in.status;
             desc = in.desc;
             in.live = 0;  // from now on, what comes for it is given back
+            if (adaptive && in.count > 0) {
+                // The previous batch was handed out in started - last_fetch_ms.
+                const bool fast = q.last_fetch_ms > 0 && started - q.last_fetch_ms < q.lease.count() / 16;
+                q.window = in.count >= batch && fast ? std::min(detail::kMaxWindow, q.window * 2)
+                           : in.count >= batch       ? q.window
+                                                     : detail::kPrefetch;
+                q.last_fetch_ms = started;
+            }
         }
         take_ready(q, n, out);
         if (!out.empty()) return out;
@@ -726,6 +830,7 @@ bool Queue::task_done() {
 }
 
 bool Queue::join_until(const shm::detail::Deadline& d) {
+    if (s_->async_js && s_->unflushed > 0) s_->settle(s_->store->timeout_ms());  // this handle's puts count
     int step = 0;
     for (;;) {
         if (unfinished() == 0) return true;
@@ -761,6 +866,7 @@ std::uint32_t Queue::max_item_size() const noexcept { return s_->max_item_size; 
 std::uint32_t Queue::max_deliveries() const noexcept { return s_->max_deliveries; }
 void Queue::set_prefetch(std::uint32_t n) noexcept {
     s_->prefetch = static_cast<int>(std::clamp<std::uint32_t>(n, 1, 4096));
+    s_->prefetch_set = true;
 }
 std::uint32_t Queue::prefetch() const noexcept { return static_cast<std::uint32_t>(s_->prefetch); }
 std::chrono::milliseconds Queue::lease() const noexcept { return s_->lease; }
