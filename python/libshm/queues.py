@@ -50,10 +50,14 @@ class Queue:
     queue of that name, opened if it exists: C++ programs open it with
     shm::Queue::open(seg, name)), raw=True (bytes only, no tag byte: what
     C++ puts and gets), max_item_size= and max_bytes= (the ring),
-    heap_bytes= (room for items larger than max_item_size)."""
+    heap_bytes= (room for items larger than max_item_size). pipelined= is
+    accepted for the remote context's sake (the same program runs on both)
+    and changes nothing: a local put() has stored its item when it
+    returns, and flush() has nothing to wait for."""
 
     def __init__(self, maxsize=0, *, name=None, raw=False, max_item_size=DEFAULT_ITEM_SIZE,
-                 max_bytes=None, heap_bytes=DEFAULT_HEAP):
+                 max_bytes=None, heap_bytes=DEFAULT_HEAP, pipelined=False):
+        del pipelined  # see above
         if maxsize < 0:
             maxsize = 0
         if maxsize > (1 << 24):
@@ -141,6 +145,11 @@ class Queue:
         # stays good even if this object goes.
         _arena.pin(self._h.segment)
         return (_rebuild, (type(self), self._h.segment.name, self._h.name, self._raw, self._options))
+
+    def flush(self):
+        """Nothing to wait for (the remote context's pipelined queues wait
+        here): 0 items."""
+        return 0
 
     def close(self):
         """No more put() or get() through this object, as in multiprocessing

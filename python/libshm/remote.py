@@ -32,12 +32,15 @@ Processes: ctx.Process is multiprocessing's with the spawn start method
 (a connection to the servers does not survive fork()).
 """
 
+import atexit
 import multiprocessing
 import os
 import pickle
 import queue as _queue
+import sys
 import threading
 import uuid
+import weakref
 from collections.abc import MutableMapping
 
 from . import _core
@@ -122,6 +125,19 @@ class _Remote:
         return f"<libshm remote {type(self).__name__} {self._name!r} on {self._spec[0]}>"
 
 
+# Pipelined queues used in this process: flushed when it ends.
+_pipelined = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_pipelined():
+    for q in list(_pipelined):
+        try:
+            q.flush()
+        except Exception as e:  # the servers gone: say what may be lost
+            print(f"libshm: items put on {q!r} may not be stored: {e}", file=sys.stderr)
+
+
 def _name(name):
     return name if name is not None else "py-" + uuid.uuid4().hex
 
@@ -133,30 +149,66 @@ class Queue(_Remote):
     put() returns once the servers have stored the item; get() marks it
     done at once. maxsize=0 holds up to DEFAULT_MAXSIZE items. Keyword-only
     extras: name=, lease= (seconds an item got from a JoinableQueue may go
-    unfinished before it is delivered again), max_deliveries=, replicas=."""
+    unfinished before it is delivered again), max_deliveries=, replicas=,
+    and pipelined=True: put() then returns once the item is sent, without
+    waiting for the servers' answer (as multiprocessing's put() hands its
+    item to a feeder thread), several times as many puts a second; close(),
+    join_thread(), join() and the end of the process wait until the
+    servers have stored every item this process sent (flush()). Until then
+    an item may be lost with the process, as multiprocessing's may."""
 
     _ack_on_get = True
 
-    def __init__(self, maxsize=0, *, ctx, name=None, lease=None, max_deliveries=None, replicas=None):
+    def __init__(self, maxsize=0, *, ctx, name=None, lease=None, max_deliveries=None, replicas=None,
+                 pipelined=False):
         maxsize = maxsize if maxsize and maxsize > 0 else 0
-        options = (maxsize or DEFAULT_MAXSIZE, float(lease or 0.0), int(max_deliveries or 0), int(replicas or 0))
+        options = (maxsize or DEFAULT_MAXSIZE, float(lease or 0.0), int(max_deliveries or 0), int(replicas or 0),
+                   bool(pipelined))
         self._setup(ctx._spec, _name(name), options)
         self._h  # create it now: errors show here
 
+    def _setup(self, spec, name, options):
+        super()._setup(spec, name, options)
+        # A handle is one thread's at a time: the put side (puts, flush)
+        # and the get side (gets, task_done) each take their lock.
+        self._put_lock, self._get_lock = threading.Lock(), threading.Lock()
+
     def _open(self, store):
-        max_items, lease, max_deliveries, replicas = self._options
-        return _remote.Queue.open_or_create(store, self._name, max_items=max_items, lease=lease,
-                                            max_deliveries=max_deliveries, replicas=replicas)
+        max_items, lease, max_deliveries, replicas = self._options[:4]
+        h = _remote.Queue.open_or_create(store, self._name, max_items=max_items, lease=lease,
+                                         max_deliveries=max_deliveries, replicas=replicas)
+        if self.pipelined:
+            _pipelined.add(self)
+        return h
+
+    @property
+    def pipelined(self):
+        """Not in multiprocessing: whether put() waits for the servers."""
+        return len(self._options) > 4 and self._options[4]
 
     def put(self, obj, block=True, timeout=None):
-        if not self._h.put(pickle.dumps(obj, -1), timeout if block else 0):
+        data = pickle.dumps(obj, -1)
+        with self._put_lock:
+            h = self._h
+            ok = (h.put_async if self.pipelined else h.put)(data, timeout if block else 0)
+        if not ok:
             raise _queue.Full
 
     def put_nowait(self, obj):
         self.put(obj, False)
 
+    def flush(self):
+        """Not in multiprocessing: wait until the servers have stored every
+        item put through this object in this process; how many it waited
+        for (0 unless pipelined)."""
+        if self._pid != os.getpid() or self._handle is None:
+            return 0
+        with self._put_lock:
+            return self._handle.flush()
+
     def get(self, block=True, timeout=None):
-        lease = self._h.get(timeout if block else 0)
+        with self._get_lock:
+            lease = self._h.get(timeout if block else 0)
         if lease is None:
             raise _queue.Empty
         item = pickle.loads(lease.item)
@@ -185,13 +237,18 @@ class Queue(_Remote):
         return self._h.full()
 
     def close(self):
-        """Nothing to close: put() has finished when it returns."""
+        """Pipelined: wait until the servers have stored what this process
+        put (flush()). Otherwise nothing to do: put() has finished when it
+        returns."""
+        self.flush()
 
     def join_thread(self):
-        """Nothing to join: there is no feeder thread."""
+        """As close(): there is no feeder thread to join."""
+        self.flush()
 
     def cancel_join_thread(self):
-        """Nothing to cancel: there is no feeder thread."""
+        """Nothing to cancel: there is no feeder thread (pipelined items are
+        still flushed at the end of the process)."""
 
 
 class JoinableQueue(Queue):
@@ -204,13 +261,15 @@ class JoinableQueue(Queue):
 
     def task_done(self):
         try:
-            self._h.task_done()
+            with self._get_lock:
+                self._h.task_done()
         except _core.Error as e:
             raise ValueError("task_done() called too many times") from e
 
     def join(self, timeout=None):
         """Wait until every item put is done; with a timeout (an extension),
         False if some are still unfinished when it passes."""
+        self.flush()
         return self._h.join(timeout)
 
 

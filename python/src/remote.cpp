@@ -207,6 +207,16 @@ PYBIND11_MODULE(_remote, m) {
                  return wait_remote(timeout, [&](const Deadline& d) { return q.put_until(data, d); });
              },
              "item"_a, "timeout"_a = py::none())
+        // put_async(item, timeout): sent without waiting for the servers'
+        // answer; False, nothing sent, if still full when the timeout passed.
+        .def("put_async",
+             [](rm::Queue& q, const py::bytes& item, py::object timeout) {
+                 std::string data(item);
+                 return wait_remote(timeout, [&](const Deadline& d) { return q.put_async_until(data, d); });
+             },
+             "item"_a, "timeout"_a = py::none())
+        .def("flush", [](rm::Queue& q) { return without_gil([&] { return q.flush(); }); })
+        .def_property_readonly("unflushed", &rm::Queue::unflushed)
         // get(timeout): a Lease, or None if still empty when the timeout passed.
         .def("get",
              [](rm::Queue& q, py::object timeout) -> std::optional<rm::Lease> {

@@ -87,6 +87,21 @@ def _take_and_hang(q, got):
     threading.Event().wait(CAP)  # never task_done(): killed here
 
 
+def _put_pipelined_and_exit(q, n):
+    for i in range(n):
+        q.put(i)  # no close(): the end of the process flushes
+
+
+def _put_pipelined_flush_and_hang(q, n, out):
+    for i in range(n):
+        q.put(i)
+    q.flush()
+    out.put(n)
+    for i in range(n, 10 * n):  # sent, perhaps stored, when it is killed
+        q.put(i)
+    threading.Event().wait(CAP)
+
+
 def _lock_and_hang(lock, out):
     lock.acquire()
     out.put(lock.token)
@@ -115,11 +130,13 @@ class Behaviour:
 
     # ---- Queue ----
     def test_queue_put_get_in_order_pickled(self):
-        q = self.ctx.Queue()
         items = [None, 1, "two", b"three", (4, 4.5), {"five": [5]}, list(range(100))]
-        for x in items:
-            q.put(x)
-        self.assertEqual([q.get(timeout=CAP) for _ in items], items)
+        for pipelined in (False, True):  # the same program on both contexts
+            q = self.ctx.Queue(pipelined=pipelined)
+            for x in items:
+                q.put(x)
+            self.assertLessEqual(q.flush(), len(items))
+            self.assertEqual([q.get(timeout=CAP) for _ in items], items)
 
     def test_queue_empty_and_timeouts(self):
         q = self.ctx.Queue()
@@ -325,6 +342,59 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
             self.assertGreater(lock.token, first)
         finally:
             lock.release()
+
+    def test_pipelined_queue(self):
+        q = self.ctx.JoinableQueue(8, pipelined=True)
+        self.assertTrue(q.pipelined)
+        for i in range(8):
+            q.put(i)
+        with self.assertRaises(queue.Full):  # full: nothing sent
+            q.put_nowait("refused")
+        self.assertEqual(q.flush(), 0)  # settled while it looked for room
+        self.assertEqual(q.qsize(), 8)
+        other = pickle.loads(pickle.dumps(q))  # another handle, as in a child
+        self.assertTrue(other.pipelined)
+        self.assertEqual([other.get(timeout=CAP) for _ in range(8)], list(range(8)))
+        for _ in range(8):
+            other.task_done()
+        q.put("last")
+        self.assertFalse(q.join(timeout=0.2))  # join() counts what this process sent
+        self.assertEqual(other.get(timeout=CAP), "last")
+        other.task_done()
+        self.assertTrue(q.join(timeout=CAP))
+        # Threads of one process share the object: every item once.
+        big = self.ctx.Queue(pipelined=True)
+        threads = [threading.Thread(target=lambda t=t: [big.put((t, i)) for i in range(300)]) for t in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        big.close()
+        got = [big.get(timeout=CAP) for _ in range(900)]
+        self.assertEqual(sorted(got), sorted((t, i) for t in range(3) for i in range(300)))
+        for t in range(3):  # each thread's items in its order
+            self.assertEqual([i for (u, i) in got if u == t], list(range(300)))
+        self.assertTrue(big.empty())
+
+    def test_pipelined_items_of_a_process_that_ends_are_stored(self):
+        q = self.ctx.Queue(pipelined=True)
+        self.join_ok(self.spawn(_put_pipelined_and_exit, q, 500))
+        self.assertEqual([q.get(timeout=CAP) for _ in range(500)], list(range(500)))
+
+    def test_pipelined_producer_killed_keeps_what_it_flushed_in_order(self):
+        q, out = self.ctx.Queue(pipelined=True), self.ctx.Queue()
+        p = self.spawn(_put_pipelined_flush_and_hang, q, 300, out)
+        self.assertEqual(out.get(timeout=CAP), 300)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(CAP)
+        got = []
+        while True:
+            try:
+                got.append(q.get(timeout=2))
+            except queue.Empty:
+                break
+        self.assertGreaterEqual(len(got), 300)
+        self.assertEqual(got, list(range(len(got))))  # in order, none twice, none torn
 
     def test_update_key_and_increment(self):
         d = self.ctx.dict()
