@@ -100,6 +100,7 @@ struct ChannelConfig {
     std::uint32_t capacity = 0;  // items
     int users = 2;               // processes that will use the channel
     std::string tag;             // unique within the program run, for names
+    bool pipelined = false;      // remote cases: puts that do not wait for the server's answer
 };
 
 // ---- items ------------------------------------------------------------------

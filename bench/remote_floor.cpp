@@ -9,6 +9,10 @@
 //    64 items at a time (natsSubscription_Fetch) and acknowledges each after
 //    it is used (natsMsg_Ack). Batched, put_many() publishes asynchronously
 //    (js_PublishAsync) and waits for every answer (js_PublishAsyncComplete).
+//    Pipelined (remote.queue.1to1.64B.pipelined), put() is js_PublishAsync
+//    (up to 256 unanswered, as libshm's), and every answer is awaited
+//    before the producer leaves. The stream has no bound, so the floor does
+//    no flow control (libshm's put_async() blocks while the queue is full).
 //  - the dict: a key-value bucket (file storage, history 1), kvStore_Put()
 //    and kvStore_Get() of 8-byte values.
 // The cases and their checks are remote_harness.hpp's.
@@ -41,7 +45,10 @@ class Conn {
 public:
     explicit Conn(const std::string& url) {
         check(natsConnection_ConnectTo(&nc_, url.c_str()), "connect to " + url);
-        check(natsConnection_JetStream(&js_, nc_, nullptr), "JetStream context");
+        jsOptions o;
+        jsOptions_Init(&o);
+        o.PublishAsync.MaxPending = 256;  // as libshm's pipelined puts
+        check(natsConnection_JetStream(&js_, nc_, &o), "JetStream context");
     }
     ~Conn() {
         if (nc_ != nullptr) natsConnection_Flush(nc_);
@@ -64,7 +71,10 @@ constexpr int kFetchBatch = 64;
 class NatsChannel {
 public:
     explicit NatsChannel(const qbench::ChannelConfig& cfg)
-        : url_(rbench::server_url()), stream_(rbench::unique_name("Q" + cfg.tag)), subject_(stream_ + ".items") {
+        : url_(rbench::server_url()),
+          stream_(rbench::unique_name("Q" + cfg.tag)),
+          subject_(stream_ + ".items"),
+          pipelined_(cfg.pipelined) {
         rbench::in_child([&] {
             Conn c(url_);
             jsStreamConfig sc;
@@ -106,6 +116,10 @@ public:
     NatsChannel& operator=(const NatsChannel&) = delete;
 
     void put(const char* item, std::size_t n) {
+        if (pipelined_) {
+            check(js_PublishAsync(conn().js(), subject_.c_str(), item, static_cast<int>(n), nullptr), "publish async");
+            return;
+        }
         jsPubAck* ack = nullptr;
         jsErrCode jerr = static_cast<jsErrCode>(0);
         check(js_Publish(&ack, conn().js(), subject_.c_str(), item, static_cast<int>(n), nullptr, &jerr), "publish");
@@ -158,11 +172,20 @@ public:
         for (std::size_t i = 1; i < n && next_ < list_.Count; ++i) get(use);
     }
 
-    void leave() { release(); }
+    void leave() {
+        if (pipelined_ && conn_ != nullptr) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = 30000;
+            check(js_PublishAsyncComplete(conn().js(), &po), "publish async complete");
+        }
+        release();
+    }
 
     std::string note() const {
-        return "js_Publish (acknowledged) / natsSubscription_Fetch of up to 64 + natsMsg_Ack each, work-queue "
-               "stream, file storage";
+        return std::string(pipelined_ ? "js_PublishAsync (256 unanswered; all awaited at the end)"
+                                      : "js_Publish (acknowledged)") +
+               " / natsSubscription_Fetch of up to 64 + natsMsg_Ack each, work-queue stream, file storage";
     }
     std::string batch_note() const {
         return "js_PublishAsync x32 + js_PublishAsyncComplete / natsSubscription_Fetch of up to 64 + natsMsg_Ack "
@@ -185,6 +208,7 @@ private:
     }
 
     std::string url_, stream_, subject_;
+    bool pipelined_;
     Conn* conn_ = nullptr;  // per process, opened on first use
     natsSubscription* sub_ = nullptr;
     natsMsgList list_ = {};

@@ -11,6 +11,9 @@
 //    Channel that lives on the server;
 //  - remote.queue.1to1.64B.batch32: the same, 32 items per put_many() and
 //    up to 32 per get_many();
+//  - remote.queue.1to1.64B.pipelined: the first case with puts that do not
+//    wait for the server's answer (up to 256 unanswered), all of them
+//    confirmed before the producer leaves;
 //  - remote.queue.pingpong.64B: its ping-pong (.p50 and .p99, microseconds);
 //  - remote.dict.get / remote.dict.set: one process cycling through the keys
 //    "k0".."k999" (harness.hpp's working set), ops/s. get checks every value
@@ -110,12 +113,13 @@ bench::CaseResult dict_case(const bench::Options& opt, bool set) {
 // The remote cases for one implementation.
 template <class Channel, class Dict>
 std::vector<qbench::QCase> remote_cases(const std::string& impl, const std::function<std::string()>& note_dict) {
-    auto cfg = [](const std::string& tag) {
+    auto cfg = [](const std::string& tag, bool pipelined = false) {
         qbench::ChannelConfig c;
         c.item = qbench::k64B;
         c.capacity = qbench::capacity_for(qbench::k64B);
         c.users = 2;
         c.tag = tag;
+        c.pipelined = pipelined;
         return c;
     };
     std::vector<qbench::QCase> cases;
@@ -137,6 +141,13 @@ std::vector<qbench::QCase> remote_cases(const std::string& impl, const std::func
                              (void)o;
                              throw qbench::Unavailable("no call that puts or gets several items at once");
                          }
+                     }});
+    cases.push_back({"remote.queue.1to1.64B.pipelined", [=](const bench::Options& o) {
+                         server_url();
+                         Channel ch(cfg("p", true));
+                         qbench::emit_throughput("remote.queue.1to1.64B.pipelined", impl,
+                                                 qbench::throughput(o, ch, qbench::k64B, 1, 1), qbench::k64B,
+                                                 ch.note());
                      }});
     cases.push_back({"remote.queue.pingpong.64B",
                      [=](const bench::Options& o) {

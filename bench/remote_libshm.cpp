@@ -7,6 +7,9 @@
 //    item used, then Lease::ack_nowait() (the acknowledgement sent, not
 //    waited for: as the bare client's natsMsg_Ack); max_items 1024, as the
 //    local queue cases' capacity.
+//    Pipelined (remote.queue.1to1.64B.pipelined): Queue::put_async() (up to
+//    256 items unanswered; blocks while the queue is full), and flush()
+//    before the producer leaves.
 //  - the dict: Dict::set() and Dict::get() of int values, on a Dict with a
 //    local copy (ObjectOptions::local_copy): set() returns once the server
 //    has stored the value, as without it; get() answers from the copy the
@@ -29,7 +32,10 @@ namespace {
 class RemoteChannel {
 public:
     explicit RemoteChannel(const qbench::ChannelConfig& cfg)
-        : url_(rbench::server_url()), name_(rbench::unique_name("q" + cfg.tag)), capacity_(cfg.capacity) {
+        : url_(rbench::server_url()),
+          name_(rbench::unique_name("q" + cfg.tag)),
+          capacity_(cfg.capacity),
+          pipelined_(cfg.pipelined) {
         // The parent never connects (a connection does not survive fork()).
         rbench::in_child([&] {
             shm::remote::Store s = shm::remote::connect(url_);
@@ -53,7 +59,12 @@ public:
     RemoteChannel(const RemoteChannel&) = delete;
     RemoteChannel& operator=(const RemoteChannel&) = delete;
 
-    void put(const char* item, std::size_t n) { queue().put(std::string_view(item, n)); }
+    void put(const char* item, std::size_t n) {
+        if (pipelined_)
+            queue().put_async(std::string_view(item, n));
+        else
+            queue().put(std::string_view(item, n));
+    }
 
     template <class Use>
     void get(Use&& use) {
@@ -74,12 +85,15 @@ public:
     }
 
     void leave() {
+        if (q_) q_->flush();
         q_.reset();
         store_.reset();
     }
 
     std::string note() const {
-        return "Queue::put / get + Lease::ack_nowait, max_items " + std::to_string(capacity_) + ", 1 replica";
+        return std::string(pipelined_ ? "Queue::put_async (pipelined, 256 unanswered; flush() at the end)"
+                                      : "Queue::put") +
+               " / get + Lease::ack_nowait, max_items " + std::to_string(capacity_) + ", 1 replica";
     }
     std::string batch_note() const {
         return "Queue::put_many (pipelined, returns once all are stored) / get_many + Lease::ack_nowait, max_items " +
@@ -97,6 +111,7 @@ private:
 
     std::string url_, name_;
     std::uint32_t capacity_;
+    bool pipelined_;
     std::optional<shm::remote::Store> store_;  // per process, on first use
     std::optional<shm::remote::Queue> q_;
 };
