@@ -1048,6 +1048,29 @@ TEST_CASE("remote: a server that does not answer fails the call within its bound
     // A generous cap, only against a true hang.
     CHECK(std::chrono::steady_clock::now() - start < 120s);
     server.thaw(0);
+
+    // Pipelined puts the frozen server never answered: flush() fails
+    // within its bound, keeps them, and stores each once when it answers
+    // again.
+    auto p = remote::Queue::open_or_create(store, unique("q"));
+    REQUIRE(p.unfinished() == 0u);  // the room is learned before the freeze
+    p.put_async("p0");
+    REQUIRE(p.flush() == 1u);
+    server.freeze(0);
+    for (int i = 1; i <= 20; ++i) p.put_async("p" + std::to_string(i));
+    CHECK_THROWS_AS(p.flush(), remote::unavailable);
+    CHECK(p.unflushed() > 0u);
+    server.thaw(0);
+    p.flush();
+    CHECK(p.unflushed() == 0u);
+    std::vector<std::string> got;
+    while (auto l = p.get_for(2s)) {
+        got.push_back(l->item());
+        REQUIRE(l->ack());
+    }
+    std::vector<std::string> want;
+    for (int i = 0; i <= 20; ++i) want.push_back("p" + std::to_string(i));
+    CHECK(got == want);
 }
 
 TEST_CASE("remote: connecting to nothing fails clearly, naming the server", "[remote]") {

@@ -538,21 +538,22 @@ void QueueState::settle(std::int64_t wait_ms) {
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = wait_ms;
+    // What got no answer (the library stops tracking it here) and what the
+    // servers refused, in the order sent; on an exception, what is not
+    // stored yet stays in `refused` for the next settle.
+    std::vector<std::pair<std::string, std::string>> again;
     if (js_PublishAsyncComplete(async_js, &po) != NATS_OK) {
         natsMsgList pending{nullptr, 0};
         if (js_PublishAsyncGetPendingList(&pending, async_js) == NATS_OK) {
-            struct Free {
-                natsMsgList* l;
-                ~Free() { natsMsgList_Destroy(l); }
-            } free_pending{&pending};
             for (int i = 0; i < pending.Count; ++i)
-                put_with_id(*this, msg_text(pending.Msgs[i]), msg_id(pending.Msgs[i]), never);
+                again.emplace_back(msg_id(pending.Msgs[i]), msg_text(pending.Msgs[i]));
+            natsMsgList_Destroy(&pending);
         }
     }
-    std::vector<std::pair<std::string, std::string>> again;
     {
         std::lock_guard<std::mutex> g(refused_mu);
-        again.swap(refused);
+        again.insert(again.end(), refused.begin(), refused.end());
+        refused.clear();
     }
     for (std::size_t i = 0; i < again.size(); ++i) {
         try {
