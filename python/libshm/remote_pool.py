@@ -271,9 +271,14 @@ class Pool:
         except BaseException:
             self._jobs.pop(job._job, None)
             raise
-        put = self._tasks._h.put
-        for d in data:
-            put(d, None)
+        # Pipelined: sent without a round trip each (blocking while the
+        # queue is full, in order), and all stored when flush() returns, as
+        # when each put waited.
+        with self._tasks._put_lock:
+            h = self._tasks._h
+            for d in data:
+                h.put_async(d, None)
+            h.flush()
 
     @staticmethod
     def _chunked(items, chunksize):
