@@ -376,6 +376,31 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
             self.assertEqual([i for (u, i) in got if u == t], list(range(300)))
         self.assertTrue(big.empty())
 
+    def test_pipelined_join_while_another_thread_puts(self):
+        q = self.ctx.JoinableQueue(pipelined=True)
+        consumer_side = pickle.loads(pickle.dumps(q))  # a handle of its own
+        got = []
+
+        def produce():
+            for i in range(300):
+                q.put(i)
+
+        def consume():
+            while len(got) < 300:
+                got.append(consumer_side.get(timeout=CAP))
+                consumer_side.task_done()
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+        for t in threads:
+            t.start()
+        for _ in range(5):
+            q.join(timeout=0.05)  # joins (and flushes) while the producer sends
+        threads[0].join(CAP)
+        self.assertTrue(q.join(timeout=CAP))
+        threads[1].join(CAP)
+        self.assertFalse(any(t.is_alive() for t in threads))
+        self.assertEqual(sorted(got), list(range(300)))
+
     def test_pipelined_items_of_a_process_that_ends_are_stored(self):
         q = self.ctx.Queue(pipelined=True)
         self.join_ok(self.spawn(_put_pipelined_and_exit, q, 500))
@@ -388,11 +413,8 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
         os.kill(p.pid, signal.SIGKILL)
         p.join(CAP)
         got = []
-        while True:
-            try:
-                got.append(q.get(timeout=2))
-            except queue.Empty:
-                break
+        while q._h.unfinished() > 0:  # the producer is dead: nothing more comes
+            got.append(q.get(timeout=CAP))
         self.assertGreaterEqual(len(got), 300)
         self.assertEqual(got, list(range(len(got))))  # in order, none twice, none torn
 

@@ -255,7 +255,9 @@ public:
     // it settled. Until then an item may be lost with this process; the
     // handle's destruction flushes (and reports on stderr what it could
     // not store). An exception from put_async() or flush() (the servers
-    // unreachable) leaves the unconfirmed items to a later flush().
+    // unreachable) leaves the unconfirmed items to a later flush(). While
+    // one thread puts, another may call flush() or join() on the handle
+    // (the one exception to a handle's one thread at a time).
     void put_async(std::string_view item) { put_async_until(item, shm::detail::Deadline::never()); }
     template <class Rep, class Period>
     bool put_async_for(std::string_view item, const std::chrono::duration<Rep, Period>& d) {

@@ -170,15 +170,18 @@ struct QueueState {
     std::vector<std::pair<std::string, std::string>> refused;  // (id, item)
     // put_async(): the room this handle may still spend before it asks the
     // servers again, and the items sent and not yet confirmed.
+    // put_mu: the pipelined puts' state and settle(), so that a join() on
+    // another thread (Python's proxies share a handle) may settle safely.
+    std::mutex put_mu;
     std::int64_t room = 0;
-    std::uint64_t unflushed = 0;
+    std::atomic<std::uint64_t> unflushed{0};
     ~QueueState() {
         if (async_js && unflushed > 0) {
             try {
                 settle(store->timeout_ms());
             } catch (const std::exception& e) {
                 std::fprintf(stderr, "libshm: %llu item(s) put on %s without waiting may not be stored: %s\n",
-                             static_cast<unsigned long long>(unflushed), where.c_str(), e.what());
+                             static_cast<unsigned long long>(unflushed.load()), where.c_str(), e.what());
             }
         }
         if (sub) {
@@ -516,7 +519,10 @@ void on_async_error(jsCtx*, jsPubAckErr* pae, void* closure) {
 bool Queue::put_until(std::string_view item, const shm::detail::Deadline& d) {
     detail::QueueState& q = *s_;
     check_size(q, item);
-    if (q.async_js && q.unflushed > 0) q.settle(q.store->timeout_ms());  // this handle's order
+    if (q.unflushed > 0) {  // this handle's order
+        std::lock_guard<std::mutex> g(q.put_mu);
+        q.settle(q.store->timeout_ms());
+    }
     if (!put_with_id(q, item, q.id_prefix + std::to_string(++q.puts), d)) return false;
     --q.room;
     return true;
@@ -572,6 +578,7 @@ void QueueState::settle(std::int64_t wait_ms) {
 std::size_t Queue::put_many(const std::vector<std::string>& items) {
     detail::QueueState& q = *s_;
     for (const std::string& item : items) check_size(q, item);
+    std::lock_guard<std::mutex> g(q.put_mu);
     q.ensure_async();
     const auto never = shm::detail::Deadline::never();
     for (const std::string& item : items) {
@@ -596,6 +603,7 @@ std::size_t Queue::put_many(const std::vector<std::string>& items) {
 bool Queue::put_async_until(std::string_view item, const shm::detail::Deadline& d) {
     detail::QueueState& q = *s_;
     check_size(q, item);
+    std::lock_guard<std::mutex> g(q.put_mu);
     q.ensure_async();
     if (q.room <= 0) {
         // Settled first, so that the servers' count holds everything this
@@ -628,13 +636,14 @@ bool Queue::put_async_until(std::string_view item, const shm::detail::Deadline& 
 
 std::size_t Queue::flush() {
     detail::QueueState& q = *s_;
+    std::lock_guard<std::mutex> g(q.put_mu);
     if (!q.async_js) return 0;
     const std::size_t n = q.unflushed;
     q.settle(q.store->timeout_ms());
     return n;
 }
 
-std::size_t Queue::unflushed() const noexcept { return s_->unflushed; }
+std::size_t Queue::unflushed() const noexcept { return s_->unflushed.load(); }
 
 bool Queue::try_put(std::string_view item) {
     auto d = shm::detail::Deadline::in(std::chrono::seconds(0));
@@ -831,7 +840,10 @@ bool Queue::task_done() {
 }
 
 bool Queue::join_until(const shm::detail::Deadline& d) {
-    if (s_->async_js && s_->unflushed > 0) s_->settle(s_->store->timeout_ms());  // this handle's puts count
+    if (s_->unflushed > 0) {  // this handle's puts count
+        std::lock_guard<std::mutex> g(s_->put_mu);
+        s_->settle(s_->store->timeout_ms());
+    }
     int step = 0;
     for (;;) {
         if (unfinished() == 0) return true;
