@@ -33,6 +33,23 @@ inline std::string nats_server_path() {
     return "";
 }
 
+// The nats-server program's version as major * 10000 + minor * 100 +
+// patch (20910 for 2.9.10); 0 if it cannot be read.
+inline int nats_server_version() {
+    const std::string path = nats_server_path();
+    if (path.empty()) return 0;
+    FILE* f = ::popen(("'" + path + "' --version 2>/dev/null").c_str(), "r");
+    if (!f) return 0;
+    char line[256] = {};
+    const bool got = std::fgets(line, sizeof line, f) != nullptr;
+    ::pclose(f);
+    int major = 0, minor = 0, patch = 0;
+    const char* v = got ? line : nullptr;  // "nats-server: v2.9.10": the v before a digit
+    while (v && *v && !(v[0] == 'v' && v[1] >= '0' && v[1] <= '9')) ++v;
+    if (!v || std::sscanf(v, "v%d.%d.%d", &major, &minor, &patch) != 3) return 0;
+    return major * 10000 + minor * 100 + patch;
+}
+
 // The exit code ctest reads as "skipped" (SKIP_RETURN_CODE).
 constexpr int kSkipCode = 77;
 

@@ -1255,8 +1255,15 @@ void transfer_with_a_leader_killed(bool pipelined, int default_items) {
     INFO("delivered twice or more: " << duplicated << ", acks not confirmed (or late): " << unconfirmed.size());
     // At least once: nothing acknowledged to the producer is lost.
     CHECK(missing == 0);
-    // Exactly once where the consumer's acknowledgement was confirmed in time.
-    CHECK(duplicated_confirmed == 0);
+    // Exactly once where the consumer's acknowledgement was confirmed in
+    // time. nats-server before 2.10.17 may deliver again an item whose
+    // acknowledgement it had confirmed when the consumer's leader changes
+    // (fixed upstream by nats-server pull requests 5419 and 5482): on such
+    // a server a few in a thousand are allowed, none on a fixed one.
+    const int version = test::nats_server_version();
+    const int allowed = version != 0 && version < 21017 ? n / 1000 : 0;
+    INFO("nats-server version " << version << ": " << allowed << " allowed");
+    CHECK(duplicated_confirmed <= allowed);
 }
 }  // namespace
 

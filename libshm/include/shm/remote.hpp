@@ -183,7 +183,9 @@ public:
     std::uint32_t deliveries() const noexcept { return deliveries_; }  // 1 the first time
     std::uint64_t id() const noexcept { return id_; }  // the item's sequence in the stream
     // Acknowledge, and wait for the server to confirm (up to the request
-    // time-out). True once confirmed: the item is never delivered again.
+    // time-out). True once confirmed: the item is never delivered again
+    // (but see docs/remote.md: nats-server before 2.10.17 may, when the
+    // consumer's leader changes).
     // False if the server did not confirm (not acknowledged, or the
     // confirmation was lost: the item may be delivered again).
     bool ack();
