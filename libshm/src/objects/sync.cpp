@@ -130,20 +130,30 @@ template <class Hold>
 bool Condition::wait_released(Hold& hold, const detail::Deadline& d, const std::function<bool()>* stop) {
     struct W : core::Waiter {
         std::atomic<std::uint32_t>& seq;
+        const std::atomic<std::uint32_t>& waiters;
         const std::function<bool()>* stop;
         std::uint32_t seen = 0;
         bool woken = false, stopped = false;
-        W(std::atomic<std::uint32_t>& s, const std::function<bool()>* st) : seq(s), stop(st) {}
+        W(std::atomic<std::uint32_t>& s, const std::atomic<std::uint32_t>& w, const std::function<bool()>* st)
+            : seq(s), waiters(w), stop(st) {}
         bool ready() const { return woken || stopped; }
-        // After a poll. Notifies made while this waiter slept went to other
-        // waiters (a wake would have ended its sleep), so it sleeps on from
-        // the value seq_ has now, read at once, before stop() runs: a
-        // notify made while stop() runs ends the next sleep at once (if it
-        // also woke another waiter, one of the two wakes spuriously). Only
-        // one made in the instant between the end of the sleep and this
-        // read, with no other waiter asleep, would be missed.
+        // After a poll. A notify made while this waiter slept went to
+        // another waiter (a wake would have ended its sleep), so it sleeps
+        // on from the value seq_ has now, read at once, before stop() runs:
+        // a notify made while stop() runs ends the next sleep at once (if it
+        // also woke another waiter, one of the two wakes spuriously). One
+        // made in the instant between the end of the sleep and this read
+        // woke another waiter if one was asleep, else nobody: so with no
+        // other waiter it is this one's, taken as its wake-up rather than
+        // lost (should one it woke have left already, one more wakes: a
+        // spurious wake-up, never a lost one).
         bool recheck() {
-            seen = seq.load(std::memory_order_seq_cst);
+            const std::uint32_t now = seq.load(std::memory_order_seq_cst);
+            if (now != seen && waiters.load(std::memory_order_seq_cst) == 1) {
+                woken = true;
+                return true;
+            }
+            seen = now;
             stopped = (*stop)();
             return stopped;
         }
@@ -152,7 +162,7 @@ bool Condition::wait_released(Hold& hold, const detail::Deadline& d, const std::
             s.woken = &woken;
             return s;
         }
-    } w(seq_, stop);
+    } w(seq_, waiters_, stop);
     w.seen = seq_.load(std::memory_order_seq_cst);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     hold.release();
