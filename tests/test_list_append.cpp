@@ -279,6 +279,42 @@ TEST_CASE("List: a capacity its table's block does not have is refused as corrup
     CHECK(heap_ok(seg));
 }
 
+TEST_CASE("verify() names the item a problem is in: the list index and the dict key, nested",
+          "[container][list][verify]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("vpath", 1 << 20);
+    List l = List::open_or_create(seg, "l");
+    for (std::int64_t i = 0; i < 1000; ++i) l.append(i);
+    l.append(Value::new_dict({{"key", Value::new_list({Value(std::int64_t{7}), Value(std::int64_t{8})})}}));
+    REQUIRE(clean(l.verify()));
+
+    char* base = static_cast<char*>(seg.base());
+    CHdr& top = header_of(seg, "l");
+    auto* cells = reinterpret_cast<shm::container_layout::Cell*>(base + top.table.load());
+    // Item 517 of the top list, and item 1 of the list under ['key'] of item 1000.
+    const std::uint64_t meta517 = cells[517].meta.load();
+    cells[517].meta.store(0xfe);
+    CHdr& dh = *reinterpret_cast<CHdr*>(base + cells[1000].data.load());
+    auto* entries = reinterpret_cast<shm::container_layout::DEntry*>(base + dh.table.load());
+    CHdr* lh = nullptr;
+    for (std::uint64_t i = 0; i < dh.capacity.load(); ++i)
+        if (entries[i].key_len.load() == 3) lh = reinterpret_cast<CHdr*>(base + entries[i].v.data.load());
+    REQUIRE(lh);
+    auto* deep_cells = reinterpret_cast<shm::container_layout::Cell*>(base + lh->table.load());
+    const std::uint64_t meta_deep = deep_cells[1].meta.load();
+    deep_cells[1].meta.store(0xfd);
+
+    const auto problems = l.verify();
+    REQUIRE(problems.size() == 2);
+    CHECK(problems[0] == "list[517]: unknown value type");
+    CHECK(problems[1] == "list[1000]['key'][1]: unknown value type");
+
+    cells[517].meta.store(meta517);
+    deep_cells[1].meta.store(meta_deep);
+    CHECK(clean(l.verify()));
+    CHECK(l.get(517) == Value(std::int64_t{517}));
+}
+
 // ---- crash tests ---------------------------------------------------------------
 
 namespace {

@@ -8,6 +8,26 @@ namespace shm::containers {
 
 namespace {
 
+// Where in the container a problem is, as "name[3]['key']": a chain of
+// stack frames, spelled out only for a problem found (a list of millions
+// of items is walked without building a string per item, under the lock).
+struct Where {
+    const Where* up = nullptr;
+    const char* name = nullptr;  // the root
+    std::string_view key;        // a dict entry's key (first 40 bytes)
+    std::uint64_t index = 0;     // a list item's index
+    enum Kind { root, item, entry } kind = root;
+
+    std::string str() const {
+        if (kind == root) return name;
+        std::string s = up->str();
+        if (kind == item) return s + "[" + std::to_string(index) + "]";
+        return s + "['" + std::string(key) + "']";
+    }
+    friend std::string operator+(const Where& w, const char* tail) { return w.str() + tail; }
+    friend std::string operator+(const Where& w, const std::string& tail) { return w.str() + tail; }
+};
+
 struct Verifier {
     const Op& op;
     std::vector<std::string>& problems;
@@ -16,7 +36,7 @@ struct Verifier {
         if (problems.size() < 64) problems.push_back(s);
     }
     bool in_heap(std::uint64_t off, std::uint64_t len) const { return layout::in_heap(op.h, off, len); }
-    void cell(const Cell& c, const std::string& where, int depth) {
+    void cell(const Cell& c, const Where& where, int depth) {
         std::uint64_t meta = rd(c.meta), data = rd(c.data);
         VT ty = static_cast<VT>(meta & 0xff);
         if ((meta & 0xff) > 7) return bad(where + ": unknown value type");
@@ -29,7 +49,7 @@ struct Verifier {
             bad(where + ": scalar with a length");
         }
     }
-    void container(std::uint64_t off, std::uint64_t magic, const std::string& where, int depth) {
+    void container(std::uint64_t off, std::uint64_t magic, const Where& where, int depth) {
         if (depth > 64) return bad(where + ": nesting deeper than 64 (a cycle?)");
         if (!in_heap(off, sizeof(CHdr)) || off % 8 != 0) return bad(where + ": container header outside the heap");
         if (!seen.insert(off).second) return bad(where + ": container referenced twice");
@@ -41,13 +61,20 @@ struct Verifier {
             return;
         }
         if ((cap & (cap - 1)) && magic == kDictMagic) bad(where + ": dict capacity not a power of two");
-        std::uint64_t esz = magic == kDictMagic ? sizeof(DEntry) : sizeof(Cell);
+        const bool dict = magic == kDictMagic;
+        const std::uint64_t esz = dict ? sizeof(DEntry) : sizeof(Cell);
         if (!layout::in_heap(op.h, tab, cap, esz) || tab % 8 != 0) return bad(where + ": table outside the heap");
-        if (heap::payload_room(op.h, tab) / esz < cap) return bad(where + ": table smaller than its capacity");
+        const std::uint64_t room = heap::payload_room(op.h, tab);
+        if ((dict ? room / sizeof(DEntry) : room / sizeof(Cell)) < cap)
+            return bad(where + ": table smaller than its capacity");
         if (magic == kListMagic) {
             if (n > cap) return bad(where + ": count above capacity");
             Cell* cs = op.at<Cell>(tab);
-            for (std::uint64_t i = 0; i < n; ++i) cell(cs[i], where + "[" + std::to_string(i) + "]", depth);
+            Where w{&where, nullptr, {}, 0, Where::item};
+            for (std::uint64_t i = 0; i < n; ++i) {
+                w.index = i;
+                cell(cs[i], w, depth);
+            }
             return;
         }
         DEntry* es = op.at<DEntry>(tab);
@@ -71,7 +98,7 @@ struct Verifier {
                 bad(where + ": " + x.what());
             }
             if (at != static_cast<std::int64_t>(i)) bad(where + ": key not reachable by probing");
-            cell(es[i].v, where + "['" + std::string(key.substr(0, 40)) + "']", depth);
+            cell(es[i].v, Where{&where, nullptr, key.substr(0, 40), 0, Where::entry}, depth);
         }
         if (live != n) bad(where + ": count " + std::to_string(n) + " but " + std::to_string(live) + " live entries");
         if (used != rd(c->used)) bad(where + ": used counter disagrees with the table");
@@ -84,7 +111,7 @@ std::vector<std::string> verify_container(const std::shared_ptr<detail::SegmentS
     std::vector<std::string> problems;
     Op op(seg);
     Verifier v{op, problems, {}};
-    v.container(off, magic, what, 0);
+    v.container(off, magic, Where{nullptr, what, {}, 0, Where::root}, 0);
     HeapReport r = heap::verify(op.h);
     for (auto& p : r.problems) problems.push_back("heap: " + p);
     op.t.commit();
