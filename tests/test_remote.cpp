@@ -250,6 +250,21 @@ int child_produce_async(const std::string& urls, const std::string& queue, int f
     return 0;
 }
 
+// Pipelined sets of keys "k0".."k6": set i writes i to key "k<i % 7>";
+// every `chunk` sets a flush, then `progress` says how many are stored.
+int child_set_async(const std::string& urls, const std::string& dict, int chunk, const std::string& progress) {
+    remote::Store store = remote::connect(urls, fault_options());
+    remote::Dict d = remote::Dict::open(store, dict);
+    for (int i = 0; i < 10000000; ++i) {
+        d.set_async("k" + std::to_string(i % 7), i);
+        if ((i + 1) % chunk == 0) {
+            d.flush();
+            write_file(progress, std::to_string(i + 1));
+        }
+    }
+    return 0;
+}
+
 // Take and acknowledge items until `done` exists and the queue gave
 // nothing for a while; every delivery, and every ack the servers did not
 // confirm, is written to `out` ("d N" / "u N").
@@ -290,6 +305,7 @@ int run_child(int argc, char** argv) {
         if (a.at(0) == "produce-async")
             return child_produce_async(a.at(1), a.at(2), std::stoi(a.at(3)), std::stoi(a.at(4)), std::stoi(a.at(5)),
                                        a.at(6));
+        if (a.at(0) == "set-async") return child_set_async(a.at(1), a.at(2), std::stoi(a.at(3)), a.at(4));
         if (a.at(0) == "consume") return child_consume(a.at(1), a.at(2), a.at(3), a.at(4));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "child %s: %s\n", a.empty() ? "?" : a[0].c_str(), e.what());
@@ -766,6 +782,118 @@ TEST_CASE("remote: a producer SIGKILLed in the middle of pipelined puts: what it
     CHECK(q.unfinished() == 0u);
 }
 
+TEST_CASE("remote: set_async keeps a dict handle's order, reads its own writes, and flushes on destruction",
+          "[remote]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("d");
+    auto d = remote::Dict::open_or_create(store, name);
+    auto other = remote::Dict::open(store, name);
+    remote::ObjectOptions copy;
+    copy.local_copy = true;
+
+    CHECK(d.flush() == 0u);  // nothing sent yet
+    for (int i = 0; i < 300; ++i) d.set_async("k" + std::to_string(i % 10), i);
+    CHECK(d.unflushed() <= 300u);
+    // Without a local copy, a read of the handle stores its sets first.
+    CHECK(d.get<int>("k3") == 293);
+    CHECK(d.unflushed() == 0u);
+    for (int k = 0; k < 10; ++k) CHECK(other.get<int>("k" + std::to_string(k)) == 290 + k);
+
+    // The handle's other operations come after its pipelined sets.
+    d.set_async("x", 1);
+    CHECK(d.erase("x"));
+    CHECK(!other.contains("x"));
+    d.set_async("x", 2);
+    CHECK(d.increment("x", 5) == 7);
+    d.set_async("x", 10);
+    CHECK(d.pop("x") == shm::Value(10));
+    d.set_async("y", 1);
+    CHECK(d.size() == 11u);
+    d.set_async("y", 2);
+    CHECK(d.setdefault("y", 0) == shm::Value(2));
+    d.set_async("y", 3);
+    d.set("y", 4);
+    d.set_async("z", 0);
+    d.clear();
+    CHECK(other.size() == 0u);
+
+    // With a local copy: its own writes at once, however many are out.
+    auto lc = remote::Dict::open(store, name, copy);
+    for (int i = 0; i < 500; ++i) {
+        lc.set_async("m", i);
+        REQUIRE(lc.get<int>("m") == i);
+    }
+    lc.set_async("new", "v");
+    CHECK(lc.contains("new"));
+    CHECK(lc.flush() <= 501u);
+    CHECK(lc.get<int>("m") == 499);
+    CHECK(other.get<int>("m") == 499);
+    lc.sync();
+    CHECK(lc.get<int>("m") == 499);
+
+    // A handle destroyed with sets unconfirmed stores them first.
+    {
+        remote::Store own = remote::connect(server.urls());  // and its connection closed after
+        auto h = remote::Dict::open(own, name);
+        for (int i = 0; i < 200; ++i) h.set_async("z" + std::to_string(i % 3), i);
+    }
+    CHECK(other.get<int>("z0") == 198);
+    CHECK(other.get<int>("z1") == 199);
+    CHECK(other.get<int>("z2") == 197);
+
+    // Threads sharing a handle: one sets, one reads (each read stores what
+    // was set before it); the values read never go back.
+    {
+        std::atomic<bool> setting{true};
+        std::vector<int> seen;
+        std::thread reader([&] {
+            while (setting) seen.push_back(static_cast<int>(d.get("t", shm::Value(-1)).as_int()));
+        });
+        for (int i = 0; i < 600; ++i) d.set_async("t", i);
+        d.flush();
+        setting = false;
+        reader.join();
+        CHECK(std::is_sorted(seen.begin(), seen.end()));
+        CHECK(other.get<int>("t") == 599);
+    }
+
+    // Too large to pipeline: as set(), refused whole, nothing sent.
+    const std::string big(8 << 20, 'x');
+    CHECK_THROWS_AS(d.set_async("big", big), shm::error);
+    CHECK(d.unflushed() == 0u);
+    CHECK(!other.contains("big"));
+}
+
+TEST_CASE("remote: a process SIGKILLed in the middle of pipelined sets: what it flushed is there", "[remote][crash]") {
+    test::NatsCluster server(1);
+    remote::Store store = remote::connect(server.urls());
+    const std::string name = unique("d");
+    auto d = remote::Dict::open_or_create(store, name);
+    TempDir tmp;
+    // Killed at varied points: after its first flush, and further in.
+    for (int round = 0; round < 3; ++round) {
+        d.clear();
+        const std::string progress = tmp.path + "/progress" + std::to_string(round);
+        const int kill_after = 97 * (1 + round * 3);
+        pid_t writer = spawn_child({"set-async", server.urls(), name, "97", progress}, tmp.path + "/writer.log");
+        REQUIRE(test::eventually(
+            [&] { return ::access(progress.c_str(), F_OK) == 0 && std::stoi(read_text(progress)) >= kill_after; },
+            120s));
+        test::kill_and_reap(writer);
+        const int flushed = std::stoi(read_text(progress));
+        INFO("round " << round << ": flushed " << flushed << " sets");
+        // Each key holds one of its own values, no older than the last
+        // one flushed.
+        for (int k = 0; k < 7; ++k) {
+            const int last_flushed = (flushed - 1) - ((flushed - 1 - k) % 7 + 7) % 7;
+            const int v = d.get<int>("k" + std::to_string(k));
+            CHECK(v % 7 == k);
+            CHECK(v >= last_flushed);
+        }
+    }
+}
+
 TEST_CASE("remote: nowait forms, sizes, task_done, names of another kind", "[remote]") {
     test::NatsCluster server(1);
     remote::Store store = remote::connect(server.urls());
@@ -1113,6 +1241,31 @@ TEST_CASE("remote: a server that does not answer fails the call within its bound
     std::vector<std::string> want;
     for (int i = 0; i <= 20; ++i) want.push_back("p" + std::to_string(i));
     CHECK(got == want);
+
+    // Pipelined sets the frozen server never answered: the same, and of
+    // several sets of a key, the last one is what is stored.
+    auto pd = remote::Dict::open_or_create(store, unique("d"));
+    pd.set_async("a", 0);
+    REQUIRE(pd.flush() == 1u);
+    server.freeze(0);
+    for (int i = 1; i <= 20; ++i) pd.set_async(i % 2 ? "a" : "b", i);
+    CHECK_THROWS_AS(pd.flush(), remote::unavailable);
+    CHECK(pd.unflushed() > 0u);
+    server.thaw(0);
+    CHECK(test::eventually(
+        [&] {
+            try {
+                pd.flush();
+                return true;
+            } catch (const remote::unavailable&) {
+                return false;
+            }
+        },
+        120s));
+    CHECK(pd.unflushed() == 0u);
+    auto fresh = remote::Dict::open(store, pd.name());
+    CHECK(fresh.get<int>("a") == 19);
+    CHECK(fresh.get<int>("b") == 20);
 }
 
 TEST_CASE("remote: connecting to nothing fails clearly, naming the server", "[remote]") {

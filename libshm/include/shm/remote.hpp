@@ -393,6 +393,23 @@ public:
     std::optional<Value> find(std::string_view key) const;
 
     void set(std::string_view key, const Value& v);
+    // Pipelined sets, as Queue::put_async(): set_async() sends the value and
+    // returns without waiting for the servers' answer (up to 256 unanswered
+    // per handle; it waits for answers when that many are out). flush()
+    // returns once the servers have stored every value this handle sent,
+    // and says how many it settled; unflushed() counts them. This handle's
+    // operations keep their order: every other call but get(), find() and
+    // contains() flushes first; those answer with the value this handle set
+    // last, from the local copy if there is one, else after a flush. A
+    // value the servers did not confirm is sent again under its message id
+    // (stored once), unless this handle set the key again after it: the
+    // later value is the one sent. Until it is flushed, a value may be lost
+    // with its process (destroying the handle flushes, and reports on
+    // stderr what it could not store). A value too large to pipeline (near
+    // the servers' message limit) goes as set() does, after a flush.
+    void set_async(std::string_view key, const Value& v);
+    std::size_t flush();
+    std::size_t unflushed() const noexcept;
     bool erase(std::string_view key);  // false if missing
     Value pop(std::string_view key);   // shm::key_error if missing
     Value pop(std::string_view key, const Value& dflt);

@@ -4,12 +4,16 @@
 #pragma once
 
 #include <nats/nats.h>
+#include <time.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "shm/remote.hpp"
 
@@ -67,6 +71,8 @@ inline void check(natsStatus s, const std::string& what) {
 
 // A watched copy of a bucket (ObjectOptions::local_copy), in kv.cpp.
 struct Mirror;
+// A Dict's pipelined sets (Dict::set_async), in kv.cpp.
+struct KvAsync;
 
 // A KV bucket of one of our objects: its handle and names.
 struct KvState {
@@ -78,8 +84,12 @@ struct KvState {
     std::string where;   // for messages
     std::int64_t ttl_ms = 0;
     std::shared_ptr<Mirror> mirror;  // null without a local copy
+    std::shared_ptr<KvAsync> async;  // made by the first set_async()
     ~KvState();
 };
+// Settle a handle's pipelined sets as it goes: what cannot be stored is
+// reported on stderr (a destructor cannot throw).
+void close_async(KvState& s) noexcept;
 // Open (creating it if absent and `create`) the bucket of object `name`.
 std::shared_ptr<KvState> open_bucket(Store& store, Kind k, std::string_view name, bool create, int replicas,
                                      std::int64_t ttl_ms);
@@ -100,6 +110,32 @@ bool kv_cas_delete(KvState& s, const std::string& kv_key, std::uint64_t last, st
 
 // Milliseconds left until d (capped at cap), at least 1.
 std::int64_t ms_left(const shm::detail::Deadline& d, std::int64_t cap);
+
+inline std::int64_t now_ms() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return static_cast<std::int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
+}
+
+// Waits between retries: grows from 5 ms to 200 ms, never past d.
+inline void backoff(int& step, const shm::detail::Deadline& d) {
+    std::int64_t ms = std::min<std::int64_t>(200, 5LL << std::min(step, 6));
+    ++step;
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms_left(d, ms)));
+}
+
+// Tracks how long the servers have not answered, across the retries of
+// one call: past the request time-out, the call fails (unavailable).
+struct Outage {
+    std::int64_t since = 0;
+    void ok() { since = 0; }
+    void failed(natsStatus s, jsErrCode jerr, const StoreState& st, const std::string& what) {
+        if (since == 0) since = now_ms();
+        if (now_ms() - since < st.timeout_ms()) return;
+        if (!transient(s, jerr)) s = NATS_TIMEOUT;  // a transient refusal: say so
+        fail(s, jerr, what);
+    }
+};
 
 }  // namespace detail
 }  // namespace shm::remote

@@ -1,9 +1,14 @@
 // shm::remote::Dict, List and Event: one key-value bucket each (history 1).
 // Read-modify-writes are compare-and-set loops on the key's revision.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -54,6 +59,28 @@ struct Mirror {
     kvWatcher* w = nullptr;
     std::thread th;
     std::atomic<bool> stopping{false};
+    // This handle's pipelined sets not yet confirmed (Dict::set_async): the
+    // value it set last, and how many of its sets of the key are out. Reads
+    // answer from here first, so that the handle reads its own writes.
+    struct Pending {
+        std::string value;
+        std::uint32_t out = 0;
+    };
+    std::unordered_map<std::string, Pending> pending;
+
+    // Under mu.
+    void expect(const std::string& key, std::string_view value) {
+        Pending& p = pending[key];
+        p.value.assign(value.data(), value.size());
+        ++p.out;
+    }
+    // Under mu. One of the key's sets was stored at rev (value: that set's),
+    // or (rev 0) was superseded by a later set of this handle and not sent again.
+    void settled(const std::string& key, std::uint64_t rev, std::string_view value) {
+        auto it = pending.find(key);
+        if (it != pending.end() && --it->second.out == 0) pending.erase(it);
+        if (rev) apply(key, rev, true, value);
+    }
 
     // The thread is stopped by the flag, not by kvWatcher_Stop(): a stop
     // that lands while kvWatcher_Next() holds a message just taken off the
@@ -167,6 +194,12 @@ KvEntry read_entry(KvState& s, const std::string& key) {
         std::lock_guard<std::mutex> g(m->mu);
         if (!m->ended) {
             KvEntry out;
+            auto p = m->pending.find(key);
+            if (p != m->pending.end()) {
+                out.found = true;
+                out.value = p->second.value;  // revision 0: not known yet
+                return out;
+            }
             auto it = m->entries.find(key);
             if (it != m->entries.end() && it->second.present) {
                 out.found = true;
@@ -314,27 +347,231 @@ std::string show_key(std::string_view key) {
 
 }  // namespace
 
+// ---- Pipelined sets (Dict::set_async) -----------------------------------------
+namespace detail {
+
+// A JetStream context of its own (its answers come to on_set_answer), the
+// numbering of this handle's pipelined sets, and what is not confirmed.
+struct KvAsync {
+    static constexpr int kWindow = 256;  // sets sent and not answered, at most
+    jsCtx* js = nullptr;
+    std::mutex mu;  // set_async() and flush(): a handle may be shared by threads (Python)
+    std::string subject_prefix;  // "$KV.<bucket>."
+    std::string id_prefix;       // message ids: unique per handle
+    std::uint64_t sets = 0;
+    // The number of the last pipelined set of each key since the last
+    // settle: an earlier one that got no answer is not sent again.
+    std::unordered_map<std::string, std::uint64_t> last;
+    std::atomic<std::uint64_t> unflushed{0};
+    struct Unsent {
+        std::uint64_t n = 0;
+        std::string key, value;
+    };
+    std::mutex refused_mu;
+    std::vector<Unsent> refused;  // answered with an error, to be sent again
+
+    ~KvAsync() {
+        if (js) jsCtx_Destroy(js);
+    }
+    std::string id(std::uint64_t n) const { return id_prefix + std::to_string(n); }
+    // The set a message of this handle carries.
+    Unsent unsent(natsMsg* m) const {
+        Unsent u;
+        const char* id = nullptr;
+        if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id &&
+            std::string_view(id).substr(0, id_prefix.size()) == id_prefix)
+            u.n = std::strtoull(id + id_prefix.size(), nullptr, 10);
+        const std::string_view subject = natsMsg_GetSubject(m);
+        u.key = std::string(subject.substr(std::min(subject.size(), subject_prefix.size())));
+        const char* data = natsMsg_GetData(m);
+        const int len = natsMsg_GetDataLength(m);
+        if (data && len > 0) u.value.assign(data, static_cast<std::size_t>(len));
+        return u;
+    }
+};
+
+namespace {
+// The servers' answer to one pipelined set (on the client's thread).
+void on_set_answer(jsCtx*, natsMsg* m, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
+    auto* s = static_cast<KvState*>(closure);
+    KvAsync& a = *s->async;
+    if (pa) {
+        if (Mirror* mr = s->mirror.get()) {
+            const KvAsync::Unsent u = a.unsent(m);
+            std::lock_guard<std::mutex> g(mr->mu);
+            mr->settled(u.key, pa->Sequence, u.value);
+            mr->cv.notify_all();
+        }
+    } else if (pae) {
+        KvAsync::Unsent u = a.unsent(m);
+        std::lock_guard<std::mutex> g(a.refused_mu);
+        a.refused.push_back(std::move(u));
+    }
+    natsMsg_Destroy(m);
+}
+
+// Store one set under its message id (a retry of the same id is stored
+// once), retrying what a lost server or an election makes fail, for up to
+// the request time-out. Returns its revision.
+std::uint64_t set_with_id(KvState& s, const std::string& key, std::string_view value, const std::string& id) {
+    KvAsync& a = *s.async;
+    const std::string subject = a.subject_prefix + key;
+    Outage outage;
+    int step = 0;
+    for (;;) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = id.c_str();
+        po.MaxWait = s.store->timeout_ms();
+        jsPubAck* pa = nullptr;
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        natsStatus st = js_Publish(&pa, s.store->js, subject.c_str(), value.data(), static_cast<int>(value.size()), &po,
+                                   &jerr);
+        if (st == NATS_OK) {
+            const std::uint64_t rev = pa->Sequence;
+            jsPubAck_Destroy(pa);
+            return rev;
+        }
+        if (!transient(st, jerr)) fail(st, jerr, "writing " + s.where);
+        outage.failed(st, jerr, *s.store, "writing " + s.where);
+        backoff(step, shm::detail::Deadline::never());
+    }
+}
+
+// Wait for the answers to what is in flight; send again, waiting for each
+// answer, what got none or an error, in the order sent, unless a later set
+// of the same key followed it. Under a.mu. On an exception, what is not
+// stored yet stays for the next settle.
+void settle(KvState& s) {
+    KvAsync& a = *s.async;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = s.store->timeout_ms();
+    std::vector<KvAsync::Unsent> again;
+    if (js_PublishAsyncComplete(a.js, &po) != NATS_OK) {
+        natsMsgList pending{nullptr, 0};
+        if (js_PublishAsyncGetPendingList(&pending, a.js) == NATS_OK) {
+            for (int i = 0; i < pending.Count; ++i) again.push_back(a.unsent(pending.Msgs[i]));
+            natsMsgList_Destroy(&pending);
+        }
+    }
+    {
+        std::lock_guard<std::mutex> g(a.refused_mu);
+        for (auto& u : a.refused) again.push_back(std::move(u));
+        a.refused.clear();
+    }
+    std::sort(again.begin(), again.end(), [](const auto& x, const auto& y) { return x.n < y.n; });
+    Mirror* m = s.mirror.get();
+    for (std::size_t i = 0; i < again.size(); ++i) {
+        const KvAsync::Unsent& u = again[i];
+        std::uint64_t rev = 0;
+        if (a.last[u.key] == u.n) {
+            try {
+                rev = set_with_id(s, u.key, u.value, a.id(u.n));
+            } catch (...) {
+                std::lock_guard<std::mutex> g(a.refused_mu);
+                a.refused.insert(a.refused.begin(), std::make_move_iterator(again.begin() + static_cast<std::ptrdiff_t>(i)),
+                                 std::make_move_iterator(again.end()));
+                throw;
+            }
+        }
+        if (m) {
+            std::lock_guard<std::mutex> g(m->mu);
+            m->settled(u.key, rev, u.value);
+            m->cv.notify_all();
+        }
+    }
+    a.last.clear();
+    a.unflushed = 0;
+}
+
+}  // namespace
+
+void settle_locked(KvState& s) { settle(s); }
+
+// This handle's pipelined sets, stored before any other operation of it.
+void settled(KvState& s) {
+    if (!s.async || s.async->unflushed.load() == 0) return;  // (a List has none)
+    std::lock_guard<std::mutex> g(s.async->mu);
+    settle(s);
+}
+
+// The state of a Dict handle's pipelined sets, made with the handle (so
+// that threads sharing it never see it change); its JetStream context is
+// made by the first set_async().
+std::shared_ptr<KvAsync> make_async(const KvState& s) {
+    auto a = std::make_shared<KvAsync>();
+    a->subject_prefix = "$KV." + s.bucket + ".";
+    std::random_device rd;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%08x%08x-%d-", rd(), rd(), static_cast<int>(getpid()));
+    a->id_prefix = buf;
+    return a;
+}
+
+// Under a.mu.
+void ensure_js(KvState& s) {
+    KvAsync& a = *s.async;
+    if (a.js) return;
+    jsOptions o = s.store->js_options();
+    o.PublishAsync.MaxPending = KvAsync::kWindow;
+    o.PublishAsync.AckHandler = on_set_answer;
+    o.PublishAsync.AckHandlerClosure = &s;
+    o.PublishAsync.StallWait = std::min<std::int64_t>(s.store->timeout_ms(), 1000);
+    check(natsConnection_JetStream(&a.js, s.store->nc, &o), "writing " + s.where);
+}
+
+void close_async(KvState& s) noexcept {
+    try {
+        settled(s);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "libshm: %llu value(s) set on %s without waiting may not be stored: %s\n",
+                     static_cast<unsigned long long>(s.async->unflushed.load()), s.where.c_str(), e.what());
+    }
+    s.async.reset();
+}
+
+}  // namespace detail
+
+using detail::settled;
+
 // ---- Dict ----------------------------------------------------------------------
 namespace {
 std::shared_ptr<KvState> with_copy(std::shared_ptr<KvState> s, const ObjectOptions& opt) {
     if (opt.local_copy) start_mirror(*s);
     return s;
 }
+std::shared_ptr<KvState> for_dict(std::shared_ptr<KvState> s) {
+    s->async = detail::make_async(*s);
+    return s;
+}
 }  // namespace
 
 Dict Dict::open_or_create(Store& store, std::string_view name, const ObjectOptions& opt) {
-    return Dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, true, opt.replicas, 0), opt));
+    return Dict(for_dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, true, opt.replicas, 0), opt)));
 }
 Dict Dict::open(Store& store, std::string_view name) { return open(store, name, ObjectOptions{}); }
 Dict Dict::open(Store& store, std::string_view name, const ObjectOptions& opt) {
-    return Dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, false, 0, 0), opt));
+    return Dict(for_dict(with_copy(detail::open_bucket(store, detail::Kind::dict, name, false, 0, 0), opt)));
 }
 const std::string& Dict::name() const noexcept { return s_->name; }
-void Dict::sync() const { sync_mirror(*s_); }
+void Dict::sync() const {
+    settled(*s_);
+    sync_mirror(*s_);
+}
 bool Dict::has_local_copy() const noexcept { return s_->mirror != nullptr; }
 
+namespace {
+// A read of this handle's own pipelined sets: from the local copy (which
+// holds them) if there is one, else from the servers once they are stored.
+KvEntry read_own(KvState& s, const std::string& key) {
+    if (!live_mirror(s)) settled(s);
+    return read_entry(s, key);
+}
+}  // namespace
+
 std::optional<Value> Dict::find(std::string_view key) const {
-    KvEntry e = read_entry(*s_, encode_key(key));
+    KvEntry e = read_own(*s_, encode_key(key));
     if (!e.found) return std::nullopt;
     return decode_value(e.value);
 }
@@ -350,9 +587,10 @@ Value Dict::get(std::string_view key, const Value& dflt) const {
     return v ? *v : dflt;
 }
 
-bool Dict::contains(std::string_view key) const { return read_entry(*s_, encode_key(key)).found; }
+bool Dict::contains(std::string_view key) const { return read_own(*s_, encode_key(key)).found; }
 
 void Dict::set(std::string_view key, const Value& v) {
+    settled(*s_);
     std::string bytes = encode_value(v);
     std::uint64_t rev = 0;
     const std::string k = encode_key(key);
@@ -367,7 +605,55 @@ void Dict::set(std::string_view key, const Value& v) {
     }
 }
 
+void Dict::set_async(std::string_view key, const Value& v) {
+    KvState& s = *s_;
+    std::string bytes = encode_value(v);
+    const std::string k = encode_key(key);
+    // Near the message limit (the message id and the subject count too):
+    // as set(), which says exactly what the servers refuse.
+    const std::int64_t limit = natsConnection_GetMaxPayload(s.store->nc);
+    if (static_cast<std::int64_t>(bytes.size() + k.size()) + 1024 > limit) return set(key, v);
+    detail::KvAsync& a = *s.async;
+    std::lock_guard<std::mutex> g(a.mu);
+    detail::ensure_js(s);
+    const std::uint64_t n = ++a.sets;
+    const std::string id = a.id(n);
+    a.last[k] = n;
+    if (Mirror* m = s.mirror.get()) {
+        std::lock_guard<std::mutex> mg(m->mu);
+        m->expect(k, bytes);
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id.c_str();
+    po.MaxWait = s.store->timeout_ms();  // an answer that never comes is an error, then a retry
+    const std::string subject = a.subject_prefix + k;
+    ++a.unflushed;
+    natsStatus st = js_PublishAsync(a.js, subject.c_str(), bytes.data(), static_cast<int>(bytes.size()), &po);
+    if (st != NATS_OK) {
+        // Stalled (no answers for a while: a server lost) or not sent:
+        // settle what is in flight and this one.
+        {
+            std::lock_guard<std::mutex> rg(a.refused_mu);
+            a.refused.push_back(detail::KvAsync::Unsent{n, k, bytes});
+        }
+        detail::settle_locked(s);
+    }
+}
+
+std::size_t Dict::flush() {
+    KvState& s = *s_;
+    std::lock_guard<std::mutex> g(s.async->mu);
+    if (!s.async->js) return 0;
+    const std::size_t n = s.async->unflushed;
+    detail::settle_locked(s);
+    return n;
+}
+
+std::size_t Dict::unflushed() const noexcept { return s_->async ? s_->async->unflushed.load() : 0; }
+
 bool Dict::erase(std::string_view key) {
+    settled(*s_);
     const std::string k = encode_key(key);
     for (int round = 0; round < kMaxCasRounds; ++round) {
         KvEntry e = round == 0 ? read_entry(*s_, k) : kv_get(*s_, k);
@@ -385,6 +671,7 @@ bool Dict::erase(std::string_view key) {
 }
 
 Value Dict::pop(std::string_view key) {
+    settled(*s_);
     const std::string k = encode_key(key);
     for (int round = 0; round < kMaxCasRounds; ++round) {
         KvEntry e = round == 0 ? read_entry(*s_, k) : kv_get(*s_, k);
@@ -403,6 +690,7 @@ Value Dict::pop(std::string_view key) {
 }
 
 Value Dict::pop(std::string_view key, const Value& dflt) {
+    settled(*s_);
     try {
         return pop(key);
     } catch (const key_error&) {
@@ -411,24 +699,28 @@ Value Dict::pop(std::string_view key, const Value& dflt) {
 }
 
 std::vector<std::pair<std::string, Value>> Dict::items() const {
+    settled(*s_);
     std::vector<std::pair<std::string, Value>> out;
     for (auto& kv : scan(*s_)) out.emplace_back(decode_key(kv.first), decode_value(kv.second));
     return out;
 }
 
 std::vector<std::string> Dict::keys() const {
+    settled(*s_);
     std::vector<std::string> out;
     for (auto& kv : scan(*s_)) out.push_back(decode_key(kv.first));
     return out;
 }
 
 std::vector<Value> Dict::values() const {
+    settled(*s_);
     std::vector<Value> out;
     for (auto& kv : scan(*s_)) out.push_back(decode_value(kv.second));
     return out;
 }
 
 std::size_t Dict::size() const {
+    settled(*s_);
     if (Mirror* m = s_->mirror.get()) {
         std::lock_guard<std::mutex> g(m->mu);
         if (!m->ended) return m->live;
@@ -436,13 +728,18 @@ std::size_t Dict::size() const {
     return scan(*s_).size();
 }
 
-void Dict::clear() { purge_all(*s_); }
+void Dict::clear() {
+    settled(*s_);
+    purge_all(*s_);
+}
 
 void Dict::update(const std::vector<std::pair<std::string, Value>>& items) {
+    settled(*s_);
     for (const auto& kv : items) set(kv.first, kv.second);
 }
 
 Value Dict::setdefault(std::string_view key, const Value& dflt) {
+    settled(*s_);
     const std::string k = encode_key(key);
     const std::string bytes = encode_value(dflt);
     for (int round = 0; round < kMaxCasRounds; ++round) {
@@ -458,6 +755,7 @@ Value Dict::setdefault(std::string_view key, const Value& dflt) {
 }
 
 Value Dict::update(std::string_view key, const std::function<Value(const Value&)>& fn) {
+    settled(*s_);
     Value result;
     cas_loop(*s_, encode_key(key), [&](const std::optional<std::string>& cur) -> std::optional<std::string> {
         Value v = cur ? decode_value(*cur) : Value();
@@ -468,6 +766,7 @@ Value Dict::update(std::string_view key, const std::function<Value(const Value&)
 }
 
 std::int64_t Dict::increment_int(std::string_view key, std::int64_t n) {
+    settled(*s_);
     std::int64_t result = 0;
     cas_loop(*s_, encode_key(key), [&](const std::optional<std::string>& cur) -> std::optional<std::string> {
         std::int64_t v = 0;
@@ -487,6 +786,7 @@ std::int64_t Dict::increment_int(std::string_view key, std::int64_t n) {
 }
 
 double Dict::increment(std::string_view key, double n) {
+    settled(*s_);
     double result = 0;
     cas_loop(*s_, encode_key(key), [&](const std::optional<std::string>& cur) -> std::optional<std::string> {
         double v = 0;

@@ -24,32 +24,6 @@ constexpr const char* kConsumer = "shm";
 // is one): the stream's limit is max_item_size plus this.
 constexpr std::int64_t kHeaderRoom = 256;
 
-std::int64_t now_ms() {
-    timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return static_cast<std::int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
-}
-
-// Waits between retries: grows from 5 ms to 200 ms, never past d.
-void backoff(int& step, const shm::detail::Deadline& d) {
-    std::int64_t ms = std::min<std::int64_t>(200, 5LL << std::min(step, 6));
-    ++step;
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms_left(d, ms)));
-}
-
-// Tracks how long the servers have not answered, across the retries of
-// one call: past the request time-out, the call fails (unavailable).
-struct Outage {
-    std::int64_t since = 0;
-    void ok() { since = 0; }
-    void failed(natsStatus s, jsErrCode jerr, const StoreState& st, const std::string& what) {
-        if (since == 0) since = now_ms();
-        if (now_ms() - since < st.timeout_ms()) return;
-        if (!transient(s, jerr)) s = NATS_TIMEOUT;  // a transient refusal: say so
-        fail(s, jerr, what);
-    }
-};
-
 // A pull request's answer and the items it brought, as the inbox's
 // callback sees them.
 struct Fetched {

@@ -173,6 +173,7 @@ void StoreState::claim(Kind k, std::string_view name, bool create, bool* created
 }
 
 KvState::~KvState() {
+    if (async) close_async(*this);  // its answers go into the copy: first
     mirror.reset();  // its watch thread stops before the bucket's handle goes
     if (kv) kvStore_Destroy(kv);
 }
