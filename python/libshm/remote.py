@@ -125,17 +125,18 @@ class _Remote:
         return f"<libshm remote {type(self).__name__} {self._name!r} on {self._spec[0]}>"
 
 
-# Pipelined queues used in this process: flushed when it ends.
-_pipelined = weakref.WeakSet()
+# Pipelined queues and dicts used in this process: flushed when it ends.
+# (By id: a DictProxy, a mapping, is not hashable.)
+_pipelined = weakref.WeakValueDictionary()
 
 
 @atexit.register
 def _flush_pipelined():
-    for q in list(_pipelined):
+    for q in list(_pipelined.values()):
         try:
             q.flush()
         except Exception as e:  # the servers gone: say what may be lost
-            print(f"libshm: items put on {q!r} may not be stored: {e}", file=sys.stderr)
+            print(f"libshm: what was sent to {q!r} may not be stored: {e}", file=sys.stderr)
 
 
 def _name(name):
@@ -178,7 +179,7 @@ class Queue(_Remote):
         h = _remote.Queue.open_or_create(store, self._name, max_items=max_items, lease=lease,
                                          max_deliveries=max_deliveries, replicas=replicas)
         if self.pipelined:
-            _pipelined.add(self)
+            _pipelined[id(self)] = self
         return h
 
     @property
@@ -376,18 +377,40 @@ class DictProxy(_Remote, MutableMapping):
     waits for every write the servers had stored when it was called; a
     read never sees an older value than one read before; keys(), values()
     and items() are of one instant of the copy. Writes still wait for the
-    servers."""
+    servers, unless pipelined.
 
-    def __init__(self, *args, ctx, name=None, replicas=None, local_copy=False, **kwargs):
-        self._setup(ctx._spec, _name(name), (int(replicas or 0), bool(local_copy)))
+    pipelined=True (an extension): d[key] = value returns once the value is
+    sent, without waiting for the servers' answer (several times as many
+    sets a second). This process's operations keep their order: every
+    other operation but reads of a key waits until its sets are stored,
+    and a read answers with the value it set last. flush() and the end of
+    the process wait until the servers have stored every value this
+    process sent. Until then a value may be lost with the process."""
+
+    def __init__(self, *args, ctx, name=None, replicas=None, local_copy=False, pipelined=False, **kwargs):
+        self._setup(ctx._spec, _name(name), (int(replicas or 0), bool(local_copy), bool(pipelined)))
         if args or kwargs:
             self.update(*args, **kwargs)
         else:
             self._h
 
     def _open(self, store):
-        return _remote.Dict.open_or_create(store, self._name, replicas=self._options[0],
-                                           local_copy=self._options[1])
+        h = _remote.Dict.open_or_create(store, self._name, replicas=self._options[0],
+                                        local_copy=self._options[1])
+        if self.pipelined:
+            _pipelined[id(self)] = self
+        return h
+
+    @property
+    def pipelined(self):
+        """Not in multiprocessing: whether d[key] = value waits for the servers."""
+        return len(self._options) > 2 and self._options[2]
+
+    def flush(self):
+        """Not in multiprocessing: wait until the servers have stored every
+        value this process set; returns how many were waited for (0 unless
+        pipelined)."""
+        return self._h.flush()
 
     def sync(self):
         """With local_copy: wait until the copy holds every write the servers
@@ -398,7 +421,10 @@ class DictProxy(_Remote, MutableMapping):
         return self._h[key]
 
     def __setitem__(self, key, value):
-        self._h[key] = value
+        if self.pipelined:
+            self._h.set_async(key, value)
+        else:
+            self._h[key] = value
 
     def __delitem__(self, key):
         del self._h[key]

@@ -275,6 +275,15 @@ PYBIND11_MODULE(_remote, m) {
                  const shm::Value v = to_value(value);
                  without_gil([&] { d.set(k, v); });
              })
+        // d[key] = value without waiting for the servers (Dict::set_async).
+        .def("set_async",
+             [](rm::Dict& d, py::handle key, py::handle value) {
+                 const std::string k = to_key(key);
+                 const shm::Value v = to_value(value);
+                 without_gil([&] { d.set_async(k, v); });
+             })
+        .def("flush", [](rm::Dict& d) { return without_gil([&] { return d.flush(); }); })
+        .def_property_readonly("unflushed", &rm::Dict::unflushed)
         .def("__delitem__",
              [](rm::Dict& d, py::handle key) {
                  const std::string k = to_key(key);

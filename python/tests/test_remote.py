@@ -87,6 +87,12 @@ def _take_and_hang(q, got):
     threading.Event().wait(CAP)  # never task_done(): killed here
 
 
+def _set_pipelined_and_exit(d, n):
+    assert d.pipelined
+    for i in range(n):
+        d["from_child"] = i
+
+
 def _put_pipelined_and_exit(q, n):
     for i in range(n):
         q.put(i)  # no close(): the end of the process flushes
@@ -316,6 +322,32 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
         self.ctx.list(name=lst.name).append(4)
         lst.sync()
         self.assertEqual(lst[-1], 4)
+
+    def test_pipelined_dict(self):
+        for local_copy in (False, True):
+            d = self.ctx.dict(pipelined=True, local_copy=local_copy)
+            self.assertTrue(d.pipelined)
+            plain = self.ctx.dict(name=d.name)  # waits for the servers
+            for i in range(300):
+                d[f"k{i % 10}"] = i
+                self.assertEqual(d[f"k{i % 10}"], i)  # its own writes, read back at once
+            self.assertLessEqual(d.flush(), 300)
+            self.assertEqual(d.flush(), 0)
+            self.assertEqual(dict(plain.items()), {f"k{k}": 290 + k for k in range(10)})
+            # Its other operations come after its sets.
+            d["x"] = 1
+            del d["x"]
+            self.assertNotIn("x", plain)
+            d["x"] = 2
+            self.assertEqual(d.increment("x", 5), 7)
+            d.update({"y": [1, 2], "z": {"nested": True}})
+            self.assertEqual(len(d), 13)
+            self.assertEqual(plain["z"], {"nested": True})
+            # A handle in another process is pipelined too, and flushes as it ends.
+            self.join_ok(self.spawn(_set_pipelined_and_exit, d, 200))
+            self.assertEqual(plain["from_child"], 199)
+            self.assertEqual(self.ctx.dict(name=d.name)["from_child"], 199)
+        self.assertEqual(self.ctx.dict().flush(), 0)  # not pipelined: nothing to wait for
 
     def test_killed_consumer_item_delivered_again(self):
         q, got = self.ctx.JoinableQueue(lease=1.0), self.ctx.Queue()
