@@ -207,10 +207,13 @@ public:
     int procs() const noexcept { return procs_; }
 
     // Run op(i) for i = 0, 1, 2, ...: first for the warm-up, then measured,
-    // until the time is up or `cap` operations (warm-up included) are done.
-    // Call it once, after the worker's own set-up.
+    // until the time is up or `cap` operations (warm-up included) are done;
+    // then `last` (if given), inside the measured time: work the operations
+    // left to finish (pipelined writes waiting for their answers). Call it
+    // once, after the worker's own set-up.
     template <class Op>
-    void run(Op&& op, std::uint64_t cap = std::numeric_limits<std::uint64_t>::max()) {
+    void run(Op&& op, std::uint64_t cap = std::numeric_limits<std::uint64_t>::max(),
+             const std::function<void()>& last = {}) {
         auto& me = c_.slot[index_];
         // Pairs with the parent's acquire load of `ready`.
         c_.ready.fetch_add(1, std::memory_order_release);
@@ -228,6 +231,10 @@ public:
         std::int64_t t1 = t0;
         while (i < cap && t1 < end) {
             for (std::uint64_t b = 0; b < kBatch && i < cap; ++b) op(i++);
+            t1 = now_ns();
+        }
+        if (last) {
+            last();
             t1 = now_ns();
         }
         me.ops.store(i - first, std::memory_order_relaxed);

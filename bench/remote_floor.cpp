@@ -217,7 +217,7 @@ private:
 
 class NatsDict {
 public:
-    NatsDict(const std::string& url, const std::string& name) : conn_(url) {
+    NatsDict(const std::string& url, const std::string& name, bool /*pipelined*/) : conn_(url) {
         kvConfig kc;
         kvConfig_Init(&kc);
         kc.Bucket = name.c_str();
@@ -228,6 +228,7 @@ public:
         name_ = name;
     }
     ~NatsDict() {
+        if (async_) jsCtx_Destroy(async_);
         kvStore_Destroy(kv_);
         js_DeleteKeyValue(conn_.js(), name_.c_str());
     }
@@ -237,6 +238,28 @@ public:
     void set(const std::string& key, std::int64_t v) {
         std::uint64_t rev = 0;
         check(kvStore_Put(&rev, kv_, key.c_str(), &v, sizeof v), "put " + key);
+    }
+    // A KV put is a message on "$KV.<bucket>.<key>": published without
+    // waiting, 256 unanswered at most, as libshm's pipelined sets.
+    void set_pipelined(const std::string& key, std::int64_t v) {
+        if (!async_) {
+            jsOptions o;
+            jsOptions_Init(&o);
+            o.PublishAsync.MaxPending = 256;
+            check(natsConnection_JetStream(&async_, conn_.nc(), &o), "JetStream context");
+        }
+        const std::string subject = "$KV." + name_ + "." + key;
+        check(js_PublishAsync(async_, subject.c_str(), &v, sizeof v, nullptr), "publish " + subject);
+    }
+    void flush() {
+        if (!async_) return;
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 30000;
+        check(js_PublishAsyncComplete(async_, &po), "wait for the pipelined puts");
+    }
+    static std::string pipelined_note() {
+        return "js_PublishAsync on the key's subject (256 unanswered; all awaited at the end)";
     }
     std::int64_t get(const std::string& key) {
         kvEntry* e = nullptr;
@@ -252,6 +275,7 @@ public:
 private:
     Conn conn_;
     kvStore* kv_ = nullptr;
+    jsCtx* async_ = nullptr;
     std::string name_;
 };
 

@@ -17,13 +17,18 @@
 //  - remote.queue.pingpong.64B: its ping-pong (.p50 and .p99, microseconds);
 //  - remote.dict.get / remote.dict.set: one process cycling through the keys
 //    "k0".."k999" (harness.hpp's working set), ops/s. get checks every value
-//    read; after set, every key holds the last value written to it.
+//    read; after set, every key holds the last value written to it;
+//  - remote.dict.set.pipelined: as set, with sets that do not wait for the
+//    server's answer; the last ones are confirmed inside the measured time.
 //
 // A program supplies a Channel (the queue_harness.hpp interface) and a Dict:
 //     struct Dict {
-//         Dict(const std::string& url, const std::string& name);  // in the worker
+//         Dict(const std::string& url, const std::string& name, bool pipelined);  // in the worker
 //         void set(const std::string& key, std::int64_t v);
+//         void set_pipelined(const std::string& key, std::int64_t v);  // may be set()
+//         void flush();  // every set_pipelined() stored
 //         std::int64_t get(const std::string& key);
+//         std::string pipelined_note();
 //     };
 // The parent process never opens a connection (the client library's threads
 // do not survive fork()): whatever must exist on the server before the
@@ -37,6 +42,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -80,20 +86,32 @@ inline void in_child(const std::function<void()>& fn) {
     if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) throw bench::Failure("set-up on the server failed");
 }
 
+enum class DictOp { get, set, set_pipelined };
+
 template <class Dict>
-bench::CaseResult dict_case(const bench::Options& opt, bool set) {
+bench::CaseResult dict_case(const bench::Options& opt, DictOp op) {
+    const bool set = op != DictOp::get;
     const std::string url = server_url();
     const std::string name = unique_name("kv");
     const auto keys = bench::make_keys();
     return bench::run_workers(opt, 1, [&](bench::Worker& w) {
-        Dict d(url, name);
+        Dict d(url, name, op == DictOp::set_pipelined);
         for (std::uint64_t k = 0; k < bench::kKeys; ++k) d.set(keys[k], static_cast<std::int64_t>(k));
         std::uint64_t done = 0;
-        if (set) {
+        if (op == DictOp::set) {
             w.run([&](std::uint64_t i) {
                 d.set(keys[i % bench::kKeys], static_cast<std::int64_t>(i));
                 done = i + 1;
             });
+        } else if (op == DictOp::set_pipelined) {
+            w.run(
+                [&](std::uint64_t i) {
+                    d.set_pipelined(keys[i % bench::kKeys], static_cast<std::int64_t>(i));
+                    done = i + 1;
+                },
+                std::numeric_limits<std::uint64_t>::max(), [&] { d.flush(); });
+        }
+        if (set) {
             // Every key holds the last value written to it.
             for (std::uint64_t k = 0; k < bench::kKeys && k < done; ++k) {
                 const std::uint64_t last = k + (done - 1 - k) / bench::kKeys * bench::kKeys;
@@ -157,11 +175,14 @@ std::vector<qbench::QCase> remote_cases(const std::string& impl, const std::func
                                               qbench::pingpong(o, req, rep, qbench::k64B), req.note());
                      },
                      {"remote.queue.pingpong.64B.p50", "remote.queue.pingpong.64B.p99"}});
-    for (bool set : {false, true}) {
-        const std::string name = set ? "remote.dict.set" : "remote.dict.get";
+    for (DictOp op : {DictOp::get, DictOp::set, DictOp::set_pipelined}) {
+        const std::string name = op == DictOp::get ? "remote.dict.get"
+                                 : op == DictOp::set ? "remote.dict.set"
+                                                     : "remote.dict.set.pipelined";
         cases.push_back({name, [=](const bench::Options& o) {
-                             auto r = dict_case<Dict>(o, set);
-                             qbench::emit(name, impl, r.rate, "ops/s", note_dict());
+                             auto r = dict_case<Dict>(o, op);
+                             qbench::emit(name, impl, r.rate, "ops/s",
+                                          op == DictOp::set_pipelined ? Dict::pipelined_note() : note_dict());
                          }});
     }
     return cases;

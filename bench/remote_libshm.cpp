@@ -14,7 +14,9 @@
 //    local copy (ObjectOptions::local_copy): set() returns once the server
 //    has stored the value, as without it; get() answers from the copy the
 //    handle keeps, watched on the server (its own writes read back at once,
-//    another's after about one network delay).
+//    another's after about one network delay). Pipelined
+//    (remote.dict.set.pipelined): Dict::set_async(), and flush() inside the
+//    measured time, on a handle without a local copy (it reads nothing).
 #include <shm/remote.hpp>
 
 #include <cstdint>
@@ -118,9 +120,11 @@ private:
 
 class RemoteDict {
 public:
-    RemoteDict(const std::string& url, const std::string& name)
+    // The pipelined writer keeps no local copy: it reads nothing, and a copy
+    // would bring every one of its writes back to it.
+    RemoteDict(const std::string& url, const std::string& name, bool pipelined)
         : store_(shm::remote::connect(url)),
-          d_(shm::remote::Dict::open_or_create(store_, name, one_replica())),
+          d_(shm::remote::Dict::open_or_create(store_, name, one_replica(!pipelined))),
           name_(name) {}
     ~RemoteDict() {
         try {
@@ -133,13 +137,18 @@ public:
     RemoteDict& operator=(const RemoteDict&) = delete;
 
     void set(const std::string& key, std::int64_t v) { d_.set(key, shm::Value(v)); }
+    void set_pipelined(const std::string& key, std::int64_t v) { d_.set_async(key, shm::Value(v)); }
+    void flush() { d_.flush(); }
+    static std::string pipelined_note() {
+        return "Dict::set_async (pipelined, 256 unanswered; flush() at the end), no local copy, 1 replica";
+    }
     std::int64_t get(const std::string& key) { return d_.get(key).as_int(); }
 
 private:
-    static shm::remote::ObjectOptions one_replica() {
+    static shm::remote::ObjectOptions one_replica(bool local_copy) {
         shm::remote::ObjectOptions o;
         o.replicas = 1;
-        o.local_copy = true;
+        o.local_copy = local_copy;
         return o;
     }
     shm::remote::Store store_;
