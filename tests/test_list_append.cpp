@@ -429,6 +429,64 @@ TEST_CASE("appenders SIGKILLed at random points: every acknowledged append is th
     CHECK(recovered > 0);
 }
 
+TEST_CASE("a scalar appended into spare room, killed at every crash point: before or after, never between",
+          "[container][list][crash]") {
+    test::ShmDir dir;
+    // way 0: an int into spare room, no garbage (the short path: one
+    // store publishes it); way 1: a double with garbage waiting (the
+    // general path, which frees some of it); way 2: null, with the
+    // table full (growth first).
+    for (int way = 0; way < 3; ++way) {
+        long killed = 0;
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 3000);
+            auto seg = shm::Segment::create("scalarpoints", 1 << 20);
+            List l = List::open_or_create(seg, "l");
+            Dict d = Dict::open_or_create(seg, "d");
+            std::vector<Value> before;
+            for (std::int64_t i = 0; i < (way == 2 ? 16 : 11); ++i) {
+                l.append(i);
+                before.push_back(i);
+            }
+            if (way == 1) {
+                d.set("big", Value::new_list(std::vector<Value>(200, Value(std::string(20, 'g')))));
+                d.erase("big");  // a nested container on the garbage list
+                REQUIRE(garbage_head(seg) != 0);
+            } else {
+                drain(seg, d);
+            }
+            const Value added = way == 0 ? Value(std::int64_t{1234}) : way == 1 ? Value(2.5) : Value();
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                l.append(added);
+                return 7;
+            });
+            auto e = test::wait_for(c);
+            REQUIRE((e.signaled || e.exited));
+            INFO("way " << way << " crash point " << n);
+            REQUIRE(clean(l.verify()));
+            REQUIRE(heap_ok(seg));
+            std::vector<Value> after = before;
+            after.push_back(added);
+            const auto now = l.snapshot();
+            REQUIRE((now == before || now == after));
+            // The list works on.
+            for (std::int64_t i = 0; i < 40; ++i) l.append(i);
+            drain(seg, d);
+            REQUIRE(clean(l.verify()));
+            REQUIRE(heap_ok(seg));
+            if (e.exited) {
+                REQUIRE(e.code == 7);
+                REQUIRE(now == after);
+                break;
+            }
+            ++killed;
+        }
+        INFO("way " << way);
+        CHECK(killed >= 2);  // before and after the store that publishes it, at least
+    }
+}
+
 TEST_CASE("an append that grows the table, killed at every crash point: before or after, never between",
           "[container][list][crash]") {
     test::ShmDir dir;

@@ -107,6 +107,25 @@ List List::open(Segment& seg, std::string_view name) {
 }
 
 void List::append(const Value& v) {
+    const VT ty = v.type();
+    if (ty == VT::null || ty == VT::boolean || ty == VT::integer || ty == VT::real) {
+        // The common case on its own: a scalar (nothing to allocate) into
+        // spare capacity, with no garbage to collect. The same steps as
+        // list_append(), one transaction, without the general machinery.
+        Op op(ref_.seg);
+        CHdr* c = op.hdr(ref_.offset, kListMagic);
+        const std::uint64_t n = rd(c->count);
+        if (n < rd(c->capacity) && rd(op.h->garbage_head) == 0) {
+            const auto mv = op.encode(v);
+            Cell& cell = op.cells(c)[n];
+            raw(cell.meta, mv.first);
+            raw(cell.data, mv.second);
+            op.t.store_last(c->count, n + 1);
+            op.t.commit();
+            return;
+        }
+        op.t.commit();  // changed nothing: growth or garbage first, below
+    }
     Value scratch;
     const Value& pv = prepare(v, scratch);
     run(ref_.seg, [&](Op& op) { op.list_append(ref_.offset, pv); });
