@@ -359,8 +359,11 @@ struct KvAsync {
     std::string subject_prefix;  // "$KV.<bucket>."
     std::string id_prefix;       // message ids: unique per handle
     std::uint64_t sets = 0;
-    // The number of the last pipelined set of each key since the last
-    // settle: an earlier one that got no answer is not sent again.
+    // The number of the last pipelined set of each key not yet confirmed:
+    // an earlier one that got no answer is not sent again. (Its own lock:
+    // the answers' handler prunes it while set_async() may wait, holding mu,
+    // for room among the answers.)
+    std::mutex last_mu;
     std::unordered_map<std::string, std::uint64_t> last;
     std::atomic<std::uint64_t> unflushed{0};
     struct Unsent {
@@ -396,8 +399,13 @@ void on_set_answer(jsCtx*, natsMsg* m, jsPubAck* pa, jsPubAckErr* pae, void* clo
     auto* s = static_cast<KvState*>(closure);
     KvAsync& a = *s->async;
     if (pa) {
+        const KvAsync::Unsent u = a.unsent(m);
+        {
+            std::lock_guard<std::mutex> g(a.last_mu);
+            auto it = a.last.find(u.key);
+            if (it != a.last.end() && it->second == u.n) a.last.erase(it);
+        }
         if (Mirror* mr = s->mirror.get()) {
-            const KvAsync::Unsent u = a.unsent(m);
             std::lock_guard<std::mutex> g(mr->mu);
             mr->settled(u.key, pa->Sequence, u.value);
             mr->cv.notify_all();
@@ -465,7 +473,13 @@ void settle(KvState& s) {
     for (std::size_t i = 0; i < again.size(); ++i) {
         const KvAsync::Unsent& u = again[i];
         std::uint64_t rev = 0;
-        if (a.last[u.key] == u.n) {
+        bool latest;
+        {
+            std::lock_guard<std::mutex> g(a.last_mu);
+            auto it = a.last.find(u.key);
+            latest = it != a.last.end() && it->second == u.n;
+        }
+        if (latest) {
             try {
                 rev = set_with_id(s, u.key, u.value, a.id(u.n));
             } catch (...) {
@@ -481,7 +495,10 @@ void settle(KvState& s) {
             m->cv.notify_all();
         }
     }
-    a.last.clear();
+    {
+        std::lock_guard<std::mutex> g(a.last_mu);
+        a.last.clear();
+    }
     a.unflushed = 0;
 }
 
@@ -618,7 +635,10 @@ void Dict::set_async(std::string_view key, const Value& v) {
     detail::ensure_js(s);
     const std::uint64_t n = ++a.sets;
     const std::string id = a.id(n);
-    a.last[k] = n;
+    {
+        std::lock_guard<std::mutex> lg(a.last_mu);
+        a.last[k] = n;
+    }
     if (Mirror* m = s.mirror.get()) {
         std::lock_guard<std::mutex> mg(m->mu);
         m->expect(k, bytes);
