@@ -25,7 +25,6 @@ struct Where {
         return s + "['" + std::string(key) + "']";
     }
     friend std::string operator+(const Where& w, const char* tail) { return w.str() + tail; }
-    friend std::string operator+(const Where& w, const std::string& tail) { return w.str() + tail; }
 };
 
 struct Verifier {
