@@ -11,16 +11,9 @@ namespace containers {
 
 // Make the content of a new cell for v (allocating what it needs).
 std::pair<std::uint64_t, std::uint64_t> Op::encode(const Value& v) {
+    std::pair<std::uint64_t, std::uint64_t> mv;
+    if (detail::ValueAccess::scalar_cell(v, mv)) return mv;
     switch (v.type()) {
-        case VT::null: return {0, 0};
-        case VT::boolean: return {std::uint64_t(VT::boolean), v.as_bool() ? 1u : 0u};
-        case VT::integer: return {std::uint64_t(VT::integer), static_cast<std::uint64_t>(v.as_int())};
-        case VT::real: {
-            double d = v.as_double();
-            std::uint64_t bits;
-            std::memcpy(&bits, &d, sizeof bits);
-            return {std::uint64_t(VT::real), bits};
-        }
         case VT::string:
         case VT::bytes: {
             const std::string& s = v.type() == VT::string ? v.as_string() : v.as_bytes();
@@ -53,6 +46,7 @@ std::pair<std::uint64_t, std::uint64_t> Op::encode(const Value& v) {
             batch = was_batch;
             return {std::uint64_t(v.type()), c};
         }
+        default: break;  // the scalars: above
     }
     throw value_type_error("shm::Value: unknown type");
 }

@@ -107,16 +107,16 @@ List List::open(Segment& seg, std::string_view name) {
 }
 
 void List::append(const Value& v) {
-    const VT ty = v.type();
-    if (ty == VT::null || ty == VT::boolean || ty == VT::integer || ty == VT::real) {
-        // The common case on its own: a scalar (nothing to allocate) into
-        // spare capacity, with no garbage to collect. The same steps as
-        // list_append(), one transaction, without the general machinery.
+    std::pair<std::uint64_t, std::uint64_t> mv;
+    if (detail::ValueAccess::scalar_cell(v, mv)) {
+        // The common case on its own: a scalar (nothing to allocate, encoded
+        // before the lock) into spare capacity, with no garbage to collect.
+        // The same steps as list_append(), one transaction, without the
+        // general machinery.
         Op op(ref_.seg);
         CHdr* c = op.hdr(ref_.offset, kListMagic);
         const std::uint64_t n = rd(c->count);
         if (n < rd(c->capacity) && rd(op.h->garbage_head) == 0) {
-            const auto mv = op.encode(v);
             Cell& cell = op.cells(c)[n];
             raw(cell.meta, mv.first);
             raw(cell.data, mv.second);
