@@ -63,44 +63,22 @@ std::uint64_t Op::alloc(std::size_t n, const char* what) {
     return off;
 }
 
-// The container header at off, checked on every use (a few compares):
-// its table, count and capacity are what every read below follows.
-namespace {
-// The checks of Op::hdr for one kind of container. Esz is a constant, so the
-// divisions by it are shifts and multiplications: a 64-bit division by a
-// value known only at run time costs as much as the whole append path's
-// lock (this runs on every operation).
-template <std::uint64_t Esz>
-bool header_sound(Header* h, const CHdr* c, bool dict) {
-    const std::uint64_t cap = rd(c->capacity), tab = rd(c->table), n = rd(c->count);
-    if (n > cap || (dict && ((cap & (cap - 1)) != 0 || rd(c->used) > cap))) return false;
-    if (!cap) return true;
-    // Appends write past the count with plain stores: the capacity must be
-    // room the table's own heap block has, never a neighbour's.
-    return tab % 8 == 0 && layout::in_heap(h, tab, cap, Esz) &&
-           heap::payload_room(h, tab) / Esz >= cap;
-}
-}  // namespace
-
-CHdr* Op::hdr(std::uint64_t off, std::uint64_t magic) const {
+// What Op::hdr found wrong with the header at off, as an error.
+void Op::bad_header(std::uint64_t off, std::uint64_t magic) const {
     const bool dict = magic == kDictMagic;
     const char* kind = dict ? "dict" : "list";
     if (off % 8 != 0 || !layout::in_heap(h, off, sizeof(CHdr)))
         throw corrupted(where() + ": container handle points outside the heap");
     CHdr* c = at<CHdr>(off);
-    if (rd(c->magic) != magic)
-        throw corrupted(where() + ": no " + kind + " at this handle (destroyed?)");
-    if (!(dict ? header_sound<sizeof(DEntry)>(h, c, true) : header_sound<sizeof(Cell)>(h, c, false))) {
-        const std::uint64_t cap = rd(c->capacity), tab = rd(c->table), n = rd(c->count);
-        const std::uint64_t esz = dict ? sizeof(DEntry) : sizeof(Cell);
-        if (n <= cap && cap && tab % 8 == 0 && layout::in_heap(h, tab, cap, esz) &&
-            !(dict && ((cap & (cap - 1)) != 0 || rd(c->used) > cap)))
-            throw corrupted(where() + ": a " + kind + "'s table (at " + std::to_string(tab) +
-                            ") is not a heap block of " + std::to_string(cap) + " entries");
-        throw corrupted(where() + ": a " + kind + "'s header is corrupt (count " + std::to_string(n) +
-                        ", capacity " + std::to_string(cap) + ", table at " + std::to_string(tab) + ")");
-    }
-    return c;
+    if (rd(c->magic) != magic) throw corrupted(where() + ": no " + kind + " at this handle (destroyed?)");
+    const std::uint64_t cap = rd(c->capacity), tab = rd(c->table), n = rd(c->count);
+    const std::uint64_t esz = dict ? sizeof(DEntry) : sizeof(Cell);
+    if (n <= cap && cap && tab % 8 == 0 && layout::in_heap(h, tab, cap, esz) &&
+        !(dict && ((cap & (cap - 1)) != 0 || rd(c->used) > cap)))
+        throw corrupted(where() + ": a " + kind + "'s table (at " + std::to_string(tab) + ") is not a heap block of " +
+                        std::to_string(cap) + " entries");
+    throw corrupted(where() + ": a " + kind + "'s header is corrupt (count " + std::to_string(n) + ", capacity " +
+                    std::to_string(cap) + ", table at " + std::to_string(tab) + ")");
 }
 
 // The bytes of a dict key, checked against the heap.

@@ -62,6 +62,22 @@ inline detail::SegmentState& attached(const std::shared_ptr<detail::SegmentState
     return *s;
 }
 
+// Whether a container header's count, capacity and table can be followed:
+// the count within the capacity, and the capacity room the table's own heap
+// block has (appends write past the count with plain stores: never into a
+// neighbour). Esz is a constant, so the divisions by it are shifts and
+// multiplications: a 64-bit division by a value known only at run time costs
+// as much as the whole append path's lock (this runs on every operation).
+template <std::uint64_t Esz>
+bool header_sound(Header* h, const CHdr* c, bool dict) {
+    const std::uint64_t cap = rd(c->capacity), tab = rd(c->table), n = rd(c->count);
+    if (n > cap || (dict && ((cap & (cap - 1)) != 0 || rd(c->used) > cap))) return false;
+    if (!cap) return true;
+    // payload_room() is 0 unless tab starts a live block inside the heap, so
+    // this also puts the whole table inside the heap.
+    return heap::payload_room(h, tab) / Esz >= cap;
+}
+
 // One operation on a container of a segment: the transaction plus helpers.
 struct Op {
     const std::shared_ptr<detail::SegmentState>& seg;  // held by the handle operated on
@@ -92,7 +108,16 @@ struct Op {
     void free_block(std::uint64_t off) { heap::deallocate(t, off); }
     // The container header at off, checked on every use (a few compares):
     // its table, count and capacity are what every read below follows.
-    CHdr* hdr(std::uint64_t off, std::uint64_t magic) const;
+    // Inline (every operation asks it); what is wrong is told out of line.
+    CHdr* hdr(std::uint64_t off, std::uint64_t magic) const {
+        CHdr* c = at<CHdr>(off);
+        if (off % 8 == 0 && layout::in_heap(h, off, sizeof(CHdr)) && rd(c->magic) == magic &&
+            (magic == kDictMagic ? header_sound<sizeof(DEntry)>(h, c, true) : header_sound<sizeof(Cell)>(h, c, false)))
+            [[likely]]
+            return c;
+        bad_header(off, magic);
+    }
+    [[noreturn]] void bad_header(std::uint64_t off, std::uint64_t magic) const;
     // The bytes of a dict key, checked against the heap.
     const char* key_bytes(const DEntry& e) const;
     std::uint64_t new_container(std::uint64_t magic);

@@ -337,15 +337,6 @@ bool expand(Txn& t, std::uint64_t p, std::size_t bytes) {
     return true;
 }
 
-std::uint64_t payload_room(Header* h, std::uint64_t p) {
-    if (p % 16 != 0 || p < heap_begin(h) + 16 || p >= heap_end(h)) return 0;
-    const std::uint64_t b = p - 16, w = load(h, b);
-    if (w & (kFree | kShim)) return 0;
-    const std::uint64_t size = w & ~kFlagMask;
-    if (size < kMinBlock || size > heap_end(h) - b) return 0;
-    return size - 16;
-}
-
 void deallocate(Txn& t, std::uint64_t p) {
     Header* h = t.header();
     std::uint64_t b = live_block(h, p);

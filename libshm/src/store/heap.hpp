@@ -47,6 +47,7 @@
 // set iff bin k is not empty. Adjacent free blocks are always merged.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -58,6 +59,15 @@
 #include "store/layout.hpp"
 
 namespace shm::heap {
+
+namespace detail {
+// The block format's flags and smallest block (the rest of what the
+// allocator knows of it is in heap_blocks.hpp, private to the store layer).
+constexpr std::uint64_t kFree = 1;
+constexpr std::uint64_t kShim = 2;  // word before an over-aligned payload
+constexpr std::uint64_t kFlagMask = 15;
+constexpr std::uint64_t kMinBlock = 32;
+}  // namespace detail
 
 // Process-local lists of a transaction, kept inline while small: most
 // operations allocate and free a block or two, and should not pay malloc.
@@ -198,7 +208,19 @@ bool expand(Txn& t, std::uint64_t p, std::size_t bytes);
 // over-aligned shim), read from its header; 0 where p is not such a block.
 // A quick check for callers that keep a capacity of their own beside a
 // block (it does not walk the heap: heap::verify() does).
-std::uint64_t payload_room(layout::Header* h, std::uint64_t p);
+// Inline: every container operation asks it of its table.
+inline std::uint64_t payload_room(layout::Header* h, std::uint64_t p) {
+    const std::uint64_t begin = h->heap_offset, end = begin + h->heap_size;
+    if (p % 16 != 0 || p < begin + 16 || p >= end) return 0;
+    const std::uint64_t b = p - 16;
+    const std::uint64_t w =
+        reinterpret_cast<const std::atomic<std::uint64_t>*>(reinterpret_cast<const char*>(h) + b)
+            ->load(std::memory_order_relaxed);  // under the heap lock
+    if (w & (detail::kFree | detail::kShim)) return 0;
+    const std::uint64_t size = w & ~detail::kFlagMask;
+    if (size < detail::kMinBlock || size > end - b) return 0;
+    return size - 16;
+}
 // Largest request allocate() could satisfy right now.
 std::uint64_t largest_free(layout::Header* h);
 

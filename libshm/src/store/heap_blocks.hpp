@@ -13,10 +13,7 @@ namespace shm::heap::detail {
 
 using layout::Header;
 
-constexpr std::uint64_t kFree = 1;
-constexpr std::uint64_t kShim = 2;  // word before an over-aligned payload
-constexpr std::uint64_t kFlagMask = 15;
-constexpr std::uint64_t kMinBlock = 32;
+// kFree, kShim, kFlagMask and kMinBlock: heap.hpp.
 constexpr std::uint64_t kShimMagic = 0x6d696873'6d687362ull;
 
 // J1 and J2 only save journal entries (an entry too many is harmless: replay
