@@ -111,21 +111,23 @@ void List::append(const Value& v) {
     if (detail::ValueAccess::scalar_cell(v, mv)) {
         // The common case on its own: a scalar (nothing to allocate, encoded
         // before the lock) into spare capacity, with no garbage to collect.
-        // The same steps as list_append(), one transaction, without the
-        // general machinery.
-        Op op(ref_.seg);
-        CHdr* c = op.hdr(ref_.offset, kListMagic);
-        const std::uint64_t n = rd(c->count);
-        if (n < rd(c->capacity) && rd(op.h->garbage_head) == 0) {
-            Cell& cell = op.cells(c)[n];
-            raw(cell.meta, mv.first);
-            raw(cell.data, mv.second);
-            op.t.store_last(c->count, n + 1);
-            op.t.commit();
-            return;
+        // The same steps as list_append(), committed by the one store of the
+        // count, without a journal. A header in doubt goes the general way,
+        // which says what is wrong with it.
+        detail::SegmentState& s = attached(ref_.seg);
+        Header* h = s.hdr();
+        heap::OneStore t(h);
+        if (CHdr* c = sound_header(h, s.base(), ref_.offset, kListMagic)) {
+            const std::uint64_t n = rd(c->count);
+            if (n < rd(c->capacity) && rd(h->garbage_head) == 0) {
+                Cell& cell = reinterpret_cast<Cell*>(s.base() + rd(c->table))[n];
+                raw(cell.meta, mv.first);
+                raw(cell.data, mv.second);
+                t.commit(c->count, n + 1);
+                return;
+            }
         }
-        op.t.commit();  // changed nothing: growth or garbage first, below
-    }
+    }  // changed nothing: growth, garbage first or a header in doubt, below
     Value scratch;
     const Value& pv = prepare(v, scratch);
     run(ref_.seg, [&](Op& op) { op.list_append(ref_.offset, pv); });

@@ -78,6 +78,17 @@ bool header_sound(Header* h, const CHdr* c, bool dict) {
     return heap::payload_room(h, tab) / Esz >= cap;
 }
 
+// The container header at off, if it is a sound one of the kind `magic`
+// says; else nullptr (Op::hdr says what is wrong).
+inline CHdr* sound_header(Header* h, char* base, std::uint64_t off, std::uint64_t magic) {
+    CHdr* c = reinterpret_cast<CHdr*>(base + off);
+    if (off % 8 == 0 && layout::in_heap(h, off, sizeof(CHdr)) && rd(c->magic) == magic &&
+        (magic == kDictMagic ? header_sound<sizeof(DEntry)>(h, c, true) : header_sound<sizeof(Cell)>(h, c, false)))
+        [[likely]]
+        return c;
+    return nullptr;
+}
+
 // One operation on a container of a segment: the transaction plus helpers.
 struct Op {
     const std::shared_ptr<detail::SegmentState>& seg;  // held by the handle operated on
@@ -110,10 +121,7 @@ struct Op {
     // its table, count and capacity are what every read below follows.
     // Inline (every operation asks it); what is wrong is told out of line.
     CHdr* hdr(std::uint64_t off, std::uint64_t magic) const {
-        CHdr* c = at<CHdr>(off);
-        if (off % 8 == 0 && layout::in_heap(h, off, sizeof(CHdr)) && rd(c->magic) == magic &&
-            (magic == kDictMagic ? header_sound<sizeof(DEntry)>(h, c, true) : header_sound<sizeof(Cell)>(h, c, false)))
-            [[likely]]
+        if (CHdr* c = sound_header(h, base, off, magic)) [[likely]]
             return c;
         bad_header(off, magic);
     }

@@ -186,6 +186,26 @@ private:
     Large& large();
 };
 
+// An operation whose only change is one store that commits it by itself,
+// as Txn::store_last() does when nothing is journaled: the heap lock (a
+// dead holder's journal rolled back first, as Txn does), then plain writes
+// to memory nothing reaches yet, then commit(). No journal, no frees, no
+// allocation: for the hottest path (a scalar appended into spare room);
+// anything more is a Txn. Releasing it without commit() changes nothing.
+class OneStore {
+public:
+    explicit OneStore(layout::Header* h);
+    ~OneStore();  // unlocks
+    OneStore(const OneStore&) = delete;
+    OneStore& operator=(const OneStore&) = delete;
+    // Release: the plain writes the store makes reachable come first;
+    // partner: the next lock holder's reads.
+    void commit(std::atomic<std::uint64_t>& word, std::uint64_t value);
+
+private:
+    layout::Header* h_;
+};
+
 // Lay out an empty heap. Called by the creator before the segment is ready.
 void init(layout::Header* h);
 

@@ -18,7 +18,9 @@ using namespace detail;
 // ---- transactions -------------------------------------------------------
 
 
-Txn::Txn(Header* h) : h_(h) {
+namespace {
+// Lock the heap; roll back what a dead holder left (true if it did).
+bool lock_and_recover(Header* h) {
     Mutex& m = layout::heap_lock(h);
     m.lock();
     // Acquire: the count and entries were published by a dead holder's
@@ -30,8 +32,22 @@ Txn::Txn(Header* h) : h_(h) {
             m.unlock();
             throw;
         }
-        recovered_ = true;
+        return true;
     }
+    return false;
+}
+}  // namespace
+
+Txn::Txn(Header* h) : h_(h) { recovered_ = lock_and_recover(h); }
+
+OneStore::OneStore(Header* h) : h_(h) { lock_and_recover(h); }
+
+OneStore::~OneStore() { layout::heap_lock(h_).unlock(); }
+
+void OneStore::commit(std::atomic<std::uint64_t>& w, std::uint64_t value) {
+    crash_point();
+    w.store(value, std::memory_order_release);
+    crash_point();
 }
 
 Txn::~Txn() {
