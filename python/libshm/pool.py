@@ -42,6 +42,7 @@ __all__ = ["Pool", "ProcessPoolExecutor", "WorkerLostError", "AsyncResult"]
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _MAP, _STARMAP, _APPLY = 0, 1, 2
 _POLL = 0.05  # how often the pool's thread looks at its workers
+_REAP_WAIT = 5.0  # the longest wait for a dead worker's exit status (it comes at once)
 
 # Parcels. The feeder sends a job's chunks to the workers in parcels of
 # several consecutive chunks, one task queue item each, so that a tiny task
@@ -537,6 +538,17 @@ class Pool:
 
     def _lost(self, job, index, pid, tries):
         code = self._exits.get(pid)
+        if code is None:
+            # The task queue may report a death this thread has not reaped
+            # yet (the worker died after this round looked at the workers,
+            # or is still exiting): wait for its exit status, which comes at
+            # once for a process that is dying; _check_workers reaps it as
+            # usual.
+            for p in self._pool:
+                if p.pid == pid:
+                    p.join(_REAP_WAIT)
+                    code = p.exitcode
+                    break
         if code is not None and code < 0:
             how = f"killed by {signal.Signals(-code).name}"
         elif code is not None:
