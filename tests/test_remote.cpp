@@ -1372,8 +1372,19 @@ void transfer_with_a_leader_killed(bool pipelined, int default_items) {
     CHECK(producer_exit == 0);
     const int acknowledged = ::access(progress.c_str(), F_OK) == 0 ? std::stoi(read_text(progress)) : 0;
     CHECK(acknowledged == n);
-    // Everything acknowledged by the consumers (redeliveries included), then stop them.
-    CHECK(test::eventually([&] { return q.unfinished() == 0; }, 300s));
+    // Everything acknowledged by the consumers (redeliveries included):
+    // nothing waiting, nothing leased. Then stop them.
+    CHECK(test::eventually([&] { return q.qsize() == 0 && q.leased() == 0; }, 300s));
+    // And nothing left in the stream. A replicated work-queue stream of
+    // nats-server before 2.11 may keep a few items whose acknowledgement
+    // it took when its leader changed (acknowledged, never delivered
+    // again, but not removed: upstream issue 5148, fixed by pull request
+    // 6140); unfinished() counts them. Checked on a fixed server only.
+    const int version = test::nats_server_version();
+    const std::size_t left = q.unfinished();
+    INFO("items left in the stream: " << left << " (nats-server version " << version << ")");
+    if (version == 0 || version >= 21100) CHECK(left == 0);
+    else if (left != 0) WARN("nats-server kept " << left << " acknowledged items in the stream");
     write_file(done, "");
     for (int c = 0; c < consumers; ++c) {
         INFO("consumer " << c << " log: " << read_text(tmp.path + "/consumer" + std::to_string(c) + ".log"));
@@ -1413,7 +1424,6 @@ void transfer_with_a_leader_killed(bool pipelined, int default_items) {
     // acknowledgement it had confirmed when the consumer's leader changes
     // (fixed upstream by nats-server pull requests 5419 and 5482): on such
     // a server a few in a thousand are allowed, none on a fixed one.
-    const int version = test::nats_server_version();
     const int allowed = version != 0 && version < 21017 ? n / 1000 : 0;
     INFO("nats-server version " << version << ": " << allowed << " allowed");
     CHECK(duplicated_confirmed <= allowed);
