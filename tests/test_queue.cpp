@@ -93,6 +93,28 @@ TEST_CASE("queue basics: FIFO, full, empty, sizes and limits", "[queue]") {
     REQUIRE_THROWS_AS(shm::Queue::create(seg, "bad", bad), shm::error);
 }
 
+TEST_CASE("a reused buffer takes each item whole whatever size it had", "[queue]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("q", kSize);
+    shm::Queue q = shm::Queue::create(seg, "jobs");
+    // Same size as the buffer (copied in place), longer, shorter, empty,
+    // and same size again after a shorter one.
+    const std::vector<std::string> items = {"abcd", "wxyz", "a longer item than four", "ab", "", "efgh", "ijkl"};
+    std::string out = "0123";
+    for (const auto& it : items) q.put(it);
+    for (const auto& it : items) {
+        q.get(out);
+        CHECK(out == it);
+    }
+    // get_many into a vector whose strings keep their last sizes (its first
+    // item comes by the blocking get, the rest by the non-blocking one).
+    std::vector<std::string> batch = {"1234", "12", "", "123456789"};
+    for (const auto& it : items) q.put(it);
+    CHECK(q.get_many(batch, items.size(), 1s) == items.size());
+    CHECK(batch == items);
+    CHECK(q.empty());
+}
+
 namespace {
 struct Seen {
     static constexpr int kProducers = 4, kItems = 100000;

@@ -44,6 +44,17 @@ void release_slot(QueueControl* c, std::uint64_t h) {
 
 constexpr std::uint64_t kNoTicket = ~0ull;
 
+// An item into a caller's buffer. A buffer reused for items of one size
+// (the usual case) takes a plain copy: std::string::assign() runs about 70
+// instructions for a 64-byte item, a fifth of a get's own work.
+inline void copy_out(std::string& out, const void* data, std::size_t len) {
+    if (out.size() == len) {
+        if (len) std::memcpy(out.data(), data, len);
+    } else {
+        out.assign(static_cast<const char*>(data), len);
+    }
+}
+
 // A consumer that slept and got an item: if the next item is published too
 // and a consumer sleeps, wake one (a producer wakes one consumer per item,
 // and items published out of order, or a wake that went to a consumer that
@@ -172,7 +183,7 @@ Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
 bool Queue::get_until(std::string& out, const detail::Deadline& d) {
     View v = get_view(d, false);
     if (v.pos == kNoTicket) return false;
-    out.assign(static_cast<const char*>(v.data), v.len);
+    copy_out(out, v.data, v.len);
     release_view(v.pos, v.id);
     return true;
 }
@@ -186,7 +197,7 @@ std::string Queue::get() {
 
 void Queue::get(std::string& out) {
     View v = get_view(detail::Deadline::never(), true);
-    out.assign(static_cast<const char*>(v.data), v.len);
+    copy_out(out, v.data, v.len);
     release_view(v.pos, v.id);
 }
 
@@ -197,7 +208,7 @@ bool Queue::try_get_into(std::string& out) {
     if (pos == kNoTicket) return false;
     const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
     if (!item_ok(c_, item)) bad_item(pos, id, item);
-    out.assign(payload_at(c_, detail::item_start(item)), detail::item_len(item));
+    copy_out(out, payload_at(c_, detail::item_start(item)), detail::item_len(item));
     release_view(pos, id);
     return true;
 }
