@@ -71,6 +71,7 @@ void pass_wake_on(QueueControl* c) {
 // found the queue closed and drained (is_closed); false when empty:
 // `blocked` is the slot at head.
 [[gnu::always_inline]] inline bool try_claim_get(QueueControl* c, std::uint32_t id, std::uint64_t& got, bool& is_closed, Blocker& blocked) {
+    Backoff backoff;
     for (;;) {
         std::uint64_t H = c->head.load(std::memory_order_acquire);
         const std::uint64_t h = tk(H);
@@ -81,8 +82,10 @@ void pass_wake_on(QueueControl* c) {
             // Published, and head is at h: nobody has claimed it yet.
             if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
             if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
-                                               std::memory_order_relaxed))
+                                               std::memory_order_relaxed)) {
+                backoff.failed();
                 continue;
+            }
             crash_point();
             if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
             if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {

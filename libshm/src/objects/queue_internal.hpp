@@ -231,6 +231,22 @@ struct EpochSleep {
     void disarm() { mask.fetch_and(~bit, std::memory_order_seq_cst); }
 };
 
+// After a claim's compare-and-swap lost to another claimer's: pause before
+// the next try, twice as long after each loss in a row, up to kMaxPauses.
+// Two producers (or two consumers) that run at once on two CPUs otherwise
+// pull the cursor's cache line to and fro on every try and each claims
+// little; backing off lets the winner make a run of claims with the line
+// in its cache. A loss means another claim succeeded: the queue moves
+// meanwhile, and no state is held while pausing.
+struct Backoff {
+    static constexpr unsigned kMaxPauses = 1024;  // some tens of microseconds at most
+    unsigned n = 0;
+    void failed() {
+        n = n ? std::min(n * 2, kMaxPauses) : 1;
+        for (unsigned i = 0; i < n; ++i) platform::cpu_relax();
+    }
+};
+
 // Repairs of claims left by dead processes (queue_claims.cpp).
 bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_t me);
 

@@ -88,6 +88,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
                           std::uint64_t& F) {
     const auto cap = static_cast<std::int64_t>(c->capacity);
     const auto limit = static_cast<std::int64_t>(item_limit(c));
+    Backoff backoff;
     for (;;) {
         if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
         std::uint64_t T = c->tail.load(std::memory_order_acquire);
@@ -99,8 +100,10 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
             if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
             cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
             if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
-                                               std::memory_order_relaxed))
+                                               std::memory_order_relaxed)) {
+                backoff.failed();
                 continue;
+            }
             claimed(c, id, cl);
             return true;
         }
