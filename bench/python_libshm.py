@@ -453,8 +453,24 @@ def private_shm_dir():
 
     # Registered before libshm is imported: atexit runs it after libshm's own.
     atexit.register(remove)
-    # SIGTERM (run.py's time-out) leaves through atexit too.
+    # SIGTERM (run.py's time-out) leaves through atexit too, in this process
+    # alone. A forked child must die of it as it would without the handler:
+    # multiprocessing.Pool.terminate() SIGTERMs its workers, and one that
+    # raised SystemExit instead, or lost the signal (Python drops one that
+    # comes between the fork and its own reinitialisation), lived on,
+    # waiting for the task queue's lock that terminate() holds while it
+    # waits for the worker. So SIGTERM is held from before each fork until
+    # the child has the default disposition back, then let through.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    term = {signal.SIGTERM}
+
+    def child():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, term)
+
+    os.register_at_fork(before=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, term),
+                        after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, term),
+                        after_in_child=child)
 
 
 def emit(case, impl, value, unit, note):
