@@ -231,6 +231,15 @@ class Queue(_Remote):
         """Items waiting to be delivered (a snapshot from the servers)."""
         return self._h.qsize()
 
+    def leased(self):
+        """Not in multiprocessing: items delivered and not yet marked done
+        (got from a JoinableQueue and awaiting task_done(), or fetched
+        ahead by a get for the next ones), a snapshot from the servers. An
+        item whose lease runs out is delivered again. With qsize() == 0,
+        leased() == 0 says that nothing is left to get, and that no get
+        could still return an item."""
+        return self._h.leased()
+
     def empty(self):
         return self.qsize() == 0
 

@@ -238,6 +238,7 @@ PYBIND11_MODULE(_remote, m) {
              "timeout"_a = py::none())
         .def("qsize", [](const rm::Queue& q) { return without_gil([&] { return q.qsize(); }); })
         .def("full", [](const rm::Queue& q) { return without_gil([&] { return q.full(); }); })
+        .def("leased", [](const rm::Queue& q) { return without_gil([&] { return q.leased(); }); })
         .def("unfinished", [](const rm::Queue& q) { return without_gil([&] { return q.unfinished(); }); })
         .def("purge", [](rm::Queue& q) { without_gil([&] { q.purge(); }); })
         .def_property_readonly("max_items", &rm::Queue::max_items)

@@ -362,6 +362,28 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
         with self.assertRaises(queue.Empty):
             q.get(timeout=0.5)
 
+    def test_leased_counts_items_got_and_not_done(self):
+        # What a reader needs to tell an empty queue from one whose items
+        # are out with consumers (a get's time-out cannot: it also runs out
+        # while the servers elect a leader).
+        q = self.ctx.JoinableQueue()
+        self.assertEqual((q.qsize(), q.leased()), (0, 0))
+        for i in range(3):
+            q.put(i)
+        self.assertEqual((q.qsize(), q.leased()), (3, 0))
+        self.assertEqual(q.get(timeout=CAP), 0)
+        # A get may fetch the next items ahead: leased, no longer waiting.
+        self.assertGreaterEqual(q.leased(), 1)
+        self.assertEqual(q.qsize() + q.leased(), 3)
+        self.assertEqual([q.get(timeout=CAP) for _ in range(2)], [1, 2])
+        self.assertEqual((q.qsize(), q.leased()), (0, 3))
+        q.task_done()
+        self.assertEqual(q.leased(), 2)
+        q.task_done()
+        q.task_done()
+        self.assertEqual((q.qsize(), q.leased()), (0, 0))
+        self.assertTrue(q.join(timeout=CAP))
+
     def test_killed_holder_lock_free_after_lease_with_larger_token(self):
         lock, out = self.ctx.Lock(lease=1.0), self.ctx.Queue()
         p = self.spawn(_lock_and_hang, lock, out)
