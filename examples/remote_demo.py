@@ -11,8 +11,9 @@ SIGKILLed. The jobs the killed consumer held come back once their lease
 runs out, and the other consumers finish them; the producer's and the
 consumers' connections fail over to the servers left.
 
-At the end it counts what was recorded: every job at least once (lost
-must be 0); a job recorded twice is one delivered again because its
+At the end it reads every record (until the servers say none is left:
+a get's time-out alone is no proof, as it also runs out while they elect
+a leader) and counts: every job at least once (lost must be 0); a job recorded twice is one delivered again because its
 lease ran out before task_done(): its consumer was killed after recording
 it, or was held up longer than the lease (waiting out the election of new
 leaders after the server's loss). That is at-least-once delivery. Exit status 0 when nothing was lost (77 without
@@ -59,6 +60,7 @@ def retrying(what, fn, *args, **kwargs):
 def consumer(ctx, jobs, done, stop, ready, index):
     retrying(f"consumer {index}: connect", lambda: (stop.is_set(), done.qsize()))  # open this process's handles
     retrying(f"consumer {index}: ready", ready.put, index)
+    failing_since = None
     while True:
         try:
             try:
@@ -69,13 +71,34 @@ def consumer(ctx, jobs, done, stop, ready, index):
                 continue
             done.put((job, index))
             jobs.task_done()
+            failing_since = None
         except libshm.Error as e:
             # Servers electing a new leader after the loss of one: the
-            # client fails over; try again. A job got and not marked done
-            # comes back after its lease (recorded twice if the record
-            # went through).
+            # client fails over; try again, up to the cap (the servers
+            # gone for good). A job got and not marked done comes back
+            # after its lease (recorded twice if the record went through).
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > CAP:
+                raise
             print(f"  consumer {index}: {e.strerror}; again", flush=True)
             time.sleep(0.5)
+
+
+def drain(q):
+    """Every item left on q. A get's time-out is no proof that nothing is
+    left: it also runs out while the servers elect a new leader for the
+    queue (seconds, after the loss of a server). The end is the servers'
+    word: nothing waiting and nothing out with a reader (qsize() and
+    leased() both 0)."""
+    items = []
+    while True:
+        try:
+            items.append(retrying("get a record", q.get, timeout=2.0))
+        except queue.Empty:
+            left = retrying("count the records left", lambda: q.qsize() + q.leased())
+            if left == 0:
+                return items
+            print(f"  get a record: none came within 2 s, but the servers hold {left} more; again", flush=True)
 
 
 def main():
@@ -100,56 +123,63 @@ def main():
         print(f"  queue {jobs.name!r}: 3 replicas, a job leased for {LEASE:g} s until task_done()")
 
         ps = [ctx.Process(target=consumer, args=(ctx, jobs, done, stop, ready, i)) for i in range(a.consumers)]
-        for p in ps:
-            p.start()
-        for _ in ps:
-            ready.get(timeout=CAP)
-        print(f"{a.consumers} consumer processes connected: pids {[p.pid for p in ps]}")
+        try:
+            return run(a, cluster, ctx, jobs, done, stop, ready, ps)
+        finally:
+            for p in ps:  # a step that failed for good leaves none behind
+                if p.is_alive():
+                    p.kill()
+                    p.join()
 
-        killed_server = killed_consumer = None
-        t0 = time.monotonic()
-        for i in range(a.jobs):
-            retrying(f"put {i}", jobs.put, i)
-            if i == a.jobs // 3:
-                killed_server = cluster.members[1]
-                print(f"after {i + 1} jobs put: SIGKILL nats-server {killed_server.name} (pid {killed_server.proc.pid})")
-                cluster.kill(1)
-            if i == a.jobs // 2:
-                killed_consumer = ps[0]
-                print(f"after {i + 1} jobs put: SIGKILL consumer 0 (pid {killed_consumer.pid})")
-                os.kill(killed_consumer.pid, signal.SIGKILL)
-        print(f"all {a.jobs} jobs put in {time.monotonic() - t0:.1f} s; waiting for every job to be done (join)")
-        if not retrying("join", jobs.join, timeout=CAP):
-            print("remote_demo: jobs still unfinished after the cap", file=sys.stderr)
-        retrying("stop", stop.set)
-        for p in ps:
-            p.join(CAP)
-            if p.is_alive():
-                p.kill()
-                p.join()
 
-        recorded = []
-        while True:
-            try:
-                recorded.append(retrying("get a record", done.get, timeout=2.0))
-            except queue.Empty:
-                break
-        seen = {}
-        for job, who in recorded:
-            seen.setdefault(job, []).append(who)
-        lost = [j for j in range(a.jobs) if j not in seen]
-        twice = {j: w for j, w in seen.items() if len(w) > 1}
-        by = {i: sum(1 for _, w in recorded if w == i) for i in range(a.consumers)}
-        print()
-        print(f"jobs put:             {a.jobs}")
-        print(f"records of jobs done: {len(recorded)}  (per consumer: {by}; consumer 0 was killed)")
-        print(f"distinct jobs done:   {len(seen)}")
-        again = f"  (job: by consumers {dict(sorted(twice.items())[:10])})" if twice else ""
-        print(f"delivered again:      {len(twice)} recorded twice, their lease out before task_done(){again}")
-        print(f"lost:                 {len(lost)}" + (f"  (jobs {lost[:10]})" if lost else ""))
-        for name in ("demo-jobs", "demo-done", "demo-stop", "demo-ready"):
-            retrying("remove", ctx.remove, name)
-        print("stopping the servers")
+def run(a, cluster, ctx, jobs, done, stop, ready, ps):
+    """Start the consumers, put the jobs, kill a server and a consumer, and
+    count what was done; 0 when nothing was lost."""
+    for p in ps:
+        p.start()
+    for _ in ps:
+        ready.get(timeout=CAP)
+    print(f"{a.consumers} consumer processes connected: pids {[p.pid for p in ps]}")
+
+    killed_server = killed_consumer = None
+    t0 = time.monotonic()
+    for i in range(a.jobs):
+        retrying(f"put {i}", jobs.put, i)
+        if i == a.jobs // 3:
+            killed_server = cluster.members[1]
+            print(f"after {i + 1} jobs put: SIGKILL nats-server {killed_server.name} (pid {killed_server.proc.pid})")
+            cluster.kill(1)
+        if i == a.jobs // 2:
+            killed_consumer = ps[0]
+            print(f"after {i + 1} jobs put: SIGKILL consumer 0 (pid {killed_consumer.pid})")
+            os.kill(killed_consumer.pid, signal.SIGKILL)
+    print(f"all {a.jobs} jobs put in {time.monotonic() - t0:.1f} s; waiting for every job to be done (join)")
+    if not retrying("join", jobs.join, timeout=CAP):
+        print("remote_demo: jobs still unfinished after the cap", file=sys.stderr)
+    retrying("stop", stop.set)
+    for p in ps:
+        p.join(CAP)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+    recorded = drain(done)
+    seen = {}
+    for job, who in recorded:
+        seen.setdefault(job, []).append(who)
+    lost = [j for j in range(a.jobs) if j not in seen]
+    twice = {j: w for j, w in seen.items() if len(w) > 1}
+    by = {i: sum(1 for _, w in recorded if w == i) for i in range(a.consumers)}
+    print()
+    print(f"jobs put:             {a.jobs}")
+    print(f"records of jobs done: {len(recorded)}  (per consumer: {by}; consumer 0 was killed)")
+    print(f"distinct jobs done:   {len(seen)}")
+    again = f"  (job: by consumers {dict(sorted(twice.items())[:10])})" if twice else ""
+    print(f"delivered again:      {len(twice)} recorded twice, their lease out before task_done(){again}")
+    print(f"lost:                 {len(lost)}" + (f"  (jobs {lost[:10]})" if lost else ""))
+    for name in ("demo-jobs", "demo-done", "demo-stop", "demo-ready"):
+        retrying("remove", ctx.remove, name)
+    print("stopping the servers")
     return 0 if not lost and len(seen) == a.jobs else 1
 
 
