@@ -365,8 +365,10 @@ class RemoteBehaviour(Behaviour, unittest.TestCase):
     def test_leased_counts_items_got_and_not_done(self):
         # What a reader needs to tell an empty queue from one whose items
         # are out with consumers (a get's time-out cannot: it also runs out
-        # while the servers elect a leader).
-        q = self.ctx.JoinableQueue()
+        # while the servers elect a leader). A lease far past the test's
+        # length: none runs out, whatever the machine's load (the context's
+        # is 2 s, and an item held half its lease is given back).
+        q = self.ctx.JoinableQueue(lease=10 * CAP)
         self.assertEqual((q.qsize(), q.leased()), (0, 0))
         for i in range(3):
             q.put(i)
