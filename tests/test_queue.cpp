@@ -49,6 +49,11 @@ bool asleep_in(shm::Segment& seg, const std::string& name, bool consumers) {
         }
     return false;
 }
+shm::detail::QueueControl* control_of(shm::Segment& seg, const std::string& name) {
+    for (const shm::ObjectInfo& o : seg.objects())
+        if (o.name == name) return static_cast<shm::detail::QueueControl*>(seg.at_offset(o.offset));
+    return nullptr;
+}
 }  // namespace
 
 TEST_CASE("queue basics: FIFO, full, empty, sizes and limits", "[queue]") {
@@ -781,7 +786,7 @@ struct Ledger {
 // each killed consumer may have taken, and that the queue still takes an
 // item of its whole byte budget. Items are 12 .. max_item bytes if `mixed`,
 // else exactly max_item bytes; mixed producers also use reserve/commit.
-void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
+void kill_test(const shm::QueueOptions& o, bool mixed, int rounds, std::uint32_t batch = 1) {
     constexpr std::uint64_t kMinAcked = 1000;
     test::ShmDir dir;
     auto seg = shm::Segment::create("crashq", 32 << 20);
@@ -794,7 +799,14 @@ void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
     };
     auto start_producer = [&](std::uint32_t inc) {
         return test::spawn([&, inc] {
-            for (std::uint32_t k = 0; k < Ledger::kPerProducer; ++k) {
+            std::vector<std::string> run;
+            for (std::uint32_t k = 0; batch > 1 && k < Ledger::kPerProducer;) {
+                run.clear();
+                for (; run.size() < batch && k < Ledger::kPerProducer; ++k) run.push_back(sized_item(inc, k, size_of(inc, k)));
+                q.put_many(run);
+                L.acked[inc].store(k);
+            }
+            for (std::uint32_t k = 0; batch == 1 && k < Ledger::kPerProducer; ++k) {
                 std::string s = sized_item(inc, k, size_of(inc, k));
                 if (mixed && k % 2) {
                     auto r = q.reserve(s.size());
@@ -818,8 +830,14 @@ void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
     };
     auto start_consumer = [&] {
         return test::spawn([&] {
+            std::vector<std::string> got;
             for (std::uint64_t n = 0;; ++n) {
-                if (n % 2) {
+                if (batch > 1 && n % 3 != 2) {
+                    // Runs of up to `batch`, and of 1 .. batch - 1 (every
+                    // other call) so that runs start at varied tickets.
+                    if (q.get_many(got, n % 3 ? batch : 1 + n % (batch - 1), 10s) == 0) return 0;
+                    for (const auto& s : got) record(s);
+                } else if (n % 2) {
                     auto s = q.get_for(10s);
                     if (!s) return 0;
                     record(*s);
@@ -873,7 +891,7 @@ void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
             delivered += d;
             if (d > 1) ++twice;
             if (k < a && d == 0) ++lost_acked;
-            if (k > a && d > 0) ++beyond_ack;  // only the one in flight (k == a) may appear unacked
+            if (k >= a + batch && d > 0) ++beyond_ack;  // only those in flight (a .. a + batch - 1) may appear unacked
         }
     }
     WARN("killed " << producer_kills << " producers and " << consumer_kills << " consumers; " << acked
@@ -882,8 +900,9 @@ void kill_test(const shm::QueueOptions& o, bool mixed, int rounds) {
     CHECK(L.torn == 0);
     CHECK(twice == 0);
     CHECK(beyond_ack == 0);
-    // Each killed consumer may have taken one item whole without recording it.
-    CHECK(lost_acked <= static_cast<std::uint64_t>(consumer_kills));
+    // Each killed consumer may have taken one item (or one run) whole
+    // without recording it.
+    CHECK(lost_acked <= static_cast<std::uint64_t>(consumer_kills) * batch);
     CHECK(acked >= kMinAcked);
     // The queue still works, is empty, and every byte comes back: an item
     // of the whole budget (which repairs what dead consumers left) fits.
@@ -912,6 +931,21 @@ TEST_CASE("200 SIGKILLs with a byte budget smaller than capacity x max_item_size
     o.max_item_size = 1024;
     o.max_bytes = 6000;  // a few items: bytes, not slots, run out
     kill_test(o, true, 200);
+}
+
+TEST_CASE("200 SIGKILLs of producers and consumers moving runs with put_many and get_many", "[queue][crash][batch]") {
+    shm::QueueOptions o;
+    o.capacity = 64;
+    o.max_item_size = 64;
+    kill_test(o, false, 200, 7);
+}
+
+TEST_CASE("200 SIGKILLs of runs of mixed sizes under a byte budget", "[queue][crash][bytes][batch]") {
+    shm::QueueOptions o;
+    o.capacity = 64;
+    o.max_item_size = 1024;
+    o.max_bytes = 6000;  // a run often finds room for only part of itself
+    kill_test(o, true, 200, 5);
 }
 
 namespace {
@@ -1025,6 +1059,235 @@ TEST_CASE("a process killed at every step of put, get and repair leaves whole it
     }
 }
 
+namespace {
+// Run n of producer p: `count` items of 200, 250, ... bytes.
+std::vector<std::string> sized_run(std::uint32_t p, std::uint32_t n, std::uint32_t count) {
+    std::vector<std::string> v;
+    for (std::uint32_t i = 0; i < count; ++i) v.push_back(sized_item(p, n * 16 + i, 200 + 50 * i));
+    return v;
+}
+bool all_sized(const std::vector<std::string>& v) {
+    for (const auto& s : v)
+        if (!check_sized(s)) return false;
+    return true;
+}
+}  // namespace
+
+// put_many() and get_many() claim a run of tickets with one CAS; the cursor
+// then names a batch, whose slots the next claimer (or a repairer) names
+// the claimer in, from the top down.
+TEST_CASE("a process killed at every step of put_many and get_many leaves whole items and all bytes",
+          "[queue][crash][batch]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("runs", kSize);
+    shm::QueueOptions o;
+    o.capacity = 16;
+    o.max_item_size = 2048;
+    o.max_bytes = 2048;
+    shm::Queue q = shm::Queue::create(seg, "q", o);
+    const std::uint64_t repairs0 = q.repairs();
+
+    SECTION("producers") {
+        int killed = 0;
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 60);
+            q.put(sized_item(0, 0, 300));  // bytes in use before, so the ring position moves
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                q.put_many(sized_run(1, static_cast<std::uint32_t>(n), 4));
+                return 0;
+            });
+            test::Exit e = test::wait_for(c, 10s);
+            REQUIRE((e.exited || e.signaled));
+            if (e.signaled) ++killed;
+            check_whole(q, 5);
+            if (e.exited) {
+                REQUIRE(e.code == 0);
+                break;
+            }
+        }
+        CHECK(killed >= 6);
+        CHECK(q.repairs() > repairs0);
+    }
+    SECTION("consumers") {
+        int killed = 0;
+        for (long n = 1;; ++n) {
+            REQUIRE(n < 60);
+            q.put_many(sized_run(2, static_cast<std::uint32_t>(n), 4));
+            pid_t c = test::spawn([&] {
+                shm::testing::kill_at_crash_point(n);
+                auto v = q.get_many(4, 10s);
+                return v.size() == 4 && all_sized(v) ? 0 : 1;
+            });
+            test::Exit e = test::wait_for(c, 10s);
+            REQUIRE((e.exited || e.signaled));
+            if (e.signaled) ++killed;
+            check_whole(q, 4);
+            if (e.exited) {
+                REQUIRE(e.code == 0);
+                break;
+            }
+        }
+        CHECK(killed >= 5);
+        CHECK(q.repairs() > repairs0);
+    }
+    // A claimer dies with its run claimed; the next claimer, a process that
+    // was already registered (a new one would inherit the dead one's id and
+    // repair it at once), hands the run over and is killed at every step
+    // of that. What is left must be repaired by whoever comes next.
+    for (const bool put : {true, false}) {
+        DYNAMIC_SECTION((put ? "the next producer" : "the next consumer") << " handing over a dead run") {
+            auto& step = seg.construct<std::atomic<int>>("step", 0);
+            int runs_left = 0;
+            for (long dead_step = 1;; ++dead_step) {
+                REQUIRE(dead_step < 40);
+                int killed = 0;
+                long n = 1;
+                bool dead_finished = false;
+                for (;; ++n) {
+                    INFO("run claimer killed at step " << dead_step << ", next claimer at step " << n);
+                    REQUIRE(n < 60);
+                    step = 0;
+                    pid_t w = test::spawn([&] {
+                        (void)q.try_get();  // registers
+                        step = 1;
+                        while (step.load() != 2) std::this_thread::yield();
+                        shm::testing::kill_at_crash_point(n);
+                        if (put) return q.put_for(sized_item(5, 0, 100), 10s) ? 0 : 1;
+                        auto s = q.get_for(10s);
+                        return s && check_sized(*s) ? 0 : 1;
+                    });
+                    REQUIRE(test::eventually([&] { return step.load() == 1; }));
+                    if (!put) q.put_many(sized_run(3, static_cast<std::uint32_t>(n), 3));
+                    pid_t a = test::spawn([&] {
+                        shm::testing::kill_at_crash_point(dead_step);
+                        if (put) {
+                            q.put_many(sized_run(4, static_cast<std::uint32_t>(n), 3));
+                            return 0;
+                        }
+                        return q.get_many(3, 10s).size() == 3 ? 0 : 1;
+                    });
+                    test::Exit ae = test::wait_for(a, 10s);
+                    REQUIRE((ae.exited || ae.signaled));
+                    dead_finished = ae.exited;
+                    if (!put) q.put(sized_item(5, 1, 100));  // for the next consumer
+                    step = 2;
+                    test::Exit e = test::wait_for(w, 10s);
+                    REQUIRE((e.exited || e.signaled));
+                    if (e.signaled) ++killed;
+                    check_whole(q, 5);
+                    if (dead_finished || e.exited) {
+                        if (e.exited) REQUIRE(e.code == 0);
+                        break;
+                    }
+                }
+                if (dead_finished) break;
+                ++runs_left;
+                CHECK(killed >= 1);
+            }
+            CHECK(runs_left >= 3);
+            CHECK(q.repairs() > repairs0);
+        }
+    }
+}
+
+// put_many() claims as many tickets as there is room for, and waits for
+// room only when not even one fits; get_many() takes the run published.
+TEST_CASE("put_many and get_many move runs whole and in order, within slots and bytes", "[queue][batch]") {
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("runs", kSize);
+    auto flags = [&](const char* name) {
+        shm::detail::QueueControl* c = control_of(seg, name);
+        return std::make_pair(c->tail.load() & shm::detail::kQueueBatchFlag, c->head.load() & shm::detail::kQueueBatchFlag);
+    };
+    SECTION("one claim for a run, in both directions") {
+        shm::Queue q = shm::Queue::create(seg, "q");
+        CHECK(q.put_many({"1", "2", "3"}) == 3);
+        CHECK(flags("q").first != 0);  // the tail names a batch
+        CHECK(q.get_many(3, 1s) == std::vector<std::string>{"1", "2", "3"});
+        CHECK(flags("q").second != 0);
+        q.put("4");  // one ticket: the tail names it alone
+        CHECK(flags("q").first == 0);
+        CHECK(q.get() == "4");
+        CHECK(flags("q").second == 0);
+        CHECK(q.bytes_used() == 0);
+    }
+    SECTION("a queue made before batch claims takes one ticket a claim") {
+        shm::Queue q = shm::Queue::create(seg, "old");
+        control_of(seg, "old")->magic = shm::kQueueMagicSingle;
+        shm::Queue again = shm::Queue::open(seg, "old");
+        CHECK(again.put_many({"1", "2", "3"}) == 3);
+        CHECK(flags("old").first == 0);
+        CHECK(again.get_many(3, 1s) == std::vector<std::string>{"1", "2", "3"});
+        CHECK(flags("old").second == 0);
+    }
+    SECTION("runs larger than the queue, across processes, exactly once and in order") {
+        shm::QueueOptions o;
+        o.capacity = 8;
+        o.max_item_size = 1024;
+        o.max_bytes = 3000;  // about four items of the larger sizes
+        shm::Queue q = shm::Queue::create(seg, "small", o);
+        constexpr std::uint32_t kProducers = 3, kRuns = 300;
+        struct Got {
+            std::atomic<std::uint8_t> n[kProducers][kRuns * 16];
+            std::atomic<int> bad{0}, out_of_order{0};
+        };
+        auto& got = seg.construct<Got>("got");
+        std::vector<pid_t> producers, consumers;
+        for (std::uint32_t p = 0; p < kProducers; ++p)
+            producers.push_back(test::spawn([&, p] {
+                for (std::uint32_t r = 0; r < kRuns; ++r) q.put_many(sized_run(p, r, 1 + (r + p) % 11));
+                return 0;
+            }));
+        for (int c = 0; c < 2; ++c)
+            consumers.push_back(test::spawn([&, c] {
+                std::vector<std::string> v;
+                std::uint32_t last[kProducers] = {};
+                bool any[kProducers] = {};
+                for (std::uint32_t i = 0;; ++i) {
+                    if (q.get_many(v, c ? 1 + i % 13 : 32, 10s) == 0) return q.closed() ? 0 : 1;
+                    for (const auto& s : v) {
+                        auto pk = check_sized(s);
+                        if (!pk || pk->first >= kProducers || pk->second >= kRuns * 16) {
+                            ++got.bad;
+                            continue;
+                        }
+                        auto [p, k] = *pk;
+                        if (any[p] && k <= last[p]) ++got.out_of_order;
+                        any[p] = true;
+                        last[p] = k;
+                        got.n[p][k].fetch_add(1);
+                    }
+                }
+            }));
+        for (pid_t p : producers) test::require_exit_ok(p, 300s);
+        q.close();
+        for (pid_t c : consumers) test::require_exit_ok(c, 300s);
+        int missing = 0, twice = 0;
+        for (std::uint32_t p = 0; p < kProducers; ++p)
+            for (std::uint32_t r = 0; r < kRuns; ++r)
+                for (std::uint32_t i = 0; i < 1 + (r + p) % 11; ++i) {
+                    const int n = got.n[p][r * 16 + i].load();
+                    if (n == 0) ++missing;
+                    if (n > 1) ++twice;
+                }
+        CHECK(missing == 0);
+        CHECK(twice == 0);
+        CHECK(got.bad == 0);
+        CHECK(got.out_of_order == 0);
+        CHECK(q.bytes_used() == 0);
+    }
+    SECTION("a closed queue takes no run, and a consumer drains what is there") {
+        shm::Queue q = shm::Queue::create(seg, "closing");
+        q.put_many({"a", "b"});
+        q.close();
+        CHECK_THROWS_AS(q.put_many({"c", "d"}), shm::closed);
+        CHECK(q.get_many(5, 1s) == std::vector<std::string>{"a", "b"});
+        CHECK(q.get_many(5, 1s).empty());
+        CHECK(q.qsize() == 0);
+    }
+}
+
 // A claim is named by its cursor (tail or head) until the next claim moves
 // the cursor on; that process hands the claim over to its slot first. These
 // kill the first claimer after the hand-over, and after a process has
@@ -1133,13 +1396,6 @@ TEST_CASE("a process that inherits a dead process's id repairs the claims its cu
     }
 }
 
-namespace {
-shm::detail::QueueControl* control_of(shm::Segment& seg, const std::string& name) {
-    for (const shm::ObjectInfo& o : seg.objects())
-        if (o.name == name) return static_cast<shm::detail::QueueControl*>(seg.at_offset(o.offset));
-    return nullptr;
-}
-}  // namespace
 
 TEST_CASE("actor records name a process by its pid and full start time", "[queue][liveness]") {
     test::ShmDir dir;

@@ -166,6 +166,7 @@ inline Outcome drive() {
             shm::Queue q = shm::Queue::open(seg, "q");
             (void)q.qsize();
             (void)q.bytes_used();
+            call(o, "Queue::get_many", [&] { (void)q.get_many(2, std::chrono::milliseconds(0)); });
             for (int i = 0; i < 4; ++i) call(o, "Queue::try_get", [&] { (void)q.try_get(); });
         });
         call(o, "WorkQueue", [&] {

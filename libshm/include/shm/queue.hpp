@@ -100,7 +100,10 @@ public:
     void put_nowait(std::string_view item);       // shm::full when full (of items or of bytes)
     // Puts items in order, blocking while full; returns how many (all). An
     // item over max_item_size or max_bytes refuses the call before any is
-    // put (shm::error, EMSGSIZE).
+    // put (shm::error, EMSGSIZE). As many items as there is room for are
+    // claimed at once, with one atomic step, and stay together in the queue;
+    // a process killed in the middle leaves the items it published and none
+    // of the rest.
     std::size_t put_many(const std::vector<std::string>& items);
 
     // ---- get ---------------------------------------------------------------
@@ -118,8 +121,11 @@ public:
     }
     std::optional<std::string> try_get();         // nullopt when empty (or closed and drained)
     std::string get_nowait();                     // shm::empty when empty
-    // Up to n items that are available now; blocks for the first one only
-    // until `d` (empty result on time-out or when closed and drained).
+    // Up to n items that are available now, claimed at once with one
+    // atomic step; blocks for the first one only until `d` (empty result on
+    // time-out or when closed and drained). A process killed in the middle
+    // takes the items it claimed with it, as get() does its one. An item
+    // whose place is outside the queue's ring throws shm::corrupted.
     template <class Rep, class Period>
     std::vector<std::string> get_many(std::size_t n, const std::chrono::duration<Rep, Period>& d) {
         std::vector<std::string> out;

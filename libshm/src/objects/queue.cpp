@@ -47,6 +47,22 @@
 // it has itself finished ticket t: the single producer and single consumer
 // of a pipeline never hand over at all.
 //
+// Runs. put_many() and get_many() claim a run of tickets t .. t + n - 1
+// with one CAS, from (t, p, x) to (t + n, p', me | batch); the batch flag
+// says the cursor names a run, whose lower tickets it does not name. The
+// claimer finishes its tickets in order, lowest first. Whoever hands a run
+// over (the next claimer, a waiter about to repair, join) walks down from
+// its top ticket, naming the claimer in each slot still in flight that
+// names nobody, past slots that already name it, and stops at the first
+// slot that is finished or names another: the slots below it are finished
+// or named. A repairer walks down the same way from a slot before it
+// repairs it, so that no walk can stop at a repaired slot above one that
+// names nobody; it then repairs the dead claimer's slots above it too. A
+// claim to put in a run is marked as ending where the run ends: repaired,
+// its tickets become tombstones that free the run's bytes together. Queues
+// made before runs (magic "smqueue3") are opened as they are and claimed
+// one ticket at a time, since their processes may not know the flag.
+//
 // Bytes. A producer may claim ticket t only while t - free < capacity and
 // the bytes in use (tail.pos - free.pos, positions counting modulo twice the
 // ring) leave room for it. Whoever is short of either (a producer, or
@@ -145,7 +161,7 @@ std::uint64_t ring_offset_for(std::uint32_t capacity) {
 // opened; an item's place in the ring is checked when it is got.
 const char* control_problem(const QueueControl* c, std::uint64_t size) {
     if (size < sizeof(QueueControl)) return "its block is smaller than a control block";
-    if (c->magic != kQueueMagic) return "bad magic";
+    if (c->magic != kQueueMagic && c->magic != kQueueMagicSingle) return "bad magic";
     if (c->capacity < 2 || c->capacity > (1u << 24) || (c->capacity & (c->capacity - 1)) != 0)
         return "its capacity is not a power of two in 2 .. 2^24";
     if (c->max_item < 1 || c->max_item > (256u << 20) || c->max_bytes == 0 || c->max_bytes > kMaxBytesLimit)

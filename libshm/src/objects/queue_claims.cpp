@@ -63,6 +63,27 @@ bool release_dead(QueueControl* c, std::uint64_t k, std::uint64_t w) {
     return true;
 }
 
+void mark_down(QueueControl* c, std::uint64_t k, std::uint32_t x, bool put, std::uint32_t end) {
+    for (std::uint32_t i = 0; i < c->capacity;) {
+        QueueSlot* s = slot_at(c, k);
+        std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) != (put ? k : tnext(k))) return;  // finished, or not claimed
+        const std::uint32_t o = owner_of(w);
+        if (o == 0) {
+            // A claim to get keeps the end its slot has. On a lost CAS
+            // (finished, or marked by another) look at the slot again.
+            if (!s->word.compare_exchange_strong(w, mk(tk(w), put ? end : pos_of(w), x), std::memory_order_acq_rel,
+                                                 std::memory_order_relaxed))
+                continue;
+            crash_point();
+        } else if (o != x) {
+            return;
+        }
+        ++i;
+        k = tprev(k);
+    }
+}
+
 // Repair the slot of ticket k, seen as w, if a dead process holds it: a
 // claim to put (unpublished, with tail past k) or a claim to get (published,
 // with head past k). Returns true if it repaired.
@@ -71,16 +92,38 @@ bool repair_slot(QueueControl* c, std::uint64_t k, std::uint64_t w, std::uint32_
     if (!put_claim && tk(w) != tnext(k)) return false;
     std::uint32_t owner = owner_of(w), end = pos_of(w);
     if (owner == 0) {
-        // Named by its cursor if it is the latest claim (else the hand-over
-        // is under way, or k is not claimed at all).
         const std::uint64_t cur = (put_claim ? c->tail : c->head).load(std::memory_order_acquire);
-        if (tk(cur) != tnext(k)) return false;
-        owner = owner_of(cur);
-        if (put_claim) end = pos_of(cur);
+        if (owner_of(cur) & kBatchFlag) {
+            // The cursor names a batch, which may hold k: hand it over
+            // (whether its claimer lives or not), then look again.
+            hand_over(c, cur, put_claim);
+            w = slot_at(c, k)->word.load(std::memory_order_acquire);
+            if (tk(w) != (put_claim ? k : tnext(k))) return false;
+            owner = owner_of(w);
+            end = pos_of(w);
+        } else if (tk(cur) == tnext(k)) {
+            // Named by its cursor: the latest claim.
+            owner = owner_of(cur);
+            if (put_claim) end = pos_of(cur);
+        }
+        // Else the hand-over is under way, or k is not claimed at all.
         if (owner == 0) return false;
     }
     if ((owner & kIdMask) == me || actor_alive(c, owner)) return false;
-    return put_claim ? tombstone_dead(c, k, w, end, me) : release_dead(c, k, w);
+    // A claimer's own claim: first name it below, where a batch of its may
+    // still have slots naming nobody, so that no walk stops at this slot
+    // once it is repaired (a repairer's mark has done so already).
+    if (!(owner & kRepairFlag)) mark_down(c, tprev(k), owner, put_claim, end);
+    if (!(put_claim ? tombstone_dead(c, k, w, end, me) : release_dead(c, k, w))) return false;
+    // The rest of a dead batch above k, while its slots name the same owner.
+    if (owner & kRepairFlag) return true;
+    for (std::uint32_t i = 1; i < c->capacity; ++i) {
+        const std::uint64_t n = tnext(k, i);
+        const std::uint64_t nw = slot_at(c, n)->word.load(std::memory_order_acquire);
+        if (tk(nw) != (put_claim ? n : tnext(n)) || owner_of(nw) != owner) break;
+        if (!(put_claim ? tombstone_dead(c, n, nw, pos_of(nw), me) : release_dead(c, n, nw))) break;
+    }
+    return true;
 }
 
 namespace {
@@ -90,6 +133,10 @@ namespace {
 // meanwhile: the scan below finds it there).
 void repair_leftovers(QueueControl* c, std::uint32_t id) {
     const std::uint64_t T = c->tail.load(std::memory_order_acquire);
+    const std::uint64_t H0 = c->head.load(std::memory_order_acquire);
+    // A batch a cursor names: hand it over, for the scan below to find.
+    if (owner_of(T) == (id | kBatchFlag)) hand_over(c, T, true);
+    if (owner_of(H0) == (id | kBatchFlag)) hand_over(c, H0, false);
     if (owner_of(T) == id) {
         const std::uint64_t k = tprev(tk(T));
         const std::uint64_t sw = slot_at(c, k)->word.load(std::memory_order_acquire);

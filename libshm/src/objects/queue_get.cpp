@@ -80,7 +80,7 @@ void pass_wake_on(QueueControl* c) {
         const std::uint64_t w = s->word.load(std::memory_order_acquire);
         if (tk(w) == tnext(h)) {
             // Published, and head is at h: nobody has claimed it yet.
-            if (owner_of(H) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+            if ((owner_of(H) & kIdMask) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
             if (!c->head.compare_exchange_weak(H, mk(tnext(h), 0, id), std::memory_order_acq_rel,
                                                std::memory_order_relaxed)) {
                 backoff.failed();
@@ -231,6 +231,74 @@ std::string Queue::get_nowait() {
     return std::move(*v);
 }
 
+namespace {
+
+// Tickets claimed by one CAS of head: from `ticket`, `count` of them.
+struct Run {
+    std::uint64_t ticket = 0;
+    std::uint32_t count = 0;
+};
+
+// One attempt to claim the published items at head, up to `most`, with one
+// CAS of head; made again at once while head moves under it. True once it
+// claimed some (got) or found the queue closed and drained (is_closed);
+// false when empty: `blocked` is the slot at head. It claims no further
+// than the first item whose place is outside the ring, so that such an
+// item is got alone (and reported). More than one ticket marks the cursor
+// a batch (kBatchFlag): the next claimer hands over all of it (mark_down).
+bool try_claim_run(QueueControl* c, std::uint32_t id, std::uint32_t most, Run& got, bool& is_closed,
+                   Blocker& blocked) {
+    Backoff backoff;
+    for (;;) {
+        std::uint64_t H = c->head.load(std::memory_order_acquire);
+        const std::uint64_t h = tk(H);
+        QueueSlot* s = slot_at(c, h);
+        const std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (tk(w) == tnext(h)) {
+            // Published, and head is at h: nobody has claimed it yet; nor
+            // the published ones after it.
+            std::uint32_t count = 1;
+            for (; count < most; ++count) {
+                const std::uint64_t k = tnext(h, count);
+                QueueSlot* ks = slot_at(c, k);
+                if (tk(ks->word.load(std::memory_order_acquire)) != tnext(k)) break;
+                const std::uint64_t item = ks->item.load(std::memory_order_relaxed);
+                if (detail::item_len(item) != kTombstone && !item_ok(c, item)) break;
+            }
+            if ((owner_of(H) & kIdMask) != id || t_actor.last_get != tprev(h)) hand_over(c, H, false);
+            if (!c->head.compare_exchange_weak(H, mk(tnext(h, count), 0, count > 1 ? id | kBatchFlag : id),
+                                               std::memory_order_acq_rel, std::memory_order_relaxed)) {
+                backoff.failed();
+                continue;
+            }
+            crash_point();
+            // An ABA CAS (see the design note): wait for each item.
+            for (std::uint32_t i = 0; i < count; ++i) {
+                const std::uint64_t k = tnext(h, i);
+                if (tk(slot_at(c, k)->word.load(std::memory_order_acquire)) != tnext(k)) wait_published(c, k, id);
+            }
+            got = Run{h, count};
+            return true;
+        }
+        if (ticket_diff(tk(w), h) > 0) {
+            if (c->head.load(std::memory_order_acquire) == H)
+                throw corrupted("shm::Queue: the slot of ticket " + std::to_string(h) +
+                                " is ahead of the queue's head; the queue is corrupt");
+            continue;
+        }
+        if (c->closed.load(std::memory_order_acquire) && tk(c->tail.load(std::memory_order_acquire)) == h) {
+            is_closed = true;
+            return true;
+        }
+        blocked.ticket = h;
+        blocked.slot = s;
+        blocked.seen = w;
+        return false;
+    }
+}
+
+}  // namespace
+
 std::size_t Queue::get_many_until(std::vector<std::string>& out, std::size_t n, const detail::Deadline& d) {
     // Strings are reused, never shrunk away: resize only at the end.
     std::size_t got = 0;
@@ -238,11 +306,61 @@ std::size_t Queue::get_many_until(std::vector<std::string>& out, std::size_t n, 
         if (got == out.size()) out.emplace_back();
         return out[got];
     };
-    if (n != 0 && get_until(next(), d)) {
-        ++got;
-        while (got < n && try_get_into(next())) ++got;
+    const std::uint32_t id = n ? actor_id(c_) : 0;
+    const std::size_t most = batch_claims(c_) ? c_->capacity : 1;
+    std::uint64_t bad = kNoTicket, bad_item_word = 0;
+    while (got < n) {
+        Run r;
+        bool is_closed = false;
+        Blocker blocked;
+        if (!try_claim_run(c_, id, static_cast<std::uint32_t>(std::min(n - got, most)), r, is_closed, blocked)) {
+            if (got) break;
+            // Nothing there yet: wait for one item as get does.
+            std::uint64_t h = kNoTicket;
+            if (!wait_to_get(c_, id, d, h, is_closed) || is_closed) break;
+            r = Run{h, 1};
+        } else if (is_closed) {
+            break;
+        }
+        // Copy the items out in ticket order, count them as taken, then
+        // release their slots in ticket order (a run is finished from its
+        // first ticket up: see mark_down); the last release wakes producers.
+        std::uint64_t taken = 0;
+        for (std::uint32_t i = 0; i < r.count; ++i) {
+            const std::uint64_t k = tnext(r.ticket, i);
+            const std::uint64_t item = slot_at(c_, k)->item.load(std::memory_order_relaxed);
+            if (detail::item_len(item) == kTombstone) continue;
+            if (!item_ok(c_, item)) {
+                if (bad == kNoTicket) bad = k, bad_item_word = item;
+                continue;
+            }
+            copy_out(next(), payload_at(c_, detail::item_start(item)), detail::item_len(item));
+            ++got;
+            ++taken;
+            crash_point();
+        }
+        c_->actors[id - 1].taken.fetch_add(taken, std::memory_order_relaxed);
+        crash_point();
+        for (std::uint32_t i = 0; i < r.count; ++i) {
+            const std::uint64_t k = tnext(r.ticket, i);
+            QueueSlot* s = slot_at(c_, k);
+            const std::uint32_t end = pos_of(s->word.load(std::memory_order_relaxed));
+            finished_get(c_, k);
+            if (i + 1 < r.count) {
+                s->word.store(mk(tnext(k, c_->capacity), end, 0), std::memory_order_release);
+                crash_point();
+            } else {
+                store_and_wake(s->word, mk(tnext(k, c_->capacity), end, 0), c_->get_epoch, c_->producers_waiting);
+            }
+        }
+        if (bad != kNoTicket) break;
     }
     out.resize(got);
+    if (bad != kNoTicket)
+        throw corrupted("shm::Queue: item " + std::to_string(bad) + " says it has " +
+                        std::to_string(detail::item_len(bad_item_word)) + " bytes at " +
+                        std::to_string(detail::item_start(bad_item_word)) +
+                        ", outside the queue's ring; the queue is corrupt (the items got before it are in out)");
     return got;
 }
 
@@ -258,6 +376,8 @@ bool joined(QueueControl* c, std::size_t qsize) {
     const std::uint64_t H = c->head.load(std::memory_order_acquire);
     const std::uint64_t T = c->tail.load(std::memory_order_acquire);
     const std::uint64_t F = c->free.load(std::memory_order_acquire);
+    // A batch the head names: into its slots, where the owners are read.
+    if (owner_of(H) & kBatchFlag) hand_over(c, H, false);
     const std::int64_t n = ticket_diff(tk(T), tk(F));
     for (std::int64_t i = 0; i < n && i < static_cast<std::int64_t>(c->capacity); ++i) {
         const std::uint64_t k = tnext(tk(F), static_cast<std::uint64_t>(i));
@@ -265,7 +385,7 @@ bool joined(QueueControl* c, std::size_t qsize) {
         if (tk(w) != tnext(k)) continue;             // not published, or released
         if (ticket_diff(k, tk(H)) >= 0) return false;  // queued
         std::uint32_t owner = owner_of(w);
-        if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H);
+        if (owner == 0 && k == tprev(tk(H))) owner = owner_of(H) & kIdMask;
         if (owner == 0 || actor_alive(c, owner)) return false;  // being got (a hand-over may be under way)
     }
     for (std::uint32_t i = 0; i < Queue::kMaxProcesses; ++i) {

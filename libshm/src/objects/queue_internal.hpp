@@ -33,6 +33,8 @@ constexpr std::uint32_t kTombstone = detail::kQueueTombstone;
 // A repairer's mark in the owner field, next to its id.
 constexpr std::uint32_t kRepairFlag = detail::kQueueRepairFlag;
 constexpr std::uint32_t kIdMask = 0x7f;
+// In a cursor: its latest claim took more than one ticket (a batch).
+constexpr std::uint32_t kBatchFlag = detail::kQueueBatchFlag;
 static_assert(Queue::kMaxProcesses <= kIdMask);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
@@ -313,12 +315,32 @@ inline void finished_get(QueueControl* c, std::uint64_t t) {
 // Move free past the slots consumers have released (queue_claims.cpp).
 bool advance_free(QueueControl* c, std::uint64_t F, std::uint64_t* blocker);
 
+// Whether the queue may take batch claims: it was made by a library that
+// knows them (see kQueueMagicSingle).
+inline bool batch_claims(const QueueControl* c) { return c->magic == kQueueMagic; }
+
+// Name owner x in the slots of its claims from ticket k down that are still
+// in flight (to put: unpublished; to get: published) and name nobody; a
+// claim to put is marked as ending at `end` (a batch's tickets all end
+// where the batch does: a repair makes them tombstones together). It goes
+// on past slots that already name x and stops at the first slot that is
+// not in flight or names another. Claims are handed over before a cursor
+// moves past them, so the only in-flight slots naming nobody are those of
+// the claim a cursor names; a batch's claimer finishes its tickets in
+// order, and a repairer marks below a slot before it repairs it, so no such
+// slot lies below one that stops the walk (queue.cpp, design note).
+void mark_down(QueueControl* c, std::uint64_t k, std::uint32_t x, bool put, std::uint32_t end);
+
 // Hand the latest claim a cursor names (cur) over to its slot, if that
 // claim is still in flight: to put (unpublished) or to get (published).
 inline void hand_over(QueueControl* c, std::uint64_t cur, bool put) {
-    const std::uint32_t x = owner_of(cur);
+    const std::uint32_t x = owner_of(cur) & kIdMask;
     if (x == 0) return;
     const std::uint64_t k = tprev(tk(cur));
+    if (owner_of(cur) & kBatchFlag) {
+        mark_down(c, k, x, put, pos_of(cur));
+        return;
+    }
     QueueSlot* s = slot_at(c, k);
     std::uint64_t w = s->word.load(std::memory_order_acquire);
     if (owner_of(w) != 0 || tk(w) != (put ? k : tnext(k))) return;  // finished, or handed over

@@ -20,7 +20,11 @@
 
 namespace shm {
 
-inline constexpr std::uint64_t kQueueMagic = 0x3365'7565'7571'6d73ull;  // "smqueue3"
+inline constexpr std::uint64_t kQueueMagic = 0x3465'7565'7571'6d73ull;  // "smqueue4"
+// A queue made before batch claims (kQueueBatchFlag): the same layout, and
+// every claim takes one ticket. Opened as it is: its processes may be of a
+// library that does not know batch claims, so nobody makes one in it.
+inline constexpr std::uint64_t kQueueMagicSingle = 0x3365'7565'7571'6d73ull;  // "smqueue3"
 
 namespace detail {
 
@@ -31,16 +35,19 @@ namespace detail {
 // Slot words and the three cursors share one packing:
 //     ticket << 32 | position << 8 | owner
 // owner is an actor id (1 .. 64, 0 for none; QueueControl::actors names its
-// process), plus kQueueRepairFlag in a slot word that a repairer has marked. tail = (next ticket to put, where
-// its bytes start, who claimed the ticket before it); head = (next ticket
-// to get, 0, who claimed the ticket before it); free = (first ticket whose
-// bytes are not free yet, where they start, 0).
+// process), plus kQueueRepairFlag in a slot word that a repairer has marked,
+// or kQueueBatchFlag in a cursor whose latest claim took more than one
+// ticket. tail = (next ticket to put, where its bytes start, who claimed
+// the ticket before it); head = (next ticket to get, 0, who claimed the
+// ticket before it); free = (first ticket whose bytes are not free yet,
+// where they start, 0).
 inline constexpr unsigned kTicketBits = 32;
 inline constexpr std::uint64_t kTicketMask = (std::uint64_t(1) << kTicketBits) - 1;
 inline constexpr unsigned kPosBits = 24;
 inline constexpr std::uint32_t kMaxRingUnits = std::uint32_t(1) << (kPosBits - 1);
 inline constexpr std::uint64_t kPosMask = (std::uint64_t(1) << kPosBits) - 1;
-inline constexpr std::uint32_t kQueueRepairFlag = 0x80;
+inline constexpr std::uint32_t kQueueRepairFlag = 0x80;  // in slot words
+inline constexpr std::uint32_t kQueueBatchFlag = 0x80;   // in the tail and head cursors
 inline constexpr std::uint64_t qword(std::uint64_t ticket, std::uint64_t pos, std::uint32_t owner) {
     return ((ticket & kTicketMask) << 32) | ((pos & kPosMask) << 8) | (owner & 0xffu);
 }

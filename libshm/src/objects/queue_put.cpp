@@ -97,7 +97,7 @@ inline void claimed(QueueControl* c, std::uint32_t id, const Claim& cl) {
         const std::int64_t n = ticket_diff(t, tk(F));
         if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
         if (n < limit && pos_used(c, pos_of(T), pos_of(F)) + need <= c->ring_units) {
-            if (owner_of(T) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
+            if ((owner_of(T) & kIdMask) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
             cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), need)};
             if (!c->tail.compare_exchange_weak(T, mk(tnext(t), cl.end, id), std::memory_order_acq_rel,
                                                std::memory_order_relaxed)) {
@@ -183,16 +183,113 @@ void Queue::put_nowait(std::string_view item) {
                         " items, or " + std::to_string(c_->max_bytes) + " bytes)");
 }
 
+namespace {
+
+// Closed while we claimed `count` tickets from cl.ticket: publish nothing
+// (tombstones, each ending where the batch does).
+[[noreturn, gnu::noinline, gnu::cold]] void closed_batch(QueueControl* c, const Claim& cl, std::uint32_t count) {
+    for (std::uint32_t i = 0; i < count; ++i) {
+        const std::uint64_t t = tnext(cl.ticket, i);
+        QueueSlot* s = slot_at(c, t);
+        s->item.store(detail::slot_item(cl.end, kTombstone), std::memory_order_relaxed);
+        finished_put(c, t);
+        s->word.store(mk(tnext(t), cl.end, 0), std::memory_order_seq_cst);
+    }
+    wake_all_consumers(c);
+    throw closed("shm::Queue: put on a closed queue");
+}
+
+// One attempt to claim tickets for items[from], items[from + 1], ... with
+// one CAS of tail: as many as have room now (slots and bytes), in one run
+// of tickets whose bytes follow one another. Returns how many (0 when not
+// even the first has room: put it alone, which waits). A claim of more
+// than one ticket marks the cursor a batch (kBatchFlag): the next claimer
+// hands over all of it (mark_down). Throws closed.
+std::uint32_t try_claim_put_many(QueueControl* c, std::uint32_t id, const std::vector<std::string>& items,
+                                 std::size_t from, Claim& cl) {
+    const auto cap = static_cast<std::int64_t>(c->capacity);
+    const auto limit = static_cast<std::int64_t>(item_limit(c));
+    const std::size_t want = batch_claims(c) ? items.size() - from : 1;
+    Backoff backoff;
+    bool freed = false;
+    for (;;) {
+        if (c->closed.load(std::memory_order_acquire)) throw closed("shm::Queue: put on a closed queue");
+        std::uint64_t T = c->tail.load(std::memory_order_acquire);
+        std::uint64_t F = c->free.load(std::memory_order_acquire);
+        const std::uint64_t t = tk(T);
+        const std::int64_t n = ticket_diff(t, tk(F));
+        if (n < 0 || n > cap) continue;  // free moved past the tail we read: read again
+        const std::uint32_t used = pos_used(c, pos_of(T), pos_of(F));
+        std::uint32_t count = 0, units = 0;
+        while (count < want && n + count < limit) {
+            const std::uint32_t u = units_of(c->unit_shift, items[from + count].size());
+            if (used + units + u > c->ring_units) break;
+            units += u;
+            ++count;
+        }
+        // Short of room for all of them: once, free what consumers have
+        // released, and count again.
+        std::uint64_t blocker;
+        if (count < want && !freed && advance_free(c, F, &blocker)) {
+            freed = true;
+            continue;
+        }
+        if (count == 0) return 0;
+        if ((owner_of(T) & kIdMask) != id || t_actor.last_put != tprev(t)) hand_over(c, T, true);
+        cl = Claim{t, pos_of(T), pos_add(c, pos_of(T), units)};
+        if (!c->tail.compare_exchange_weak(T, mk(tnext(t, count), cl.end, count > 1 ? id | kBatchFlag : id),
+                                           std::memory_order_acq_rel, std::memory_order_relaxed)) {
+            backoff.failed();
+            continue;
+        }
+        crash_point();
+        // An ABA CAS (see claimed()): wait for the last ticket's room.
+        const std::uint64_t last = tnext(t, count - 1);
+        if (!has_room(c, last, cl.end, c->free.load(std::memory_order_acquire))) wait_room(c, last, cl.end, id);
+        crash_point();
+        if (c->closed.load(std::memory_order_acquire)) closed_batch(c, cl, count);
+        return count;
+    }
+}
+
+}  // namespace
+
 std::size_t Queue::put_many(const std::vector<std::string>& items) {
     // Refuse before putting any: a refusal changes nothing.
     for (const auto& it : items)
         if (!fits(c_, it.size())) too_big(c_, "shm::Queue::put_many", it.size());
     const std::uint32_t id = actor_id(c_);
-    for (const auto& it : items) {
+    for (std::size_t i = 0; i < items.size();) {
         Claim cl;
-        claim_put(c_, id, units_of(c_->unit_shift, it.size()), detail::Deadline::never(), true, cl);
-        if (!it.empty()) std::memcpy(payload_at(c_, cl.pos), it.data(), it.size());
-        publish(c_, cl, static_cast<std::uint32_t>(it.size()));
+        const std::uint32_t count = try_claim_put_many(c_, id, items, i, cl);
+        if (count == 0) {
+            // No room even for one: wait for it as put does.
+            const std::string& it = items[i++];
+            claim_put(c_, id, units_of(c_->unit_shift, it.size()), detail::Deadline::never(), true, cl);
+            if (!it.empty()) std::memcpy(payload_at(c_, cl.pos), it.data(), it.size());
+            publish(c_, cl, static_cast<std::uint32_t>(it.size()));
+            continue;
+        }
+        // Each ticket in order (a batch is finished from its first ticket
+        // up: see mark_down), its item copied, described and published with
+        // a release store; the last store also wakes a sleeping consumer,
+        // which passes the wake on while items are left.
+        std::uint32_t pos = cl.pos;
+        for (std::uint32_t j = 0; j < count; ++j, ++i) {
+            const std::string& it = items[i];
+            const std::uint64_t t = tnext(cl.ticket, j);
+            const std::uint32_t end = pos_add(c_, pos, units_of(c_->unit_shift, it.size()));
+            if (!it.empty()) std::memcpy(payload_at(c_, pos), it.data(), it.size());
+            crash_point();
+            QueueSlot* s = slot_at(c_, t);
+            s->item.store(detail::slot_item(pos, static_cast<std::uint32_t>(it.size())), std::memory_order_relaxed);
+            finished_put(c_, t);
+            if (j + 1 < count)
+                s->word.store(mk(tnext(t), end, 0), std::memory_order_release);
+            else
+                store_and_wake_one_consumer(s->word, mk(tnext(t), end, 0), c_);
+            pos = end;
+        }
     }
     return items.size();
 }

@@ -31,7 +31,8 @@ std::string queue_state(const ReadAt& read, const Place& at, QueueState& q) {
     if (at.size < kControlRead || !read(at.offset, kControlRead, c)) return "its control block could not be read";
     auto u64 = [&](std::size_t off) { return field<std::uint64_t>(c, off); };
     auto u32 = [&](std::size_t off) { return field<std::uint32_t>(c, off); };
-    if (u64(offsetof(QueueControl, magic)) != kQueueMagic) return "not initialised, or another layout";
+    const std::uint64_t magic = u64(offsetof(QueueControl, magic));
+    if (magic != kQueueMagic && magic != kQueueMagicSingle) return "not initialised, or another layout";
     const std::uint64_t tail = u64(offsetof(QueueControl, tail));
     q.capacity = u32(offsetof(QueueControl, capacity));
     q.max_item_size = u32(offsetof(QueueControl, max_item));
