@@ -1221,44 +1221,69 @@ TEST_CASE("put_many and get_many move runs whole and in order, within slots and 
         CHECK(again.get_many(3, 1s) == std::vector<std::string>{"1", "2", "3"});
         CHECK(flags("old").second == 0);
     }
-    SECTION("runs larger than the queue, across processes, exactly once and in order") {
+    SECTION("runs larger than the queue, across processes and threads, exactly once and in order") {
         shm::QueueOptions o;
         o.capacity = 8;
         o.max_item_size = 1024;
         o.max_bytes = 3000;  // about four items of the larger sizes
         shm::Queue q = shm::Queue::create(seg, "small", o);
-        constexpr std::uint32_t kProducers = 3, kRuns = 300;
+        // Three processes of two producer threads, two of two consumer
+        // threads: threads of a process share its id, and each hands over
+        // the others' runs. Under ThreadSanitizer one process runs all six
+        // producers (see the test of threads above).
+        constexpr std::uint32_t kProducers = 6, kRuns = 300;
+#if defined(__SANITIZE_THREAD__)
+        constexpr std::uint32_t kPerProcess = 6;
+#else
+        constexpr std::uint32_t kPerProcess = 2;
+#endif
         struct Got {
             std::atomic<std::uint8_t> n[kProducers][kRuns * 16];
             std::atomic<int> bad{0}, out_of_order{0};
         };
         auto& got = seg.construct<Got>("got");
         std::vector<pid_t> producers, consumers;
-        for (std::uint32_t p = 0; p < kProducers; ++p)
-            producers.push_back(test::spawn([&, p] {
-                for (std::uint32_t r = 0; r < kRuns; ++r) q.put_many(sized_run(p, r, 1 + (r + p) % 11));
+        for (std::uint32_t first = 0; first < kProducers; first += kPerProcess)
+            producers.push_back(test::spawn([&, first] {
+                std::vector<std::thread> threads;
+                for (std::uint32_t p = first; p < first + kPerProcess; ++p)
+                    threads.emplace_back([&, p] {
+                        for (std::uint32_t r = 0; r < kRuns; ++r) q.put_many(sized_run(p, r, 1 + (r + p) % 11));
+                    });
+                for (auto& t : threads) t.join();
                 return 0;
             }));
-        for (int c = 0; c < 2; ++c)
-            consumers.push_back(test::spawn([&, c] {
-                std::vector<std::string> v;
-                std::uint32_t last[kProducers] = {};
-                bool any[kProducers] = {};
-                for (std::uint32_t i = 0;; ++i) {
-                    if (q.get_many(v, c ? 1 + i % 13 : 32, 10s) == 0) return q.closed() ? 0 : 1;
-                    for (const auto& s : v) {
-                        auto pk = check_sized(s);
-                        if (!pk || pk->first >= kProducers || pk->second >= kRuns * 16) {
-                            ++got.bad;
-                            continue;
+        for (int proc = 0; proc < 2; ++proc)
+            consumers.push_back(test::spawn([&, proc] {
+                std::atomic<int> failed{0};
+                auto consume = [&](int c) {
+                    std::vector<std::string> v;
+                    std::uint32_t last[kProducers] = {};
+                    bool any[kProducers] = {};
+                    for (std::uint32_t i = 0;; ++i) {
+                        if (q.get_many(v, c % 2 ? 1 + i % 13 : 32, 10s) == 0) {
+                            if (!q.closed()) ++failed;
+                            return;
                         }
-                        auto [p, k] = *pk;
-                        if (any[p] && k <= last[p]) ++got.out_of_order;
-                        any[p] = true;
-                        last[p] = k;
-                        got.n[p][k].fetch_add(1);
+                        for (const auto& s : v) {
+                            auto pk = check_sized(s);
+                            if (!pk || pk->first >= kProducers || pk->second >= kRuns * 16) {
+                                ++got.bad;
+                                continue;
+                            }
+                            auto [p, k] = *pk;
+                            // FIFO per producer, as one consumer thread sees it.
+                            if (any[p] && k <= last[p]) ++got.out_of_order;
+                            any[p] = true;
+                            last[p] = k;
+                            got.n[p][k].fetch_add(1);
+                        }
                     }
-                }
+                };
+                std::thread other(consume, proc * 2 + 1);
+                consume(proc * 2);
+                other.join();
+                return failed.load() == 0 ? 0 : 1;
             }));
         for (pid_t p : producers) test::require_exit_ok(p, 300s);
         q.close();
