@@ -48,9 +48,10 @@ bool drive_ok(const std::string& img, const std::string& label) {
     return o.unexpected.empty();
 }
 
-// Values worth writing over a 64-bit word that held v.
+// Values worth writing over a 64-bit word that held v (v + 4: an offset
+// inside the heap that is not aligned for the words it would hold).
 std::vector<std::uint64_t> bad_words(std::uint64_t v) {
-    return {0, 1, 8, ~std::uint64_t(0), std::uint64_t(1) << 40, v + 8, v - 16, v ^ 0x8000, v * 2, v >> 1};
+    return {0, 1, 8, ~std::uint64_t(0), std::uint64_t(1) << 40, v + 4, v + 8, v - 16, v ^ 0x8000, v * 2, v >> 1};
 }
 
 // Corrupt every 64-bit word of [begin, end) of img with bad_words(), and

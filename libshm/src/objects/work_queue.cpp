@@ -116,6 +116,12 @@ struct Op {
         return off;
     }
 
+    // Whether `cap` elements of `size` bytes at `off` lie in the heap,
+    // aligned for the words they hold.
+    bool array_ok(std::uint64_t off, std::uint64_t size) const {
+        return off % 8 == 0 && layout::in_heap(h, off, cap, size);
+    }
+
     // The state, made on first use; every offset it holds checked against
     // the heap (the file is untrusted).
     void open(bool create) {
@@ -127,12 +133,12 @@ struct Op {
             make();
             return;
         }
-        if (!layout::in_heap(h, off, sizeof(WQState))) bad("its state lies outside the heap");
+        if (off % 8 != 0 || !layout::in_heap(h, off, sizeof(WQState)))
+            bad("its state is misaligned or outside the heap");
         s = at<WQState>(off);
         if (rd(s->magic) != kStateMagic || rd(s->capacity) != cap) bad("wrong magic or capacity");
-        if (!layout::in_heap(h, rd(s->ring), cap, 8) || !layout::in_heap(h, rd(s->leases), cap, sizeof(LeaseRec)) ||
-            !layout::in_heap(h, rd(s->dead), cap, 8))
-            bad("an array lies outside the heap");
+        if (!array_ok(rd(s->ring), 8) || !array_ok(rd(s->leases), sizeof(LeaseRec)) || !array_ok(rd(s->dead), 8))
+            bad("an array is misaligned or outside the heap");
         if (rd(s->head) >= cap || rd(s->dead_head) >= cap || rd(s->waiting) > cap || rd(s->leased) > cap ||
             rd(s->dead_count) > cap || rd(s->waiting) + rd(s->leased) + rd(s->dead_count) > cap)
             bad("counts out of range");
@@ -164,7 +170,7 @@ struct Op {
 
     // An item's block, checked.
     ItemHdr* item(std::uint64_t off) const {
-        if (!layout::in_heap(h, off, sizeof(ItemHdr))) bad("an item lies outside the heap");
+        if (off % 8 != 0 || !layout::in_heap(h, off, sizeof(ItemHdr))) bad("an item is misaligned or outside the heap");
         ItemHdr* it = at<ItemHdr>(off);
         if (!layout::in_heap(h, off + sizeof(ItemHdr), rd(it->len))) bad("an item's bytes lie outside the heap");
         return it;
