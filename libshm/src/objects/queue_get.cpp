@@ -31,9 +31,8 @@ namespace {
     core::wait(w, detail::Deadline::never(), core::kQueueNap);
 }
 
-// Release the slot of ticket h, got (or skipped) by this process.
-void release_slot(QueueControl* c, std::uint64_t h) {
-    QueueSlot* s = slot_at(c, h);
+// Release slot s, of ticket h, got (or skipped) by this process.
+inline void release_slot(QueueControl* c, std::uint64_t h, QueueSlot* s) {
     const std::uint32_t end = pos_of(s->word.load(std::memory_order_relaxed));
     finished_get(c, h);
     // Release: our copy-out is complete before the slot is released; the
@@ -43,6 +42,32 @@ void release_slot(QueueControl* c, std::uint64_t h) {
 }
 
 constexpr std::uint64_t kNoTicket = ~0ull;
+
+// A claimed item: its ticket and its slot (kNoTicket and null: none).
+struct Got {
+    std::uint64_t ticket = kNoTicket;
+    QueueSlot* slot = nullptr;
+};
+
+// Count the item of g as taken by actor id, then release its slot. Counted
+// before the slot is released, so that join() sees the item either being
+// got or taken.
+inline void release_got(QueueControl* c, std::uint32_t id, const Got& g) {
+    crash_point();
+    c->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
+    crash_point();
+    release_slot(c, g.ticket, g.slot);
+}
+
+// An item whose place is outside the ring: the slot is released (the queue
+// moves past it) and the get reports the corruption.
+[[noreturn, gnu::noinline, gnu::cold]] void bad_got(QueueControl* c, std::uint32_t id, const Got& g,
+                                                    std::uint64_t item) {
+    release_got(c, id, g);
+    throw corrupted("shm::Queue: item " + std::to_string(g.ticket) + " says it has " +
+                    std::to_string(detail::item_len(item)) + " bytes at " + std::to_string(detail::item_start(item)) +
+                    ", outside the queue's ring; the queue is corrupt");
+}
 
 // An item into a caller's buffer. A buffer reused for items of one size
 // (the usual case) takes a plain copy: std::string::assign() runs about 70
@@ -67,10 +92,10 @@ void pass_wake_on(QueueControl* c) {
 }
 
 // One attempt to claim the next published item, made again at once while
-// head moves under it. True once it claimed one (its ticket in got) or
+// head moves under it. True once it claimed one (into got) or
 // found the queue closed and drained (is_closed); false when empty:
 // `blocked` is the slot at head.
-[[gnu::always_inline]] inline bool try_claim_get(QueueControl* c, std::uint32_t id, std::uint64_t& got, bool& is_closed, Blocker& blocked) {
+[[gnu::always_inline]] inline bool try_claim_get(QueueControl* c, std::uint32_t id, Got& got, bool& is_closed, Blocker& blocked) {
     Backoff backoff;
     for (;;) {
         std::uint64_t H = c->head.load(std::memory_order_acquire);
@@ -89,10 +114,10 @@ void pass_wake_on(QueueControl* c) {
             crash_point();
             if (tk(s->word.load(std::memory_order_acquire)) != tnext(h)) wait_published(c, h, id);
             if (detail::item_len(s->item.load(std::memory_order_relaxed)) == kTombstone) {
-                release_slot(c, h);
+                release_slot(c, h, s);
                 continue;
             }
-            got = h;
+            got = Got{h, s};
             return true;
         }
         if (ticket_diff(tk(w), h) > 0) {
@@ -118,12 +143,12 @@ void pass_wake_on(QueueControl* c) {
 }
 
 // Waits until an item is published or the queue is closed and drained, or until d.
-[[gnu::noinline]] bool wait_to_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, std::uint64_t& got,
+[[gnu::noinline]] bool wait_to_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, Got& got,
                                    bool& is_closed) {
     struct W : SlotWaiter {
-        std::uint64_t& got;
+        Got& got;
         bool& is_closed;
-        W(QueueControl* q, std::uint32_t me, std::uint64_t& g, bool& cl)
+        W(QueueControl* q, std::uint32_t me, Got& g, bool& cl)
             : SlotWaiter(q, me, q->actors[me - 1].doorbell, q->consumers_waiting), got(g), is_closed(cl) {}
         bool ready() {
             if (!try_claim_get(c, id, got, is_closed, b)) return false;
@@ -140,56 +165,55 @@ void pass_wake_on(QueueControl* c) {
     return core::wait(w, d, core::kQueueGetWait) == core::Waited::ready;
 }
 
-// Claim the next published item. Returns its ticket, or kNoTicket when
-// empty (after waiting until d, or at once if !wait) or closed and drained
-// (*is_closed set).
-std::uint64_t claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait, bool* is_closed) {
-    std::uint64_t got = kNoTicket;
+// Claim the next published item into got. False when empty (after waiting
+// until d, or at once if !wait) or closed and drained (*is_closed set).
+[[gnu::always_inline]] inline bool claim_get(QueueControl* c, std::uint32_t id, const detail::Deadline& d, bool wait,
+                                             bool* is_closed, Got& got) {
     Blocker blocked;
     *is_closed = false;
-    if (try_claim_get(c, id, got, *is_closed, blocked) || (wait && wait_to_get(c, id, d, got, *is_closed))) return got;
-    return kNoTicket;
+    return try_claim_get(c, id, got, *is_closed, blocked) || (wait && wait_to_get(c, id, d, got, *is_closed));
+}
+
+// Get one item into out: claim it (waiting until d, or not at all if
+// !wait), copy it out and release its slot. False when empty, or closed and
+// drained (then shm::closed if throw_closed).
+[[gnu::always_inline]] inline bool get_into(QueueControl* c, std::string& out, const detail::Deadline& d, bool wait,
+                                            bool throw_closed) {
+    const std::uint32_t id = actor_id(c);
+    bool is_closed;
+    Got g;
+    if (!claim_get(c, id, d, wait, &is_closed, g) || is_closed) {
+        if (is_closed && throw_closed) throw shm::closed("shm::Queue::get: the queue is closed and drained");
+        return false;
+    }
+    const std::uint64_t item = g.slot->item.load(std::memory_order_relaxed);
+    if (!item_ok(c, item)) bad_got(c, id, g, item);
+    copy_out(out, payload_at(c, detail::item_start(item)), detail::item_len(item));
+    release_got(c, id, g);
+    return true;
 }
 }  // namespace
 
-void Queue::release_view(std::uint64_t pos, std::uint32_t id) {
-    crash_point();
-    // Counted as taken before the slot is released, so that join() sees the
-    // item either being got or taken.
-    c_->actors[id - 1].taken.fetch_add(1, std::memory_order_relaxed);
-    crash_point();
-    release_slot(c_, pos);
-}
+void Queue::release_view(std::uint64_t pos, std::uint32_t id) { release_got(c_, id, Got{pos, slot_at(c_, pos)}); }
 
-// An item whose place is outside the ring: the slot is released (the queue
-// moves past it) and the get reports the corruption.
 void Queue::bad_item(std::uint64_t pos, std::uint32_t id, std::uint64_t item) {
-    release_view(pos, id);
-    throw corrupted("shm::Queue: item " + std::to_string(pos) + " says it has " +
-                    std::to_string(detail::item_len(item)) + " bytes at " + std::to_string(detail::item_start(item)) +
-                    ", outside the queue's ring; the queue is corrupt");
+    bad_got(c_, id, Got{pos, slot_at(c_, pos)}, item);
 }
 
 Queue::View Queue::get_view(const detail::Deadline& d, bool throw_closed) {
     std::uint32_t id = actor_id(c_);
     bool is_closed = false;
-    const std::uint64_t pos = claim_get(c_, id, d, true, &is_closed);
-    if (pos == kNoTicket) {
+    Got g;
+    if (!claim_get(c_, id, d, true, &is_closed, g) || is_closed) {
         if (is_closed && throw_closed) throw shm::closed("shm::Queue::get: the queue is closed and drained");
         return View{nullptr, 0, kNoTicket, id};
     }
-    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
-    if (!item_ok(c_, item)) bad_item(pos, id, item);
-    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), pos, id};
+    const std::uint64_t item = g.slot->item.load(std::memory_order_relaxed);
+    if (!item_ok(c_, item)) bad_got(c_, id, g, item);
+    return View{payload_at(c_, detail::item_start(item)), detail::item_len(item), g.ticket, id};
 }
 
-bool Queue::get_until(std::string& out, const detail::Deadline& d) {
-    View v = get_view(d, false);
-    if (v.pos == kNoTicket) return false;
-    copy_out(out, v.data, v.len);
-    release_view(v.pos, v.id);
-    return true;
-}
+bool Queue::get_until(std::string& out, const detail::Deadline& d) { return get_into(c_, out, d, true, false); }
 
 std::string Queue::get() {
     View v = get_view(detail::Deadline::never(), true);
@@ -198,23 +222,9 @@ std::string Queue::get() {
     return out;
 }
 
-void Queue::get(std::string& out) {
-    View v = get_view(detail::Deadline::never(), true);
-    copy_out(out, v.data, v.len);
-    release_view(v.pos, v.id);
-}
+void Queue::get(std::string& out) { get_into(c_, out, detail::Deadline::never(), true, true); }
 
-bool Queue::try_get_into(std::string& out) {
-    std::uint32_t id = actor_id(c_);
-    bool is_closed = false;
-    const std::uint64_t pos = claim_get(c_, id, detail::Deadline::never(), false, &is_closed);
-    if (pos == kNoTicket) return false;
-    const std::uint64_t item = slot_at(c_, pos)->item.load(std::memory_order_relaxed);
-    if (!item_ok(c_, item)) bad_item(pos, id, item);
-    copy_out(out, payload_at(c_, detail::item_start(item)), detail::item_len(item));
-    release_view(pos, id);
-    return true;
-}
+bool Queue::try_get_into(std::string& out) { return get_into(c_, out, detail::Deadline::never(), false, false); }
 
 std::optional<std::string> Queue::try_get() {
     std::string out;
@@ -316,9 +326,9 @@ std::size_t Queue::get_many_until(std::vector<std::string>& out, std::size_t n, 
         if (!try_claim_run(c_, id, static_cast<std::uint32_t>(std::min(n - got, most)), r, is_closed, blocked)) {
             if (got) break;
             // Nothing there yet: wait for one item as get does.
-            std::uint64_t h = kNoTicket;
-            if (!wait_to_get(c_, id, d, h, is_closed) || is_closed) break;
-            r = Run{h, 1};
+            Got g;
+            if (!wait_to_get(c_, id, d, g, is_closed) || is_closed) break;
+            r = Run{g.ticket, 1};
         } else if (is_closed) {
             break;
         }

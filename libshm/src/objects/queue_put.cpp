@@ -49,7 +49,7 @@ inline bool has_room(QueueControl* c, std::uint64_t t, std::uint32_t end, std::u
     core::wait(w, detail::Deadline::never(), core::kQueueNap);
 }
 
-void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
+[[gnu::always_inline]] inline void publish(QueueControl* c, const Claim& cl, std::uint32_t len) {
     crash_point();
     QueueSlot* s = slot_at(c, cl.ticket);
     s->item.store(detail::slot_item(cl.pos, len), std::memory_order_relaxed);
@@ -155,27 +155,28 @@ bool claim_put(QueueControl* c, std::uint32_t id, std::uint32_t need, const deta
 }
 inline bool fits(const QueueControl* c, std::size_t len) { return len <= c->max_item && len <= c->max_bytes; }
 
+// Put one item: claim its ticket and bytes (waiting until d, or not at all
+// if !wait), copy it in and publish it. False if the queue stayed full.
+// The claim's first try and the publish are inline: one call per put.
+[[gnu::always_inline]] inline bool put_one(QueueControl* c, std::string_view item, const detail::Deadline& d,
+                                           bool wait) {
+    if (!fits(c, item.size())) too_big(c, "shm::Queue::put", item.size());
+    const std::uint32_t id = actor_id(c);
+    const std::uint32_t need = units_of(c->unit_shift, item.size());
+    Claim cl;
+    Blocker blocked;
+    std::uint64_t F;
+    if (!try_claim_put(c, id, need, cl, blocked, F) && !(wait && wait_to_put(c, id, need, d, cl))) return false;
+    if (!item.empty()) std::memcpy(payload_at(c, cl.pos), item.data(), item.size());
+    publish(c, cl, static_cast<std::uint32_t>(item.size()));
+    return true;
+}
+
 }  // namespace
 
-bool Queue::put_until(std::string_view item, const detail::Deadline& d) {
-    if (!fits(c_, item.size())) too_big(c_, "shm::Queue::put", item.size());
-    std::uint32_t id = actor_id(c_);
-    Claim cl;
-    if (!claim_put(c_, id, units_of(c_->unit_shift, item.size()), d, true, cl)) return false;
-    if (!item.empty()) std::memcpy(payload_at(c_, cl.pos), item.data(), item.size());
-    publish(c_, cl, static_cast<std::uint32_t>(item.size()));
-    return true;
-}
+bool Queue::put_until(std::string_view item, const detail::Deadline& d) { return put_one(c_, item, d, true); }
 
-bool Queue::try_put(std::string_view item) {
-    if (!fits(c_, item.size())) too_big(c_, "shm::Queue::put", item.size());
-    std::uint32_t id = actor_id(c_);
-    Claim cl;
-    if (!claim_put(c_, id, units_of(c_->unit_shift, item.size()), detail::Deadline::never(), false, cl)) return false;
-    if (!item.empty()) std::memcpy(payload_at(c_, cl.pos), item.data(), item.size());
-    publish(c_, cl, static_cast<std::uint32_t>(item.size()));
-    return true;
-}
+bool Queue::try_put(std::string_view item) { return put_one(c_, item, detail::Deadline::never(), false); }
 
 void Queue::put_nowait(std::string_view item) {
     if (!try_put(item))
