@@ -217,6 +217,16 @@ remote::StoreOptions fault_options() {
     return o;
 }
 
+// For the child that pipelines puts through a server's death: a put gives up only
+// after its servers have not answered for this long, and under a sanitizer
+// on a loaded machine the clients' reconnection and the stream's new
+// leader have taken over 30 s. A cap for a true hang, not a speed bound.
+remote::StoreOptions pipelining_producer_options() {
+    remote::StoreOptions o = fault_options();
+    o.request_timeout = 120s;
+    return o;
+}
+
 // Put items [from, to) in chunks; after each chunk, whose put_many()
 // returned (every item acknowledged by the servers), the count so far goes
 // to `progress`.
@@ -238,7 +248,7 @@ int child_produce(const std::string& urls, const std::string& queue, int from, i
 // every `chunk` items, then the count so far goes to `progress`.
 int child_produce_async(const std::string& urls, const std::string& queue, int from, int to, int chunk,
                         const std::string& progress) {
-    remote::Store store = remote::connect(urls, fault_options());
+    remote::Store store = remote::connect(urls, pipelining_producer_options());
     remote::Queue q = remote::Queue::open(store, queue);
     for (int i = from; i < to; ++i) {
         q.put_async(std::to_string(i));
