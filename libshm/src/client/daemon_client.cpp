@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -221,7 +222,11 @@ std::optional<json> request_locked(State& s, const proto::Request& r) {
     return std::nullopt;
 }
 
+// The process whose watcher thread has started running watch().
+std::atomic<pid_t> g_watcher_running{0};
+
 void watch(pid_t owner) {
+    g_watcher_running.store(owner, std::memory_order_release);
     sigset_t all;
     sigfillset(&all);
     ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
@@ -257,6 +262,13 @@ void watch(pid_t owner) {
     }
 }
 
+// Start the watcher thread and wait until it runs watch(). A thread that
+// is still starting may be inside the allocator (glibc's
+// pthread_getattr_np() allocates), and a fork() then would copy that state
+// into the child: glibc's malloc guards against that, a sanitizer's
+// allocator does not, and a child forked right after this process's first
+// attach hung there. From watch() on, the thread allocates only under s.m,
+// which fork() takes (see state()).
 void start_watcher(State& s) {
     pid_t self = ::getpid();
     try {
@@ -264,6 +276,13 @@ void start_watcher(State& s) {
         s.watcher_pid = self;
     } catch (const std::system_error&) {
         // No thread: the next attach or detach reconnects instead.
+        return;
+    }
+    for (int i = 0; g_watcher_running.load(std::memory_order_acquire) != self; ++i) {
+        if (i < 100)
+            std::this_thread::yield();
+        else
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
 }
 
