@@ -6,7 +6,8 @@
 //    get sleeps on the word until it is full (no spinning), reads the item,
 //    marks it empty and wakes. Two of them make the bare futex ping-pong, the
 //    floor for a round trip with a blocking get on both sides.
-//  - spsc_floor (queue.1to1.*): a bare single-producer/single-consumer ring
+//  - spsc_floor (queue.1to1.*, and queue.pingpong.64B with two of them,
+//    spinning on both sides: the round trip with nobody asleep): a bare single-producer/single-consumer ring
 //    in shared memory whose slots carry their own sequence words, busy
 //    polling on both sides (with a sched_yield() every 256 polls, so that it
 //    still moves when both processes share a CPU), no crash safety, no
@@ -231,6 +232,12 @@ int main(int argc, char** argv) {
                          FutexMailbox req(config(qbench::k64B, "req")), rep(config(qbench::k64B, "rep"));
                          qbench::emit_latency("queue.pingpong.64B", "futex_floor",
                                               qbench::pingpong(o, req, rep, qbench::k64B), req.note());
+                         // The round trip with nobody blocking: what two
+                         // spinning processes hand over at best, and the tail
+                         // the machine itself gives a spinner.
+                         SpscRing sreq(config(qbench::k64B, "spscreq")), srep(config(qbench::k64B, "spscrep"));
+                         qbench::emit_latency("queue.pingpong.64B", "spsc_floor",
+                                              qbench::pingpong(o, sreq, srep, qbench::k64B), sreq.note());
                      }});
     return qbench::run_qcases("floor", cases, argc, argv);
 }

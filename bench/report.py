@@ -88,6 +88,12 @@ def summary(results, path):
             met = ratio is not None and (ratio >= bound if op == ">=" else ratio <= bound)
             targets.append({"title": title, "case": case, "numerator": num, "denominator": den, "op": op,
                             "bound": bound, "ratio": ratio, "met": met})
+    for title, impl, num, den, op, bound in run.spread_targets():
+        x, y = values.get(num, {}).get(impl), values.get(den, {}).get(impl)
+        ratio = x / y if x is not None and y else None
+        met = ratio is not None and (ratio >= bound if op == ">=" else ratio <= bound)
+        targets.append({"title": title, "case": num, "impl": impl, "of": den, "op": op, "bound": bound,
+                        "ratio": ratio, "met": met})
     for title, impl, op, bound, unit, tcases in run.absolute_targets():
         for case in tcases:
             x = values.get(case, {}).get(impl)

@@ -166,6 +166,15 @@ def targets(cases):
     ]
 
 
+# Targets on two figures of one implementation: (title, impl, numerator
+# figure, denominator figure, op, bound): a tail against its own median.
+def spread_targets():
+    return [
+        ("libshm's 99th percentile round trip within 3x of its own median", "libshm",
+         "queue.pingpong.64B.p99", "queue.pingpong.64B.p50", "<=", 3.0),
+    ]
+
+
 # Targets on one figure: (title, impl, op, bound, unit, cases).
 def absolute_targets():
     return [
@@ -260,6 +269,14 @@ class Rounds:
     def ratio(self, bench, num, den):
         """Median over rounds of value(num) / value(den), None without a common round."""
         a, b = self.by_round.get((bench, num), {}), self.by_round.get((bench, den), {})
+        rs = [a[k] / b[k] for k in a if k in b and b[k]]
+        return median(rs) if rs else None
+
+    def spread(self, impl, num, den):
+        """Median over rounds of one implementation's figure `num` over its
+        figure `den` (a p99 over the p50 of the same round), None without
+        a common round."""
+        a, b = self.by_round.get((num, impl), {}), self.by_round.get((den, impl), {})
         rs = [a[k] / b[k] for k in a if k in b and b[k]]
         return median(rs) if rs else None
 
@@ -443,6 +460,20 @@ def main():
                 verdict, shown = ("met" if met else "MISSED"), (
                     f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})")
             print(f"    {verdict:<7}{case:<30} {shown}")
+    for title, impl, num, den, op, bound in spread_targets():
+        if owner(num, every) not in order:
+            continue
+        print(f"  {title}: {impl} {num.rsplit('.', 1)[1]}/{den.rsplit('.', 1)[1]} {op} {fmt_bound(bound)}")
+        x, y = value.get((num, impl)), value.get((den, impl))
+        ratio = rounds.spread(impl, num, den)
+        if x is None or not y or ratio is None:
+            verdict, shown = "MISSED", "no result"
+        else:
+            met = ratio >= bound if op == ">=" else ratio <= bound
+            unit = next((r["unit"] for r in results if r["bench"] == num and r["impl"] == impl), "")
+            verdict, shown = ("met" if met else "MISSED"), (
+                f"{ratio:,.3g}  ({fmt_value(x)} against {fmt_value(y)} {unit})")
+        print(f"    {verdict:<7}{num:<30} {shown}")
     for title, impl, op, bound, unit, cases in absolute_targets():
         cases = [c for c in cases if owner(c, every) in order]
         if not cases:
