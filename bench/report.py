@@ -22,7 +22,7 @@ The plots (matplotlib; Debian's python3-matplotlib):
   queue.scale.png   throughput against processes (N producers and N
                     consumers, 1 to 8), one line per implementation and depth
   dict.scale.png    get and set against keys (1k .. 1M), and bytes per key
-  queue.pingpong.png  round-trip p50 and p99 per implementation
+  queue.pingpong.png  round-trip p50 and p99 per implementation (log scale)
   FAMILY.png        for every family but dict.scale (the name up to its
                     second dot, or its first for lock, list, pool, shmd,
                     shmctl): bars of each implementation's ratio to libshm
@@ -200,10 +200,17 @@ def plot(results, out_dir):
             w = 0.38
             for k, (pct, off) in enumerate((("p50", -w / 2), ("p99", w / 2))):
                 xs = [i + off for i in range(len(impls))]
-                ax.bar(xs, [val.get((pct, i), 0) for i in impls], width=w, label=pct)
+                ys = [val.get((pct, i)) for i in impls]
+                ax.bar([x for x, y in zip(xs, ys) if y], [y for y in ys if y], width=w, label=pct)
+                for x, y in zip(xs, ys):
+                    if y:
+                        ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom", fontsize="x-small")
             ax.set_xticks(range(len(impls)))
             ax.set_xticklabels(impls, rotation=30, ha="right", fontsize="small")
-            ax.set_ylabel("round trip, us (lower is better)")
+            # Round trips span four orders of magnitude (a spinning pair
+            # against a Python queue): a log scale keeps every bar visible.
+            ax.set_yscale("log")
+            ax.set_ylabel("round trip, us, log scale (lower is better)")
             ax.set_title("queue.pingpong.64B: latency percentiles")
             ax.legend()
             ax.grid(True, axis="y", alpha=0.3)
