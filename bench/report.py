@@ -240,7 +240,8 @@ def plot(results, out_dir):
             ax.set_ylabel(f"value / {base_name}'s value")
             ax.set_title(f"{fam}: each implementation against {base_name} (1 = {base_name})")
             if bars:
-                ax.legend(fontsize="small")
+                # Beside the axes, not over the bars.
+                ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
             ax.grid(True, axis="y", alpha=0.3)
             save(fig, fam)
     return written
