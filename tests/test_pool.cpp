@@ -2,6 +2,7 @@
 // and at every task, a task that kills its worker every time, and the
 // pool's process killed.
 #include <filesystem>
+#include <future>
 #include <set>
 
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <shm/shm.hpp>
 
 #include "daemon.hpp"
+#include "platform/testing.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -233,6 +235,31 @@ TEST_CASE("Pool: workers SIGKILLed at random: every result once, in order", "[po
     WARN(kills << " workers killed; " << pool.redeliveries() << " tasks run again");
     CHECK(kills > 0);
     CHECK(pool.map({"after"}) == std::vector<std::string>{"r:after"});  // the pool goes on
+}
+
+TEST_CASE("Pool: workers whose fork failed are asked for again: the tasks get done", "[pool][crash]") {
+    test::ShmDir dir;
+    // The server, a fork of this process, starts with this count: its first
+    // six forks fail (EAGAIN), the three workers the pool starts with and
+    // the three it asks for again. A server that dropped a failed request
+    // would leave the pool with no worker, and the map below waiting for good.
+    shm::testing::failing_forks = 6;
+    shm::Pool pool(echo, workers(3));
+    shm::testing::failing_forks = 0;
+    std::vector<std::string> tasks;
+    for (int i = 0; i < 200; ++i) tasks.push_back(std::to_string(i));
+    auto f = std::async(std::launch::async, [&] { return pool.map(tasks); });
+    if (f.wait_for(120s) != std::future_status::ready) {  // a cap for a true hang only
+        pool.terminate();  // fails what is pending: the map returns
+        f.wait();
+        FAIL("the map did not finish: no worker was started after the failed forks");
+    }
+    const std::vector<std::string> out = f.get();
+    REQUIRE(out.size() == tasks.size());
+    for (std::size_t i = 0; i < tasks.size(); ++i) CHECK(out[i] == "r:" + tasks[i]);
+    // The pool is back to its three workers.
+    for (int i = 0; i < 6000 && pool.worker_pids().size() < 3; ++i) std::this_thread::sleep_for(10ms);
+    CHECK(pool.worker_pids().size() == 3);
 }
 
 TEST_CASE("Pool: a task that kills its worker every time fails alone after max_retries", "[pool][crash]") {

@@ -24,4 +24,17 @@ inline void crash_point() {
         crash_now();
 }
 
+// Forks that shm::Pool's fork server makes fail (EAGAIN) before it forks
+// for real: a test sets it before it creates the Pool, whose server, a
+// fork of the test, starts with that count.
+extern std::atomic<int> failing_forks;
+
+// Whether the next fork is to fail (and counts it).
+inline bool fork_fails() {
+    int n = failing_forks.load(std::memory_order_relaxed);
+    while (n > 0)
+        if (failing_forks.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) return true;
+    return false;
+}
+
 }  // namespace shm::testing

@@ -36,6 +36,7 @@
 #include <string>
 #include <utility>
 
+#include "platform/testing.hpp"
 #include "shm/queue.hpp"
 #include "shm/segment.hpp"
 #include "shm/work_queue.hpp"
@@ -45,11 +46,11 @@ namespace shm {
 namespace {
 
 struct Msg {
-    std::int32_t kind;    // kSpawn (to the server), kSpawned, kDied (from it)
+    std::int32_t kind;    // kSpawn (to the server), kSpawned, kDied, kSpawnFailed (from it)
     std::int32_t pid;
-    std::int32_t status;  // wait status, for kDied
+    std::int32_t status;  // wait status, for kDied; errno, for kSpawnFailed
 };
-constexpr std::int32_t kSpawn = 1, kSpawned = 2, kDied = 3;
+constexpr std::int32_t kSpawn = 1, kSpawned = 2, kDied = 3, kSpawnFailed = 4;
 constexpr auto kTick = std::chrono::milliseconds(20);
 
 std::string encode_id(std::uint64_t id, char tag, std::string_view body) {
@@ -145,16 +146,21 @@ bool send_msg(int fd, const Msg& m) {
                 open = false;
                 for (pid_t w : workers) ::kill(w, SIGKILL);
             } else if (n == sizeof m && m.kind == kSpawn) {
-                pid_t w = ::fork();
+                pid_t w = testing::fork_fails() ? (errno = EAGAIN, -1) : ::fork();
+                if (w < 0) {
+                    // Said, so that the pool asks again later: a request
+                    // dropped here would leave it a worker short for good,
+                    // and with none left, waiting forever.
+                    send_msg(fd, Msg{kSpawnFailed, 0, errno});
+                    continue;
+                }
                 if (w == 0) {
                     ::close(fd);
                     die_with_parent(me);
                     worker_main(fn, opt, tasks, results);
                 }
-                if (w > 0) {
-                    workers.insert(w);
-                    send_msg(fd, Msg{kSpawned, w, 0});
-                }
+                workers.insert(w);
+                send_msg(fd, Msg{kSpawned, w, 0});
             }
         }
         int status = 0;
@@ -320,20 +326,26 @@ struct Pool::Impl {
             }
             Msg m{};
             bool died = false;
+            // Workers that could not be forked last turn are asked for
+            // again now: a turn later (20 ms when idle), not at once, so
+            // that a fork that keeps failing is retried at that pace.
+            bool refill = spawn_failed;
+            spawn_failed = false;
             while (::recv(fd, &m, sizeof m, MSG_DONTWAIT) == sizeof m) {
                 std::lock_guard<std::mutex> g(mu);
-                if (m.kind == kSpawned) {
-                    // It takes the place of one asked for (a negative placeholder).
+                if (m.kind == kSpawned || m.kind == kSpawnFailed) {
+                    // It answers one asked for (a negative placeholder).
                     if (!live.empty() && *live.begin() < 0) live.erase(live.begin());
-                    live.insert(m.pid);
                 }
+                if (m.kind == kSpawned) live.insert(m.pid);
+                if (m.kind == kSpawnFailed) spawn_failed = true;
                 if (m.kind == kDied) {
                     live.erase(m.pid);
                     exits[m.pid] = m.status;
                     died = true;
                 }
             }
-            if (died) after_deaths();
+            if (died || refill) after_deaths();
             drain_dead();
             std::lock_guard<std::mutex> g(mu);
             if (stopping) return;
@@ -391,6 +403,7 @@ struct Pool::Impl {
         for (std::size_t i = 0; i < want; ++i) ask_spawn();
     }
     pid_t spawning = 0;
+    bool spawn_failed = false;  // a fork failed this turn (the supervisor's own)
 };
 
 Pool::Pool(Function fn, PoolOptions opt) {

@@ -13,6 +13,7 @@
 
 namespace shm::testing {
 std::atomic<long> crash_countdown{0};
+std::atomic<int> failing_forks{0};
 void crash_now() { std::raise(SIGKILL); }
 }  // namespace shm::testing
 
