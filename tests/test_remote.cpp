@@ -34,6 +34,7 @@
 #include "shm/sync.hpp"
 #include "shm/work_queue.hpp"
 #include "support.hpp"
+#include "watchdog.hpp"
 
 namespace remote = shm::remote;
 using namespace std::chrono_literals;
@@ -337,6 +338,7 @@ pid_t spawn_child(const std::vector<std::string>& args, const std::string& log =
 
 int main(int argc, char** argv) {
     if (argc > 2 && std::string(argv[1]) == "--child") return run_child(argc, argv);
+    test::watchdog::start();  // before any thread or segment
     test::require_nats_server();
     return Catch::Session().run(argc, argv);
 }

@@ -1191,3 +1191,69 @@ TEST_CASE("shmctl status and ls against a running shmd", "[shmctl][shmd]") {
     }
 }
 #endif
+
+// ---- the test suite's own watchdog (watchdog.hpp) ------------------------------------
+
+// Hidden (not registered with CTest): the "hang" the next test watches, in
+// the shm directory it is given. A child and this process wait on an empty
+// queue, for at most 100 s.
+TEST_CASE("watchdog: a hung test", "[.watchdog]") {
+    REQUIRE(std::getenv("SHM_DIR"));
+    auto seg = shm::Segment::create("hung", 1 << 20);
+    auto q = shm::Queue::create(seg, "jobs");
+    pid_t child = test::spawn([&] { return q.get_for(100s) ? 1 : 0; });
+    CHECK(!q.get_for(100s));
+    test::kill_and_reap(child);
+}
+
+TEST_CASE("watchdog: a hung test leaves every process's stacks and its segments' state", "[shmctl][watchdog]") {
+    // The hung test runs with a watchdog of 1 s, its stderr in a pipe read
+    // until the watchdog's last line; then it is killed.
+    test::ShmDir dir;
+    int err[2];
+    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::vector<std::string> args = {self, "watchdog: a hung test"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid;
+    {
+        test::EnvVar wd("SHM_TEST_WATCHDOG", "1");
+        REQUIRE(::posix_spawn(&pid, self.c_str(), &fa, nullptr, argv.data(), environ) == 0);
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(err[1]);
+    std::string out, buffered, line;
+    const auto cap = std::chrono::steady_clock::now() + 180s;  // gdb on every process: seconds each
+    while (std::chrono::steady_clock::now() < cap) {
+        line = test::read_line(err[0], buffered, 5s);
+        out += line + "\n";
+        if (line.rfind("==== watchdog: end", 0) == 0) break;
+        pollfd p{err[0], POLLIN, 0};
+        if (line.empty() && ::poll(&p, 1, 0) == 1 && !(p.revents & POLLIN)) break;  // every writer gone
+    }
+    ::close(err[0]);
+    test::kill_and_reap(pid);
+    INFO(out);
+    REQUIRE(out.find("==== watchdog: test process " + std::to_string(pid) + " still runs after 1 s") !=
+            std::string::npos);
+    CHECK(out.find("==== watchdog: end") != std::string::npos);
+    // The test process and its child, each with its threads' stacks.
+    CHECK(out.find("==== pid " + std::to_string(pid) + " ") != std::string::npos);
+    std::size_t pids = 0, stacks = 0;
+    for (std::size_t at = 0; (at = out.find("\n==== pid ", at)) != std::string::npos; ++at) ++pids;
+    for (std::size_t at = 0; (at = out.find("\nThread 1 ", at)) != std::string::npos; ++at) ++stacks;
+    CHECK(pids == 2);
+    CHECK(stacks == 2);
+    CHECK(out.find("\n#0 ") != std::string::npos);
+    // The segment it maps, read by shmctl stat: its queue, empty.
+    CHECK(out.find("==== segment ") != std::string::npos);
+    CHECK(out.find("/libshm.hung") != std::string::npos);
+    CHECK(out.find("jobs") != std::string::npos);
+}
