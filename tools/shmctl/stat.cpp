@@ -40,6 +40,33 @@ std::string queue_text(const admin::ObjectState& o) {
     return fmt::format("{}", fmt::join(parts, ", "));
 }
 
+// "3 waiting, 2 leased (pid 41: 1; pid 42, dead: 1), 1 dead letter; 6
+// unfinished; capacity 1024, up to 4 deliveries; 1 redelivery".
+std::string work_queue_text(const admin::ObjectState& o) {
+    if (o.made && !*o.made)
+        return fmt::format("no state yet (its first handle makes it); capacity {}, up to {}", *o.capacity,
+                           count_text(o.max_deliveries.value_or(0), "delivery", "deliveries"));
+    std::string leased = fmt::format("{} leased", o.leased.value_or(0));
+    if (!o.lease_holders.empty()) {
+        std::vector<std::string> who;
+        constexpr std::size_t kShown = 8;
+        for (std::size_t i = 0; i < o.lease_holders.size() && i < kShown; ++i) {
+            const admin::LeaseHolder& h = o.lease_holders[i];
+            who.push_back(fmt::format("pid {}{}: {}", h.pid, h.alive ? "" : ", dead", h.leases));
+        }
+        if (o.lease_holders.size() > kShown) who.push_back(fmt::format("{} more", o.lease_holders.size() - kShown));
+        leased += fmt::format(" ({})", fmt::join(who, "; "));
+    }
+    std::vector<std::string> parts = {fmt::format("{} waiting", o.value.value_or(0)), leased,
+                                      count_text(o.dead_letters.value_or(0), "dead letter", "dead letters")};
+    std::string s = fmt::format("{}; {} unfinished; capacity {}, up to {}; {}", fmt::join(parts, ", "),
+                                o.unfinished.value_or(0), *o.capacity,
+                                count_text(o.max_deliveries.value_or(0), "delivery", "deliveries"),
+                                count_text(o.redeliveries.value_or(0), "redelivery", "redeliveries"));
+    if (o.closed && *o.closed) s += "; closed";
+    return s;
+}
+
 // "1000 × c_double ('d'), lock free; 0 recoveries", "c_int ('i'), no lock".
 std::string shared_array_text(const admin::ObjectState& o) {
     std::string type = o.typecode && !o.typecode->empty()
@@ -54,6 +81,7 @@ std::string object_text(const admin::ObjectState& o) {
     if (o.element_type) return shared_array_text(o);
     if (o.lock) return lock_text(*o.lock);
     if (o.info.kind == shm::ObjectKind::queue && o.value && o.capacity) return queue_text(o);
+    if (o.info.kind == shm::ObjectKind::work_queue && o.capacity) return work_queue_text(o);
     std::vector<std::string> parts;
     if (o.value) parts.push_back(fmt::format("value {}", *o.value));
     if (o.bound) parts.push_back(fmt::format("bound {}", *o.bound));
@@ -79,7 +107,9 @@ json lock_json(const admin::LockState& l) {
 json object_json(const admin::ObjectState& o) {
     json st = json::object();
     if (o.lock) st = lock_json(*o.lock);
-    if (o.value) st[o.info.kind == shm::ObjectKind::queue ? "depth" : "value"] = *o.value;
+    if (o.value)
+        st[o.info.kind == shm::ObjectKind::queue ? "depth" : o.info.kind == shm::ObjectKind::work_queue ? "waiting" : "value"] =
+            *o.value;
     if (o.bound) st["bound"] = *o.bound;
     if (o.waiters) st["waiters"] = *o.waiters;
     if (o.is_set) st["is_set"] = *o.is_set;
@@ -94,6 +124,18 @@ json object_json(const admin::ObjectState& o) {
     if (o.bytes_used) st["bytes_used"] = *o.bytes_used;
     if (o.closed) st["closed"] = *o.closed;
     if (o.repairs) st["repairs"] = *o.repairs;
+    if (o.max_deliveries) st["max_deliveries"] = *o.max_deliveries;
+    if (o.made) st["made"] = *o.made;
+    if (o.leased) st["leased"] = *o.leased;
+    if (o.dead_letters) st["dead_letters"] = *o.dead_letters;
+    if (o.unfinished) st["unfinished"] = *o.unfinished;
+    if (o.redeliveries) st["redeliveries"] = *o.redeliveries;
+    if (o.info.kind == shm::ObjectKind::work_queue && o.made) {
+        json holders = json::array();
+        for (const admin::LeaseHolder& h : o.lease_holders)
+            holders.push_back({{"pid", h.pid}, {"alive", h.alive}, {"leases", h.leases}});
+        st["lease_holders"] = holders;
+    }
     if (o.element_type) st["element_type"] = *o.element_type;
     if (o.typecode) st["typecode"] = *o.typecode;
     if (o.element_size) st["element_size"] = *o.element_size;

@@ -124,12 +124,21 @@ struct LockState {
     std::uint32_t depth = 0;     // RecursiveMutex: the holder's recursion depth
 };
 
+// A process that holds leases of a WorkQueue (delivered items it has not
+// acknowledged). A dead one's leases go back to the queue at the next
+// get, or recover().
+struct LeaseHolder {
+    std::int32_t pid = 0;
+    bool alive = false;
+    std::uint64_t leases = 0;
+};
+
 // One named object and its live state. Only the fields of its kind are set.
 struct ObjectState {
     ObjectInfo info;  // name, kind, offset, size
     Error error;      // why its state could not be read (empty when it was)
     std::optional<LockState> lock;                  // mutex, recursive_mutex; shared_array, shared_scalar with a lock
-    std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore; queue: items in it
+    std::optional<std::uint32_t> value;             // semaphore, bounded_semaphore; queue: items in it; work_queue: waiting
     std::optional<std::uint32_t> bound;             // bounded_semaphore
     std::optional<std::uint32_t> waiters;           // semaphores, condition, event (a hint)
     std::optional<bool> is_set;                     // event
@@ -138,12 +147,19 @@ struct ObjectState {
     std::optional<std::uint32_t> generation;        // barrier
     std::optional<bool> broken;                     // barrier
     std::optional<std::uint64_t> length;            // dict, list: number of items; shared_array, shared_scalar: elements
-    std::optional<std::uint32_t> capacity;          // queue
+    std::optional<std::uint32_t> capacity;          // queue, work_queue
     std::optional<std::uint32_t> max_item_size;     // queue
     std::optional<std::uint64_t> max_bytes;         // queue: the byte budget
     std::optional<std::uint64_t> bytes_used;        // queue: payload bytes held (queued, being put or got)
-    std::optional<bool> closed;                     // queue
+    std::optional<bool> closed;                     // queue, work_queue
     std::optional<std::uint64_t> repairs;           // queue: slots of dead processes repaired
+    std::optional<std::uint32_t> max_deliveries;    // work_queue
+    std::optional<bool> made;                       // work_queue: its state exists (made on first use)
+    std::optional<std::uint64_t> leased;            // work_queue: delivered, not yet acknowledged
+    std::optional<std::uint64_t> dead_letters;      // work_queue: delivered max_deliveries times, not yet read
+    std::optional<std::uint64_t> unfinished;        // work_queue: put, not yet acknowledged or read as dead
+    std::optional<std::uint64_t> redeliveries;      // work_queue: leases of dead processes given back
+    std::vector<LeaseHolder> lease_holders;         // work_queue: who holds its leases, by pid
     std::optional<std::string> element_type;        // shared_array, shared_scalar: "c_int", ... ("other": a C++ type)
     std::optional<std::string> typecode;            // shared_array, shared_scalar: "i", ... ("" for a C++ type)
     std::optional<std::uint32_t> element_size;      // shared_array, shared_scalar: bytes per element

@@ -113,6 +113,24 @@ std::string read_queue(const inspect::ReadAt& read, const inspect::Place& at, Ob
     return {};
 }
 
+std::string read_work_queue(const inspect::ReadAt& read, const inspect::Place& at, ObjectState& s) {
+    inspect::WorkQueueState w;
+    std::string problem = inspect::work_queue_state(read, at, w);
+    if (!problem.empty()) return problem;
+    s.capacity = w.capacity;
+    s.max_deliveries = w.max_deliveries;
+    s.made = w.made;
+    s.value = static_cast<std::uint32_t>(w.waiting);
+    s.leased = w.leased;
+    s.dead_letters = w.dead_letters;
+    s.unfinished = w.unfinished;
+    s.redeliveries = w.redeliveries;
+    s.closed = w.closed;
+    for (const auto& h : w.holders)
+        s.lease_holders.push_back(LeaseHolder{h.pid, liveness::process_alive(h.pid, h.start_time), h.leases});
+    return {};
+}
+
 std::string read_shared_array(const inspect::ReadAt& read, const inspect::Place& at,
                               const std::vector<AttachInfo>& attached, ObjectState& s) {
     inspect::SharedArrayState a;
@@ -154,6 +172,8 @@ void read_object_state(int fd, const std::vector<AttachInfo>& attached, ObjectSt
         if (problem.empty()) s.length = length;
     } else if (s.info.kind == ObjectKind::queue) {
         problem = read_queue(read, at, s);
+    } else if (s.info.kind == ObjectKind::work_queue) {
+        problem = read_work_queue(read, at, s);
     } else if (inspect::is_shared_array_kind(s.info.kind)) {
         problem = read_shared_array(read, at, attached, s);
     } else if (inspect::is_sync_kind(s.info.kind)) {

@@ -7,6 +7,7 @@
 //                        Condition, Event, Barrier (shm/mutex.hpp, shm/sync.hpp)
 //   container_state.cpp  Dict and List (container_layout.hpp)
 //   queue_state.cpp      Queue (queue_layout.hpp)
+//   work_queue_state.cpp WorkQueue (work_queue_layout.hpp)
 //   shared_array_state.cpp  SharedArray, SharedScalar (shared_array_layout.hpp)
 //
 // They never touch a mapping: every byte comes through a ReadAt, which
@@ -24,6 +25,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "shm/object_kind.hpp"
 
@@ -83,6 +85,27 @@ struct QueueState {
     std::uint64_t repairs = 0;      // slots of dead processes repaired
 };
 std::string queue_state(const ReadAt& read, const Place& at, QueueState& out);
+
+// A WorkQueue's settings, counts and the processes its lease records name.
+// (work_queue_state.cpp)
+struct WorkQueueState {
+    std::uint32_t capacity = 0;
+    std::uint32_t max_deliveries = 0;
+    bool made = false;               // its state exists (it is made on first use)
+    std::uint64_t waiting = 0;       // put, not yet delivered
+    std::uint64_t leased = 0;        // delivered, not yet acknowledged
+    std::uint64_t dead_letters = 0;  // delivered max_deliveries times, not yet read
+    std::uint64_t unfinished = 0;    // put, not yet acknowledged or read as a dead letter
+    std::uint64_t redeliveries = 0;  // leases of dead processes given back
+    bool closed = false;
+    struct Holder {
+        std::int32_t pid = 0;
+        std::uint64_t start_time = 0;  // with pid: which process (core/liveness.hpp)
+        std::uint64_t leases = 0;
+    };
+    std::vector<Holder> holders;  // one per process, by pid
+};
+std::string work_queue_state(const ReadAt& read, const Place& at, WorkQueueState& out);
 
 // A SharedArray's or SharedScalar's element type, length and lock.
 // (shared_array_state.cpp)

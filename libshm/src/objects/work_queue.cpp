@@ -27,6 +27,7 @@
 
 #include "core/liveness.hpp"
 #include "core/wait.hpp"
+#include "objects/work_queue_layout.hpp"
 #include "shm/segment.hpp"
 #include "store/heap.hpp"
 #include "store/layout.hpp"
@@ -37,52 +38,11 @@ namespace shm {
 
 namespace {
 
-using Word = std::atomic<std::uint64_t>;
-inline constexpr std::uint64_t kStateMagic = 0x3175'6571'6b72'6f77ull;  // "workqu1"
-inline constexpr std::uint32_t kMaxCapacity = 1u << 24;
-inline constexpr std::uint32_t kMaxDeliveries = 1u << 16;
-inline constexpr unsigned kIndexBits = 24;  // a lease id: generation << 24 | record index
+using namespace work_queue_layout;
+
 // A getter that finds items waiting still looks for dead consumers every
 // this many gets of its handle (it always does when it finds none).
 inline constexpr std::uint32_t kRecoverEvery = 64;
-
-struct WQState {
-    Word magic;
-    Word capacity;
-    Word ring;          // offset of capacity words: item offsets
-    Word head;          // the ring's first waiting item
-    Word waiting;
-    Word leases;        // offset of capacity LeaseRecs
-    Word leased;
-    Word dead;          // offset of capacity words: dead letters
-    Word dead_head;
-    Word dead_count;
-    Word unfinished;    // put, not yet acknowledged or read as a dead letter
-    Word closed;
-    Word generation;    // of the last lease id handed out
-    Word redeliveries;
-    Word reserved[2];
-};
-struct LeaseRec {
-    Word item;        // 0: free
-    Word id;
-    Word pid;
-    Word start_time;
-};
-struct ItemHdr {
-    Word len;
-    Word deliveries;
-    Word last_pid;
-    Word reserved;
-};
-// Pinned: change a field's width, order or meaning: bump the layout version.
-static_assert(sizeof(WQState) == 128);
-static_assert(sizeof(LeaseRec) == 32);
-static_assert(sizeof(ItemHdr) == 32);
-static_assert(offsetof(WQState, capacity) == 8 && offsetof(WQState, unfinished) == 80);
-static_assert(offsetof(detail::WorkQueueRoot, state) == 8);
-static_assert(offsetof(detail::WorkQueueRoot, items_seq) == 16 && offsetof(detail::WorkQueueRoot, sleepers) == 28);
-static_assert(sizeof(detail::WorkQueueRoot) == 32);
 
 inline std::uint64_t rd(const Word& w) { return w.load(std::memory_order_relaxed); }  // under the heap lock
 inline void raw(Word& w, std::uint64_t v) { w.store(v, std::memory_order_relaxed); }  // fresh blocks only
