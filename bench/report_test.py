@@ -81,6 +81,26 @@ def test_json():
     check(not any(t["case"] == "py.lock" for t in s["targets"]), "no target for a case with no figure at all")
 
 
+def test_rounds():
+    """run.py's targets: a ratio per round, their median, and the range shown."""
+    sys.path.insert(0, HERE)
+    import run as bench_run
+    r = bench_run.Rounds()
+    for rnd, (mine, floor) in enumerate([(10.0, 20.0), (30.0, 20.0), (12.0, 20.0)]):
+        r.add(rnd, {"bench": "q", "impl": "libshm", "value": mine, "unit": "items/s"})
+        r.add(rnd, {"bench": "q", "impl": "floor", "value": floor, "unit": "items/s"})
+    r.add(3, {"bench": "q", "impl": "libshm", "value": 99.0, "unit": "items/s"})  # a round without the floor
+    check(r.ratios("q", "libshm", "floor") == [0.5, 1.5, 0.6], "one ratio per round that has both figures")
+    check(close(r.ratio("q", "libshm", "floor"), 0.6), "the ratio is the median of the rounds' ratios")
+    check(bench_run.fmt_rounds(r.ratios("q", "libshm", "floor")) == "  rounds 0.5-1.5", "the range of the rounds")
+    check(bench_run.fmt_rounds([0.5]) == "", "one round: no range")
+    for rnd, (p99, p50) in enumerate([(4.0, 1.0), (2.0, 1.0)]):
+        r.add(rnd, {"bench": "q.p99", "impl": "libshm", "value": p99, "unit": "us"})
+        r.add(rnd, {"bench": "q.p50", "impl": "libshm", "value": p50, "unit": "us"})
+    check(r.spread_ratios("libshm", "q.p99", "q.p50") == [4.0, 2.0] and close(r.spread("libshm", "q.p99", "q.p50"), 3.0),
+          "a spread target: one implementation's two figures, per round, and their median")
+
+
 def test_bad_input():
     with tempfile.TemporaryDirectory() as d:
         bad = os.path.join(d, "results.jsonl")
@@ -118,6 +138,7 @@ def test_plot():
 
 if __name__ == "__main__":
     test_json()
+    test_rounds()
     test_bad_input()
     plotted = test_plot()
     if failures:

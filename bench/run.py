@@ -266,19 +266,34 @@ class Rounds:
             out.append(r)
         return out
 
+    def ratios(self, bench, num, den):
+        """value(num) / value(den) in each round that has both."""
+        a, b = self.by_round.get((bench, num), {}), self.by_round.get((bench, den), {})
+        return [a[k] / b[k] for k in sorted(a) if k in b and b[k]]
+
     def ratio(self, bench, num, den):
         """Median over rounds of value(num) / value(den), None without a common round."""
-        a, b = self.by_round.get((bench, num), {}), self.by_round.get((bench, den), {})
-        rs = [a[k] / b[k] for k in a if k in b and b[k]]
+        rs = self.ratios(bench, num, den)
         return median(rs) if rs else None
 
-    def spread(self, impl, num, den):
-        """Median over rounds of one implementation's figure `num` over its
-        figure `den` (a p99 over the p50 of the same round), None without
-        a common round."""
+    def spread_ratios(self, impl, num, den):
+        """One implementation's figure `num` over its figure `den` (a p99
+        over the p50 of the same round), in each round that has both."""
         a, b = self.by_round.get((num, impl), {}), self.by_round.get((den, impl), {})
-        rs = [a[k] / b[k] for k in a if k in b and b[k]]
+        return [a[k] / b[k] for k in sorted(a) if k in b and b[k]]
+
+    def spread(self, impl, num, den):
+        """Median of spread_ratios(), None without a common round."""
+        rs = self.spread_ratios(impl, num, den)
         return median(rs) if rs else None
+
+
+def fmt_rounds(rs):
+    """The lowest and highest of a target's per-round ratios, so that a
+    reader tells a miss by the host's noise from a miss by every round."""
+    if len(rs) < 2:
+        return ""
+    return f"  rounds {min(rs):,.3g}-{max(rs):,.3g}"
 
 
 def run_program(label, argv, env, extra, timeout):
@@ -418,7 +433,8 @@ def main():
     print()
     print(f"{a.seconds:g} s per case after a {a.warmup:g} s warm-up, {a.rounds} round{'s' if a.rounds > 1 else ''} "
           f"taken in turn, {os.cpu_count()} CPUs. value = median of the rounds; ratio = median of "
-          "value / libshm's value (shmd's for shmd.*) within each round; compare ratios within one run only.")
+          "value / libshm's value (shmd's for shmd.*) within each round; compare ratios within one run only. "
+          "A target shows the median of its per-round ratios, then the lowest and highest round.")
     print("Rates (ops/s, items/s, GB/s): higher is better. Round trips (us, microseconds), "
           "delays (ms) and times per operation (ns): lower is better.")
     print()
@@ -458,7 +474,8 @@ def main():
                 met = ratio >= bound if op == ">=" else ratio <= bound
                 unit = next((r["unit"] for r in results if r["bench"] == case and r["impl"] == num), "")
                 verdict, shown = ("met" if met else "MISSED"), (
-                    f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})")
+                    f"{ratio:,.3g}  ({num} {fmt_value(x)}, {den} {fmt_value(y)} {unit})"
+                    f"{fmt_rounds(rounds.ratios(case, num, den))}")
             print(f"    {verdict:<7}{case:<30} {shown}")
     for title, impl, num, den, op, bound in spread_targets():
         if owner(num, every) not in order:
@@ -472,7 +489,8 @@ def main():
             met = ratio >= bound if op == ">=" else ratio <= bound
             unit = next((r["unit"] for r in results if r["bench"] == num and r["impl"] == impl), "")
             verdict, shown = ("met" if met else "MISSED"), (
-                f"{ratio:,.3g}  ({fmt_value(x)} against {fmt_value(y)} {unit})")
+                f"{ratio:,.3g}  ({fmt_value(x)} against {fmt_value(y)} {unit})"
+                f"{fmt_rounds(rounds.spread_ratios(impl, num, den))}")
         print(f"    {verdict:<7}{num:<30} {shown}")
     for title, impl, op, bound, unit, cases in absolute_targets():
         cases = [c for c in cases if owner(c, every) in order]
