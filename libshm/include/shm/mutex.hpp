@@ -71,9 +71,9 @@ public:
     // The uncontended paths are inline: a call into glibc and the holder's
     // bookkeeping, nothing more. Owner death and misuse go out of line.
     void lock() {
-        const int rc = pthread_mutex_lock(&m_);
+        const int rc = pthread_mutex_trylock(&m_);
         if (rc != 0) [[unlikely]]
-            return after_acquire(rc, "lock");
+            return lock_slow(rc);
         acquired();
     }
     bool try_lock();
@@ -126,6 +126,8 @@ protected:
 
 private:
     bool timed_lock(const Deadline& d);
+    // lock() when the first try did not take it (rc: the try's result).
+    void lock_slow(int rc);
     // What every acquisition records: the holder, and that it did not recover.
     void acquired() noexcept {
         if (outermost()) recovered_.store(0, std::memory_order_relaxed);

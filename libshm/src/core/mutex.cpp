@@ -75,6 +75,21 @@ void RobustMutex<Recursive>::after_acquire(int rc, const char* op) {
     }
 }
 
+// A waiter sleeps in the kernel for at most this long, then tries again.
+// The kernel wakes one waiter at an unlock (or at the death of the holder),
+// and that waiter carries the knowledge that others sleep (glibc's
+// FUTEX_WAITERS bit): if it is SIGKILLed after the wake-up and before it
+// takes the lock, or a locker that does not know of them takes the free lock
+// first, the others are never woken, and sleep on beside a free mutex. So
+// no sleep is endless: a lost wake-up costs at most this.
+constexpr auto kLockPoll = std::chrono::milliseconds(50);
+
+template <bool Recursive>
+void RobustMutex<Recursive>::lock_slow(int rc) {
+    while (rc == EBUSY || rc == ETIMEDOUT) rc = core::lock_until(&m_, Deadline::in(kLockPoll));
+    after_acquire(rc, "lock");
+}
+
 template <bool Recursive>
 bool RobustMutex<Recursive>::try_lock() {
     int rc = pthread_mutex_trylock(&m_);
@@ -89,7 +104,11 @@ bool RobustMutex<Recursive>::timed_lock(const Deadline& d) {
         lock();
         return true;
     }
-    int rc = core::lock_until(&m_, d);
+    // In slices of kLockPoll (see there), the last one ending at d.
+    int rc;
+    do {
+        rc = core::lock_until(&m_, core::earlier(d, kLockPoll));
+    } while (rc == ETIMEDOUT && !d.passed());
     if (rc == ETIMEDOUT) return false;
     after_acquire(rc, "try_lock_until");
     return true;
