@@ -1495,3 +1495,23 @@ TEST_CASE("Barrier: a waiter whose stop() says so breaks the barrier for everyon
     auto& one = seg.construct<shm::Barrier>("one", 1u);
     CHECK(one.arrive_and_wait(std::function<bool()>{}) == 0);
 }
+
+TEST_CASE("Semaphore: a unit whose wake-up went to a waiter killed before it took it reaches another",
+          "[sync][semaphore][crash]") {
+    // release(1) wakes one sleeper; killed before it takes the unit, it
+    // leaves the unit beside the others, still asleep. That state is made
+    // exactly here: the value rises with no wake-up at all.
+    test::ShmDir dir;
+    auto seg = shm::Segment::create("semlost", kSize);
+    auto& sem = seg.construct<shm::Semaphore>("sem", 0u);
+    pid_t waiter = test::spawn([&] {
+        sem.acquire();
+        return 0;
+    });
+    REQUIRE(test::eventually([&] { return sem.waiters() == 1 && proc_state(waiter) == 'S'; }, 20s));
+    std::this_thread::sleep_for(20ms);  // past its spin, asleep in the kernel
+    reinterpret_cast<std::atomic<std::uint32_t>*>(&sem)->store(1);  // value_: offset 0 (sync.hpp pins it)
+    // Before, it slept until this test's cap; now it looks again within 50 ms.
+    test::require_exit_ok(waiter, 30s);
+    CHECK(sem.value() == 0);
+}

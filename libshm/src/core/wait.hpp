@@ -141,8 +141,11 @@ inline std::int64_t now_ns() noexcept {
 
 // The policies in use, with the spin counts and intervals each primitive
 // has always had (a later change may tune them here).
-// Semaphore: spin before every sleep.
-inline constexpr WaitPolicy kSemaphoreWait{64, 0, true, {}, Recheck::never, {}, {}};
+// Semaphore: spin before every sleep, and sleep at most 50 ms at a time: a
+// release wakes as many waiters as it adds units, and a woken waiter
+// SIGKILLed before it takes its unit leaves that unit beside waiters still
+// asleep; they find it at their next look.
+inline constexpr WaitPolicy kSemaphoreWait{64, 0, true, std::chrono::milliseconds(50), Recheck::never, {}, {}};
 // Event: spin before the first sleep.
 inline constexpr WaitPolicy kEventWait{64, 0, false, {}, Recheck::never, {}, {}};
 // Condition: one sleep, no spin (the caller holds a mutex until it sleeps).
