@@ -203,6 +203,10 @@ TEST_CASE("owner death: the next locker acquires and is told once", "[mutex][cra
 }
 
 // ---- a wake-up lost with the waiter it went to ----------------------------------------
+// Not under ThreadSanitizer: there a waiter polls trylock instead of sleeping
+// in the kernel (core::lock_until), so no wake-up can be lost, and none of
+// this can be set up.
+#if !defined(__SANITIZE_THREAD__)
 
 namespace {
 constexpr std::uint32_t kFutexWaiters = 0x80000000u;  // glibc's robust lock word: "others sleep"
@@ -342,3 +346,4 @@ TEST_CASE("waiters SIGKILLed as the mutex is handed to them: the others still ge
     }
     WARN(m.recoveries() << " of 100 killed waiters held the mutex when they died");
 }
+#endif  // !__SANITIZE_THREAD__
