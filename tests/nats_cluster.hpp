@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include <nats/nats.h>
+
 #include "shm/remote.hpp"
 
 namespace test {
@@ -219,9 +221,61 @@ public:
                 std::this_thread::sleep_for(std::chrono::milliseconds(100));
             }
         }
+        // Each server answering is not enough: the meta leader places a
+        // stream of 3 replicas only once it has heard from every peer, and
+        // until then refuses with "no suitable peers for placement". With
+        // every server running, wait until a stream of size() replicas is
+        // placed (then delete it).
+        if (size() < 2) return;
+        for (const Server& s : servers_)
+            if (s.pid <= 0) return;
+        for (;;) {
+            if (can_place(last)) return;
+            if (std::chrono::steady_clock::now() > end) {
+                std::fprintf(stderr, "the cluster cannot place %d replicas: %s\n", size(), last.c_str());
+                std::abort();
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
     }
 
 private:
+    // Add (and delete) a memory stream of size() replicas; false, with the
+    // reason in `why`, if the cluster cannot place it yet.
+    bool can_place(std::string& why) const {
+        natsConnection* nc = nullptr;
+        jsCtx* js = nullptr;
+        bool placed = false;
+        natsStatus s = natsConnection_ConnectTo(&nc, urls().c_str());
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = 2000;
+        if (s == NATS_OK) s = natsConnection_JetStream(&js, nc, &jo);
+        if (s == NATS_OK) {
+            jsStreamConfig cfg;
+            jsStreamConfig_Init(&cfg);
+            cfg.Name = "SHMTEST_READY";
+            cfg.Storage = js_MemoryStorage;
+            cfg.Replicas = size();
+            const char* subjects[] = {"shmtest.ready"};
+            cfg.Subjects = subjects;
+            cfg.SubjectsLen = 1;
+            jsErrCode jerr = static_cast<jsErrCode>(0);
+            s = js_AddStream(nullptr, js, &cfg, &jo, &jerr);
+            if (s == NATS_OK) {
+                placed = true;
+                js_DeleteStream(js, cfg.Name, &jo, nullptr);
+            }
+        }
+        if (!placed) {
+            const char* text = nats_GetLastError(nullptr);
+            why = std::string(natsStatus_GetText(s)) + (text && *text ? std::string(": ") + text : "");
+        }
+        jsCtx_Destroy(js);
+        natsConnection_Destroy(nc);
+        return placed;
+    }
+
     // Every thread of pid in state T (stopped), as /proc tells.
     static bool all_stopped(pid_t pid) {
         std::error_code ec;

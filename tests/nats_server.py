@@ -26,6 +26,7 @@ nats-server is not installed.
 """
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -179,6 +180,7 @@ class NatsCluster:
                 try:
                     for m in self.members:
                         m.wait_ready(self.ready_timeout)
+                    self._wait_formed()
                     break
                 except RuntimeError:
                     for m in self.members:
@@ -189,6 +191,33 @@ class NatsCluster:
         except BaseException:
             self.__exit__(None, None, None)
             raise
+
+    def _wait_formed(self):
+        """Each member healthy is not enough in a cluster: the meta leader
+        places a stream of n replicas only once it counts every other
+        member as a current peer, and refuses with "no suitable peers for
+        placement" until then. Wait (bounded) for that."""
+        if self.n < 2:
+            return
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self._formed():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the cluster of {self.n} has no leader with {self.n - 1} current peers "
+                           f"after {self.ready_timeout:g} s: {self.members[0].log_tail()}")
+
+    def _formed(self):
+        for m in self.members:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{m.monitor_port}/jsz", timeout=2) as r:
+                    meta = json.load(r).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                continue
+            peers = meta.get("replicas")
+            if peers is not None and meta.get("leader") == m.name:
+                return len(peers) == self.n - 1 and all(p.get("current") for p in peers)
+        return False
 
     def __exit__(self, *exc):
         for m in self.members:
